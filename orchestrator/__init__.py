@@ -1,0 +1,3 @@
+"""orchestrator package."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""runtime package."""
+
+from __future__ import annotations

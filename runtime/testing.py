@@ -1,0 +1,3 @@
+"""In-process test harness for workflows (no daemon)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""storage package."""
+
+from __future__ import annotations
