@@ -1,3 +1,38 @@
-"""runtime package."""
+"""Authoring SDK and executor for durable workflows. Pure: no sockets, no files, no SQLite."""
 
 from __future__ import annotations
+
+from runtime.context import Context
+from runtime.errors import (
+    ChildRunError,
+    FatalError,
+    RateLimitExceeded,
+    RetryableError,
+    StepTimeoutError,
+    TokenConflictError,
+    WorkflowError,
+)
+from runtime.ratelimit import RateLimit
+from runtime.retry import RetryPolicy
+from runtime.status import RunStatus
+from runtime.steps import StepContext, current_step
+from runtime.workflow import Concurrency, Schedule, workflow
+
+__all__ = [
+    "ChildRunError",
+    "Concurrency",
+    "Context",
+    "FatalError",
+    "RateLimit",
+    "RateLimitExceeded",
+    "RetryPolicy",
+    "RetryableError",
+    "RunStatus",
+    "Schedule",
+    "StepContext",
+    "StepTimeoutError",
+    "TokenConflictError",
+    "WorkflowError",
+    "current_step",
+    "workflow",
+]

@@ -1,0 +1,89 @@
+"""What the host tells the executor about a run, and what the executor reports back."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from runtime.clock import Clock, SystemClock
+from runtime.journal import CompensationRan, Entry, StreamChunk, WaitpointRegistered
+from runtime.journal import WaitpointResolved as WaitpointResolved
+from runtime.ratelimit import RateLimiter
+from runtime.status import RunStatus
+
+
+@dataclass(frozen=True, slots=True)
+class RunFacts:
+    """Read-only facts of a run; ``started_at`` is the wall-clock start (epoch seconds)."""
+
+    run_id: str
+    workflow_id: str
+    workflow_version: str
+    started_at: float
+    number: int = 1
+    attempt: int = 1
+    triggered_by: str = "api"
+    tags: tuple[str, ...] = ()
+    invocation_count: int = 1
+    parent_run_id: str | None = None
+    root_run_id: str | None = None
+    compute_used: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_payload_bytes: int | None = 2_097_152
+    max_journal_entries: int | None = 100_000
+
+
+class ProcessRunner(Protocol):
+    async def run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """Run module-level ``fn(*args)`` in another process and return its result."""
+        ...
+
+
+RecordFn = Callable[[Entry], Awaitable[Sequence[WaitpointResolved]]]
+
+
+async def _no_gate() -> None:
+    return None
+
+
+@dataclass(slots=True)
+class HostServices:
+    """What the host (the daemon's actor, or ``runtime.testing``) provides to an execution.
+
+    ``record`` returns only once the entry is durable; it may return resolutions the commit
+    produced at once (a signal already in the inbox, an event inside the lookback window).
+    ``gate`` is awaited before each new side effect, so a host can hold a paused run there.
+    ``overrides`` replaces step functions by step id (the test harness's stand-ins).
+    """
+
+    record: RecordFn
+    clock: Clock = field(default_factory=SystemClock)
+    rate_limiter: RateLimiter | None = None
+    process_runner: ProcessRunner | None = None
+    thread_pool: Executor | None = None
+    publish: Callable[[StreamChunk], None] | None = None
+    gate: Callable[[], Awaitable[None]] = _no_gate
+    limits: Limits = field(default_factory=Limits)
+    overrides: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where an ``advance()`` left the run.
+
+    ``waiting_on`` lists the unresolved waitpoints the body is blocked on (status ``waiting``).
+    ``divergence`` describes recorded entries a replay did not reach, or reached out of place.
+    """
+
+    status: RunStatus
+    output: Any = None
+    error: dict[str, Any] | None = None
+    waiting_on: tuple[WaitpointRegistered, ...] = ()
+    compensations: tuple[CompensationRan, ...] = ()
+    divergence: tuple[dict[str, Any], ...] = ()
+    compute_used: float = 0.0

@@ -1,0 +1,194 @@
+"""The ``@workflow`` decorator, workflow options and the process-wide registry."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from runtime import durations
+from runtime.retry import RetryPolicy
+
+WorkflowFn = Callable[[Any, Any], Awaitable[Any]]
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+@dataclass(frozen=True, slots=True)
+class Concurrency:
+    """At most ``limit`` runs (per ``key`` of the input, if given) hold a slot at once."""
+
+    limit: int
+    key: str | Callable[[Any], str] | None = None
+    strategy: Literal["queue", "cancel-in-progress", "cancel-newest"] = "queue"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.limit, int) or self.limit < 1:
+            raise ValueError(f"Concurrency.limit must be an int >= 1, got {self.limit!r}")
+        if self.strategy not in ("queue", "cancel-in-progress", "cancel-newest"):
+            raise ValueError(
+                "Concurrency.strategy must be 'queue', 'cancel-in-progress' or 'cancel-newest', "
+                f"got {self.strategy!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Exactly one of ``cron``, ``every`` or ``at``."""
+
+    cron: str | None = None
+    every: durations.Duration | None = None
+    at: datetime | str | None = None
+    timezone: str = "UTC"
+    input: Any = None
+    overlap: Literal["skip", "queue", "allow"] = "skip"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("cron", "every", "at") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"Schedule needs exactly one of cron=, every=, at= (got {given or 'none'})"
+            )
+        if self.every is not None and durations.to_seconds(self.every) <= 0:
+            raise ValueError(f"Schedule.every must be positive, got {self.every!r}")
+        if self.cron is not None:
+            from croniter import croniter  # imported lazily: only schedules need it
+
+            if not croniter.is_valid(self.cron):
+                raise ValueError(f"Schedule.cron {self.cron!r} is not a valid cron expression")
+        if self.overlap not in ("skip", "queue", "allow"):
+            raise ValueError(
+                f"Schedule.overlap must be 'skip', 'queue' or 'allow', got {self.overlap!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowDefinition:
+    id: str
+    fn: WorkflowFn
+    version: str
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    concurrency: Concurrency | None = None
+    schedules: tuple[Schedule, ...] = ()
+    tags: tuple[str, ...] = ()
+    description: str | None = None
+    input_validator: Callable[[Any], Any] | None = None
+    origin: str = field(default="", compare=False)
+
+
+class Registry:
+    """Workflow definitions by id; registering an id twice is an error naming both places."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, WorkflowDefinition] = {}
+
+    def register(self, definition: WorkflowDefinition) -> None:
+        existing = self._by_id.get(definition.id)
+        if existing is not None and existing.origin != definition.origin:
+            raise ValueError(
+                f"workflow id {definition.id!r} registered twice: "
+                f"at {existing.origin} and at {definition.origin}"
+            )
+        self._by_id[definition.id] = definition
+
+    def get(self, workflow_id: str) -> WorkflowDefinition | None:
+        return self._by_id.get(workflow_id)
+
+    def unregister(self, workflow_id: str) -> None:
+        self._by_id.pop(workflow_id, None)
+
+    def __iter__(self) -> Iterator[WorkflowDefinition]:
+        return iter(list(self._by_id.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+REGISTRY = Registry()
+
+
+def _origin(fn: Callable[..., Any]) -> str:
+    code = getattr(fn, "__code__", None)
+    where = f"{code.co_filename}:{code.co_firstlineno}" if code else "?"
+    return f"{fn.__module__}.{fn.__qualname__} ({where})"
+
+
+def _source_version(fn: Callable[..., Any]) -> str:
+    try:
+        source = inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        source = code.co_code if code else repr(fn).encode()
+    return hashlib.sha256(source).hexdigest()[:12]
+
+
+def workflow(
+    id: str,
+    *,
+    version: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: durations.Duration | None = None,
+    concurrency: Concurrency | None = None,
+    schedule: Schedule | Sequence[Schedule] | None = None,
+    tags: Sequence[str] = (),
+    description: str | None = None,
+    input_validator: Callable[[Any], Any] | None = None,
+) -> Callable[[F], F]:
+    """Register ``async def body(input, ctx)`` as workflow ``id``; returns the function unchanged.
+
+    The definition is reachable as ``body.__workflow__`` and through :data:`REGISTRY`.
+    """
+    if not isinstance(id, str) or not id:
+        raise ValueError(f"workflow id must be a non-empty string, got {id!r}")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ValueError(f"workflow {id!r}: retry must be a RetryPolicy, got {retry!r}")
+    timeout_s = durations.to_seconds(timeout) if timeout is not None else None
+    schedules: tuple[Schedule, ...]
+    if schedule is None:
+        schedules = ()
+    elif isinstance(schedule, Schedule):
+        schedules = (schedule,)
+    else:
+        schedules = tuple(schedule)
+
+    def decorate(fn: F) -> F:
+        is_async = inspect.iscoroutinefunction(fn)  # kept out of the `if`: it would narrow F
+        if not is_async:
+            raise ValueError(f"workflow {id!r}: {fn.__qualname__} must be an 'async def' function")
+        definition = WorkflowDefinition(
+            id=id,
+            fn=fn,
+            version=version or _source_version(fn),
+            retry=retry,
+            timeout=timeout_s,
+            concurrency=concurrency,
+            schedules=schedules,
+            tags=tuple(tags),
+            description=description or (inspect.getdoc(fn) or None),
+            input_validator=input_validator,
+            origin=_origin(fn),
+        )
+        REGISTRY.register(definition)
+        fn.__workflow__ = definition  # type: ignore[attr-defined]  # handle for ctx.invoke
+        return fn
+
+    return decorate
+
+
+def definition_of(wf: Any) -> WorkflowDefinition:
+    """The definition behind a decorated function, a definition, or a registered id."""
+    if isinstance(wf, WorkflowDefinition):
+        return wf
+    found = getattr(wf, "__workflow__", None)
+    if isinstance(found, WorkflowDefinition):
+        return found
+    if isinstance(wf, str):
+        definition = REGISTRY.get(wf)
+        if definition is not None:
+            return definition
+        raise LookupError(f"no workflow registered with id {wf!r}")
+    raise TypeError(f"expected a @workflow function or a workflow id, got {wf!r}")
