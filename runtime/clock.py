@@ -56,8 +56,8 @@ class ManualClock:
         self._now = wall
 
     def skip_to(self, wall: float) -> None:
-        """Move only the wall clock forward: time spent parked, not computing."""
-        self._now = max(self._now, wall)
+        """Jump forward to ``wall`` (time skipping); never moves back."""
+        self.advance(wall - self._now)
 
     async def sleep(self, seconds: float) -> None:
         self.advance(seconds)

@@ -7,6 +7,7 @@ the same class with the same code.
 
 from __future__ import annotations
 
+import builtins
 import traceback
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -133,15 +134,29 @@ def error_dict(
     }
 
 
-def deserialize_error(record: dict[str, Any]) -> WorkflowError:
+def deserialize_error(record: dict[str, Any]) -> Exception:
     """Rebuild an exception from its recorded form, for re-raising on replay.
 
-    Known classes come back as themselves; anything else (``UNKNOWN`` and user classes) comes back
-    as a ``WorkflowError`` carrying the recorded code, with the original class name kept in
-    ``data`` under ``name`` when there is no other data.
+    Our own classes and Python's built-in exception classes come back as themselves, so an
+    ``except KeyError`` in the body behaves the same live and on replay. Any other class comes
+    back as a ``WorkflowError`` with the recorded code (nothing is imported by name).
     """
-    cls = _BY_NAME.get(str(record.get("name")), WorkflowError)
+    name = str(record.get("name"))
     message = str(record.get("message") or "")
+    builtin = getattr(builtins, name, None)
+    if (
+        name not in _BY_NAME
+        and isinstance(builtin, type)
+        and issubclass(builtin, Exception)
+        and not issubclass(builtin, BaseExceptionGroup)
+    ):
+        try:
+            rebuilt: Exception = builtin(message)
+        except TypeError:  # a built-in with a constructor of its own (UnicodeDecodeError, …)
+            rebuilt = WorkflowError(message, code=str(record.get("code") or "UNKNOWN"))
+        rebuilt.recorded = record  # type: ignore[attr-defined]  # kept for re-recording
+        return rebuilt
+    cls = _BY_NAME.get(name, WorkflowError)
     err = cls(message)
     err.code = str(record.get("code") or cls.default_code)
     err.category = str(record.get("category") or ErrorCategory.USER_ERROR)
