@@ -1,0 +1,386 @@
+"""The socket wire format shared by the server and the client (SPEC §6).
+
+Newline-delimited JSON (orjson). One object per line:
+
+- request ``{"id": 1, "method": "submit", "params": {...}}``
+- reply ``{"id": 1, "result": ...}``
+- error ``{"id": 1, "error": {"code": "...", "message": "...", "data": {...}}}``
+- event ``{"id": 1, "event": ...}`` (streaming methods, before their final ``result``)
+
+Every method has a parameter schema (:data:`METHODS`); :func:`validate_params` checks a request's
+params against it, fills the defaults and raises :class:`~orchestrator.errors.InvalidParams`
+naming the field. Duration params (``delay``, ``timeout``) accept seconds or strings such as
+``"10s"`` and reach the service as float seconds.
+
+Besides the SPEC methods there is one control method, ``$cancel`` (params ``{"id": <request
+id>}``): it stops a streaming request of the same connection early. The client sends it when a
+stream iterator is closed before its end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from orchestrator import errors
+from orchestrator.errors import ErrorCode
+from runtime import durations
+
+__all__ = [
+    "CANCEL_METHOD",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "METHODS",
+    "ErrorCode",
+    "MethodSpec",
+    "Param",
+    "Request",
+    "RequestId",
+    "decode_line",
+    "encode",
+    "error_line",
+    "event_line",
+    "parse_reply",
+    "parse_request",
+    "reply_line",
+    "request_line",
+    "validate_params",
+]
+
+RequestId = int | str | None
+DEFAULT_MAX_REQUEST_BYTES: Final = 16 * 1024 * 1024
+CANCEL_METHOD: Final = "$cancel"
+
+RUN_STATUSES: Final = (
+    "pending",
+    "running",
+    "waiting",
+    "paused",
+    "completed",
+    "failed",
+    "cancelled",
+    "compensated",
+    "compensation_failed",
+    "timed_out",
+)
+TERMINAL_STATUSES: Final = frozenset(
+    {"completed", "failed", "cancelled", "compensated", "compensation_failed", "timed_out"}
+)
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+RETRY_MODES: Final = ("resume", "retrigger")
+
+
+# --- framing ---------------------------------------------------------------------------------
+
+
+def _lenient_default(value: object) -> str:
+    return repr(value)
+
+
+def encode(obj: Any, *, lenient: bool = False) -> bytes:
+    """One NDJSON line. ``lenient`` renders non-JSON values with ``repr`` (used for log records,
+    which may carry arbitrary objects); otherwise a non-JSON value raises ``TypeError``."""
+    default = _lenient_default if lenient else None
+    return orjson.dumps(obj, default=default, option=orjson.OPT_NON_STR_KEYS) + b"\n"
+
+
+def decode_line(line: bytes) -> Any:
+    """Decode one line; raise :class:`~orchestrator.errors.ParseError` if it is not JSON."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise errors.ParseError(f"invalid JSON ({exc})") from exc
+
+
+def request_line(id: RequestId, method: str, params: Mapping[str, Any]) -> bytes:
+    return encode({"id": id, "method": method, "params": dict(params)})
+
+
+def reply_line(id: RequestId, result: Any) -> bytes:
+    return encode({"id": id, "result": result})
+
+
+def event_line(id: RequestId, event: Any, *, lenient: bool = False) -> bytes:
+    return encode({"id": id, "event": event}, lenient=lenient)
+
+
+def error_line(id: RequestId, error: errors.ServiceError) -> bytes:
+    return encode({"id": id, "error": error.to_wire()}, lenient=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: RequestId
+    method: str
+    params: Mapping[str, Any]
+
+
+class BadRequest(Exception):
+    """A request line that cannot be served; ``id`` is the request's id when it had one."""
+
+    def __init__(self, id: RequestId, error: errors.ServiceError) -> None:
+        super().__init__(error.message)
+        self.id = id
+        self.error = error
+
+
+def parse_request(line: bytes) -> Request:
+    """Parse a request line. Raises :class:`BadRequest` carrying the id (``None`` when unknown)
+    and a ``PARSE_ERROR``; the method and params are checked later."""
+    try:
+        obj = decode_line(line)
+    except errors.ParseError as exc:
+        raise BadRequest(None, exc) from exc
+    if not isinstance(obj, dict):
+        raise BadRequest(
+            None, errors.ParseError(f"a request is a JSON object, got {type(obj).__name__}")
+        )
+    req_id = obj.get("id")
+    if isinstance(req_id, bool) or not isinstance(req_id, int | str | None):
+        raise BadRequest(
+            None,
+            errors.ParseError(f"'id' must be an integer, a string or null, got {req_id!r}"),
+        )
+    method = obj.get("method")
+    if not isinstance(method, str):
+        raise BadRequest(req_id, errors.ParseError(f"'method' must be a string, got {method!r}"))
+    params = obj.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise BadRequest(req_id, errors.InvalidParams("params", "an object", _describe(params)))
+    return Request(req_id, method, params)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A parsed server line: exactly one of ``result``/``error``/``event`` is meaningful."""
+
+    id: RequestId
+    kind: str  # "result" | "error" | "event"
+    value: Any
+
+
+def parse_reply(line: bytes) -> Reply:
+    """Parse a line sent by the server (used by the client)."""
+    obj = decode_line(line)
+    if not isinstance(obj, dict):
+        raise errors.ParseError(f"a reply is a JSON object, got {type(obj).__name__}")
+    req_id = obj.get("id")
+    for kind in ("event", "result", "error"):
+        if kind in obj:
+            return Reply(req_id, kind, obj[kind])
+    raise errors.ParseError(f"reply has none of result/error/event: {obj!r}")
+
+
+# --- parameter schemas ------------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+_MISSING: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One parameter: its JSON type (``"str" "int" "bool" "object" "json" "str_list"
+    "duration"``), whether it is required, its default, whether null is accepted, and an optional
+    set of allowed values."""
+
+    name: str
+    type: str
+    required: bool = False
+    default: Any = None
+    nullable: bool = True
+    choices: tuple[str, ...] | None = None
+    minimum: int | None = None
+
+    def check(self, value: Any) -> Any:
+        """Return the value as the service receives it, or raise ``InvalidParams``."""
+        if value is None:
+            if self.type == "json":
+                return None
+            if self.nullable:
+                return self.default
+            raise errors.InvalidParams(self.name, _EXPECTED[self.type], "null")
+        checker = _CHECKERS[self.type]
+        ok, converted = checker(value)
+        if not ok:
+            raise errors.InvalidParams(self.name, _EXPECTED[self.type], _describe(value))
+        if self.minimum is not None and converted < self.minimum:
+            raise errors.InvalidParams(self.name, f"an integer >= {self.minimum}", _describe(value))
+        if self.choices is not None and converted not in self.choices:
+            expected = "one of " + ", ".join(repr(c) for c in self.choices)
+            raise errors.InvalidParams(self.name, expected, _describe(value))
+        return converted
+
+
+def _check_str(v: Any) -> tuple[bool, Any]:
+    return isinstance(v, str), v
+
+
+def _check_int(v: Any) -> tuple[bool, Any]:
+    return isinstance(v, int) and not isinstance(v, bool), v
+
+
+def _check_bool(v: Any) -> tuple[bool, Any]:
+    return isinstance(v, bool), v
+
+
+def _check_object(v: Any) -> tuple[bool, Any]:
+    return isinstance(v, dict), v
+
+
+def _check_json(v: Any) -> tuple[bool, Any]:
+    return True, v
+
+
+def _check_str_list(v: Any) -> tuple[bool, Any]:
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return True, tuple(v)
+    return False, v
+
+
+def _check_duration(v: Any) -> tuple[bool, Any]:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        return False, v
+    try:
+        return True, durations.to_seconds(v)
+    except ValueError:
+        return False, v
+
+
+_CHECKERS: Final[dict[str, Callable[[Any], tuple[bool, Any]]]] = {
+    "str": _check_str,
+    "int": _check_int,
+    "bool": _check_bool,
+    "object": _check_object,
+    "json": _check_json,
+    "str_list": _check_str_list,
+    "duration": _check_duration,
+}
+_EXPECTED: Final = {
+    "str": "a string",
+    "int": "an integer",
+    "bool": "a boolean",
+    "object": "an object",
+    "json": "any JSON value",
+    "str_list": "a list of strings",
+    "duration": "a duration (seconds or a string such as '10s')",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MethodSpec:
+    """A method: its params, and whether it streams (``lossy`` streams may drop events for a
+    slow reader and send a ``lagged`` notice instead of buffering)."""
+
+    name: str
+    params: tuple[Param, ...] = ()
+    streaming: bool = False
+    lossy: bool = False
+
+
+def _req(name: str, type: str) -> Param:
+    return Param(name, type, required=True, nullable=False)
+
+
+_RUN_ID = _req("run_id", "str")
+
+METHODS: Final[dict[str, MethodSpec]] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec(
+            "submit",
+            (
+                _req("workflow_id", "str"),
+                Param("input", "json", required=True),
+                Param("run_id", "str"),
+                Param("idempotency_key", "str"),
+                Param("tags", "str_list", default=()),
+                Param("delay", "duration"),
+                Param("priority", "int", default=0),
+            ),
+        ),
+        MethodSpec("get", (_RUN_ID,)),
+        MethodSpec(
+            "list",
+            (
+                Param("status", "str", choices=RUN_STATUSES),
+                Param("workflow_id", "str"),
+                Param("tag", "str"),
+                Param("limit", "int", default=100, minimum=1),
+            ),
+        ),
+        MethodSpec("wait", (_RUN_ID, Param("timeout", "duration"))),
+        MethodSpec(
+            "cancel", (_RUN_ID, Param("compensate", "bool", default=True), Param("reason", "str"))
+        ),
+        MethodSpec("pause", (_RUN_ID,)),
+        MethodSpec("resume", (_RUN_ID,)),
+        MethodSpec("retry", (_RUN_ID, Param("mode", "str", default="resume", choices=RETRY_MODES))),
+        MethodSpec("replay", (_RUN_ID,)),
+        MethodSpec(
+            "send_event",
+            (
+                _req("type", "str"),
+                Param("payload", "json", required=True),
+                Param("event_id", "str"),
+            ),
+        ),
+        MethodSpec(
+            "signal", (_RUN_ID, _req("name", "str"), Param("payload", "json", required=True))
+        ),
+        MethodSpec(
+            "complete_token", (_req("token_id", "str"), Param("payload", "json", required=True))
+        ),
+        MethodSpec("workflows"),
+        MethodSpec("schedules"),
+        MethodSpec("stats"),
+        MethodSpec(
+            "tail",
+            (
+                Param("run_id", "str"),
+                Param("workflow_id", "str"),
+                Param("level", "str", choices=LOG_LEVELS),
+            ),
+            streaming=True,
+            lossy=True,
+        ),
+        MethodSpec("watch", (_RUN_ID,), streaming=True),
+        MethodSpec(
+            "stream",
+            (_RUN_ID, _req("stream_id", "str"), Param("follow", "bool", default=False)),
+            streaming=True,
+        ),
+    )
+}
+
+
+def validate_params(spec: MethodSpec, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``params`` against the method's schema and return the keyword arguments for the
+    service call (defaults filled, durations in seconds, string lists as tuples)."""
+    known = {p.name for p in spec.params}
+    for name in params:
+        if name not in known:
+            expected = "one of " + ", ".join(sorted(known)) if known else "no params"
+            raise errors.InvalidParams(name, f"a known parameter ({expected})", "unknown name")
+    kwargs: dict[str, Any] = {}
+    for param in spec.params:
+        value = params.get(param.name, _MISSING)
+        if value is _MISSING:
+            if param.required:
+                raise errors.InvalidParams(param.name, _EXPECTED[param.type], "nothing (missing)")
+            kwargs[param.name] = param.default
+            continue
+        kwargs[param.name] = param.check(value)
+    return kwargs

@@ -1,0 +1,218 @@
+"""Human-readable rendering of what the client returns, for the ``wf`` CLI.
+
+Only formatting: every function takes a JSON value the daemon sent and returns text. Missing
+fields render as ``-`` so the CLI keeps working while record shapes grow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "format_list",
+    "format_log_record",
+    "format_mapping",
+    "format_result",
+    "format_run_detail",
+    "format_runs",
+    "table",
+]
+
+
+def cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return str(value)
+    return orjson.dumps(value).decode()
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    text_rows = [[cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text_rows:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(value))
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in text_rows:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
+def duration(start: Any, end: Any) -> str:
+    """``end - start`` as ``1.234s`` / ``12ms``; ``-`` when either is missing."""
+    if isinstance(start, int | float) and isinstance(end, int | float):
+        seconds = float(end) - float(start)
+    else:
+        t0, t1 = _parse_time(start), _parse_time(end)
+        if t0 is None or t1 is None:
+            return "-"
+        seconds = (t1 - t0).total_seconds()
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    return f"{seconds:.3f}s"
+
+
+def format_runs(runs: Sequence[Mapping[str, Any]]) -> str:
+    if not runs:
+        return "no runs"
+    rows = [
+        (
+            r.get("run_id"),
+            r.get("workflow_id"),
+            r.get("status"),
+            r.get("created_at"),
+            duration(r.get("started_at"), r.get("finished_at")),
+            ",".join(r.get("tags") or ()),
+        )
+        for r in runs
+    ]
+    return table(("run_id", "workflow", "status", "created", "duration", "tags"), rows)
+
+
+def format_error(error: Any) -> str:
+    if not isinstance(error, Mapping):
+        return cell(error)
+    text = f"{error.get('code', '?')}: {error.get('message', '')}"
+    if error.get("name"):
+        text += f" ({error['name']})"
+    return text
+
+
+_RUN_FIELDS = (
+    "run_id",
+    "workflow_id",
+    "status",
+    "tags",
+    "parent_run_id",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+
+
+def format_run(run: Mapping[str, Any]) -> str:
+    """The run record as aligned ``key: value`` lines (input/output as JSON, error as code)."""
+    lines = [f"{key + ':':<14} {cell(run.get(key))}" for key in _RUN_FIELDS if key in run]
+    if "started_at" in run:
+        took = duration(run.get("started_at"), run.get("finished_at"))
+        lines.append(f"{'duration:':<14} {took}")
+    for key in ("input", "output"):
+        if key in run:
+            lines.append(f"{key + ':':<14} {cell(run.get(key))}")
+    if run.get("error") is not None:
+        lines.append(f"{'error:':<14} {format_error(run['error'])}")
+    return "\n".join(lines)
+
+
+def format_run_detail(run: Mapping[str, Any]) -> str:
+    """``wf show``: the run, then its steps with timings, waitpoints and metadata."""
+    parts = [format_run(run)]
+    steps = run.get("steps") or []
+    parts.append("\nsteps:")
+    if steps:
+        rows = [
+            (
+                s.get("step_id"),
+                s.get("status"),
+                s.get("attempt"),
+                s.get("started_at"),
+                duration(s.get("started_at"), s.get("finished_at")),
+                format_error(s["error"]) if s.get("error") else None,
+            )
+            for s in steps
+        ]
+        headers = ("step", "status", "attempt", "started", "took", "error")
+        parts.append(_indent(table(headers, rows)))
+    else:
+        parts.append("  (none)")
+    waitpoints = run.get("waitpoints") or []
+    parts.append("\nwaitpoints:")
+    if waitpoints:
+        rows = [
+            (
+                w.get("waitpoint_id") or w.get("id"),
+                w.get("kind"),
+                w.get("status") or ("resolved" if w.get("resolved_at") else "pending"),
+                w.get("due_at") or w.get("created_at"),
+                w.get("resolved_at"),
+                w.get("source"),
+            )
+            for w in waitpoints
+        ]
+        parts.append(
+            _indent(table(("waitpoint", "kind", "status", "due", "resolved", "source"), rows))
+        )
+    else:
+        parts.append("  (none)")
+    metadata = run.get("metadata") or {}
+    parts.append("\nmetadata:")
+    parts.append(_indent(format_mapping(metadata)) if metadata else "  (none)")
+    return "\n".join(parts)
+
+
+def format_mapping(data: Mapping[str, Any], prefix: str = "") -> str:
+    """Nested mappings flattened to ``a.b: value`` lines (``wf stats``, metadata)."""
+    lines: list[str] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            lines.append(format_mapping(value, prefix=f"{name}."))
+        else:
+            lines.append(f"{name}: {cell(value)}")
+    return "\n".join(lines)
+
+
+def format_result(result: Any) -> str:
+    """Fallback for results without a dedicated view."""
+    if isinstance(result, Mapping):
+        return format_mapping(result) or "ok"
+    return cell(result)
+
+
+def format_list(items: Sequence[Any], empty: str) -> str:
+    """A table with one column per key seen in the items (``wf workflows``, ``wf schedules``)."""
+    if not items:
+        return empty
+    if not all(isinstance(i, Mapping) for i in items):
+        return "\n".join(cell(i) for i in items)
+    columns: dict[str, None] = {}
+    for item in items:
+        columns.update(dict.fromkeys(item))
+    rows = [[item.get(c) for c in columns] for item in items]
+    return table(tuple(columns), rows)
+
+
+_LOG_SKIP = frozenset({"timestamp", "level", "event"})
+
+
+def format_log_record(record: Mapping[str, Any]) -> str:
+    """One ``wf tail`` line: ``timestamp level event key=value ...``."""
+    if record.get("type") == "lagged":
+        return f"... {record.get('dropped')} log records dropped (reader too slow)"
+    extras = " ".join(f"{k}={cell(v)}" for k, v in record.items() if k not in _LOG_SKIP)
+    level = cell(record.get("level"))
+    head = f"{cell(record.get('timestamp'))} {level:<7} {cell(record.get('event'))}"
+    return f"{head} {extras}".rstrip()
+
+
+def _indent(text: str, by: str = "  ") -> str:
+    return "\n".join(by + line for line in text.splitlines())
