@@ -1,0 +1,340 @@
+"""Write operations: what callers hand to ``Storage.commit``, and what each one returns.
+
+An op is a frozen dataclass; ``WriteOp[R]`` says its result type ``R``. A list of ops given to
+one ``commit`` call is applied in one transaction, all or nothing, in list order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Generic, TypeVar
+
+from storage import records
+from storage.records import JSON
+
+R = TypeVar("R")
+
+
+class Unset(Enum):
+    """Marks a field of a partial update that leaves the stored value alone."""
+
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = Unset.UNSET
+
+
+class WriteOp(Generic[R]):
+    """Base of every write op; ``R`` is the result ``commit`` returns for it."""
+
+    __slots__ = ()
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunCreated:
+    run: records.RunRecord
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WaitpointRegistered:
+    waitpoint: records.WaitpointRecord
+    """As stored; already resolved when a buffered signal or a lookback event satisfied it."""
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecorded:
+    inserted: bool
+    resolved: tuple[records.WaitpointRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSent:
+    delivered: bool
+    """True: resolved a waiting waitpoint; False: went to the run's inbox."""
+    waitpoint: records.WaitpointRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChildRunCreated:
+    run: records.RunRecord
+    created: bool
+    waitpoint: records.WaitpointRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class FiredTimer:
+    timer: records.TimerRecord
+    waitpoint: records.WaitpointRecord | None
+    """The waitpoint this firing resolved (None if it had no target or was already resolved)."""
+
+
+# --- runs --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRun(WriteOp[RunCreated]):
+    """Insert a run, or return the stored one with the same ``run_id`` or the same
+    ``(workflow_id, idempotency_key)``. With ``scheduled_at`` a ``start`` timer
+    ``start:<run_id>`` is inserted in the same transaction."""
+
+    run_id: str
+    workflow_id: str
+    created_at: float
+    input: JSON = None
+    workflow_version: str | None = None
+    tags: tuple[str, ...] = ()
+    priority: int = 0
+    idempotency_key: str | None = None
+    parent_run_id: str | None = None
+    root_run_id: str | None = None
+    status: records.RunStatus = records.RunStatus.PENDING
+    scheduled_at: float | None = None
+    triggered_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRun(WriteOp[None]):
+    """Partial update: fields left ``UNSET`` keep their stored value. ``add_compute_seconds``
+    is added to the stored total. Unknown run → ``NotFound``."""
+
+    run_id: str
+    at: float
+    status: records.RunStatus | Unset = UNSET
+    output: JSON = UNSET
+    error: JSON = UNSET
+    started_at: float | Unset | None = UNSET
+    finished_at: float | Unset | None = UNSET
+    attempt: int | Unset = UNSET
+    diverged: bool | Unset = UNSET
+    recoveries: int | Unset = UNSET
+    priority: int | Unset = UNSET
+    add_compute_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CreateChildRun(WriteOp[ChildRunCreated]):
+    """Create the child run and register the parent's ``invoke`` waitpoint together. The child's
+    run id is chosen by the caller (deterministic), so re-doing this after a crash is a no-op."""
+
+    child: CreateRun
+    invoke: RegisterWaitpoint | None
+
+
+# --- journal -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStepAttempt(WriteOp[None]):
+    """Upsert the step's latest attempt and append the attempt to its history (re-recording the
+    same attempt number replaces it). An older attempt never overwrites a newer one."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    status: records.StepStatus
+    position: int = 0
+    output: JSON = None
+    error: JSON = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    runtime: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCompensation(WriteOp[None]):
+    run_id: str
+    step_id: str
+    status: records.CompensationStatus
+    finished_at: float
+    error: JSON = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendStreamChunk(WriteOp[bool]):
+    """Idempotent by ``(run_id, stream_id, seq)``; returns whether the chunk was new."""
+
+    run_id: str
+    stream_id: str
+    seq: int
+    encoding: str
+    chunk: JSON
+    final: bool
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyMetadata(WriteOp[bool]):
+    """Apply one metadata op to ``run_id`` exactly once. ``op_index`` counts the ops emitted by
+    ``origin_run_id`` and must increase; an index at or below the highest applied one for that
+    origin is skipped (returns False), so a replay re-emitting its ops changes nothing.
+    ``increment`` adds ``value`` (default 1) to a number; ``append`` appends to a list (created
+    if absent); ``remove`` deletes the key. A type mismatch → ``InvalidOperation``."""
+
+    run_id: str
+    origin_run_id: str
+    op_index: int
+    op: records.MetadataOpKind
+    key: str
+    value: JSON = None
+
+
+# --- waitpoints, events, signals, tokens ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterWaitpoint(WriteOp[WaitpointRegistered]):
+    """Register a waitpoint, idempotent by ``(run_id, wp_id)`` (a second registration returns
+    the stored record unchanged).
+
+    In the same transaction: a MANUAL waitpoint's ``token_id`` is reserved (held by another
+    waitpoint → ``TokenConflict``); a timer ``wp:<run_id>:<wp_id>`` is inserted when ``due_at``
+    (kind ``sleep``) or ``timeout_at`` (kind ``timeout``) is set, ``timer_kind`` overriding the
+    kind; a SIGNAL waitpoint consumes the oldest inbox signal of its name and resolves at once
+    (source ``inbox``); an EVENT waitpoint with ``lookback_from`` resolves at once from the
+    oldest stored event of its type received at or after that time that ``matches`` accepts and
+    that no other waitpoint of this run consumed (source ``inbox``)."""
+
+    run_id: str
+    wp_id: str
+    kind: records.WaitpointKind
+    registered_at: float
+    meta: JSON = None
+    event_type: str | None = None
+    signal_name: str | None = None
+    match: JSON = None
+    token_id: str | None = None
+    due_at: float | None = None
+    timeout_at: float | None = None
+    timer_kind: records.TimerKind | None = None
+    timer_payload: JSON = None
+    lookback_from: float | None = None
+    matches: records.Matcher | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is records.WaitpointKind.EVENT and not self.event_type:
+            raise ValueError(f"EVENT waitpoint {self.wp_id!r} needs an event_type")
+        if self.kind is records.WaitpointKind.SIGNAL and not self.signal_name:
+            raise ValueError(f"SIGNAL waitpoint {self.wp_id!r} needs a signal_name")
+        if self.lookback_from is not None and self.match is not None and self.matches is None:
+            raise ValueError(f"waitpoint {self.wp_id!r}: lookback with a match needs `matches`")
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveWaitpoint(WriteOp[bool]):
+    """Resolve a waiting waitpoint and delete its timers. Returns True only for the call that
+    resolved it: a timer and an event racing resolve it exactly once."""
+
+    run_id: str
+    wp_id: str
+    resolved_at: float
+    source: records.ResolutionSource
+    payload: JSON = None
+    error: JSON = None
+    matched_event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordEvent(WriteOp[EventRecorded]):
+    """Store the event and resolve every waiting EVENT waitpoint of its type whose ``match`` is
+    None or accepted by ``matches`` (source ``live``), oldest registration first. A re-sent
+    ``event_id`` is a no-op: ``inserted`` False, nothing resolved."""
+
+    event_id: str
+    type: str
+    payload: JSON
+    received_at: float
+    matches: records.Matcher
+
+
+@dataclass(frozen=True, slots=True)
+class SendSignal(WriteOp[SignalSent]):
+    """Resolve the run's oldest-registered waitpoint waiting on ``name`` (source ``live``), or
+    append the signal to the run's inbox. Unknown run → ``NotFound``."""
+
+    run_id: str
+    name: str
+    payload: JSON
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteToken(WriteOp[records.WaitpointRecord]):
+    """Resolve the token's MANUAL waitpoint (source ``live``) and return it. Unknown token →
+    ``NotFound``; already completed or timed out → ``TokenConflict``."""
+
+    token_id: str
+    payload: JSON
+    completed_at: float
+
+
+# --- timers, schedules, rate limits ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertTimer(WriteOp[None]):
+    timer_id: str
+    kind: records.TimerKind
+    due_at: float
+    created_at: float
+    run_id: str | None = None
+    wp_id: str | None = None
+    payload: JSON = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteTimer(WriteOp[bool]):
+    timer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FireTimer(WriteOp["FiredTimer | None"]):
+    """Delete the timer and resolve the waitpoint it targets, in one transaction (a ``sleep`` or
+    ``retry`` timer resolves with source ``live``, a ``timeout`` timer with ``timeout``).
+    Returns None when the timer is gone (already fired or deleted) or not yet due at
+    ``fired_at`` — a timer never fires while the wall clock reads earlier than its due time."""
+
+    timer_id: str
+    fired_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimDueTimers(WriteOp[tuple[FiredTimer, ...]]):
+    """Fire (as ``FireTimer``) up to ``limit`` timers due at ``before``, oldest first."""
+
+    before: float
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertSchedule(WriteOp[None]):
+    name: str
+    workflow_id: str
+    spec: JSON
+    updated_at: float
+    next_fire_at: float | None = None
+    last_fire_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSchedule(WriteOp[bool]):
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PutRateLimit(WriteOp[None]):
+    key: str
+    tokens: float
+    updated_at: float
+
+
+WriteBatch = list[WriteOp[Any]]
+"""Ops applied together in one transaction, in order."""

@@ -1,0 +1,144 @@
+"""The ``Storage`` Protocol: everything the daemon asks of its database.
+
+Methods are named for what they do to engine state. Writes go through ``commit`` (a batch of
+ops from ``storage.ops``, applied atomically) or a single-op shortcut; reads return records from
+``storage.records``. No backend type (connection, row, SQL) appears here, so a PostgreSQL store
+can implement the same Protocol.
+
+Errors: every method may raise ``StorageError`` (``StorageFull`` when the disk is full,
+``StorageBusy`` when the database stays locked, ``StorageClosed`` after close). Op-specific errors
+(``NotFound``, ``TokenConflict``, ``InvalidOperation``) are listed on each op in ``storage.ops``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from storage import ops, records
+
+R = TypeVar("R")
+
+
+@runtime_checkable
+class Storage(Protocol):
+    # --- writes --------------------------------------------------------------------------------
+
+    async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:
+        """Apply every op of ``batch`` in order in one transaction, or none of them.
+
+        Returns one result per op, in batch order (each op's ``WriteOp[R]`` says its type).
+        Returns only after the transaction is durable (at ``synchronous=full``: fsynced); batches
+        from concurrent callers share a transaction (group commit) but fail independently: an op
+        error (``NotFound``, ``TokenConflict``, ``InvalidOperation``, a constraint) rolls back
+        only this caller's batch. ``StorageFull`` / I/O errors fail every batch committed with it.
+        """
+        ...
+
+    async def execute(self, op: ops.WriteOp[R]) -> R:
+        """``commit([op])`` and return its one result."""
+        ...
+
+    async def create_run(self, run: ops.CreateRun) -> ops.RunCreated:
+        """Insert the run, or return the one stored under the same ``run_id`` or the same
+        ``(workflow_id, idempotency_key)``; ``created`` is True only when a row was inserted."""
+        ...
+
+    async def record_event(self, event: ops.RecordEvent) -> ops.EventRecorded:
+        """Store the event and, atomically, resolve every matching waiting EVENT waitpoint
+        (oldest registration first). A re-sent ``event_id`` is a no-op (``inserted`` False)."""
+        ...
+
+    async def send_signal(self, signal: ops.SendSignal) -> ops.SignalSent:
+        """Resolve the run's oldest waitpoint waiting on the signal, else add it to the inbox.
+        Unknown run → ``NotFound``."""
+        ...
+
+    async def complete_token(self, completion: ops.CompleteToken) -> records.WaitpointRecord:
+        """Resolve the token's waitpoint and return it. Unknown token → ``NotFound``; already
+        completed (or timed out) → ``TokenConflict``."""
+        ...
+
+    async def claim_due_timers(self, before: float, limit: int = 1000) -> list[ops.FiredTimer]:
+        """Atomically delete up to ``limit`` timers due at ``before`` (oldest first) and resolve
+        the waitpoints they target. A timer is claimed by exactly one call."""
+        ...
+
+    # --- runs ------------------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> records.RunRecord | None:
+        """The run, or None if unknown."""
+        ...
+
+    async def list_runs(
+        self,
+        *,
+        status: records.RunStatus | None = None,
+        workflow_id: str | None = None,
+        tag: str | None = None,
+        limit: int = 100,
+    ) -> list[records.RunRecord]:
+        """Runs matching every given filter, newest first (by ``created_at``, then number)."""
+        ...
+
+    async def non_terminal_runs(self) -> list[records.RunRecord]:
+        """Every run not yet in a terminal status (recovery at start), oldest first."""
+        ...
+
+    async def load_journal(self, run_id: str) -> records.Journal:
+        """The run and everything recorded for it, from one consistent snapshot: steps and their
+        attempts (by position, attempt), waitpoints (registration order), compensations (in the
+        order recorded), metadata, stream chunks (by stream, seq). Unknown run → ``NotFound``."""
+        ...
+
+    # --- waitpoints, events, signals, tokens ---------------------------------------------------
+
+    async def get_waitpoint(self, run_id: str, wp_id: str) -> records.WaitpointRecord | None:
+        """One waitpoint, or None."""
+        ...
+
+    async def waiting_waitpoints_for_event(self, event_type: str) -> list[records.WaitpointRecord]:
+        """Every waiting EVENT waitpoint for ``event_type``, oldest registration first."""
+        ...
+
+    async def get_event(self, event_id: str) -> records.EventRecord | None:
+        """A stored event, or None."""
+        ...
+
+    async def signal_inbox(
+        self, run_id: str, name: str | None = None
+    ) -> list[records.SignalRecord]:
+        """Signals buffered for the run (optionally of one name), oldest first."""
+        ...
+
+    async def get_token(self, token_id: str) -> records.TokenRecord | None:
+        """A token and whether it was completed, or None."""
+        ...
+
+    # --- timers, streams, schedules, rate limits, stats ------------------------------------------
+
+    async def next_timer_due(self) -> float | None:
+        """The earliest timer due time, or None when no timer is stored."""
+        ...
+
+    async def due_timers(self, before: float, limit: int) -> list[records.TimerRecord]:
+        """Up to ``limit`` timers with ``due_at <= before``, oldest first (ties by timer id)."""
+        ...
+
+    async def stream_chunks(
+        self, run_id: str, stream_id: str, after_seq: int = -1, limit: int | None = None
+    ) -> list[records.StreamChunk]:
+        """Chunks of one stream with ``seq > after_seq``, by seq."""
+        ...
+
+    async def list_schedules(self) -> list[records.ScheduleRecord]:
+        """Every schedule, by name."""
+        ...
+
+    async def get_rate_limit(self, key: str) -> records.RateLimitState | None:
+        """The stored token-bucket state for ``key``, or None."""
+        ...
+
+    async def counts(self) -> records.StorageCounts:
+        """Row counts for ``wf stats`` (one consistent snapshot)."""
+        ...

@@ -1,0 +1,311 @@
+"""Records read from storage: frozen, slotted, JSON-ready.
+
+Times are float epoch seconds (UTC) everywhere. JSON values (inputs, outputs, payloads, errors,
+metadata) are already-decoded Python objects. No driver type ever appears here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+JSON = Any
+"""An already-decoded JSON value: None, bool, int, float, str, list or dict with str keys."""
+
+Matcher = Callable[[JSON, JSON], bool]
+"""``matches(match, payload)``: does an event payload satisfy a waitpoint's stored ``match``?
+Supplied by the caller so storage holds no workflow semantics. Runs on the writer thread: it
+must be pure, fast and thread-safe."""
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+    TIMED_OUT = "timed_out"
+
+
+TERMINAL_STATUSES: frozenset[RunStatus] = frozenset(
+    {
+        RunStatus.COMPLETED,
+        RunStatus.FAILED,
+        RunStatus.CANCELLED,
+        RunStatus.COMPENSATED,
+        RunStatus.COMPENSATION_FAILED,
+        RunStatus.TIMED_OUT,
+    }
+)
+NON_TERMINAL_STATUSES: frozenset[RunStatus] = frozenset(RunStatus) - TERMINAL_STATUSES
+
+
+class StepStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class WaitpointKind(StrEnum):
+    DATETIME = "DATETIME"
+    EVENT = "EVENT"
+    SIGNAL = "SIGNAL"
+    MANUAL = "MANUAL"
+    RUN = "RUN"
+
+
+class WaitpointStatus(StrEnum):
+    WAITING = "waiting"
+    RESOLVED = "resolved"
+
+
+class ResolutionSource(StrEnum):
+    """How a waitpoint was resolved (SPEC §3).
+
+    ``live``: by a signal, event, token, child run or sleep timer arriving while it waited;
+    ``inbox``: at registration, from something stored earlier (a buffered signal, or an event
+    accepted by ``lookback``); ``timeout``: by its timeout timer; ``replay``: reserved for the
+    executor, which reports journal entries it replays with this source.
+    """
+
+    LIVE = "live"
+    INBOX = "inbox"
+    REPLAY = "replay"
+    TIMEOUT = "timeout"
+
+
+class TimerKind(StrEnum):
+    SLEEP = "sleep"
+    TIMEOUT = "timeout"
+    RETRY = "retry"
+    START = "start"
+    SCHEDULE = "schedule"
+
+
+class MetadataOpKind(StrEnum):
+    SET = "set"
+    INCREMENT = "increment"
+    APPEND = "append"
+    REMOVE = "remove"
+
+
+class CompensationStatus(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    run_id: str
+    number: int
+    workflow_id: str
+    workflow_version: str | None
+    status: RunStatus
+    input: JSON
+    output: JSON
+    error: JSON
+    tags: tuple[str, ...]
+    priority: int
+    idempotency_key: str | None
+    parent_run_id: str | None
+    root_run_id: str | None
+    triggered_by: str | None
+    attempt: int
+    created_at: float
+    scheduled_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+    diverged: bool
+    recoveries: int
+    compute_seconds: float
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def to_json(self) -> dict[str, JSON]:
+        """The run record of SPEC §6 as a JSON-ready dict."""
+        out = asdict(self)
+        out["status"] = str(self.status)
+        out["tags"] = list(self.tags)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """The latest attempt of one step (by step id)."""
+
+    run_id: str
+    step_id: str
+    position: int
+    attempt: int
+    status: StepStatus
+    output: JSON
+    error: JSON
+    started_at: float | None
+    finished_at: float | None
+    runtime: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepAttemptRecord:
+    """One attempt of a step; every attempt, failed ones included, is kept."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    status: StepStatus
+    output: JSON
+    error: JSON
+    started_at: float | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitpointRecord:
+    run_id: str
+    wp_id: str
+    kind: WaitpointKind
+    status: WaitpointStatus
+    meta: JSON
+    event_type: str | None
+    signal_name: str | None
+    match: JSON
+    token_id: str | None
+    registered_at: float
+    due_at: float | None
+    timeout_at: float | None
+    resolved_at: float | None
+    payload: JSON
+    error: JSON
+    source: ResolutionSource | None
+    matched_event_id: str | None
+
+    @property
+    def is_waiting(self) -> bool:
+        return self.status is WaitpointStatus.WAITING
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    event_id: str
+    type: str
+    payload: JSON
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRecord:
+    """A signal held in a run's inbox (sent while no waitpoint waited for it)."""
+
+    seq: int
+    run_id: str
+    name: str
+    payload: JSON
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    token_id: str
+    run_id: str
+    wp_id: str
+    created_at: float
+    completed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TimerRecord:
+    timer_id: str
+    kind: TimerKind
+    due_at: float
+    run_id: str | None
+    wp_id: str | None
+    payload: JSON
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    name: str
+    workflow_id: str
+    spec: JSON
+    next_fire_at: float | None
+    last_fire_at: float | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    run_id: str
+    stream_id: str
+    seq: int
+    encoding: str
+    chunk: JSON
+    final: bool
+    at: float
+
+    def to_json(self) -> dict[str, JSON]:
+        """The chunk as the ``stream`` method sends it (SPEC §6)."""
+        return {
+            "stream_id": self.stream_id,
+            "seq": self.seq,
+            "encoding": self.encoding,
+            "chunk": self.chunk,
+            "final": self.final,
+            "at": self.at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CompensationRecord:
+    run_id: str
+    step_id: str
+    status: CompensationStatus
+    error: JSON
+    finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitState:
+    key: str
+    tokens: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """Everything recorded for one run, read in one consistent snapshot."""
+
+    run: RunRecord
+    steps: tuple[StepRecord, ...]
+    attempts: tuple[StepAttemptRecord, ...]
+    waitpoints: tuple[WaitpointRecord, ...]
+    compensations: tuple[CompensationRecord, ...]
+    metadata: Mapping[str, JSON]
+    stream_chunks: tuple[StreamChunk, ...]
+    completed_streams: frozenset[str]
+
+    @property
+    def entry_count(self) -> int:
+        """Journal entries counted against ``limits.max_journal_entries``."""
+        return len(self.attempts) + len(self.waitpoints) + len(self.stream_chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageCounts:
+    """Row counts for ``wf stats``."""
+
+    runs_by_status: Mapping[str, int] = field(default_factory=dict)
+    waiting_waitpoints: int = 0
+    timers: int = 0
+    events: int = 0
+    inbox_signals: int = 0
+    schedules: int = 0

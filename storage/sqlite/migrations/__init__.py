@@ -1,0 +1,3 @@
+"""Numbered schema migrations (``NNNN_name.sql``), applied by ``storage.sqlite.schema``."""
+
+from __future__ import annotations

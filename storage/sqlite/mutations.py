@@ -1,0 +1,635 @@
+"""How each write op changes the database. Runs on the writer thread, inside its transaction.
+
+Every function takes the writer's ``sqlite3.Connection`` and one op, and returns the op's result.
+They never commit or roll back: the writer wraps each caller's ops in a savepoint and the whole
+batch in one transaction. Errors raised here fail only the caller whose op raised them, unless
+they are I/O-level (see ``translate.is_batch_fatal``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from storage import errors, ops, records
+from storage.records import JSON, ResolutionSource, TimerKind, WaitpointKind, WaitpointStatus
+from storage.sqlite import rows
+from storage.sqlite.rows import dumps
+
+Conn = sqlite3.Connection
+
+_WAITING = WaitpointStatus.WAITING.value
+
+# --- runs --------------------------------------------------------------------------------------
+
+_SELECT_RUN = f"SELECT {rows.RUN_COLUMNS} FROM runs WHERE run_id = ?"
+_SELECT_RUN_BY_KEY = (
+    f"SELECT {rows.RUN_COLUMNS} FROM runs WHERE workflow_id = ? AND idempotency_key = ?"
+)
+_INSERT_RUN = (
+    "INSERT INTO runs (run_id, workflow_id, workflow_version, status, input, tags, priority, "
+    "idempotency_key, parent_run_id, root_run_id, triggered_by, created_at, scheduled_at, "
+    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def create_run(conn: Conn, op: ops.CreateRun) -> ops.RunCreated:
+    row = conn.execute(_SELECT_RUN, (op.run_id,)).fetchone()
+    if row is None and op.idempotency_key is not None:
+        row = conn.execute(_SELECT_RUN_BY_KEY, (op.workflow_id, op.idempotency_key)).fetchone()
+    if row is not None:
+        return ops.RunCreated(rows.run_from_row(row), created=False)
+    tags = tuple(dict.fromkeys(op.tags))
+    cur = conn.execute(
+        _INSERT_RUN,
+        (
+            op.run_id,
+            op.workflow_id,
+            op.workflow_version,
+            op.status.value,
+            dumps(op.input),
+            dumps(list(tags)),
+            op.priority,
+            op.idempotency_key,
+            op.parent_run_id,
+            op.root_run_id,
+            op.triggered_by,
+            op.created_at,
+            op.scheduled_at,
+            op.created_at,
+        ),
+    )
+    if tags:
+        conn.executemany(
+            "INSERT INTO run_tags (run_id, tag, created_at) VALUES (?, ?, ?)",
+            [(op.run_id, tag, op.created_at) for tag in tags],
+        )
+    if op.scheduled_at is not None:
+        _upsert_timer(
+            conn,
+            f"start:{op.run_id}",
+            TimerKind.START,
+            op.scheduled_at,
+            op.created_at,
+            op.run_id,
+            None,
+            None,
+        )
+    run = records.RunRecord(
+        run_id=op.run_id,
+        number=int(cur.lastrowid or 0),
+        workflow_id=op.workflow_id,
+        workflow_version=op.workflow_version,
+        status=op.status,
+        input=rows.loads(dumps(op.input)),
+        output=None,
+        error=None,
+        tags=tags,
+        priority=op.priority,
+        idempotency_key=op.idempotency_key,
+        parent_run_id=op.parent_run_id,
+        root_run_id=op.root_run_id,
+        triggered_by=op.triggered_by,
+        attempt=1,
+        created_at=op.created_at,
+        scheduled_at=op.scheduled_at,
+        started_at=None,
+        finished_at=None,
+        updated_at=op.created_at,
+        diverged=False,
+        recoveries=0,
+        compute_seconds=0.0,
+    )
+    return ops.RunCreated(run, created=True)
+
+
+_UPDATE_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("status", lambda v: v.value),
+    ("output", dumps),
+    ("error", dumps),
+    ("started_at", lambda v: v),
+    ("finished_at", lambda v: v),
+    ("attempt", lambda v: v),
+    ("diverged", int),
+    ("recoveries", lambda v: v),
+    ("priority", lambda v: v),
+)
+
+
+def update_run(conn: Conn, op: ops.UpdateRun) -> None:
+    sets = ["updated_at = ?"]
+    params: list[Any] = [op.at]
+    for name, encode in _UPDATE_FIELDS:
+        value = getattr(op, name)
+        if value is not ops.UNSET:
+            sets.append(f"{name} = ?")
+            params.append(encode(value))
+    if op.add_compute_seconds:
+        sets.append("compute_seconds = compute_seconds + ?")
+        params.append(op.add_compute_seconds)
+    params.append(op.run_id)
+    cur = conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE run_id = ?", params)
+    if cur.rowcount == 0:
+        raise errors.NotFound("run", op.run_id)
+
+
+def create_child_run(conn: Conn, op: ops.CreateChildRun) -> ops.ChildRunCreated:
+    created = create_run(conn, op.child)
+    waitpoint = None if op.invoke is None else register_waitpoint(conn, op.invoke).waitpoint
+    return ops.ChildRunCreated(created.run, created.created, waitpoint)
+
+
+# --- journal -----------------------------------------------------------------------------------
+
+_RUN_NO = "(SELECT number FROM runs WHERE run_id = ?)"
+_STEP_VALUES = f"({_RUN_NO}, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_STEP_TAIL = (
+    " ON CONFLICT (run_no, step_id) DO UPDATE SET position = excluded.position, "
+    "attempt = excluded.attempt, status = excluded.status, output = excluded.output, "
+    "error = excluded.error, started_at = excluded.started_at, "
+    "finished_at = excluded.finished_at, runtime = excluded.runtime "
+    "WHERE excluded.attempt >= steps.attempt"
+)
+_INSERT_STEP_HEAD = (
+    "INSERT INTO steps (run_no, step_id, position, attempt, status, output, error, started_at, "
+    "finished_at, runtime) VALUES "
+)
+UPSERT_STEP = _INSERT_STEP_HEAD + _STEP_VALUES + _UPSERT_STEP_TAIL
+STEP_CHUNKS = (256, 64, 16, 4, 1)
+"""Row counts of the multi-row step upserts the writer uses (each statement cached once)."""
+
+
+@cache
+def upsert_steps_sql(rows_count: int) -> str:
+    """``UPSERT_STEP`` for ``rows_count`` rows in one statement: SQLite runs it in one call,
+    so the writer thread gives up and re-takes the GIL once per chunk, not once per row."""
+    return _INSERT_STEP_HEAD + ", ".join([_STEP_VALUES] * rows_count) + _UPSERT_STEP_TAIL
+
+
+_ARCHIVE_EARLIER_ATTEMPT = (
+    "INSERT OR REPLACE INTO step_attempts (run_no, step_id, attempt, status, output, error, "
+    "started_at, finished_at) SELECT run_no, step_id, attempt, status, output, error, "
+    f"started_at, finished_at FROM steps WHERE run_no = {_RUN_NO} AND step_id = ? AND attempt < ?"
+)
+
+
+def step_row(op: ops.RecordStepAttempt) -> tuple[Any, ...]:
+    """Parameters of ``UPSERT_STEP`` for ``op``. The writer feeds many first attempts to one
+    ``executemany``: a first attempt never has an earlier one to archive."""
+    return (
+        op.run_id,
+        op.step_id,
+        op.position,
+        op.attempt,
+        op.status.value,
+        dumps(op.output),
+        dumps(op.error),
+        op.started_at,
+        op.finished_at,
+        op.runtime,
+    )
+
+
+def record_step_attempt(conn: Conn, op: ops.RecordStepAttempt) -> None:
+    if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (op.run_id,)).fetchone() is None:
+        raise errors.NotFound("run", op.run_id)
+    if op.attempt > 1:
+        conn.execute(_ARCHIVE_EARLIER_ATTEMPT, (op.run_id, op.step_id, op.attempt))
+    conn.execute(UPSERT_STEP, step_row(op))
+
+
+def record_compensation(conn: Conn, op: ops.RecordCompensation) -> None:
+    conn.execute(
+        "INSERT INTO compensations (run_id, step_id, seq, status, error, finished_at) "
+        "VALUES (?, ?, (SELECT count(*) FROM compensations WHERE run_id = ?), ?, ?, ?) "
+        "ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, "
+        "error = excluded.error, finished_at = excluded.finished_at",
+        (op.run_id, op.step_id, op.run_id, op.status.value, dumps(op.error), op.finished_at),
+    )
+
+
+def append_stream_chunk(conn: Conn, op: ops.AppendStreamChunk) -> bool:
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO stream_chunks (run_id, stream_id, seq, encoding, chunk, final, at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (op.run_id, op.stream_id, op.seq, op.encoding, dumps(op.chunk), int(op.final), op.at),
+    )
+    return cur.rowcount == 1
+
+
+def apply_metadata(conn: Conn, op: ops.ApplyMetadata) -> bool:
+    row = conn.execute(
+        "SELECT last_op_index FROM metadata_cursor WHERE origin_run_id = ?", (op.origin_run_id,)
+    ).fetchone()
+    if row is not None and op.op_index <= row[0]:
+        return False
+    kind = records.MetadataOpKind(op.op)
+    if kind is records.MetadataOpKind.REMOVE:
+        conn.execute("DELETE FROM metadata WHERE run_id = ? AND key = ?", (op.run_id, op.key))
+    else:
+        value = op.value
+        if kind is not records.MetadataOpKind.SET:
+            current_row = conn.execute(
+                "SELECT value FROM metadata WHERE run_id = ? AND key = ?", (op.run_id, op.key)
+            ).fetchone()
+            current = None if current_row is None else rows.loads(current_row[0])
+            value = _combine(kind, op.key, current, op.value)
+        conn.execute(
+            "INSERT INTO metadata (run_id, key, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
+            (op.run_id, op.key, dumps(value)),
+        )
+    conn.execute(
+        "INSERT INTO metadata_cursor (origin_run_id, last_op_index) VALUES (?, ?) "
+        "ON CONFLICT (origin_run_id) DO UPDATE SET last_op_index = excluded.last_op_index",
+        (op.origin_run_id, op.op_index),
+    )
+    return True
+
+
+def _combine(kind: records.MetadataOpKind, key: str, current: JSON, value: JSON) -> JSON:
+    if kind is records.MetadataOpKind.INCREMENT:
+        step = 1 if value is None else value
+        base = 0 if current is None else current
+        if not _is_number(step) or not _is_number(base):
+            raise errors.InvalidOperation(
+                f"metadata increment of {key!r}: needs numbers, got {base!r} + {step!r}"
+            )
+        return base + step
+    base_list = [] if current is None else current
+    if not isinstance(base_list, list):
+        raise errors.InvalidOperation(
+            f"metadata append to {key!r}: stored value {current!r} is not a list"
+        )
+    return [*base_list, value]
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+# --- waitpoints ----------------------------------------------------------------------------------
+
+_SELECT_WAITPOINT = (
+    f"SELECT {rows.WAITPOINT_COLUMNS} FROM waitpoints WHERE run_id = ? AND wp_id = ?"
+)
+_INSERT_WAITPOINT = (
+    "INSERT INTO waitpoints (run_id, wp_id, kind, status, meta, event_type, signal_name, match, "
+    "token_id, registered_at, due_at, timeout_at) VALUES (?, ?, ?, 'waiting', ?, ?, ?, ?, ?, ?, "
+    "?, ?)"
+)
+_RESOLVE = (
+    "UPDATE waitpoints SET status = 'resolved', resolved_at = ?, payload = ?, error = ?, "
+    "source = ?, matched_event_id = ? WHERE run_id = ? AND wp_id = ? AND status = 'waiting'"
+)
+
+
+def _resolve(
+    conn: Conn,
+    run_id: str,
+    wp_id: str,
+    resolved_at: float,
+    source: ResolutionSource,
+    payload: JSON,
+    error: JSON,
+    matched_event_id: str | None,
+) -> bool:
+    cur = conn.execute(
+        _RESOLVE,
+        (resolved_at, dumps(payload), dumps(error), source.value, matched_event_id, run_id, wp_id),
+    )
+    if cur.rowcount == 0:
+        return False
+    conn.execute("DELETE FROM timers WHERE run_id = ? AND wp_id = ?", (run_id, wp_id))
+    return True
+
+
+def _resolved(
+    wp: records.WaitpointRecord,
+    resolved_at: float,
+    source: ResolutionSource,
+    payload: JSON,
+    error: JSON = None,
+    matched_event_id: str | None = None,
+) -> records.WaitpointRecord:
+    return dataclasses.replace(
+        wp,
+        status=WaitpointStatus.RESOLVED,
+        resolved_at=resolved_at,
+        payload=payload,
+        error=error,
+        source=source,
+        matched_event_id=matched_event_id,
+    )
+
+
+def register_waitpoint(conn: Conn, op: ops.RegisterWaitpoint) -> ops.WaitpointRegistered:
+    row = conn.execute(_SELECT_WAITPOINT, (op.run_id, op.wp_id)).fetchone()
+    if row is not None:
+        return ops.WaitpointRegistered(rows.waitpoint_from_row(row), created=False)
+    conn.execute(
+        _INSERT_WAITPOINT,
+        (
+            op.run_id,
+            op.wp_id,
+            op.kind.value,
+            dumps(op.meta),
+            op.event_type,
+            op.signal_name,
+            dumps(op.match),
+            op.token_id,
+            op.registered_at,
+            op.due_at,
+            op.timeout_at,
+        ),
+    )
+    if op.token_id is not None:
+        _reserve_token(conn, op)
+    due = op.due_at if op.due_at is not None else op.timeout_at
+    if due is not None:
+        kind = op.timer_kind or (TimerKind.SLEEP if op.due_at is not None else TimerKind.TIMEOUT)
+        _upsert_timer(
+            conn,
+            f"wp:{op.run_id}:{op.wp_id}",
+            kind,
+            due,
+            op.registered_at,
+            op.run_id,
+            op.wp_id,
+            op.timer_payload,
+        )
+    wp = rows.waitpoint_from_row(conn.execute(_SELECT_WAITPOINT, (op.run_id, op.wp_id)).fetchone())
+    if op.kind is WaitpointKind.SIGNAL:
+        wp = _take_from_inbox(conn, op, wp)
+    elif op.kind is WaitpointKind.EVENT and op.lookback_from is not None:
+        wp = _take_from_lookback(conn, op, wp)
+    return ops.WaitpointRegistered(wp, created=True)
+
+
+def _reserve_token(conn: Conn, op: ops.RegisterWaitpoint) -> None:
+    assert op.token_id is not None
+    held = conn.execute(
+        "SELECT run_id, wp_id FROM tokens WHERE token_id = ?", (op.token_id,)
+    ).fetchone()
+    if held is not None:
+        raise errors.TokenConflict(op.token_id, f"is already held by {held[0]}/{held[1]}")
+    conn.execute(
+        "INSERT INTO tokens (token_id, run_id, wp_id, created_at) VALUES (?, ?, ?, ?)",
+        (op.token_id, op.run_id, op.wp_id, op.registered_at),
+    )
+
+
+def _take_from_inbox(
+    conn: Conn, op: ops.RegisterWaitpoint, wp: records.WaitpointRecord
+) -> records.WaitpointRecord:
+    row = conn.execute(
+        "SELECT seq, payload FROM signal_inbox WHERE run_id = ? AND name = ? ORDER BY seq LIMIT 1",
+        (op.run_id, op.signal_name),
+    ).fetchone()
+    if row is None:
+        return wp
+    conn.execute("DELETE FROM signal_inbox WHERE seq = ?", (row[0],))
+    payload = rows.loads(row[1])
+    _resolve(
+        conn, op.run_id, op.wp_id, op.registered_at, ResolutionSource.INBOX, payload, None, None
+    )
+    return _resolved(wp, op.registered_at, ResolutionSource.INBOX, payload)
+
+
+def _take_from_lookback(
+    conn: Conn, op: ops.RegisterWaitpoint, wp: records.WaitpointRecord
+) -> records.WaitpointRecord:
+    candidates = conn.execute(
+        "SELECT event_id, payload FROM events WHERE type = ? AND received_at >= ? "
+        "AND event_id NOT IN (SELECT matched_event_id FROM waitpoints "
+        "WHERE run_id = ? AND matched_event_id IS NOT NULL) ORDER BY received_at, event_id",
+        (op.event_type, op.lookback_from, op.run_id),
+    )
+    for event_id, text in candidates:
+        payload = rows.loads(text)
+        if op.match is None or (op.matches is not None and op.matches(op.match, payload)):
+            _resolve(
+                conn,
+                op.run_id,
+                op.wp_id,
+                op.registered_at,
+                ResolutionSource.INBOX,
+                payload,
+                None,
+                event_id,
+            )
+            return _resolved(
+                wp, op.registered_at, ResolutionSource.INBOX, payload, matched_event_id=event_id
+            )
+    return wp
+
+
+def resolve_waitpoint(conn: Conn, op: ops.ResolveWaitpoint) -> bool:
+    return _resolve(
+        conn,
+        op.run_id,
+        op.wp_id,
+        op.resolved_at,
+        op.source,
+        op.payload,
+        op.error,
+        op.matched_event_id,
+    )
+
+
+def record_event(conn: Conn, op: ops.RecordEvent) -> ops.EventRecorded:
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO events (event_id, type, payload, received_at) VALUES (?, ?, ?, ?)",
+        (op.event_id, op.type, dumps(op.payload), op.received_at),
+    )
+    if cur.rowcount == 0:
+        return ops.EventRecorded(inserted=False, resolved=())
+    waiting = conn.execute(
+        f"SELECT {rows.WAITPOINT_COLUMNS} FROM waitpoints "
+        "WHERE event_type = ? AND status = 'waiting' ORDER BY registered_at, rowid",
+        (op.type,),
+    ).fetchall()
+    resolved: list[records.WaitpointRecord] = []
+    for row in waiting:
+        wp = rows.waitpoint_from_row(row)
+        if wp.kind is not WaitpointKind.EVENT:
+            continue
+        if wp.match is not None and not op.matches(wp.match, op.payload):
+            continue
+        _resolve(
+            conn,
+            wp.run_id,
+            wp.wp_id,
+            op.received_at,
+            ResolutionSource.LIVE,
+            op.payload,
+            None,
+            op.event_id,
+        )
+        resolved.append(
+            _resolved(
+                wp, op.received_at, ResolutionSource.LIVE, op.payload, matched_event_id=op.event_id
+            )
+        )
+    return ops.EventRecorded(inserted=True, resolved=tuple(resolved))
+
+
+def send_signal(conn: Conn, op: ops.SendSignal) -> ops.SignalSent:
+    if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (op.run_id,)).fetchone() is None:
+        raise errors.NotFound("run", op.run_id)
+    row = conn.execute(
+        f"SELECT {rows.WAITPOINT_COLUMNS} FROM waitpoints WHERE run_id = ? AND signal_name = ? "
+        "AND status = 'waiting' ORDER BY registered_at, rowid LIMIT 1",
+        (op.run_id, op.name),
+    ).fetchone()
+    if row is not None:
+        wp = rows.waitpoint_from_row(row)
+        _resolve(
+            conn, wp.run_id, wp.wp_id, op.sent_at, ResolutionSource.LIVE, op.payload, None, None
+        )
+        return ops.SignalSent(True, _resolved(wp, op.sent_at, ResolutionSource.LIVE, op.payload))
+    conn.execute(
+        "INSERT INTO signal_inbox (run_id, name, payload, sent_at) VALUES (?, ?, ?, ?)",
+        (op.run_id, op.name, dumps(op.payload), op.sent_at),
+    )
+    return ops.SignalSent(False, None)
+
+
+def complete_token(conn: Conn, op: ops.CompleteToken) -> records.WaitpointRecord:
+    held = conn.execute(
+        "SELECT run_id, wp_id FROM tokens WHERE token_id = ?", (op.token_id,)
+    ).fetchone()
+    if held is None:
+        raise errors.NotFound("token", op.token_id)
+    run_id, wp_id = held
+    if not _resolve(
+        conn, run_id, wp_id, op.completed_at, ResolutionSource.LIVE, op.payload, None, None
+    ):
+        raise errors.TokenConflict(op.token_id)
+    row = conn.execute(_SELECT_WAITPOINT, (run_id, wp_id)).fetchone()
+    return rows.waitpoint_from_row(row)
+
+
+# --- timers, schedules, rate limits ------------------------------------------------------------
+
+_UPSERT_TIMER = (
+    "INSERT INTO timers (timer_id, kind, due_at, run_id, wp_id, payload, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (timer_id) DO UPDATE SET kind = excluded.kind, "
+    "due_at = excluded.due_at, run_id = excluded.run_id, wp_id = excluded.wp_id, "
+    "payload = excluded.payload"
+)
+
+
+def _upsert_timer(
+    conn: Conn,
+    timer_id: str,
+    kind: TimerKind,
+    due_at: float,
+    created_at: float,
+    run_id: str | None,
+    wp_id: str | None,
+    payload: JSON,
+) -> None:
+    conn.execute(
+        _UPSERT_TIMER, (timer_id, kind.value, due_at, run_id, wp_id, dumps(payload), created_at)
+    )
+
+
+def upsert_timer(conn: Conn, op: ops.UpsertTimer) -> None:
+    _upsert_timer(
+        conn, op.timer_id, op.kind, op.due_at, op.created_at, op.run_id, op.wp_id, op.payload
+    )
+
+
+def delete_timer(conn: Conn, op: ops.DeleteTimer) -> bool:
+    return conn.execute("DELETE FROM timers WHERE timer_id = ?", (op.timer_id,)).rowcount == 1
+
+
+def fire_timer(conn: Conn, op: ops.FireTimer) -> ops.FiredTimer | None:
+    row = conn.execute(
+        f"SELECT {rows.TIMER_COLUMNS} FROM timers WHERE timer_id = ?", (op.timer_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    timer = rows.timer_from_row(row)
+    if timer.due_at > op.fired_at:
+        return None
+    conn.execute("DELETE FROM timers WHERE timer_id = ?", (op.timer_id,))
+    waitpoint = None
+    if timer.run_id is not None and timer.wp_id is not None:
+        source = (
+            ResolutionSource.TIMEOUT if timer.kind is TimerKind.TIMEOUT else (ResolutionSource.LIVE)
+        )
+        if _resolve(conn, timer.run_id, timer.wp_id, op.fired_at, source, None, None, None):
+            wp_row = conn.execute(_SELECT_WAITPOINT, (timer.run_id, timer.wp_id)).fetchone()
+            waitpoint = rows.waitpoint_from_row(wp_row)
+    return ops.FiredTimer(timer, waitpoint)
+
+
+def claim_due_timers(conn: Conn, op: ops.ClaimDueTimers) -> tuple[ops.FiredTimer, ...]:
+    due = conn.execute(
+        "SELECT timer_id FROM timers WHERE due_at <= ? ORDER BY due_at, timer_id LIMIT ?",
+        (op.before, op.limit),
+    ).fetchall()
+    fired = (fire_timer(conn, ops.FireTimer(timer_id, op.before)) for (timer_id,) in due)
+    return tuple(f for f in fired if f is not None)
+
+
+def upsert_schedule(conn: Conn, op: ops.UpsertSchedule) -> None:
+    conn.execute(
+        "INSERT INTO schedules (name, workflow_id, spec, next_fire_at, last_fire_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+        "workflow_id = excluded.workflow_id, spec = excluded.spec, "
+        "next_fire_at = excluded.next_fire_at, last_fire_at = excluded.last_fire_at, "
+        "updated_at = excluded.updated_at",
+        (
+            op.name,
+            op.workflow_id,
+            dumps(op.spec) or "null",
+            op.next_fire_at,
+            op.last_fire_at,
+            op.updated_at,
+        ),
+    )
+
+
+def delete_schedule(conn: Conn, op: ops.DeleteSchedule) -> bool:
+    return conn.execute("DELETE FROM schedules WHERE name = ?", (op.name,)).rowcount == 1
+
+
+def put_rate_limit(conn: Conn, op: ops.PutRateLimit) -> None:
+    conn.execute(
+        "INSERT INTO rate_limits (key, tokens, updated_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, "
+        "updated_at = excluded.updated_at",
+        (op.key, op.tokens, op.updated_at),
+    )
+
+
+Apply = Callable[[Conn, Any], Any]
+
+APPLY: dict[type[Any], Apply] = {
+    ops.CreateRun: create_run,
+    ops.UpdateRun: update_run,
+    ops.CreateChildRun: create_child_run,
+    ops.RecordStepAttempt: record_step_attempt,
+    ops.RecordCompensation: record_compensation,
+    ops.AppendStreamChunk: append_stream_chunk,
+    ops.ApplyMetadata: apply_metadata,
+    ops.RegisterWaitpoint: register_waitpoint,
+    ops.ResolveWaitpoint: resolve_waitpoint,
+    ops.RecordEvent: record_event,
+    ops.SendSignal: send_signal,
+    ops.CompleteToken: complete_token,
+    ops.UpsertTimer: upsert_timer,
+    ops.DeleteTimer: delete_timer,
+    ops.FireTimer: fire_timer,
+    ops.ClaimDueTimers: claim_due_timers,
+    ops.UpsertSchedule: upsert_schedule,
+    ops.DeleteSchedule: delete_schedule,
+    ops.PutRateLimit: put_rate_limit,
+}
+"""Op type → the function that applies it."""

@@ -1,0 +1,379 @@
+"""``SQLiteStorage``: the ``storage.Storage`` Protocol on one SQLite file.
+
+Writes go to the group-commit ``Writer`` (one thread, one connection). Reads go through a small
+pool of aiosqlite connections in WAL mode, so they read the last committed state and never wait
+behind a batch that is being written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from storage import errors, ops, records
+from storage.sqlite import pragmas, rows
+from storage.sqlite.translate import translate_errors
+from storage.sqlite.writer import SetMaxPageCount, Writer, WriterStats
+
+R = TypeVar("R")
+
+_NON_TERMINAL = tuple(sorted(s.value for s in records.NON_TERMINAL_STATUSES))
+_IN_NON_TERMINAL = ", ".join("?" for _ in _NON_TERMINAL)
+
+
+class _Readers:
+    """A fixed pool of read connections; each is used by one coroutine at a time."""
+
+    def __init__(self, conns: list[aiosqlite.Connection]) -> None:
+        self._conns = conns
+        self._free: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        for conn in conns:
+            self._free.put_nowait(conn)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        conn = await self._free.get()
+        try:
+            yield conn
+        finally:
+            self._free.put_nowait(conn)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A connection inside a read transaction: every query sees the same commit."""
+        async with self.connection() as conn:
+            await conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                await conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        for conn in self._conns:
+            await conn.close()
+
+
+class SQLiteStorage:
+    """SQLite implementation of ``storage.Storage``. Open with ``SQLiteStorage.open``."""
+
+    def __init__(self, path: Path, writer: Writer, readers: _Readers) -> None:
+        self.path = path
+        self._writer = writer
+        self._readers = readers
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        synchronous: pragmas.Synchronous = "full",
+        busy_timeout_ms: int = 5000,
+        max_page_count: int | None = None,
+        read_connections: int = 2,
+        max_batch: int = 4096,
+    ) -> AsyncIterator[SQLiteStorage]:
+        """Open (creating with mode 0600 and migrating if needed) and close on exit.
+
+        ``SchemaTooNew`` if the file was written by a newer build. ``max_page_count`` caps the
+        database size (tests of disk full). Every connection and thread is closed on exit.
+        """
+        db = Path(path)
+        pragmas.pragma_statements(synchronous=synchronous, busy_timeout_ms=0, writer=True)
+        writer = await Writer.start(
+            db,
+            synchronous=synchronous,
+            busy_timeout_ms=busy_timeout_ms,
+            max_page_count=max_page_count,
+            max_batch=max_batch,
+        )
+        conns: list[aiosqlite.Connection] = []
+        try:
+            for _ in range(max(1, read_connections)):
+                with translate_errors():
+                    conn = await aiosqlite.connect(db, isolation_level=None)
+                conns.append(conn)
+                with translate_errors():
+                    for stmt in pragmas.pragma_statements(
+                        synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, writer=False
+                    ):
+                        await conn.execute(stmt)
+            storage = cls(db, writer, _Readers(conns))
+            yield storage
+        finally:
+            await writer.close()
+            for conn in conns:
+                await conn.close()
+
+    # --- writes --------------------------------------------------------------------------------
+
+    async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:
+        if not batch:
+            return []
+        return await self._writer.submit(batch)
+
+    async def execute(self, op: ops.WriteOp[R]) -> R:
+        result: R = (await self._writer.submit((op,)))[0]
+        return result
+
+    async def create_run(self, run: ops.CreateRun) -> ops.RunCreated:
+        return await self.execute(run)
+
+    async def record_event(self, event: ops.RecordEvent) -> ops.EventRecorded:
+        return await self.execute(event)
+
+    async def send_signal(self, signal: ops.SendSignal) -> ops.SignalSent:
+        return await self.execute(signal)
+
+    async def complete_token(self, completion: ops.CompleteToken) -> records.WaitpointRecord:
+        return await self.execute(completion)
+
+    async def claim_due_timers(self, before: float, limit: int = 1000) -> list[ops.FiredTimer]:
+        fired: tuple[ops.FiredTimer, ...] = await self.execute(ops.ClaimDueTimers(before, limit))
+        return list(fired)
+
+    async def set_max_page_count(self, pages: int) -> int:
+        """SQLite-only: change the writer's page limit; returns the limit now in force."""
+        return await self.execute(SetMaxPageCount(pages))
+
+    def stats(self) -> WriterStats:
+        return self._writer.stats()
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[rows.Row]:
+        with translate_errors():
+            async with self._readers.connection() as conn:
+                return list(await conn.execute_fetchall(sql, params))
+
+    async def get_run(self, run_id: str) -> records.RunRecord | None:
+        found = await self._fetch(
+            f"SELECT {rows.RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+        )
+        return rows.run_from_row(found[0]) if found else None
+
+    async def list_runs(
+        self,
+        *,
+        status: records.RunStatus | None = None,
+        workflow_id: str | None = None,
+        tag: str | None = None,
+        limit: int = 100,
+    ) -> list[records.RunRecord]:
+        sql, params = list_runs_query(status=status, workflow_id=workflow_id, tag=tag, limit=limit)
+        return [rows.run_from_row(r) for r in await self._fetch(sql, params)]
+
+    async def non_terminal_runs(self) -> list[records.RunRecord]:
+        found = await self._fetch(
+            f"SELECT {rows.RUN_COLUMNS} FROM runs WHERE status IN ({_IN_NON_TERMINAL}) "
+            "ORDER BY number",
+            _NON_TERMINAL,
+        )
+        return [rows.run_from_row(r) for r in found]
+
+    async def load_journal(self, run_id: str) -> records.Journal:
+        key = (run_id,)
+        with translate_errors():
+            async with self._readers.snapshot() as conn:
+                run = list(
+                    await conn.execute_fetchall(
+                        f"SELECT {rows.RUN_COLUMNS} FROM runs WHERE run_id = ?", key
+                    )
+                )
+                if not run:
+                    raise errors.NotFound("run", run_id)
+                step_rows = await conn.execute_fetchall(
+                    f"SELECT {rows.STEP_COLUMNS} FROM steps s JOIN runs r ON r.number = s.run_no "
+                    "WHERE r.run_id = ? ORDER BY s.position, s.step_id",
+                    key,
+                )
+                attempt_rows = await conn.execute_fetchall(
+                    f"SELECT {rows.ATTEMPT_COLUMNS} FROM step_attempts a "
+                    "JOIN runs r ON r.number = a.run_no WHERE r.run_id = ? "
+                    "ORDER BY a.step_id, a.attempt",
+                    key,
+                )
+                waitpoints = await conn.execute_fetchall(
+                    f"SELECT {rows.WAITPOINT_COLUMNS} FROM waitpoints WHERE run_id = ? "
+                    "ORDER BY registered_at, rowid",
+                    key,
+                )
+                compensations = await conn.execute_fetchall(
+                    f"SELECT {rows.COMPENSATION_COLUMNS} FROM compensations WHERE run_id = ? "
+                    "ORDER BY seq",
+                    key,
+                )
+                metadata = await conn.execute_fetchall(
+                    "SELECT key, value FROM metadata WHERE run_id = ? ORDER BY key", key
+                )
+                chunk_rows = await conn.execute_fetchall(
+                    f"SELECT {rows.CHUNK_COLUMNS} FROM stream_chunks WHERE run_id = ? "
+                    "ORDER BY stream_id, seq",
+                    key,
+                )
+        stream_chunks = tuple(rows.chunk_from_row(r) for r in chunk_rows)
+        step_records = tuple(rows.step_from_row(r) for r in step_rows)
+        # The latest attempt of each step lives in `steps`; earlier ones in `step_attempts`.
+        history = [rows.attempt_from_row(r) for r in attempt_rows]
+        history.extend(
+            records.StepAttemptRecord(
+                s.run_id,
+                s.step_id,
+                s.attempt,
+                s.status,
+                s.output,
+                s.error,
+                s.started_at,
+                s.finished_at,
+            )
+            for s in step_records
+        )
+        history.sort(key=lambda a: (a.step_id, a.attempt))
+        return records.Journal(
+            run=rows.run_from_row(run[0]),
+            steps=step_records,
+            attempts=tuple(history),
+            waitpoints=tuple(rows.waitpoint_from_row(r) for r in waitpoints),
+            compensations=tuple(rows.compensation_from_row(r) for r in compensations),
+            metadata={k: rows.loads(v) for k, v in metadata},
+            stream_chunks=stream_chunks,
+            completed_streams=frozenset(c.stream_id for c in stream_chunks if c.final),
+        )
+
+    async def get_waitpoint(self, run_id: str, wp_id: str) -> records.WaitpointRecord | None:
+        found = await self._fetch(
+            f"SELECT {rows.WAITPOINT_COLUMNS} FROM waitpoints WHERE run_id = ? AND wp_id = ?",
+            (run_id, wp_id),
+        )
+        return rows.waitpoint_from_row(found[0]) if found else None
+
+    async def waiting_waitpoints_for_event(self, event_type: str) -> list[records.WaitpointRecord]:
+        found = await self._fetch(WAITING_FOR_EVENT_SQL, (event_type,))
+        return [rows.waitpoint_from_row(r) for r in found]
+
+    async def get_event(self, event_id: str) -> records.EventRecord | None:
+        found = await self._fetch(
+            f"SELECT {rows.EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
+        )
+        return rows.event_from_row(found[0]) if found else None
+
+    async def signal_inbox(
+        self, run_id: str, name: str | None = None
+    ) -> list[records.SignalRecord]:
+        if name is None:
+            sql = f"SELECT {rows.SIGNAL_COLUMNS} FROM signal_inbox WHERE run_id = ? ORDER BY seq"
+            params: tuple[str, ...] = (run_id,)
+        else:
+            sql = INBOX_SQL
+            params = (run_id, name)
+        return [rows.signal_from_row(r) for r in await self._fetch(sql, params)]
+
+    async def get_token(self, token_id: str) -> records.TokenRecord | None:
+        found = await self._fetch(
+            "SELECT t.token_id, t.run_id, t.wp_id, t.created_at, w.status FROM tokens t "
+            "JOIN waitpoints w ON w.run_id = t.run_id AND w.wp_id = t.wp_id "
+            "WHERE t.token_id = ?",
+            (token_id,),
+        )
+        return rows.token_from_row(found[0]) if found else None
+
+    async def next_timer_due(self) -> float | None:
+        found = await self._fetch(NEXT_TIMER_SQL)
+        value = found[0][0] if found else None
+        return None if value is None else float(value)
+
+    async def due_timers(self, before: float, limit: int) -> list[records.TimerRecord]:
+        found = await self._fetch(DUE_TIMERS_SQL, (before, limit))
+        return [rows.timer_from_row(r) for r in found]
+
+    async def stream_chunks(
+        self, run_id: str, stream_id: str, after_seq: int = -1, limit: int | None = None
+    ) -> list[records.StreamChunk]:
+        found = await self._fetch(
+            f"SELECT {rows.CHUNK_COLUMNS} FROM stream_chunks WHERE run_id = ? AND stream_id = ? "
+            "AND seq > ? ORDER BY seq LIMIT ?",
+            (run_id, stream_id, after_seq, -1 if limit is None else limit),
+        )
+        return [rows.chunk_from_row(r) for r in found]
+
+    async def list_schedules(self) -> list[records.ScheduleRecord]:
+        found = await self._fetch(f"SELECT {rows.SCHEDULE_COLUMNS} FROM schedules ORDER BY name")
+        return [rows.schedule_from_row(r) for r in found]
+
+    async def get_rate_limit(self, key: str) -> records.RateLimitState | None:
+        found = await self._fetch(
+            "SELECT key, tokens, updated_at FROM rate_limits WHERE key = ?", (key,)
+        )
+        return records.RateLimitState(*found[0]) if found else None
+
+    async def counts(self) -> records.StorageCounts:
+        with translate_errors():
+            async with self._readers.snapshot() as conn:
+                by_status = await conn.execute_fetchall(
+                    "SELECT status, count(*) FROM runs GROUP BY status"
+                )
+                totals = list(
+                    await conn.execute_fetchall(
+                        "SELECT (SELECT count(*) FROM waitpoints WHERE status = 'waiting'), "
+                        "(SELECT count(*) FROM timers), (SELECT count(*) FROM events), "
+                        "(SELECT count(*) FROM signal_inbox), (SELECT count(*) FROM schedules)"
+                    )
+                )
+        waiting, timers, events, inbox, schedules = totals[0]
+        return records.StorageCounts(
+            runs_by_status={status: n for status, n in by_status},
+            waiting_waitpoints=waiting,
+            timers=timers,
+            events=events,
+            inbox_signals=inbox,
+            schedules=schedules,
+        )
+
+
+# Hot queries, named so the query-plan test checks exactly what runs here.
+WAITING_FOR_EVENT_SQL = (
+    f"SELECT {rows.WAITPOINT_COLUMNS} FROM waitpoints "
+    "WHERE event_type = ? AND status = 'waiting' AND kind = 'EVENT' ORDER BY registered_at, rowid"
+)
+INBOX_SQL = (
+    f"SELECT {rows.SIGNAL_COLUMNS} FROM signal_inbox WHERE run_id = ? AND name = ? ORDER BY seq"
+)
+NEXT_TIMER_SQL = "SELECT min(due_at) FROM timers"
+DUE_TIMERS_SQL = (
+    f"SELECT {rows.TIMER_COLUMNS} FROM timers WHERE due_at <= ? ORDER BY due_at, timer_id LIMIT ?"
+)
+
+
+def list_runs_query(
+    *,
+    status: records.RunStatus | None,
+    workflow_id: str | None,
+    tag: str | None,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """SQL for ``list_runs``: newest first, driven by the most selective index available."""
+    where: list[str] = []
+    params: list[Any] = []
+    source = "runs"
+    if tag is not None:
+        source = "run_tags JOIN runs USING (run_id)"
+        where.append("run_tags.tag = ?")
+        params.append(tag)
+    if status is not None:
+        where.append("runs.status = ?")
+        params.append(records.RunStatus(status).value)
+    if workflow_id is not None:
+        where.append("runs.workflow_id = ?")
+        params.append(workflow_id)
+    cols = ", ".join(f"runs.{c.strip()}" for c in rows.RUN_COLUMNS.split(","))
+    sql = f"SELECT {cols} FROM {source}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY runs.created_at DESC, runs.number DESC LIMIT ?"
+    params.append(limit)
+    return sql, params

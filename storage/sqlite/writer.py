@@ -1,0 +1,344 @@
+"""The group-commit writer: one thread, one ``sqlite3`` connection, one transaction per batch.
+
+Callers on the event loop enqueue ``(ops, future)``. The writer thread blocks for the first
+request, drains everything else already queued (up to ``max_batch``), and applies it in one
+``BEGIN IMMEDIATE`` … ``COMMIT``: each caller's ops inside their own SAVEPOINT, so one caller's
+constraint failure or conflict rolls back only its own ops. After COMMIT returns (the WAL is
+fsynced at ``synchronous=full``) one ``call_soon_threadsafe`` per batch sets every caller's
+future. If COMMIT fails, or an I/O-level error (disk full, I/O error, busy) hits any op, the
+whole batch is rolled back and every caller in it gets the translated error: nothing is reported
+committed that was not.
+
+A caller whose await is cancelled after enqueueing may still see its ops committed; callers that
+must know the outcome shield the await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from storage import errors, ops
+from storage.sqlite import pragmas, schema
+from storage.sqlite.mutations import APPLY, STEP_CHUNKS, Apply, step_row, upsert_steps_sql
+from storage.sqlite.translate import is_batch_fatal, translate
+
+log = logging.getLogger(__name__)
+
+# (ops, future); None asks the thread to stop after what is queued before it.
+_Request = tuple[Sequence[ops.WriteOp[Any]], "asyncio.Future[list[Any]]"]
+_Outcome = tuple["asyncio.Future[list[Any]]", bool, Any]
+
+IDLE_CHECKPOINT_SECONDS = 1.0
+"""After this long with no writes, run a passive WAL checkpoint (bounded WAL, SPEC §4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetMaxPageCount(ops.WriteOp[int]):
+    """SQLite-only control op: change the writer's ``max_page_count`` (tests of disk full)."""
+
+    pages: int
+
+
+def _set_max_page_count(conn: sqlite3.Connection, op: SetMaxPageCount) -> int:
+    return int(conn.execute(f"PRAGMA max_page_count = {int(op.pages)}").fetchone()[0])
+
+
+_StepOp = ops.RecordStepAttempt
+
+
+def _is_first_step_attempt(op: ops.WriteOp[Any]) -> bool:
+    return type(op) is _StepOp and op.attempt == 1
+
+
+class _CoalescedFailed(Exception):
+    """A coalesced ``executemany`` of step rows failed on a non-I/O error."""
+
+
+_APPLY: dict[type[Any], Apply] = {**APPLY, SetMaxPageCount: _set_max_page_count}
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """An immutable snapshot of the writer's counters."""
+
+    batches: int
+    requests: int
+    ops: int
+    failed_batches: int
+    largest_batch: int
+    queued: int
+
+
+class Writer:
+    """Owns the writer thread. Create with ``await Writer.start(...)``; stop with ``close()``."""
+
+    def __init__(
+        self,
+        path: Path,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        synchronous: pragmas.Synchronous,
+        busy_timeout_ms: int,
+        max_page_count: int | None,
+        max_batch: int,
+    ) -> None:
+        self._path = path
+        self._loop = loop
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._max_page_count = max_page_count
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._main, name=f"writer:{path.name}", daemon=True)
+        self._ready: asyncio.Future[None] = loop.create_future()
+        self._batches = 0
+        self._requests = 0
+        self._ops = 0
+        self._failed_batches = 0
+        self._largest_batch = 0
+
+    @classmethod
+    async def start(
+        cls,
+        path: Path,
+        *,
+        synchronous: pragmas.Synchronous = "full",
+        busy_timeout_ms: int = 5000,
+        max_page_count: int | None = None,
+        max_batch: int = 4096,
+    ) -> Writer:
+        """Start the thread: it opens the connection, sets pragmas and migrates the schema.
+        Raises ``SchemaTooNew`` or another ``StorageError`` if that fails."""
+        writer = cls(
+            path,
+            asyncio.get_running_loop(),
+            synchronous=synchronous,
+            busy_timeout_ms=busy_timeout_ms,
+            max_page_count=max_page_count,
+            max_batch=max_batch,
+        )
+        writer._thread.start()
+        try:
+            await writer._ready
+        except BaseException:
+            await asyncio.to_thread(writer._thread.join)
+            raise
+        return writer
+
+    def submit(self, batch: Sequence[ops.WriteOp[Any]]) -> asyncio.Future[list[Any]]:
+        """Enqueue ``batch``; the future resolves once its transaction committed."""
+        fut: asyncio.Future[list[Any]] = self._loop.create_future()
+        if self._closed:
+            fut.set_exception(errors.StorageClosed("storage is closed; the write was not applied"))
+        else:
+            self._queue.put((batch, fut))
+        return fut
+
+    async def close(self) -> None:
+        """Finish everything queued, close the connection, join the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    def stats(self) -> WriterStats:
+        return WriterStats(
+            batches=self._batches,
+            requests=self._requests,
+            ops=self._ops,
+            failed_batches=self._failed_batches,
+            largest_batch=self._largest_batch,
+            queued=self._queue.qsize(),
+        )
+
+    # --- the thread ----------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._conn = self._open()
+        except BaseException as exc:  # reported to start(); the thread then ends
+            self._loop.call_soon_threadsafe(_fail_ready, self._ready, translate(exc))
+            return
+        self._loop.call_soon_threadsafe(_set_ready, self._ready)
+        try:
+            self._loop_forever(self._conn)
+        finally:
+            self._conn.close()
+
+    def _open(self) -> sqlite3.Connection:
+        if not self._path.exists():
+            pragmas.create_private(self._path)
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, cached_statements=512, check_same_thread=True
+        )
+        try:
+            pragmas.apply_pragmas(
+                conn,
+                synchronous=self._synchronous,
+                busy_timeout_ms=self._busy_timeout_ms,
+                max_page_count=self._max_page_count,
+                writer=True,
+            )
+            schema.migrate(conn, str(self._path))
+            pragmas.restrict_companions(self._path)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _loop_forever(self, conn: sqlite3.Connection) -> None:
+        q = self._queue
+        dirty = False
+        stopping = False
+        while not stopping:
+            try:
+                first = q.get(timeout=IDLE_CHECKPOINT_SECONDS if dirty else None)
+            except queue.Empty:
+                self._checkpoint(conn)
+                dirty = False
+                continue
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            outcomes = self._run_batch(conn, batch)
+            dirty = True
+            try:
+                self._loop.call_soon_threadsafe(_deliver, outcomes)
+            except RuntimeError:  # the loop is closed: nobody is left to wake
+                log.warning("storage writer: event loop closed; %d callers not woken", len(batch))
+        self._checkpoint(conn)
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Request]) -> list[_Outcome]:
+        self._batches += 1
+        self._requests += len(batch)
+        self._largest_batch = max(self._largest_batch, len(batch))
+        try:
+            try:
+                outcomes = self._apply(conn, batch, coalesce=True)
+            except _CoalescedFailed:
+                # A coalesced step row failed and we cannot tell whose it was: start over with
+                # every caller in its own savepoint, so only the guilty caller fails.
+                self._rollback(conn)
+                outcomes = self._apply(conn, batch, coalesce=False)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            self._failed_batches += 1
+            self._rollback(conn)
+            return [(fut, False, translate(exc)) for _, fut in batch]
+        self._ops += sum(len(ops_) for ops_, _ in batch)
+        return outcomes
+
+    def _apply(
+        self, conn: sqlite3.Connection, batch: list[_Request], *, coalesce: bool
+    ) -> list[_Outcome]:
+        """Apply the batch inside one open transaction (COMMIT is the caller's).
+
+        Each caller's ops run in a SAVEPOINT, except that with ``coalesce`` callers whose ops
+        are all first attempts of steps are written with a few multi-row upserts: the hot path,
+        about ten statements per batch instead of three per caller.
+        """
+        execute = conn.execute
+        apply = _APPLY
+        outcomes: list[_Outcome] = []
+        steps: list[tuple[Any, ...]] = []
+        execute("BEGIN IMMEDIATE")
+        for ops_, fut in batch:
+            if coalesce and all(_is_first_step_attempt(op) for op in ops_):
+                steps.extend(step_row(op) for op in ops_)  # type: ignore[arg-type]  # checked
+                outcomes.append((fut, True, [None] * len(ops_)))
+                continue
+            if steps:
+                self._flush_steps(conn, steps)
+            execute("SAVEPOINT w")
+            try:
+                results = [apply[type(op)](conn, op) for op in ops_]
+            except Exception as exc:
+                if is_batch_fatal(exc) or not conn.in_transaction:
+                    raise
+                execute("ROLLBACK TO w")
+                execute("RELEASE w")
+                outcomes.append((fut, False, _op_error(exc)))
+            else:
+                execute("RELEASE w")
+                outcomes.append((fut, True, results))
+        if steps:
+            self._flush_steps(conn, steps)
+        return outcomes
+
+    @staticmethod
+    def _flush_steps(conn: sqlite3.Connection, steps: list[tuple[Any, ...]]) -> None:
+        try:
+            done, total = 0, len(steps)
+            for size in STEP_CHUNKS:
+                sql = upsert_steps_sql(size)
+                while total - done >= size:
+                    conn.execute(sql, [p for row in steps[done : done + size] for p in row])
+                    done += size
+        except Exception as exc:
+            if is_batch_fatal(exc) or not conn.in_transaction:
+                raise
+            raise _CoalescedFailed from exc
+        steps.clear()
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if not conn.in_transaction:
+            return  # SQLite already rolled back (e.g. after SQLITE_FULL)
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            # The batch's own error is what callers get; this one only explains a stuck state.
+            log.error("storage writer: ROLLBACK failed: %s", exc)
+
+    @staticmethod
+    def _checkpoint(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            log.warning("storage writer: idle checkpoint failed: %s", exc)
+
+
+def _op_error(exc: Exception) -> BaseException:
+    if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], type):
+        return errors.InvalidOperation(f"not a storage write op: {exc.args[0].__name__}")
+    return translate(exc)
+
+
+def _deliver(outcomes: list[_Outcome]) -> None:
+    for fut, ok, value in outcomes:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+def _set_ready(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _fail_ready(fut: asyncio.Future[None], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
