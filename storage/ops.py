@@ -99,12 +99,14 @@ class CreateRun(WriteOp[RunCreated]):
     status: records.RunStatus = records.RunStatus.PENDING
     scheduled_at: float | None = None
     triggered_by: str | None = None
+    parent_wp_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class UpdateRun(WriteOp[None]):
     """Partial update: fields left ``UNSET`` keep their stored value. ``add_compute_seconds``
-    is added to the stored total. Unknown run → ``NotFound``."""
+    is added to the stored total. Setting ``status`` to ``running`` clears the run's
+    ``needs_resume`` flag (every resolution sets it). Unknown run → ``NotFound``."""
 
     run_id: str
     at: float
@@ -147,6 +149,7 @@ class RecordStepAttempt(WriteOp[None]):
     started_at: float | None = None
     finished_at: float | None = None
     runtime: str | None = None
+    retry_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,8 @@ class RunRecord:
     diverged: bool
     recoveries: int
     compute_seconds: float
+    parent_wp_id: str | None = None
+    needs_resume: bool = False
 
     @property
     def is_terminal(self) -> bool:
@@ -152,6 +154,7 @@ class StepRecord:
     started_at: float | None
     finished_at: float | None
     runtime: str | None
+    retry_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,7 @@ class StepAttemptRecord:
     error: JSON
     started_at: float | None
     finished_at: float | None
+    retry_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +296,8 @@ class Journal:
     metadata: Mapping[str, JSON]
     stream_chunks: tuple[StreamChunk, ...]
     completed_streams: frozenset[str]
+    metadata_ops: int = 0
+    """How many metadata ops this run has emitted and storage applied (highest index + 1)."""
 
     @property
     def entry_count(self) -> int:

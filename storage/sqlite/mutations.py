@@ -32,7 +32,7 @@ _SELECT_RUN_BY_KEY = (
 _INSERT_RUN = (
     "INSERT INTO runs (run_id, workflow_id, workflow_version, status, input, tags, priority, "
     "idempotency_key, parent_run_id, root_run_id, triggered_by, created_at, scheduled_at, "
-    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "updated_at, parent_wp_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -60,6 +60,7 @@ def create_run(conn: Conn, op: ops.CreateRun) -> ops.RunCreated:
             op.created_at,
             op.scheduled_at,
             op.created_at,
+            op.parent_wp_id,
         ),
     )
     if tags:
@@ -102,6 +103,7 @@ def create_run(conn: Conn, op: ops.CreateRun) -> ops.RunCreated:
         diverged=False,
         recoveries=0,
         compute_seconds=0.0,
+        parent_wp_id=op.parent_wp_id,
     )
     return ops.RunCreated(run, created=True)
 
@@ -127,6 +129,8 @@ def update_run(conn: Conn, op: ops.UpdateRun) -> None:
         if value is not ops.UNSET:
             sets.append(f"{name} = ?")
             params.append(encode(value))
+    if op.status is records.RunStatus.RUNNING:
+        sets.append("needs_resume = 0")
     if op.add_compute_seconds:
         sets.append("compute_seconds = compute_seconds + ?")
         params.append(op.add_compute_seconds)
@@ -145,17 +149,18 @@ def create_child_run(conn: Conn, op: ops.CreateChildRun) -> ops.ChildRunCreated:
 # --- journal -----------------------------------------------------------------------------------
 
 _RUN_NO = "(SELECT number FROM runs WHERE run_id = ?)"
-_STEP_VALUES = f"({_RUN_NO}, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_STEP_VALUES = f"({_RUN_NO}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_STEP_TAIL = (
     " ON CONFLICT (run_no, step_id) DO UPDATE SET position = excluded.position, "
     "attempt = excluded.attempt, status = excluded.status, output = excluded.output, "
     "error = excluded.error, started_at = excluded.started_at, "
-    "finished_at = excluded.finished_at, runtime = excluded.runtime "
+    "finished_at = excluded.finished_at, runtime = excluded.runtime, "
+    "retry_at = excluded.retry_at "
     "WHERE excluded.attempt >= steps.attempt"
 )
 _INSERT_STEP_HEAD = (
     "INSERT INTO steps (run_no, step_id, position, attempt, status, output, error, started_at, "
-    "finished_at, runtime) VALUES "
+    "finished_at, runtime, retry_at) VALUES "
 )
 UPSERT_STEP = _INSERT_STEP_HEAD + _STEP_VALUES + _UPSERT_STEP_TAIL
 STEP_CHUNKS = (256, 64, 16, 4, 1)
@@ -171,8 +176,9 @@ def upsert_steps_sql(rows_count: int) -> str:
 
 _ARCHIVE_EARLIER_ATTEMPT = (
     "INSERT OR REPLACE INTO step_attempts (run_no, step_id, attempt, status, output, error, "
-    "started_at, finished_at) SELECT run_no, step_id, attempt, status, output, error, "
-    f"started_at, finished_at FROM steps WHERE run_no = {_RUN_NO} AND step_id = ? AND attempt < ?"
+    "started_at, finished_at, retry_at) SELECT run_no, step_id, attempt, status, output, "
+    f"error, started_at, finished_at, retry_at FROM steps WHERE run_no = {_RUN_NO} "
+    "AND step_id = ? AND attempt < ?"
 )
 
 
@@ -190,6 +196,7 @@ def step_row(op: ops.RecordStepAttempt) -> tuple[Any, ...]:
         op.started_at,
         op.finished_at,
         op.runtime,
+        op.retry_at,
     )
 
 
@@ -304,6 +311,9 @@ def _resolve(
     if cur.rowcount == 0:
         return False
     conn.execute("DELETE FROM timers WHERE run_id = ? AND wp_id = ?", (run_id, wp_id))
+    # Recovery restarts waiting runs with this flag: a resolution is never stranded by a crash
+    # between its commit and its delivery to the run's actor.
+    conn.execute("UPDATE runs SET needs_resume = 1 WHERE run_id = ?", (run_id,))
     return True
 
 

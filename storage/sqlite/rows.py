@@ -31,7 +31,8 @@ def loads(text: str | bytes | None) -> JSON:
 RUN_COLUMNS = (
     "run_id, number, workflow_id, workflow_version, status, input, output, error, tags, "
     "priority, idempotency_key, parent_run_id, root_run_id, triggered_by, attempt, created_at, "
-    "scheduled_at, started_at, finished_at, updated_at, diverged, recoveries, compute_seconds"
+    "scheduled_at, started_at, finished_at, updated_at, diverged, recoveries, compute_seconds, "
+    "parent_wp_id, needs_resume"
 )
 
 
@@ -60,12 +61,14 @@ def run_from_row(r: Row) -> records.RunRecord:
         diverged=bool(r[20]),
         recoveries=r[21],
         compute_seconds=r[22],
+        parent_wp_id=r[23],
+        needs_resume=bool(r[24]),
     )
 
 
 STEP_COLUMNS = (
     "r.run_id, s.step_id, s.position, s.attempt, s.status, s.output, s.error, s.started_at, "
-    "s.finished_at, s.runtime"
+    "s.finished_at, s.runtime, s.retry_at"
 )
 """Columns of ``steps s JOIN runs r ON r.number = s.run_no``."""
 
@@ -82,11 +85,13 @@ def step_from_row(r: Row) -> records.StepRecord:
         started_at=r[7],
         finished_at=r[8],
         runtime=r[9],
+        retry_at=r[10],
     )
 
 
 ATTEMPT_COLUMNS = (
-    "r.run_id, a.step_id, a.attempt, a.status, a.output, a.error, a.started_at, a.finished_at"
+    "r.run_id, a.step_id, a.attempt, a.status, a.output, a.error, a.started_at, a.finished_at, "
+    "a.retry_at"
 )
 """Columns of ``step_attempts a JOIN runs r ON r.number = a.run_no``."""
 
@@ -101,6 +106,7 @@ def attempt_from_row(r: Row) -> records.StepAttemptRecord:
         error=loads(r[5]),
         started_at=r[6],
         finished_at=r[7],
+        retry_at=r[8],
     )
 
 

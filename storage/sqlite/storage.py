@@ -211,6 +211,11 @@ class SQLiteStorage:
                 metadata = await conn.execute_fetchall(
                     "SELECT key, value FROM metadata WHERE run_id = ? ORDER BY key", key
                 )
+                cursor = list(
+                    await conn.execute_fetchall(
+                        "SELECT last_op_index FROM metadata_cursor WHERE origin_run_id = ?", key
+                    )
+                )
                 chunk_rows = await conn.execute_fetchall(
                     f"SELECT {rows.CHUNK_COLUMNS} FROM stream_chunks WHERE run_id = ? "
                     "ORDER BY stream_id, seq",
@@ -230,6 +235,7 @@ class SQLiteStorage:
                 s.error,
                 s.started_at,
                 s.finished_at,
+                s.retry_at,
             )
             for s in step_records
         )
@@ -243,6 +249,7 @@ class SQLiteStorage:
             metadata={k: rows.loads(v) for k, v in metadata},
             stream_chunks=stream_chunks,
             completed_streams=frozenset(c.stream_id for c in stream_chunks if c.final),
+            metadata_ops=cursor[0][0] + 1 if cursor else 0,
         )
 
     async def get_waitpoint(self, run_id: str, wp_id: str) -> records.WaitpointRecord | None:

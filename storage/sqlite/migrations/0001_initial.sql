@@ -24,6 +24,8 @@ CREATE TABLE runs (
     diverged         INTEGER NOT NULL DEFAULT 0,
     recoveries       INTEGER NOT NULL DEFAULT 0,
     compute_seconds  REAL NOT NULL DEFAULT 0,
+    parent_wp_id     TEXT,             -- the parent's invoke waitpoint this child resolves
+    needs_resume     INTEGER NOT NULL DEFAULT 0,  -- a resolution arrived since it last ran
     UNIQUE (workflow_id, idempotency_key)
 );
 CREATE INDEX runs_status_created ON runs (status, created_at);
@@ -53,7 +55,8 @@ CREATE TABLE steps (
     error       TEXT,
     started_at  REAL,
     finished_at REAL,
-    runtime     TEXT
+    runtime     TEXT,
+    retry_at    REAL
 );
 CREATE UNIQUE INDEX steps_run_step ON steps (run_no, step_id);
 
@@ -67,6 +70,7 @@ CREATE TABLE step_attempts (
     error       TEXT,
     started_at  REAL,
     finished_at REAL,
+    retry_at    REAL,
     PRIMARY KEY (run_no, step_id, attempt)
 ) WITHOUT ROWID;
 
