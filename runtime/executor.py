@@ -261,6 +261,7 @@ class Execution:
         return self.journal.registrations[reg.wp_id]
 
     async def _block(self, wp_id: str) -> WaitpointResolved:
+        await self.flush_metadata()  # what the body set before parking is visible while parked
         fut: asyncio.Future[WaitpointResolved] = asyncio.get_running_loop().create_future()
         self._blocked[wp_id] = fut
         self.pending[wp_id] = self.journal.registrations[wp_id]

@@ -23,9 +23,12 @@ def _registration(
     ex: Execution,
     timeout: float | None,
     lookback: float | None,
+    since: float | None = None,
 ) -> WaitpointRegistered:
     at = ex.host.clock.now()
-    if lookback is not None:
+    if since is not None:
+        meta = {**meta, "lookback_from": since}
+    elif lookback is not None:
         meta = {**meta, "lookback_from": at - lookback}
     return WaitpointRegistered(
         wp_id=wp_id,
@@ -87,17 +90,29 @@ class Waitable:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
-        # Each step of the iteration is its own waitpoint; the host buffers matching events
-        # that arrive between steps under the iterator id (self.wp_id).
+        # Each step of the iteration is its own waitpoint. Steps after the first look back to
+        # the iterator's start, so matching events that arrived while the body was busy are
+        # taken from storage in order (the host never hands one event to a run twice).
         iter_prefix = f"{self._prefix}:iter"
         seq = 0
+        since: float | None = None
         while True:
             wp_id = f"{iter_prefix}:{self._ex.next_index(iter_prefix)}"
             meta = {**self._meta, "iterator": self.wp_id, "seq": seq}
             make = partial(
-                _registration, wp_id, self._kind, meta, self._ex, self._timeout, self._lookback
+                _registration,
+                wp_id,
+                self._kind,
+                meta,
+                self._ex,
+                self._timeout,
+                self._lookback,
+                since,
             )
             res = await self._ex.wait_on(wp_id, make)
+            if since is None:
+                first = self._ex.journal.registrations[wp_id]
+                since = first.meta.get("lookback_from", first.registered_at)
             if res.source == ResolutionSource.TIMEOUT:
                 if self._on_timeout == "raise":
                     raise errors.StepTimeoutError(

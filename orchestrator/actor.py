@@ -1,0 +1,354 @@
+"""The actor of one run: its single writer.
+
+An actor owns one run while the run is active. It builds (or takes back warm) the run's
+:class:`runtime.executor.Execution`, advances it, and commits every journal entry the body
+produces through storage's group commit before the body continues. Deliveries (resolutions,
+cancel) reach it through its mailbox. When the body parks, the actor commits ``waiting``, hands
+the execution to the warm cache (or closes it) and ends; the next delivery starts a new actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+import storage
+from orchestrator import entries
+from runtime import errors as rt_errors
+from runtime import journal as rj
+from runtime.executor import Execution
+from runtime.facts import HostServices, Outcome, RunFacts
+from runtime.status import ResolutionSource, RunStatus, WaitpointKind
+
+if TYPE_CHECKING:
+    from orchestrator.supervisor import Supervisor
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    resolution: rj.WaitpointResolved
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    reason: str | None
+    compensate: bool
+
+
+Message = Resolve | Cancel
+
+
+class RunActor:
+    """Drives one run until it parks or ends. Created and owned by the :class:`Supervisor`."""
+
+    def __init__(self, sup: Supervisor, run_id: str) -> None:
+        self.sup = sup
+        self.run_id = run_id
+        self.mailbox: deque[Message] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.run: storage.RunRecord | None = None
+        self.log: Any = structlog.get_logger("wf.run").bind(run_id=run_id)
+        self._cancel_requested: Cancel | None = None
+
+    def post(self, message: Message | None) -> None:
+        if message is not None:
+            self.mailbox.append(message)
+
+    # ------------------------------------------------------------------ the actor's life
+
+    async def drive(self) -> None:
+        st = self.sup.storage
+        execution = self.sup.take_warm(self.run_id)
+        now = self.sup.clock.now()
+        # Mark running (and clear the resume flag) *before* reading the journal: anything
+        # resolved after this point sets the flag again, so a crash never strands a resolution.
+        run = await st.get_run(self.run_id)
+        if run is None or run.is_terminal:
+            if execution is not None:
+                await execution.close()
+            return
+        self.log = self.log.bind(workflow_id=run.workflow_id)
+        await st.execute(
+            storage.UpdateRun(
+                self.run_id,
+                at=now,
+                status=storage.RunStatus.RUNNING,
+                started_at=run.started_at if run.started_at is not None else now,
+            )
+        )
+        if execution is None:
+            execution = await self._cold_execution(run)
+            if execution is None:
+                return
+            self.log.info(
+                "run.started" if run.status is storage.RunStatus.PENDING else "run.resumed",
+                replay=run.status is not storage.RunStatus.PENDING,
+            )
+        else:
+            self.log.info("run.resumed", replay=False)
+        self.run = run
+        await self._advance_until_parked(execution)
+
+    async def _cold_execution(self, run: storage.RunRecord) -> Execution | None:
+        definition = self.sup.registry.get(run.workflow_id)
+        if definition is None:
+            error = rt_errors.error_dict(
+                "WORKFLOW_NOT_FOUND",
+                f"workflow {run.workflow_id!r} is not registered in this daemon",
+                data={"workflow_id": run.workflow_id},
+            )
+            await self._finish(run, Outcome(status=RunStatus.FAILED, error=error), None)
+            return None
+        record = await self.sup.storage.load_journal(self.run_id)
+        facts = RunFacts(
+            run_id=run.run_id,
+            workflow_id=run.workflow_id,
+            workflow_version=run.workflow_version or definition.version,
+            started_at=run.started_at if run.started_at is not None else self.sup.clock.now(),
+            number=run.number,
+            attempt=run.attempt,
+            triggered_by=run.triggered_by or "api",
+            tags=run.tags,
+            invocation_count=run.recoveries + 1,
+            parent_run_id=run.parent_run_id,
+            root_run_id=run.root_run_id,
+            compute_used=run.compute_seconds,
+        )
+        host = HostServices(
+            record=self._record,
+            clock=self.sup.clock,
+            rate_limiter=self.sup.rate_limiter,
+            process_runner=self.sup.process_runner,
+            thread_pool=self.sup.thread_pool,
+            publish=self.sup.streams.publish_for(self.run_id),
+            limits=self.sup.limits,
+        )
+        return Execution(definition, run.input, facts, entries.runtime_journal(record), host)
+
+    async def _advance_until_parked(self, execution: Execution) -> None:
+        run = self.run
+        assert run is not None
+        # A warm execution records through the actor that created it; point it at this one.
+        execution.host.record = self._record
+        compute_before = execution.compute_used
+        while True:
+            self._apply_mailbox(execution)
+            outcome = await execution.advance()
+            if outcome.divergence:
+                self.log.warning("replay.divergence", detail=list(outcome.divergence))
+            if outcome.status is not RunStatus.WAITING:
+                await self._finish(run, outcome, execution)
+                return
+            if self.mailbox:
+                continue
+            compute = execution.compute_used - compute_before
+            compute_before = execution.compute_used
+            await self.sup.storage.execute(
+                storage.UpdateRun(
+                    self.run_id,
+                    at=self.sup.clock.now(),
+                    status=storage.RunStatus.WAITING,
+                    add_compute_seconds=compute,
+                )
+            )
+            if self.mailbox:  # a delivery arrived while "waiting" was being committed
+                continue
+            self.log.info(
+                "run.waiting", waitpoints=[w.wp_id for w in outcome.waiting_on]
+            )
+            self.sup.publish_state(self.run_id, "waiting")
+            self.sup.park(self.run_id, execution)
+            return
+
+    def _apply_mailbox(self, execution: Execution) -> None:
+        while self.mailbox:
+            message = self.mailbox.popleft()
+            if isinstance(message, Resolve):
+                execution.resolve(message.resolution)
+            else:
+                execution.cancel(message.reason, compensate=message.compensate)
+
+    async def _finish(
+        self, run: storage.RunRecord, outcome: Outcome, execution: Execution | None
+    ) -> None:
+        now = self.sup.clock.now()
+        status = storage.RunStatus(str(outcome.status))
+        ops: list[storage.WriteOp[Any]] = [
+            storage.UpdateRun(
+                self.run_id,
+                at=now,
+                status=status,
+                output=outcome.output,
+                error=outcome.error,
+                finished_at=now,
+                diverged=bool(outcome.divergence),
+            )
+        ]
+        parent_resolution: rj.WaitpointResolved | None = None
+        if run.parent_run_id is not None and run.parent_wp_id is not None:
+            payload, error = _child_result(run, outcome)
+            ops.append(
+                storage.ResolveWaitpoint(
+                    run.parent_run_id, run.parent_wp_id, now, storage.ResolutionSource.LIVE,
+                    payload=payload, error=error,
+                )
+            )
+            parent_resolution = rj.WaitpointResolved(
+                run.parent_wp_id, WaitpointKind.RUN, now, ResolutionSource.LIVE, payload, error
+            )
+        results = await self.sup.storage.commit(ops)
+        if parent_resolution is not None and run.parent_run_id is not None and results[1]:
+            self.sup.deliver(run.parent_run_id, Resolve(parent_resolution))
+        fields: dict[str, Any] = {"status": str(status)}
+        if outcome.error:
+            fields["error_code"] = outcome.error.get("code")
+        event = {
+            RunStatus.COMPLETED: "run.completed",
+            RunStatus.CANCELLED: "run.cancelled",
+        }.get(outcome.status, "run.failed")
+        self.log.info(event, **fields)
+        if outcome.status is RunStatus.CANCELLED and execution is not None:
+            await self._cancel_children(execution)
+        self.sup.run_finished(self.run_id, str(status))
+
+    async def _cancel_children(self, execution: Execution) -> None:
+        for reg in execution.journal.registrations.values():
+            pending = reg.wp_id not in execution.journal.resolutions
+            if reg.kind is WaitpointKind.RUN and not reg.meta.get("detach") and pending:
+                await self.sup.cancel_run(reg.meta["child_run_id"], "parent cancelled", True)
+
+    # ------------------------------------------------------------------ the host callback
+
+    async def _record(self, entry: rj.Entry) -> Sequence[rj.WaitpointResolved]:
+        """Commit one journal entry (group commit); return resolutions it produced at once."""
+        st = self.sup.storage
+        run_id = self.run_id
+        if isinstance(entry, rj.StepAttempt):
+            await st.execute(entries.step_op(run_id, entry))
+            if entry.status == "ok":
+                self.log.debug("step.completed", step_id=entry.step_id, attempt=entry.attempt,
+                               duration_ms=round((entry.finished_at - entry.started_at) * 1e3, 3))
+            else:
+                code = (entry.error or {}).get("code")
+                self.log.info("step.failed", step_id=entry.step_id, attempt=entry.attempt,
+                              error_code=code)
+                if entry.retry_at is not None:
+                    self.log.info("step.retry_scheduled", step_id=entry.step_id,
+                                  attempt=entry.attempt + 1, retry_at=entry.retry_at)
+            return ()
+        if isinstance(entry, rj.WaitpointRegistered):
+            return await self._register(entry)
+        if isinstance(entry, rj.MetadataOp):
+            target = self._metadata_target(entry.target)
+            if target is not None:
+                await st.execute(entries.metadata_op(run_id, target, entry))
+            return ()
+        if isinstance(entry, rj.StreamChunk):
+            await st.execute(entries.chunk_op(run_id, entry))
+            return ()
+        if isinstance(entry, rj.CompensationRan):
+            await st.execute(entries.compensation_op(run_id, entry))
+            self.log.info("compensation.ran", step_id=entry.step_id, status=entry.status)
+            return ()
+        raise TypeError(f"unexpected journal entry {entry!r}")
+
+    def _metadata_target(self, target: str) -> str | None:
+        run = self.run
+        if target == "self" or run is None:
+            return self.run_id
+        if target == "parent":
+            return run.parent_run_id
+        return run.root_run_id or run.parent_run_id
+
+    async def _register(self, entry: rj.WaitpointRegistered) -> Sequence[rj.WaitpointResolved]:
+        if entry.kind is WaitpointKind.RUN:
+            return await self._invoke(entry)
+        result = await self.sup.storage.execute(entries.register_op(self.run_id, entry))
+        due = min((t for t in (entry.due_at, entry.timeout_at) if t is not None), default=None)
+        if due is not None:
+            self.sup.scheduler.notify(due)
+        self.log.debug("waitpoint.registered", waitpoint_id=entry.wp_id, kind=str(entry.kind))
+        wp = result.waitpoint
+        if wp.is_waiting:
+            return ()
+        return (entries.resolution(wp),)
+
+    async def _invoke(self, entry: rj.WaitpointRegistered) -> Sequence[rj.WaitpointResolved]:
+        meta = entry.meta
+        run = self.run
+        now = self.sup.clock.now()
+        register = entries.register_op(self.run_id, entry)
+        definition = self.sup.registry.get(meta["workflow_id"])
+        problem: dict[str, Any] | None = None
+        child_input = meta["input"]
+        if definition is None:
+            problem = rt_errors.error_dict(
+                "NOT_FOUND", f"workflow {meta['workflow_id']!r} is not registered",
+                data={"workflow_id": meta["workflow_id"]},
+            )
+        elif definition.input_validator is not None:
+            try:
+                child_input = definition.input_validator(child_input)
+            except Exception as exc:
+                problem = rt_errors.error_dict("VALIDATION", f"child input rejected: {exc}")
+        if problem is not None or definition is None:
+            fail = storage.ResolveWaitpoint(
+                self.run_id, entry.wp_id, now, storage.ResolutionSource.LIVE, error=problem
+            )
+            await self.sup.storage.commit([register, fail])
+            return (rj.WaitpointResolved(entry.wp_id, entry.kind, now, ResolutionSource.LIVE,
+                                         error=problem),)
+        detach = bool(meta.get("detach"))
+        child = storage.CreateRun(
+            run_id=meta["child_run_id"],
+            workflow_id=definition.id,
+            created_at=now,
+            input=child_input,
+            workflow_version=definition.version,
+            tags=tuple(meta.get("tags") or ()),
+            idempotency_key=meta.get("idempotency_key"),
+            parent_run_id=self.run_id,
+            root_run_id=(run.root_run_id if run and run.root_run_id else self.run_id),
+            parent_wp_id=None if detach else entry.wp_id,
+            triggered_by="invoke",
+        )
+        ops: list[storage.WriteOp[Any]] = [storage.CreateChildRun(child=child, invoke=register)]
+        if detach:  # nothing will ever wait on it: resolve in the same transaction
+            ops.append(storage.ResolveWaitpoint(
+                self.run_id, entry.wp_id, now, storage.ResolutionSource.LIVE))
+        results = await self.sup.storage.commit(ops)
+        created: storage.ChildRunCreated = results[0]
+        if created.created:
+            self.log.info("run.submitted", child_run_id=child.run_id,
+                          child_workflow_id=child.workflow_id)
+            self.sup.deliver(child.run_id)
+        if detach:
+            return (rj.WaitpointResolved(entry.wp_id, entry.kind, now, ResolutionSource.LIVE),)
+        wp = created.waitpoint
+        if wp is not None and not wp.is_waiting:  # the child had already ended (re-creation)
+            return (entries.resolution(wp),)
+        return ()
+
+
+def _child_result(run: storage.RunRecord, outcome: Outcome) -> tuple[Any, dict[str, Any] | None]:
+    if outcome.status is RunStatus.COMPLETED:
+        return outcome.output, None
+    original = outcome.error or {}
+    code = original.get("code") or str(outcome.status).upper()
+    return None, {
+        "code": code,
+        "message": original.get("message") or f"child run ended {outcome.status}",
+        "status": str(outcome.status),
+        "child_run_id": run.run_id,
+        "error": original or None,
+    }
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000

@@ -1,0 +1,103 @@
+"""``wf daemon``: the daemon's life, top to bottom.
+
+Start: load the config (refused → exit 2), configure logging, choose the event loop, take the
+database lock, migrate, import workflows, recover runs, fire overdue timers, open the socket, log
+``daemon.ready``. On SIGTERM/SIGINT: stop accepting, let in-flight steps finish up to
+``daemon.shutdown_grace``, close storage (everything acknowledged is already committed), exit 0.
+An I/O error on commit is fail-stop: log it and exit at once, so recovery reads only what is on
+disk. Start-up refusals (lock held, database too new, live socket) exit 1 with one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+import storage
+from orchestrator import logs
+from orchestrator.config import Config, ConfigError, load_config
+from orchestrator.loader import WorkflowImportError
+from orchestrator.lockfile import DatabaseLocked
+from orchestrator.orchestrator import Orchestrator
+from orchestrator.server import SocketInUse, SocketPathError, SocketServer
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_CONFIG = 2
+EXIT_FAIL_STOP = 70
+
+
+def run_daemon(config_path: str | None) -> int:
+    path = Path(config_path or "config.toml")
+    try:
+        cfg = load_config(path) if path.exists() or config_path else Config.default(Path.cwd())
+    except ConfigError as exc:
+        print(f'{{"event": "daemon.refused", "level": "error", "reason": {str(exc)!r}}}'
+              .replace("'", '"'), file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure_logging(cfg.logging)
+    if cfg.daemon.event_loop == "uvloop":
+        try:
+            import uvloop
+
+            return int(uvloop.run(_serve(cfg)))
+        except ImportError:
+            structlog.get_logger("wf.daemon").warning(
+                "daemon.uvloop_unavailable", detail="falling back to asyncio"
+            )
+    return asyncio.run(_serve(cfg))
+
+
+async def _serve(cfg: Config) -> int:
+    log = structlog.get_logger("wf.daemon")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    orch = Orchestrator(cfg)
+    try:
+        await orch.__aenter__()
+    except (DatabaseLocked, storage.SchemaTooNew) as exc:
+        log.error("daemon.refused", reason=str(exc))
+        return EXIT_REFUSED
+    except (WorkflowImportError, ValueError) as exc:
+        log.error("daemon.refused", reason=str(exc))
+        return EXIT_REFUSED
+    server = SocketServer(
+        orch,
+        cfg.daemon.socket,
+        allowed_uids=cfg.daemon.allowed_uids,
+        max_request_bytes=cfg.daemon.max_request_bytes,
+    )
+    try:
+        await server.start()
+    except (SocketInUse, SocketPathError) as exc:
+        log.error("daemon.refused", reason=str(exc))
+        await orch.close()
+        return EXIT_REFUSED
+    log.info(
+        "daemon.ready",
+        socket=str(cfg.daemon.socket),
+        database=str(cfg.storage.path),
+        synchronous=cfg.storage.synchronous,
+        event_loop=type(loop).__module__.split(".")[0],
+        pid=os.getpid(),
+    )
+    stopping: asyncio.Future[object] = loop.create_task(stop.wait(), name="signals")
+    fatal: asyncio.Future[object] = orch.fatal  # type: ignore[assignment]  # wait() on both
+    done, _ = await asyncio.wait({stopping, fatal}, return_when=asyncio.FIRST_COMPLETED)
+    if fatal in done:
+        log.critical("daemon.fail_stop", error=repr(orch.fatal.result()))
+        os._exit(EXIT_FAIL_STOP)  # no cleanup: nothing more may be written after an I/O error
+    stopping.cancel()
+    log.info("daemon.stopping", grace=cfg.daemon.shutdown_grace)
+    server.stop_accepting()
+    await orch.close()
+    await server.close()
+    log.info("daemon.stopped")
+    return EXIT_OK

@@ -1,0 +1,111 @@
+"""The timer facility: sleeps, waitpoint timeouts, retry backoffs and delayed starts.
+
+Timers live in storage with absolute wall-clock due times. One task waits for the earliest one
+with an asyncio timer (no polling loop), re-reads the wall clock when it wakes, and fires what is
+due in one transaction per batch (storage deletes each timer and resolves its waitpoint together,
+and refuses to fire a timer the wall clock has not reached). Fired resolutions go to the runs'
+actors. A new timer earlier than the one waited for wakes the task through ``notify``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+import storage
+from orchestrator import entries
+from orchestrator.actor import Resolve
+from runtime.clock import Clock
+
+log = structlog.get_logger("wf.scheduler")
+
+BATCH = 1000
+# Upper bound on one wait, so a wall clock that jumps forward is noticed within this time.
+MAX_WAIT = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStats:
+    fired: int
+    next_due: float | None
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {"timers_fired": self.fired, "next_due": self.next_due}
+
+
+class Scheduler:
+    def __init__(
+        self,
+        storage_: storage.Storage,
+        clock: Clock,
+        deliver: Callable[[str, Resolve | None], None],
+    ) -> None:
+        self._storage = storage_
+        self._clock = clock
+        self._deliver = deliver
+        self._wake = asyncio.Event()
+        self._waiting_until = math.inf
+        self._fired = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def notify(self, due_at: float) -> None:
+        """A timer due at ``due_at`` was stored: wake up if it is earlier than the awaited one."""
+        if due_at < self._waiting_until:
+            self._wake.set()
+
+    async def fire_due(self) -> int:
+        """Fire every timer due now (oldest first); return how many fired."""
+        total = 0
+        while True:
+            fired = await self._storage.claim_due_timers(self._clock.now(), BATCH)
+            for item in fired:
+                self._dispatch(item)
+            total += len(fired)
+            if len(fired) < BATCH:
+                break
+        self._fired += total
+        return total
+
+    def _dispatch(self, item: storage.FiredTimer) -> None:
+        timer = item.timer
+        if timer.run_id is None:
+            return
+        if item.waitpoint is not None:
+            self._deliver(timer.run_id, Resolve(entries.resolution(item.waitpoint)))
+        elif timer.kind is storage.TimerKind.START:
+            self._deliver(timer.run_id, None)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            await self.fire_due()
+            due = await self._storage.next_timer_due()
+            now = self._clock.now()
+            if due is not None and due <= now:
+                continue
+            self._waiting_until = due if due is not None else math.inf
+            # With no timer stored, only notify() can make one due: wait for it alone.
+            wait = None if due is None else min(MAX_WAIT, due - now)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+            finally:
+                self._waiting_until = math.inf
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(self._fired, None if math.isinf(self._waiting_until)
+                              else self._waiting_until)

@@ -1,0 +1,225 @@
+"""The supervisor: owns every actor, the active-run slots and the warm cache.
+
+``deliver(run_id, message)`` is the one way to make a run move: it posts to the run's live actor
+or starts one. At most one actor exists per run (the dict below is the proof: an actor removes
+itself, without awaiting, when it parks or ends, and only then can a new one start). Actors wait
+for one of ``max_active_runs`` slots before they drive their run, so extra runs stay ``pending``
+and nothing is dropped. Parked executions are kept warm in LRU order up to ``warm_runs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+import storage
+from orchestrator.actor import Cancel, Message, RunActor
+from orchestrator.streams import StreamHub
+from runtime._signals import HostFailure
+from runtime.clock import Clock
+from runtime.executor import Execution
+from runtime.facts import Limits, ProcessRunner
+from runtime.ratelimit import RateLimiter
+from runtime.workflow import Registry
+
+if TYPE_CHECKING:
+    from orchestrator.scheduler import Scheduler
+
+log = structlog.get_logger("wf.supervisor")
+
+# How long an actor whose storage write failed (disk full) waits before it tries again.
+STORAGE_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorStats:
+    active_actors: int
+    warm_runs: int
+    slots_free: int
+    actors_started: int
+    actor_failures: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "active_actors": self.active_actors,
+            "warm_runs": self.warm_runs,
+            "slots_free": self.slots_free,
+            "actors_started": self.actors_started,
+            "actor_failures": self.actor_failures,
+        }
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        storage_: storage.Storage,
+        registry: Registry,
+        clock: Clock,
+        max_active_runs: int,
+        warm_runs: int,
+        limits: Limits,
+        rate_limiter: RateLimiter,
+        thread_pool: Executor | None,
+        process_runner: ProcessRunner | None,
+        on_finished: Callable[[str, str], None],
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        self.storage = storage_
+        self.registry = registry
+        self.clock = clock
+        self.limits = limits
+        self.rate_limiter = rate_limiter
+        self.thread_pool = thread_pool
+        self.process_runner = process_runner
+        self.streams = StreamHub()
+        self.scheduler: Scheduler  # set by the orchestrator right after construction
+        self._slots = asyncio.Semaphore(max_active_runs)
+        self._max_active = max_active_runs
+        self._warm_budget = warm_runs
+        self._actors: dict[str, RunActor] = {}
+        self._warm: OrderedDict[str, Execution] = OrderedDict()
+        self._closers: set[asyncio.Task[None]] = set()
+        self._on_finished = on_finished
+        self._on_fatal = on_fatal
+        self._state_listeners: dict[str, list[asyncio.Queue[str]]] = {}
+        self._accepting = True
+        self._started = 0
+        self._failures = 0
+
+    # ------------------------------------------------------------------ moving runs
+
+    def deliver(self, run_id: str, message: Message | None = None) -> None:
+        """Post ``message`` to the run's actor, starting one if the run has none."""
+        actor = self._actors.get(run_id)
+        if actor is None:
+            if not self._accepting:
+                return  # shutting down: the delivery is durable and recovery picks it up
+            actor = RunActor(self, run_id)
+            self._actors[run_id] = actor
+            actor.post(message)
+            actor.task = asyncio.get_running_loop().create_task(
+                self._supervise(actor), name=f"actor:{run_id}"
+            )
+            self._started += 1
+        else:
+            actor.post(message)
+
+    async def cancel_run(self, run_id: str, reason: str | None, compensate: bool) -> None:
+        self.deliver(run_id, Cancel(reason, compensate))
+
+    async def _supervise(self, actor: RunActor) -> None:
+        retry_later = False
+        try:
+            async with self._slots:
+                await actor.drive()
+        except (HostFailure, storage.StorageError) as exc:
+            cause = exc.cause if isinstance(exc, HostFailure) else exc
+            if isinstance(cause, storage.StorageFull):
+                # The step's result is not committed; it will run again (at-least-once).
+                actor.log.warning("run.storage_full", error=str(cause))
+                retry_later = True
+            else:
+                self._failures += 1
+                actor.log.error("run.storage_error", error=repr(cause))
+                self._on_fatal(cause)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in the engine: keep the daemon up, log loudly
+            self._failures += 1
+            actor.log.exception("actor.crashed", error=repr(exc))
+        finally:
+            if self._actors.get(actor.run_id) is actor:
+                del self._actors[actor.run_id]
+            if actor.mailbox and self._accepting:
+                # Deliveries that arrived after the actor stopped looking: pass them on.
+                for message in actor.mailbox:
+                    self.deliver(actor.run_id, message)
+        if retry_later and self._accepting:
+            asyncio.get_running_loop().call_later(
+                STORAGE_RETRY_SECONDS, self.deliver, actor.run_id, None
+            )
+
+    # ------------------------------------------------------------------ warm cache
+
+    def take_warm(self, run_id: str) -> Execution | None:
+        return self._warm.pop(run_id, None)
+
+    def park(self, run_id: str, execution: Execution) -> None:
+        """Keep a parked execution warm, or close it (cold) when over budget."""
+        if self._warm_budget <= 0:
+            self._close_later(execution)
+            return
+        self._warm[run_id] = execution
+        while len(self._warm) > self._warm_budget:
+            _, oldest = self._warm.popitem(last=False)
+            self._close_later(oldest)
+
+    def _close_later(self, execution: Execution) -> None:
+        task = asyncio.get_running_loop().create_task(
+            execution.close(), name=f"close:{execution.facts.run_id}"
+        )
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
+    # ------------------------------------------------------------------ notifications
+
+    def run_finished(self, run_id: str, status: str) -> None:
+        self.publish_state(run_id, status)
+        self._on_finished(run_id, status)
+
+    def publish_state(self, run_id: str, status: str) -> None:
+        for queue in self._state_listeners.get(run_id, ()):
+            queue.put_nowait(status)
+
+    def listen_state(self, run_id: str) -> asyncio.Queue[str]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._state_listeners.setdefault(run_id, []).append(queue)
+        return queue
+
+    def unlisten_state(self, run_id: str, queue: asyncio.Queue[str]) -> None:
+        listeners = self._state_listeners.get(run_id, [])
+        if queue in listeners:
+            listeners.remove(queue)
+        if not listeners:
+            self._state_listeners.pop(run_id, None)
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop starting actors, give running ones ``grace`` seconds, then cancel the rest."""
+        self._accepting = False
+        tasks = [a.task for a in self._actors.values() if a.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+        warm = list(self._warm.values())
+        self._warm.clear()
+        for execution in warm:
+            await execution.close()
+        if self._closers:
+            await asyncio.wait(list(self._closers), timeout=5.0)
+
+    def stats(self) -> SupervisorStats:
+        return SupervisorStats(
+            active_actors=len(self._actors),
+            warm_runs=len(self._warm),
+            slots_free=self._slots._value,
+            actors_started=self._started,
+            actor_failures=self._failures,
+        )
+
+    def is_active(self, run_id: str) -> bool:
+        return run_id in self._actors
+
+    def describe(self) -> dict[str, Any]:
+        return self.stats().to_dict()
