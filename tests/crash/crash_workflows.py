@@ -1,0 +1,84 @@
+"""Workflows for the crash tests. Every step appends one fsynced line to a ledger file, so the
+test can count exactly how often each step body ran across daemon incarnations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from runtime import Context, RetryableError, RetryPolicy, current_step, workflow
+
+
+def ledger(path: str, label: str) -> None:
+    step = current_step()
+    line = f"{step.run_id} {step.step_id} {step.attempt} {label}\n".encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def record(path: str, label: str) -> str:
+    ledger(path, label)
+    return label
+
+
+async def blocking(path: str, marker: str) -> str:
+    ledger(path, "begin")
+    # Blocks until the test creates the marker, so the daemon can be killed mid-step.
+    while not os.path.exists(marker):
+        await asyncio.sleep(0.02)
+    ledger(path, "end")
+    return "unblocked"
+
+
+async def fail_first(path: str) -> str:
+    ledger(path, "try")
+    if current_step().attempt == 1:
+        raise RetryableError("first attempt fails", retry_after=1.5)
+    return "second attempt"
+
+
+@workflow(id="crash-mid-step")
+async def mid_step(input: dict[str, Any], ctx: Context) -> list[str]:
+    a = await ctx.step("before", record, input["ledger"], "before")
+    b = await ctx.step("blocking", blocking, input["ledger"], input["marker"])
+    c = await ctx.step("after", record, input["ledger"], "after")
+    return [a, b, c]
+
+
+@workflow(id="crash-sleep")
+async def sleeper(input: dict[str, Any], ctx: Context) -> str:
+    await ctx.step("before", record, input["ledger"], "before")
+    await ctx.sleep(input["sleep"])
+    return str(await ctx.step("after", record, input["ledger"], "after"))
+
+
+@workflow(id="crash-event")
+async def event_waiter(input: dict[str, Any], ctx: Context) -> Any:
+    await ctx.step("before", record, input["ledger"], "before")
+    payload = await ctx.wait_for_event("crash.go", match={"key": input["key"]})
+    await ctx.step("after", record, input["ledger"], "after")
+    return payload
+
+
+@workflow(id="crash-retry")
+async def retrier(input: dict[str, Any], ctx: Context) -> str:
+    return str(await ctx.step("flaky", fail_first, input["ledger"], retry=RetryPolicy(max=3)))
+
+
+@workflow(id="crash-child")
+async def child(input: dict[str, Any], ctx: Context) -> Any:
+    await ctx.step("child-before", record, input["ledger"], "child-before")
+    return await ctx.wait_for_event("crash.child", match={"key": input["key"]})
+
+
+@workflow(id="crash-parent")
+async def parent(input: dict[str, Any], ctx: Context) -> Any:
+    await ctx.step("parent-before", record, input["ledger"], "parent-before")
+    result = await ctx.invoke(child, input)
+    await ctx.step("parent-after", record, input["ledger"], "parent-after")
+    return result
