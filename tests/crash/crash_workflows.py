@@ -82,3 +82,12 @@ async def parent(input: dict[str, Any], ctx: Context) -> Any:
     result = await ctx.invoke(child, input)
     await ctx.step("parent-after", record, input["ledger"], "parent-after")
     return result
+
+
+@workflow(id="crash-burst")
+async def burst(input: dict[str, Any], ctx: Context) -> int:
+    total = 0
+    for i in range(input["steps"]):
+        label = await ctx.step(f"s{i}", record, input["ledger"], f"s{i}")
+        total += len(label)
+    return total
