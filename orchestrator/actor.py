@@ -54,7 +54,8 @@ class RunActor:
         self.task: asyncio.Task[None] | None = None
         self.run: storage.RunRecord | None = None
         self.log: Any = structlog.get_logger("wf.run").bind(run_id=run_id)
-        self._cancel_requested: Cancel | None = None
+        # A recovered run counts against daemon.max_recoveries only until it commits something.
+        self._progress_pending = False
 
     def post(self, message: Message | None) -> None:
         if message is not None:
@@ -93,6 +94,7 @@ class RunActor:
         else:
             self.log.info("run.resumed", replay=False)
         self.run = run
+        self._progress_pending = run.recoveries > 0
         await self._advance_until_parked(execution)
 
     async def _cold_execution(self, run: storage.RunRecord) -> Execution | None:
@@ -127,6 +129,7 @@ class RunActor:
             process_runner=self.sup.process_runner,
             thread_pool=self.sup.thread_pool,
             publish=self.sup.streams.publish_for(self.run_id),
+            gate=self.sup.gate,
             limits=self.sup.limits,
         )
         return Execution(definition, run.input, facts, entries.runtime_journal(record), host)
@@ -147,6 +150,10 @@ class RunActor:
                 return
             if self.mailbox:
                 continue
+            if not self.sup.accepting:
+                # Stopped at a step boundary by shutdown: the run stays "running" in storage
+                # and the next start recovers it. Nothing is lost: every entry is committed.
+                return
             compute = execution.compute_used - compute_before
             compute_before = execution.compute_used
             await self.sup.storage.execute(
@@ -229,6 +236,9 @@ class RunActor:
         """Commit one journal entry (group commit); return resolutions it produced at once."""
         st = self.sup.storage
         run_id = self.run_id
+        if self._progress_pending:
+            self._progress_pending = False
+            await st.execute(storage.UpdateRun(run_id, at=self.sup.clock.now(), recoveries=0))
         if isinstance(entry, rj.StepAttempt):
             await st.execute(entries.step_op(run_id, entry))
             if entry.status == "ok":

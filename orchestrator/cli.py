@@ -424,3 +424,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console-script entry point: run and exit with the command's code."""
     sys.exit(run(argv))
+
+
+if __name__ == "__main__":
+    main()

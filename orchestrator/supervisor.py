@@ -21,7 +21,7 @@ import structlog
 import storage
 from orchestrator.actor import Cancel, Message, RunActor
 from orchestrator.streams import StreamHub
-from runtime._signals import HostFailure
+from runtime._signals import HostFailure, Suspended
 from runtime.clock import Clock
 from runtime.executor import Execution
 from runtime.facts import Limits, ProcessRunner
@@ -145,6 +145,15 @@ class Supervisor:
             asyncio.get_running_loop().call_later(
                 STORAGE_RETRY_SECONDS, self.deliver, actor.run_id, None
             )
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    async def gate(self) -> None:
+        """Awaited by every body before a new step: during shutdown, stop there."""
+        if not self._accepting:
+            raise Suspended()
 
     # ------------------------------------------------------------------ warm cache
 

@@ -91,3 +91,18 @@ async def burst(input: dict[str, Any], ctx: Context) -> int:
         label = await ctx.step(f"s{i}", record, input["ledger"], f"s{i}")
         total += len(label)
     return total
+
+
+def kill_daemon() -> None:
+    os.kill(os.getpid(), 9)  # a step whose every attempt takes the daemon down
+
+
+@workflow(id="crash-poison")
+async def poison(input: dict[str, Any], ctx: Context) -> str:
+    await ctx.step("poison", kill_daemon)
+    return "unreachable"
+
+
+@workflow(id="crash-ok")
+async def ok(input: dict[str, Any], ctx: Context) -> str:
+    return str(await ctx.step("ok", lambda: "fine"))
