@@ -47,9 +47,12 @@ Message = Resolve | Cancel
 class RunActor:
     """Drives one run until it parks or ends. Created and owned by the :class:`Supervisor`."""
 
-    def __init__(self, sup: Supervisor, run_id: str) -> None:
+    def __init__(
+        self, sup: Supervisor, run_id: str, known: storage.RunRecord | None = None
+    ) -> None:
         self.sup = sup
         self.run_id = run_id
+        self._known = known  # the record as just committed by submit: saves a read
         self.mailbox: deque[Message] = deque()
         self.task: asyncio.Task[None] | None = None
         self.run: storage.RunRecord | None = None
@@ -69,7 +72,8 @@ class RunActor:
         now = self.sup.clock.now()
         # Mark running (and clear the resume flag) *before* reading the journal: anything
         # resolved after this point sets the flag again, so a crash never strands a resolution.
-        run = await st.get_run(self.run_id)
+        run = self._known if self._known is not None else await st.get_run(self.run_id)
+        self._known = None
         if run is None or run.is_terminal:
             if execution is not None:
                 await execution.close()
@@ -107,7 +111,11 @@ class RunActor:
             )
             await self._finish(run, Outcome(status=RunStatus.FAILED, error=error), None)
             return None
-        record = await self.sup.storage.load_journal(self.run_id)
+        fresh = run.status is storage.RunStatus.PENDING and run.started_at is None
+        # A run that never started has recorded nothing: skip the journal reads.
+        journal = rj.Journal() if fresh else entries.runtime_journal(
+            await self.sup.storage.load_journal(self.run_id)
+        )
         facts = RunFacts(
             run_id=run.run_id,
             workflow_id=run.workflow_id,
@@ -132,7 +140,7 @@ class RunActor:
             gate=self.sup.gate,
             limits=self.sup.limits,
         )
-        return Execution(definition, run.input, facts, entries.runtime_journal(record), host)
+        return Execution(definition, run.input, facts, journal, host)
 
     async def _advance_until_parked(self, execution: Execution) -> None:
         run = self.run

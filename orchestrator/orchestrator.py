@@ -243,7 +243,7 @@ class Orchestrator:
             log.info("run.submitted", run_id=run.run_id, workflow_id=workflow_id,
                      delay=delay or None)
             if op.scheduled_at is None:
-                self.supervisor.deliver(run.run_id)
+                self.supervisor.deliver(run.run_id, known=run)
             else:
                 self.scheduler.notify(op.scheduled_at)
         return run.to_json()

@@ -95,13 +95,22 @@ class Supervisor:
 
     # ------------------------------------------------------------------ moving runs
 
-    def deliver(self, run_id: str, message: Message | None = None) -> None:
-        """Post ``message`` to the run's actor, starting one if the run has none."""
+    def deliver(
+        self,
+        run_id: str,
+        message: Message | None = None,
+        *,
+        known: storage.RunRecord | None = None,
+    ) -> None:
+        """Post ``message`` to the run's actor, starting one if the run has none.
+
+        ``known`` is the run's record when the caller has just committed it (a new run).
+        """
         actor = self._actors.get(run_id)
         if actor is None:
             if not self._accepting:
                 return  # shutting down: the delivery is durable and recovery picks it up
-            actor = RunActor(self, run_id)
+            actor = RunActor(self, run_id, known)
             self._actors[run_id] = actor
             actor.post(message)
             actor.task = asyncio.get_running_loop().create_task(

@@ -1,13 +1,14 @@
 """Human-readable rendering of what the client returns, for the ``wf`` CLI.
 
 Only formatting: every function takes a JSON value the daemon sent and returns text. Missing
-fields render as ``-`` so the CLI keeps working while record shapes grow.
+fields render as ``-`` so the CLI keeps working while record shapes grow. Times arrive as epoch
+seconds (the JSON output keeps them so) and are shown as ISO-8601 UTC, ``2026-11-25T09:19:43Z``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ __all__ = [
     "format_result",
     "format_run_detail",
     "format_runs",
+    "iso_time",
     "table",
 ]
 
@@ -33,6 +35,26 @@ def cell(value: Any) -> str:
     if isinstance(value, int | float):
         return str(value)
     return orjson.dumps(value).decode()
+
+
+def iso_time(value: Any) -> str:
+    """An epoch-seconds time as ISO-8601 UTC to the second (``2026-11-25T09:19:43Z``); an ISO
+    string is normalised the same way; anything else renders as :func:`cell` does."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            moment = datetime.fromtimestamp(float(value), UTC)
+        except (OverflowError, OSError, ValueError):
+            return cell(value)
+    else:
+        parsed = _parse_time(value)
+        if parsed is None:
+            return cell(value)
+        moment = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _is_time_key(key: str) -> bool:
+    return key.endswith(("_at", "_due")) or key in ("timestamp", "at", "next_due")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -79,7 +101,7 @@ def format_runs(runs: Sequence[Mapping[str, Any]]) -> str:
             r.get("run_id"),
             r.get("workflow_id"),
             r.get("status"),
-            r.get("created_at"),
+            iso_time(r.get("created_at")),
             duration(r.get("started_at"), r.get("finished_at")),
             ",".join(r.get("tags") or ()),
         )
@@ -111,7 +133,11 @@ _RUN_FIELDS = (
 
 def format_run(run: Mapping[str, Any]) -> str:
     """The run record as aligned ``key: value`` lines (input/output as JSON, error as code)."""
-    lines = [f"{key + ':':<14} {cell(run.get(key))}" for key in _RUN_FIELDS if key in run]
+    lines = [
+        f"{key + ':':<14} {iso_time(run.get(key)) if _is_time_key(key) else cell(run.get(key))}"
+        for key in _RUN_FIELDS
+        if key in run
+    ]
     if "started_at" in run:
         took = duration(run.get("started_at"), run.get("finished_at"))
         lines.append(f"{'duration:':<14} {took}")
@@ -134,7 +160,7 @@ def format_run_detail(run: Mapping[str, Any]) -> str:
                 s.get("step_id"),
                 s.get("status"),
                 s.get("attempt"),
-                s.get("started_at"),
+                iso_time(s.get("started_at")),
                 duration(s.get("started_at"), s.get("finished_at")),
                 format_error(s["error"]) if s.get("error") else None,
             )
@@ -152,8 +178,8 @@ def format_run_detail(run: Mapping[str, Any]) -> str:
                 w.get("waitpoint_id") or w.get("id"),
                 w.get("kind"),
                 w.get("status") or ("resolved" if w.get("resolved_at") else "pending"),
-                w.get("due_at") or w.get("created_at"),
-                w.get("resolved_at"),
+                iso_time(w.get("due_at") or w.get("timeout_at")),
+                iso_time(w.get("resolved_at")),
                 w.get("source"),
             )
             for w in waitpoints
@@ -177,7 +203,8 @@ def format_mapping(data: Mapping[str, Any], prefix: str = "") -> str:
         if isinstance(value, Mapping) and value:
             lines.append(format_mapping(value, prefix=f"{name}."))
         else:
-            lines.append(f"{name}: {cell(value)}")
+            shown = iso_time(value) if _is_time_key(str(key)) else cell(value)
+            lines.append(f"{name}: {shown}")
     return "\n".join(lines)
 
 
@@ -197,7 +224,10 @@ def format_list(items: Sequence[Any], empty: str) -> str:
     columns: dict[str, None] = {}
     for item in items:
         columns.update(dict.fromkeys(item))
-    rows = [[item.get(c) for c in columns] for item in items]
+    rows = [
+        [iso_time(item.get(c)) if _is_time_key(c) else item.get(c) for c in columns]
+        for item in items
+    ]
     return table(tuple(columns), rows)
 
 

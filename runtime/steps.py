@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +75,8 @@ async def call_fn(
     cancelled, a timed-out sync call keeps its thread but its late result is discarded.
     """
     loop = asyncio.get_running_loop()
+    if runtime != "process" and _is_async(fn):
+        return await _call_inline(ex, fn(*args), timeout, step_id)
     if runtime == "process":
         runner = ex.host.process_runner
         if runner is None:
@@ -90,10 +92,6 @@ async def call_fn(
                 code="INVALID_STEP",
             )
         fut: asyncio.Future[Any] = asyncio.ensure_future(runner.run(fn, args))
-    elif inspect.iscoroutinefunction(fn) or (
-        isinstance(fn, partial) and inspect.iscoroutinefunction(fn.func)
-    ):
-        fut = asyncio.ensure_future(fn(*args))
     else:
         call = contextvars.copy_context().run
         fut = loop.run_in_executor(ex.host.thread_pool, partial(call, fn, *args))
@@ -117,6 +115,45 @@ async def call_fn(
         raise
     finally:
         ex.inflight.discard(fut)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or (
+        isinstance(fn, partial) and inspect.iscoroutinefunction(fn.func)
+    )
+
+
+async def _call_inline(
+    ex: Execution, coro: Awaitable[Any], timeout: float | None, step_id: str
+) -> Any:
+    """Await an async step body in the current task (no task per step: this is the hot path).
+
+    The current task is registered as in flight, so a cancel reaches the step's await; it is
+    only registered while the step body runs, never while the result is being committed.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    ex.inflight.add(task)
+    try:
+        if timeout is None:
+            return await coro
+        try:
+            async with asyncio.timeout(timeout):
+                return await coro
+        except TimeoutError:
+            if ex.interrupt_signal() is not None:
+                raise
+            raise errors.StepTimeoutError(
+                f"step {step_id!r} timed out after {timeout:g}s", data={"timeout": timeout}
+            ) from None
+    except asyncio.CancelledError:
+        signal = ex.interrupt_signal()
+        if signal is None:
+            raise
+        task.uncancel()  # the cancel was ours: turn it into the run-level signal
+        raise signal from None
+    finally:
+        ex.inflight.discard(task)
 
 
 async def run_step(

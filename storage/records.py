@@ -7,7 +7,7 @@ metadata) are already-decoded Python objects. No driver type ever appears here.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -133,11 +133,14 @@ class RunRecord:
         return self.status in TERMINAL_STATUSES
 
     def to_json(self) -> dict[str, JSON]:
-        """The run record of SPEC §6 as a JSON-ready dict."""
-        out = asdict(self)
+        """The run record of SPEC §6 as a JSON-ready dict (no deep copy: values are JSON)."""
+        out = {name: getattr(self, name) for name in _RUN_FIELDS}
         out["status"] = str(self.status)
         out["tags"] = list(self.tags)
         return out
+
+
+_RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
 
 
 @dataclass(frozen=True, slots=True)
