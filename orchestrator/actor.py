@@ -59,9 +59,16 @@ class RunActor:
         self.log: Any = structlog.get_logger("wf.run").bind(run_id=run_id)
         # A recovered run counts against daemon.max_recoveries only until it commits something.
         self._progress_pending = False
+        self._advancing: Execution | None = None  # set only while advance() runs
 
     def post(self, message: Message | None) -> None:
-        if message is not None:
+        if message is None:
+            return
+        if self._advancing is not None:
+            # The body is running: hand it over now, so a cancel reaches the step in flight and
+            # a resolution wakes a parallel branch without waiting for the others to park.
+            self._apply(self._advancing, message)
+        else:
             self.mailbox.append(message)
 
     # ------------------------------------------------------------------ the actor's life
@@ -150,7 +157,11 @@ class RunActor:
         compute_before = execution.compute_used
         while True:
             self._apply_mailbox(execution)
-            outcome = await execution.advance()
+            self._advancing = execution
+            try:
+                outcome = await execution.advance()
+            finally:
+                self._advancing = None
             if outcome.divergence:
                 self.log.warning("replay.divergence", detail=list(outcome.divergence))
             if outcome.status is not RunStatus.WAITING:
@@ -183,11 +194,14 @@ class RunActor:
 
     def _apply_mailbox(self, execution: Execution) -> None:
         while self.mailbox:
-            message = self.mailbox.popleft()
-            if isinstance(message, Resolve):
-                execution.resolve(message.resolution)
-            else:
-                execution.cancel(message.reason, compensate=message.compensate)
+            self._apply(execution, self.mailbox.popleft())
+
+    @staticmethod
+    def _apply(execution: Execution, message: Message) -> None:
+        if isinstance(message, Resolve):
+            execution.resolve(message.resolution)
+        else:
+            execution.cancel(message.reason, compensate=message.compensate)
 
     async def _finish(
         self, run: storage.RunRecord, outcome: Outcome, execution: Execution | None

@@ -73,6 +73,7 @@ async def _serve(cfg: Config) -> int:
         cfg.daemon.socket,
         allowed_uids=cfg.daemon.allowed_uids,
         max_request_bytes=cfg.daemon.max_request_bytes,
+        backlog=max(1024, cfg.daemon.max_active_runs),
     )
     try:
         await server.start()

@@ -110,6 +110,7 @@ class SocketServer:
         max_request_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES,
         logger: Any = None,
         stream_queue_size: int = 256,
+        backlog: int = 2048,
         peer_uid_of: Callable[[socket.socket], int] = peer_uid,
     ) -> None:
         self._service = service
@@ -118,6 +119,9 @@ class SocketServer:
         self._max_request_bytes = max_request_bytes
         self._log: Any = logger if logger is not None else structlog.get_logger("wf.server")
         self._queue_size = stream_queue_size
+        # A full listen queue makes connect() on a Unix socket fail with EAGAIN, which asyncio
+        # reports as a half-open connection: keep it deep enough for a burst of clients.
+        self._backlog = backlog
         self._peer_uid_of = peer_uid_of
         self._server: asyncio.Server | None = None
         self._inode: int | None = None
@@ -142,7 +146,10 @@ class SocketServer:
         old_umask = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(
-                self._on_connect, path=str(self.path), limit=self._max_request_bytes
+                self._on_connect,
+                path=str(self.path),
+                limit=self._max_request_bytes,
+                backlog=self._backlog,
             )
         finally:
             os.umask(old_umask)

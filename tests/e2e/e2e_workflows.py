@@ -1,0 +1,152 @@
+"""Workflows the e2e daemon loads (``workflows.modules = ["e2e_workflows"]``).
+
+Every id starts with ``e2e-``. Workflows that must be caught mid-flight coordinate with the test
+through files whose paths come in the input (the daemon is another process): a step writes a
+``started`` marker, and a stream source waits for a ``gate`` file before its last chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from runtime import ChildRunError, Context, FatalError, workflow
+
+
+def _touch(path: str) -> None:
+    Path(path).write_text("started", encoding="utf-8")
+
+
+async def _wait_for_file(path: str) -> None:
+    while not Path(path).exists():
+        await asyncio.sleep(0.01)
+
+
+# --- plain runs ---------------------------------------------------------------------------------
+
+
+@workflow(id="e2e-echo", description="One step that echoes the input.")
+async def echo(input: Any, ctx: Context) -> dict[str, Any]:
+    value = await ctx.step("echo", lambda: input)
+    return {"echo": value}
+
+
+async def _boom(message: str) -> None:
+    raise FatalError(message, code="E2E_BOOM")
+
+
+@workflow(id="e2e-fail", description="A step fails with a FatalError (code E2E_BOOM).")
+async def fail(input: Any, ctx: Context) -> None:
+    await ctx.step("boom", _boom, "it broke")
+
+
+@workflow(id="e2e-steps", description="Two steps and some metadata.")
+async def steps(input: Any, ctx: Context) -> dict[str, Any]:
+    a = await ctx.step("first", lambda: 1)
+    ctx.metadata.set("stage", "half")
+    b = await ctx.step("second", lambda: a + 1)
+    ctx.metadata.set("stage", "done")
+    ctx.metadata.increment("count", 2)
+    return {"sum": a + b}
+
+
+def _check_n(value: Any) -> Any:
+    if not isinstance(value, dict) or not isinstance(value.get("n"), int):
+        raise ValueError("input must be an object with an integer 'n'")
+    return {"n": value["n"]}
+
+
+@workflow(id="e2e-validated", input_validator=_check_n, description="Input must carry int n.")
+async def validated(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    return {"n": input["n"]}
+
+
+# --- cancellation and compensation --------------------------------------------------------------
+
+
+def _reserve() -> str:
+    return "reserved"
+
+
+def _release(output: Any) -> None:
+    return None
+
+
+async def _slow(marker: str) -> None:
+    _touch(marker)
+    await asyncio.sleep(60)
+
+
+@workflow(id="e2e-slow", description="Reserve (compensated), then a step sleeping 60 s.")
+async def slow(input: dict[str, Any], ctx: Context) -> str:
+    await ctx.step("reserve", _reserve, compensate=_release)
+    await ctx.step("slow", _slow, input["marker"])
+    return "finished"
+
+
+# --- waitpoints ---------------------------------------------------------------------------------
+
+
+@workflow(id="e2e-event", description="Wait for an event (type, match, lookback from input).")
+async def event_wait(input: dict[str, Any], ctx: Context) -> Any:
+    payload = await ctx.wait_for_event(
+        input["type"], match=input.get("match"), lookback=input.get("lookback")
+    )
+    return {"payload": payload}
+
+
+@workflow(id="e2e-signal", description="Wait for the signal 'go'.")
+async def signal_wait(input: Any, ctx: Context) -> Any:
+    payload = await ctx.wait_for_signal("go")
+    return {"payload": payload}
+
+
+@workflow(id="e2e-token", description="Create a token, publish it in metadata, wait for it.")
+async def token_wait(input: Any, ctx: Context) -> Any:
+    token = await ctx.wait_for_token()
+    ctx.metadata.set("token", token.id)
+    payload = await token.wait()
+    return {"payload": payload}
+
+
+@workflow(id="e2e-sleep", description="Durable sleep, then one step.")
+async def sleeper(input: dict[str, Any], ctx: Context) -> str:
+    await ctx.sleep(input.get("seconds", 0.2))
+    woke: str = await ctx.step("after", lambda: "woke")
+    return woke
+
+
+# --- child runs ---------------------------------------------------------------------------------
+
+
+@workflow(id="e2e-parent", description="Invoke the child named in the input; return its output.")
+async def parent(input: dict[str, Any], ctx: Context) -> Any:
+    try:
+        output = await ctx.invoke(input["child"], input.get("child_input", {}))
+    except ChildRunError as exc:
+        return {"child_error": exc.code, "message": str(exc)}
+    return {"child_output": output}
+
+
+# --- streams ------------------------------------------------------------------------------------
+
+
+@workflow(id="e2e-stream", description="A text stream; the last chunk waits for a gate file.")
+async def streaming(input: dict[str, Any], ctx: Context) -> str:
+    gate = input.get("gate")
+
+    async def source() -> Any:
+        yield "hello "
+        yield "stream "
+        if gate:
+            await _wait_for_file(gate)
+        yield "world"
+
+    return await ctx.stream.text("out", source)
+
+
+@workflow(id="e2e-reserve-wait", description="Reserve (compensated), then wait for 'go'.")
+async def reserve_wait(input: Any, ctx: Context) -> Any:
+    await ctx.step("reserve", _reserve, compensate=_release)
+    return await ctx.wait_for_signal("go")
