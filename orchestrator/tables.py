@@ -150,7 +150,7 @@ def format_run(run: Mapping[str, Any]) -> str:
 
 
 def format_run_detail(run: Mapping[str, Any]) -> str:
-    """``wf show``: the run, then its steps with timings, waitpoints and metadata."""
+    """``wf show``: the run, its steps with timings, waitpoints, compensations and metadata."""
     parts = [format_run(run)]
     steps = run.get("steps") or []
     parts.append("\nsteps:")
@@ -189,6 +189,19 @@ def format_run_detail(run: Mapping[str, Any]) -> str:
         )
     else:
         parts.append("  (none)")
+    compensations = run.get("compensations") or []
+    if compensations:
+        rows = [
+            (
+                c.get("step_id"),
+                c.get("status"),
+                iso_time(c.get("finished_at")),
+                format_error(c["error"]) if c.get("error") else None,
+            )
+            for c in compensations
+        ]
+        parts.append("\ncompensations (in the order they ran):")
+        parts.append(_indent(table(("step", "status", "finished", "error"), rows)))
     metadata = run.get("metadata") or {}
     parts.append("\nmetadata:")
     parts.append(_indent(format_mapping(metadata)) if metadata else "  (none)")

@@ -316,3 +316,12 @@ async def test_stream_watch_replay_and_schedules_commands(daemon: Daemon, client
     schedules = await wf(daemon, "schedules")
     assert schedules.returncode == 0, schedules.stderr
     assert schedules.stdout.strip() == "no schedules"
+
+
+async def test_show_lists_the_compensations_that_ran(daemon: Daemon, client: Client) -> None:
+    run = await client.submit("e2e-reserve-wait", {})
+    await wait_status(client, run["run_id"], "waiting")
+    await client.cancel(run["run_id"])
+    shown = await wf(daemon, "show", run["run_id"])
+    assert "compensations (in the order they ran):" in shown.stdout, shown.stdout
+    assert re.search(r"^\s+reserve\s+completed\s+\S+Z", shown.stdout, re.M), shown.stdout
