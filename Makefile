@@ -24,12 +24,12 @@ run: $(STAMP)
 
 test: $(DEV_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy runtime storage
+	$(BIN)/mypy runtime storage orchestrator
 	$(BIN)/pytest
 
-bench: $(DEV_STAMP)
+bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/storage_bench.py
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -191,7 +191,7 @@ def format_run_detail(run: Mapping[str, Any]) -> str:
         parts.append("  (none)")
     compensations = run.get("compensations") or []
     if compensations:
-        rows = [
+        comp_rows = [
             (
                 c.get("step_id"),
                 c.get("status"),
@@ -201,7 +201,7 @@ def format_run_detail(run: Mapping[str, Any]) -> str:
             for c in compensations
         ]
         parts.append("\ncompensations (in the order they ran):")
-        parts.append(_indent(table(("step", "status", "finished", "error"), rows)))
+        parts.append(_indent(table(("step", "status", "finished", "error"), comp_rows)))
     metadata = run.get("metadata") or {}
     parts.append("\nmetadata:")
     parts.append(_indent(format_mapping(metadata)) if metadata else "  (none)")
