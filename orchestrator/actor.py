@@ -10,11 +10,12 @@ the execution to the warm cache (or closes it) and ends; the next delivery start
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -28,6 +29,8 @@ from runtime.status import ResolutionSource, RunStatus, WaitpointKind
 
 if TYPE_CHECKING:
     from orchestrator.supervisor import Supervisor
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +60,8 @@ class RunActor:
         self.task: asyncio.Task[None] | None = None
         self.run: storage.RunRecord | None = None
         self.log: Any = structlog.get_logger("wf.run").bind(run_id=run_id)
-        # A recovered run counts against daemon.max_recoveries only until it commits something.
-        self._progress_pending = False
+        # Ops that ride along with the run's next commit, in the same transaction (see drive).
+        self._prefix: list[storage.WriteOp[Any]] = []
         self._advancing: Execution | None = None  # set only while advance() runs
 
     def post(self, message: Message | None) -> None:
@@ -74,26 +77,39 @@ class RunActor:
     # ------------------------------------------------------------------ the actor's life
 
     async def drive(self) -> None:
-        st = self.sup.storage
-        execution = self.sup.take_warm(self.run_id)
-        now = self.sup.clock.now()
-        # Mark running (and clear the resume flag) *before* reading the journal: anything
-        # resolved after this point sets the flag again, so a crash never strands a resolution.
-        run = self._known if self._known is not None else await st.get_run(self.run_id)
+        warm = self.sup.take_warm(self.run_id)
+        execution: Execution | None = None
+        if warm is not None:
+            execution, run = warm  # a warm run's record is kept with it: no read
+        elif self._known is not None:
+            run = self._known  # just committed by submit: no read
+        else:
+            found = await self.sup.storage.get_run(self.run_id)
+            if found is None:
+                return
+            run = found
         self._known = None
-        if run is None or run.is_terminal:
+        if run.is_terminal:
             if execution is not None:
                 await execution.close()
             return
         self.log = self.log.bind(workflow_id=run.workflow_id)
-        await st.execute(
+        now = self.sup.clock.now()
+        started = run.started_at if run.started_at is not None else now
+        # "running", the start time, clearing the resume flag and (for a recovered run) the
+        # recovery count ride along with the run's next commit instead of costing one of their
+        # own. Until then storage still says "pending" or "waiting" with the flag set, which
+        # recovery restarts, and a "running" run is always restarted: no resolution is stranded.
+        self._prefix = [
             storage.UpdateRun(
                 self.run_id,
                 at=now,
                 status=storage.RunStatus.RUNNING,
-                started_at=run.started_at if run.started_at is not None else now,
+                started_at=started,
+                recoveries=0 if run.recoveries else storage.UNSET,
             )
-        )
+        ]
+        run = dataclasses.replace(run, started_at=started)
         if execution is None:
             execution = await self._cold_execution(run)
             if execution is None:
@@ -105,7 +121,6 @@ class RunActor:
         else:
             self.log.info("run.resumed", replay=False)
         self.run = run
-        self._progress_pending = run.recoveries > 0
         await self._advance_until_parked(execution)
 
     async def _cold_execution(self, run: storage.RunRecord) -> Execution | None:
@@ -118,7 +133,7 @@ class RunActor:
             )
             await self._finish(run, Outcome(status=RunStatus.FAILED, error=error), None)
             return None
-        fresh = run.status is storage.RunStatus.PENDING and run.started_at is None
+        fresh = run.status is storage.RunStatus.PENDING
         # A run that never started has recorded nothing: skip the journal reads.
         journal = rj.Journal() if fresh else entries.runtime_journal(
             await self.sup.storage.load_journal(self.run_id)
@@ -127,7 +142,7 @@ class RunActor:
             run_id=run.run_id,
             workflow_id=run.workflow_id,
             workflow_version=run.workflow_version or definition.version,
-            started_at=run.started_at if run.started_at is not None else self.sup.clock.now(),
+            started_at=run.started_at if run.started_at is not None else run.created_at,
             number=run.number,
             attempt=run.attempt,
             triggered_by=run.triggered_by or "api",
@@ -175,7 +190,7 @@ class RunActor:
                 return
             compute = execution.compute_used - compute_before
             compute_before = execution.compute_used
-            await self.sup.storage.execute(
+            await self._commit(
                 storage.UpdateRun(
                     self.run_id,
                     at=self.sup.clock.now(),
@@ -189,7 +204,11 @@ class RunActor:
                 "run.waiting", waitpoints=[w.wp_id for w in outcome.waiting_on]
             )
             self.sup.publish_state(self.run_id, "waiting")
-            self.sup.park(self.run_id, execution)
+            self.sup.park(
+                self.run_id,
+                execution,
+                dataclasses.replace(run, status=storage.RunStatus.WAITING, recoveries=0),
+            )
             return
 
     def _apply_mailbox(self, execution: Execution) -> None:
@@ -231,7 +250,7 @@ class RunActor:
             parent_resolution = rj.WaitpointResolved(
                 run.parent_wp_id, WaitpointKind.RUN, now, ResolutionSource.LIVE, payload, error
             )
-        results = await self.sup.storage.commit(ops)
+        results = await self._commit_many(ops)
         if parent_resolution is not None and run.parent_run_id is not None and results[1]:
             self.sup.deliver(run.parent_run_id, Resolve(parent_resolution))
         fields: dict[str, Any] = {"status": str(status)}
@@ -254,15 +273,25 @@ class RunActor:
 
     # ------------------------------------------------------------------ the host callback
 
+    async def _commit_many(self, ops: list[storage.WriteOp[Any]]) -> list[Any]:
+        """Commit ``ops`` in one transaction (group commit), after any pending prefix."""
+        if not self._prefix:
+            return await self.sup.storage.commit(ops)
+        prefix, self._prefix = self._prefix, []
+        results = await self.sup.storage.commit([*prefix, *ops])
+        return results[len(prefix):]
+
+    async def _commit(self, op: storage.WriteOp[R]) -> R:
+        if not self._prefix:
+            return await self.sup.storage.execute(op)
+        result: R = (await self._commit_many([op]))[0]
+        return result
+
     async def _record(self, entry: rj.Entry) -> Sequence[rj.WaitpointResolved]:
         """Commit one journal entry (group commit); return resolutions it produced at once."""
-        st = self.sup.storage
         run_id = self.run_id
-        if self._progress_pending:
-            self._progress_pending = False
-            await st.execute(storage.UpdateRun(run_id, at=self.sup.clock.now(), recoveries=0))
         if isinstance(entry, rj.StepAttempt):
-            await st.execute(entries.step_op(run_id, entry))
+            await self._commit(entries.step_op(run_id, entry))
             if entry.status == "ok":
                 self.log.debug("step.completed", step_id=entry.step_id, attempt=entry.attempt,
                                duration_ms=round((entry.finished_at - entry.started_at) * 1e3, 3))
@@ -279,13 +308,13 @@ class RunActor:
         if isinstance(entry, rj.MetadataOp):
             target = self._metadata_target(entry.target)
             if target is not None:
-                await st.execute(entries.metadata_op(run_id, target, entry))
+                await self._commit(entries.metadata_op(run_id, target, entry))
             return ()
         if isinstance(entry, rj.StreamChunk):
-            await st.execute(entries.chunk_op(run_id, entry))
+            await self._commit(entries.chunk_op(run_id, entry))
             return ()
         if isinstance(entry, rj.CompensationRan):
-            await st.execute(entries.compensation_op(run_id, entry))
+            await self._commit(entries.compensation_op(run_id, entry))
             self.log.info("compensation.ran", step_id=entry.step_id, status=entry.status)
             return ()
         raise TypeError(f"unexpected journal entry {entry!r}")
@@ -301,7 +330,7 @@ class RunActor:
     async def _register(self, entry: rj.WaitpointRegistered) -> Sequence[rj.WaitpointResolved]:
         if entry.kind is WaitpointKind.RUN:
             return await self._invoke(entry)
-        result = await self.sup.storage.execute(entries.register_op(self.run_id, entry))
+        result = await self._commit(entries.register_op(self.run_id, entry))
         due = min((t for t in (entry.due_at, entry.timeout_at) if t is not None), default=None)
         if due is not None:
             self.sup.scheduler.notify(due)
@@ -333,7 +362,7 @@ class RunActor:
             fail = storage.ResolveWaitpoint(
                 self.run_id, entry.wp_id, now, storage.ResolutionSource.LIVE, error=problem
             )
-            await self.sup.storage.commit([register, fail])
+            await self._commit_many([register, fail])
             return (rj.WaitpointResolved(entry.wp_id, entry.kind, now, ResolutionSource.LIVE,
                                          error=problem),)
         detach = bool(meta.get("detach"))
@@ -354,7 +383,7 @@ class RunActor:
         if detach:  # nothing will ever wait on it: resolve in the same transaction
             ops.append(storage.ResolveWaitpoint(
                 self.run_id, entry.wp_id, now, storage.ResolutionSource.LIVE))
-        results = await self.sup.storage.commit(ops)
+        results = await self._commit_many(ops)
         created: storage.ChildRunCreated = results[0]
         if created.created:
             self.log.info("run.submitted", child_run_id=child.run_id,

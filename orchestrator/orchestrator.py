@@ -137,7 +137,15 @@ class Orchestrator:
         ops: list[storage.WriteOp[Any]] = []
         to_start: list[str] = []
         for run in runs:
-            if run.status is storage.RunStatus.RUNNING:
+            # A run still "pending" may have started and crashed before its first commit (its
+            # "running" rides on that commit), so it counts recoveries like a running one.
+            # A delayed run whose start time has passed may have lost its timer to a crash
+            # after the timer fired: start it too (a second delivery is harmless).
+            restartable = run.status is storage.RunStatus.RUNNING or (
+                run.status is storage.RunStatus.PENDING
+                and (run.scheduled_at is None or run.scheduled_at <= now)
+            )
+            if restartable:
                 if run.recoveries >= limit:
                     error = {
                         "code": "RECOVERY_LIMIT",
@@ -152,9 +160,6 @@ class Orchestrator:
                     continue
                 ops.append(storage.UpdateRun(run.run_id, at=now, recoveries=run.recoveries + 1))
                 to_start.append(run.run_id)
-            elif run.status is storage.RunStatus.PENDING:
-                if run.scheduled_at is None:
-                    to_start.append(run.run_id)
             elif run.status is storage.RunStatus.WAITING and run.needs_resume:
                 to_start.append(run.run_id)
         if ops:

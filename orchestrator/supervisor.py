@@ -84,7 +84,7 @@ class Supervisor:
         self._max_active = max_active_runs
         self._warm_budget = warm_runs
         self._actors: dict[str, RunActor] = {}
-        self._warm: OrderedDict[str, Execution] = OrderedDict()
+        self._warm: OrderedDict[str, tuple[Execution, storage.RunRecord]] = OrderedDict()
         self._closers: set[asyncio.Task[None]] = set()
         self._on_finished = on_finished
         self._on_fatal = on_fatal
@@ -166,17 +166,17 @@ class Supervisor:
 
     # ------------------------------------------------------------------ warm cache
 
-    def take_warm(self, run_id: str) -> Execution | None:
+    def take_warm(self, run_id: str) -> tuple[Execution, storage.RunRecord] | None:
         return self._warm.pop(run_id, None)
 
-    def park(self, run_id: str, execution: Execution) -> None:
-        """Keep a parked execution warm, or close it (cold) when over budget."""
+    def park(self, run_id: str, execution: Execution, run: storage.RunRecord) -> None:
+        """Keep a parked execution (and its run record) warm, or close it when over budget."""
         if self._warm_budget <= 0:
             self._close_later(execution)
             return
-        self._warm[run_id] = execution
+        self._warm[run_id] = (execution, run)
         while len(self._warm) > self._warm_budget:
-            _, oldest = self._warm.popitem(last=False)
+            _, (oldest, _record) = self._warm.popitem(last=False)
             self._close_later(oldest)
 
     def _close_later(self, execution: Execution) -> None:
@@ -222,7 +222,7 @@ class Supervisor:
                 await asyncio.wait(pending, timeout=5.0)
         warm = list(self._warm.values())
         self._warm.clear()
-        for execution in warm:
+        for execution, _run in warm:
             await execution.close()
         if self._closers:
             await asyncio.wait(list(self._closers), timeout=5.0)
