@@ -263,7 +263,11 @@ class RunActor:
         self.log.info(event, **fields)
         if outcome.status is RunStatus.CANCELLED and execution is not None:
             await self._cancel_children(execution)
-        self.sup.run_finished(self.run_id, str(status))
+        final = dataclasses.replace(
+            run, status=status, output=outcome.output, error=outcome.error, finished_at=now,
+            updated_at=now, diverged=bool(outcome.divergence),
+        )
+        self.sup.run_finished(final)
 
     async def _cancel_children(self, execution: Execution) -> None:
         for reg in execution.journal.registrations.values():

@@ -72,7 +72,7 @@ class Orchestrator:
         self.registry = registry or REGISTRY
         self._import_modules = import_modules
         self._stack = AsyncExitStack()
-        self._finish_waiters: dict[str, list[asyncio.Future[str]]] = {}
+        self._finish_waiters: dict[str, list[asyncio.Future[storage.RunRecord]]] = {}
         self._accepting = False
         self._fatal: asyncio.Future[BaseException] | None = None
         self.storage: storage.Storage
@@ -188,10 +188,10 @@ class Orchestrator:
         if self._fatal is not None and not self._fatal.done():
             self._fatal.set_result(exc)
 
-    def _on_finished(self, run_id: str, status: str) -> None:
-        for fut in self._finish_waiters.pop(run_id, ()):
+    def _on_finished(self, run: storage.RunRecord) -> None:
+        for fut in self._finish_waiters.pop(run.run_id, ()):
             if not fut.done():
-                fut.set_result(status)
+                fut.set_result(run)
 
     def _check_accepting(self) -> None:
         if not self._accepting:
@@ -295,14 +295,15 @@ class Orchestrator:
         return {"runs": [r.to_json() for r in runs]}
 
     async def wait(self, run_id: str, *, timeout: float | None = None) -> JSONDict:
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[storage.RunRecord] = asyncio.get_running_loop().create_future()
         self._finish_waiters.setdefault(run_id, []).append(fut)
         try:
             run = await self._run_or_404(run_id)
             if not run.is_terminal:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(fut), timeout)
-                run = await self._run_or_404(run_id)
+                # The final record comes with the notification: no second read.
+                run = fut.result() if fut.done() else await self._run_or_404(run_id)
             return run.to_json()
         finally:
             waiters = self._finish_waiters.get(run_id)

@@ -68,7 +68,7 @@ class Supervisor:
         rate_limiter: RateLimiter,
         thread_pool: Executor | None,
         process_runner: ProcessRunner | None,
-        on_finished: Callable[[str, str], None],
+        on_finished: Callable[[storage.RunRecord], None],
         on_fatal: Callable[[BaseException], None],
     ) -> None:
         self.storage = storage_
@@ -188,9 +188,10 @@ class Supervisor:
 
     # ------------------------------------------------------------------ notifications
 
-    def run_finished(self, run_id: str, status: str) -> None:
-        self.publish_state(run_id, status)
-        self._on_finished(run_id, status)
+    def run_finished(self, run: storage.RunRecord) -> None:
+        """The run's final record, as just committed by its actor."""
+        self.publish_state(run.run_id, str(run.status))
+        self._on_finished(run)
 
     def publish_state(self, run_id: str, status: str) -> None:
         for queue in self._state_listeners.get(run_id, ()):
