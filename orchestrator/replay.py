@@ -20,7 +20,7 @@ async def _frontier_record(entry: rj.Entry) -> Sequence[rj.WaitpointResolved]:
     raise _signals.Suspended()
 
 
-async def _frontier_gate() -> None:
+def _frontier_gate() -> None:
     raise _signals.Suspended()
 
 

@@ -159,8 +159,8 @@ class Supervisor:
     def accepting(self) -> bool:
         return self._accepting
 
-    async def gate(self) -> None:
-        """Awaited by every body before a new step: during shutdown, stop there."""
+    def gate(self) -> None:
+        """Called by every body before a new step: during shutdown, stop there."""
         if not self._accepting:
             raise Suspended()
 

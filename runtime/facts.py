@@ -47,7 +47,7 @@ class ProcessRunner(Protocol):
 RecordFn = Callable[[Entry], Awaitable[Sequence[WaitpointResolved]]]
 
 
-async def _no_gate() -> None:
+def _no_gate() -> Awaitable[None] | None:
     return None
 
 
@@ -57,7 +57,9 @@ class HostServices:
 
     ``record`` returns only once the entry is durable; it may return resolutions the commit
     produced at once (a signal already in the inbox, an event inside the lookback window).
-    ``gate`` is awaited before each new side effect, so a host can hold a paused run there.
+    ``gate`` is called before each new side effect; it may raise an internal signal (stop
+    here) or return an awaitable to hold the body there (a paused run). It is a plain call on
+    the hot path: most of the time it returns None.
     ``overrides`` replaces step functions by step id (the test harness's stand-ins).
     """
 
@@ -67,7 +69,7 @@ class HostServices:
     process_runner: ProcessRunner | None = None
     thread_pool: Executor | None = None
     publish: Callable[[StreamChunk], None] | None = None
-    gate: Callable[[], Awaitable[None]] = _no_gate
+    gate: Callable[[], Awaitable[None] | None] = _no_gate
     limits: Limits = field(default_factory=Limits)
     overrides: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 

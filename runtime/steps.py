@@ -250,8 +250,10 @@ async def _attempt(
     runtime: str | None,
 ) -> tuple[StepAttempt, BaseException | None]:
     ex.check_live()
-    await ex.host.gate()
-    ex.check_live()
+    held = ex.host.gate()
+    if held is not None:
+        await held
+        ex.check_live()
     clock = ex.host.clock
     runtime_name = runtime or "inline"
     token = _CURRENT.set(StepContext(step_id, attempt, ex.facts.run_id))
