@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -30,6 +31,22 @@ EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_CONFIG = 2
 EXIT_FAIL_STOP = 70
+# File descriptors kept for storage, logs, the thread pool and the event loop itself.
+FD_RESERVE = 64
+
+
+def _raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one; return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return int(soft)
 
 
 def run_daemon(config_path: str | None) -> int:
@@ -68,12 +85,17 @@ async def _serve(cfg: Config) -> int:
     except (WorkflowImportError, ValueError) as exc:
         log.error("daemon.refused", reason=str(exc))
         return EXIT_REFUSED
+    fds = _raise_fd_limit()
+    backlog = max(16, min(max(1024, cfg.daemon.max_active_runs), fds // 4))
     server = SocketServer(
         orch,
         cfg.daemon.socket,
         allowed_uids=cfg.daemon.allowed_uids,
         max_request_bytes=cfg.daemon.max_request_bytes,
-        backlog=max(1024, cfg.daemon.max_active_runs),
+        # asyncio accepts up to `backlog` sockets per wake-up before any of them is served:
+        # keep that well inside the fd limit, and refuse connections past the limit's reserve.
+        backlog=backlog,
+        max_connections=max(16, fds - FD_RESERVE - 2 * backlog),
     )
     try:
         await server.start()

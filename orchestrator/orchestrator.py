@@ -121,7 +121,9 @@ class Orchestrator:
             on_finished=self._on_finished,
             on_fatal=self._on_fatal,
         )
-        self.scheduler = Scheduler(self.storage, self.clock, self.supervisor.deliver)
+        self.scheduler = Scheduler(
+            self.storage, self.clock, self.supervisor.deliver, self._on_fatal
+        )
         self.supervisor.scheduler = self.scheduler
         recovered = await self._recover()
         fired = await self.scheduler.fire_due()
@@ -199,7 +201,12 @@ class Orchestrator:
 
     def _check_size(self, field: str, value: Any) -> None:
         limit = self.config.limits.max_payload_bytes
-        size = len(orjson.dumps(value))
+        try:
+            size = len(orjson.dumps(value))
+        except orjson.JSONEncodeError as exc:  # e.g. nested deeper than JSON encoding allows
+            raise errors.InvalidParams(
+                field, "a JSON value nested at most 254 levels deep", str(exc)
+            ) from exc
         if size > limit:
             raise errors.InvalidParams(
                 field, f"JSON of at most {limit} bytes (limits.max_payload_bytes)", f"{size} bytes"

@@ -26,6 +26,8 @@ log = structlog.get_logger("wf.scheduler")
 BATCH = 1000
 # Upper bound on one wait, so a wall clock that jumps forward is noticed within this time.
 MAX_WAIT = 1.0
+# After a full disk, try firing again this often: writes resume once space returns.
+FULL_RETRY = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +45,12 @@ class Scheduler:
         storage_: storage.Storage,
         clock: Clock,
         deliver: Callable[[str, Resolve | None], None],
+        on_fatal: Callable[[BaseException], None],
     ) -> None:
         self._storage = storage_
         self._clock = clock
         self._deliver = deliver
+        self._on_fatal = on_fatal
         self._wake = asyncio.Event()
         self._waiting_until = math.inf
         self._fired = 0
@@ -54,7 +58,14 @@ class Scheduler:
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+        self._task.add_done_callback(self._died)
         return self._task
+
+    def _died(self, task: asyncio.Task[None]) -> None:
+        # A scheduler that stops means timers silently never fire: stop the daemon instead.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("scheduler.crashed", error=repr(task.exception()))
+            self._on_fatal(task.exception())  # type: ignore[arg-type]  # checked above
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -91,8 +102,14 @@ class Scheduler:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            await self.fire_due()
-            due = await self._storage.next_timer_due()
+            try:
+                await self.fire_due()
+                due = await self._storage.next_timer_due()
+            except (storage.StorageFull, storage.StorageBusy) as exc:
+                # Nothing was fired (the batch rolled back whole): try again shortly.
+                log.warning("scheduler.storage_unavailable", error=str(exc))
+                await asyncio.sleep(FULL_RETRY)
+                continue
             now = self._clock.now()
             if due is not None and due <= now:
                 continue

@@ -111,6 +111,7 @@ class SocketServer:
         logger: Any = None,
         stream_queue_size: int = 256,
         backlog: int = 2048,
+        max_connections: int | None = None,
         peer_uid_of: Callable[[socket.socket], int] = peer_uid,
     ) -> None:
         self._service = service
@@ -122,6 +123,9 @@ class SocketServer:
         # A full listen queue makes connect() on a Unix socket fail with EAGAIN, which asyncio
         # reports as a half-open connection: keep it deep enough for a burst of clients.
         self._backlog = backlog
+        # Past this many open connections new ones are closed at once, so the daemon never
+        # runs out of file descriptors (which wedges asyncio's accept loop).
+        self._max_connections = max_connections
         self._peer_uid_of = peer_uid_of
         self._server: asyncio.Server | None = None
         self._inode: int | None = None
@@ -222,6 +226,13 @@ class SocketServer:
             self._log.error("socket.connection_failed", exc_info=exc)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._max_connections is not None and len(self._connections) >= self._max_connections:
+            self._connections_refused += 1
+            if self._connections_refused % 100 == 1:  # a storm must not become a log storm
+                self._log.warning("socket.too_many_connections", limit=self._max_connections,
+                                  refused=self._connections_refused)
+            writer.transport.abort()
+            return
         conn = _Connection(writer, self._queue_size)
         handler = asyncio.current_task()
         conn.handler = handler

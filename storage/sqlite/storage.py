@@ -8,6 +8,7 @@ behind a batch that is being written.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,14 +33,33 @@ class _Readers:
     def __init__(self, conns: list[aiosqlite.Connection]) -> None:
         self._conns = conns
         self._free: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._resets: set[asyncio.Task[None]] = set()
         for conn in conns:
             self._free.put_nowait(conn)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[aiosqlite.Connection]:
         conn = await self._free.get()
+        clean = False
         try:
             yield conn
+            clean = True
+        finally:
+            if clean:
+                self._free.put_nowait(conn)
+            else:
+                # Cancelled or failed mid-use (a client that vanished with a read in flight):
+                # statements it queued may still run on the connection's thread, a BEGIN among
+                # them. Roll back after them, then return the connection to the pool.
+                task = asyncio.get_running_loop().create_task(self._reset(conn))
+                self._resets.add(task)
+                task.add_done_callback(self._resets.discard)
+
+    async def _reset(self, conn: aiosqlite.Connection) -> None:
+        try:
+            await conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # no transaction was open: nothing to undo
         finally:
             self._free.put_nowait(conn)
 
@@ -48,10 +68,8 @@ class _Readers:
         """A connection inside a read transaction: every query sees the same commit."""
         async with self.connection() as conn:
             await conn.execute("BEGIN")
-            try:
-                yield conn
-            finally:
-                await conn.execute("COMMIT")
+            yield conn
+            await conn.execute("COMMIT")
 
     async def close(self) -> None:
         for conn in self._conns:
