@@ -267,7 +267,12 @@ class Writer:
                 steps.extend(step_row(op) for op in ops_)  # type: ignore[arg-type]  # checked
                 outcomes.append((fut, True, [None] * len(ops_)))
                 continue
-            if steps:
+            # Coalesced first attempts only touch their own new step rows: they need writing
+            # before a caller that records a later attempt (it archives the earlier one),
+            # not before every other caller, or mixed batches fragment into small statements.
+            if steps and any(
+                type(op) is ops.RecordStepAttempt and op.attempt > 1 for op in ops_
+            ):
                 self._flush_steps(conn, steps)
             execute("SAVEPOINT w")
             try:
