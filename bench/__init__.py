@@ -1,0 +1,1 @@
+"""Benchmarks (SPEC §11): ``python -m bench.run``. Not tests; pytest never collects them."""

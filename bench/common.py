@@ -1,0 +1,84 @@
+"""Helpers shared by the benchmark sides: percentiles, progress on stderr, process RSS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+
+def pct(values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile (``p`` in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def summary_ms(values: Sequence[float]) -> dict[str, Any]:
+    """p50/p99/max of durations given in seconds, in milliseconds."""
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v * 1000, 3)
+
+    return {
+        "n": len(values),
+        "p50_ms": ms(pct(values, 50)),
+        "p99_ms": ms(pct(values, 99)),
+        "max_ms": ms(max(values) if values else None),
+    }
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.asynccontextmanager
+async def progress(label: str, count: Callable[[], str], every: float = 2.0) -> AsyncIterator[None]:
+    """Print ``label: count()`` on stderr every ``every`` seconds while the block runs."""
+    async def loop() -> None:
+        start = time.perf_counter()
+        while True:
+            await asyncio.sleep(every)
+            say(f"  {label}: {count()} ({time.perf_counter() - start:.0f} s)")
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """VmRSS of a process from /proc, in MB (10^6 bytes)."""
+    with open(f"/proc/{pid or os.getpid()}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    raise RuntimeError("no VmRSS")
+
+
+def threads(pid: int | None = None) -> int:
+    with open(f"/proc/{pid or os.getpid()}/status") as fh:
+        for line in fh:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def gather_limited(coros: Sequence[Any], limit: int) -> list[Any]:
+    """``asyncio.gather`` with at most ``limit`` coroutines in flight."""
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(one(c) for c in coros))
