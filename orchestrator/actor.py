@@ -26,6 +26,7 @@ from runtime import journal as rj
 from runtime.executor import Execution
 from runtime.facts import HostServices, Outcome, RunFacts
 from runtime.status import ResolutionSource, RunStatus, WaitpointKind
+from storage.faults import crash_point
 
 if TYPE_CHECKING:
     from orchestrator.supervisor import Supervisor
@@ -295,6 +296,7 @@ class RunActor:
         """Commit one journal entry (group commit); return resolutions it produced at once."""
         run_id = self.run_id
         if isinstance(entry, rj.StepAttempt):
+            crash_point("step.returned")
             await self._commit(entries.step_op(run_id, entry))
             if entry.status == "ok":
                 self.log.debug("step.completed", step_id=entry.step_id, attempt=entry.attempt,
@@ -339,6 +341,7 @@ class RunActor:
         if due is not None:
             self.sup.scheduler.notify(due)
         self.log.debug("waitpoint.registered", waitpoint_id=entry.wp_id, kind=str(entry.kind))
+        crash_point("waitpoint.committed")
         wp = result.waitpoint
         if wp.is_waiting:
             return ()

@@ -34,6 +34,7 @@ from runtime.clock import Clock, SystemClock
 from runtime.facts import Limits
 from runtime.ratelimit import TokenBucketLimiter
 from runtime.workflow import REGISTRY, Registry
+from storage.faults import crash_point
 
 log = structlog.get_logger("wf")
 
@@ -128,6 +129,7 @@ class Orchestrator:
         recovered = await self._recover()
         fired = await self.scheduler.fire_due()
         self.scheduler.start()
+        crash_point("timers.armed")
         self._accepting = True
         log.info("orchestrator.started", recovered=recovered, timers_fired=fired)
 
@@ -168,6 +170,7 @@ class Orchestrator:
             await self.storage.commit(ops)
         for run_id in to_start:
             self.supervisor.deliver(run_id)
+            crash_point("recovery.scan")
         return len(to_start)
 
     async def close(self) -> None:
@@ -362,6 +365,7 @@ class Orchestrator:
         )
         with storage_errors():
             result = await self.storage.record_event(op)
+        crash_point("event.committed")
         for wp in result.resolved:
             self.supervisor.deliver(wp.run_id, Resolve(entries.resolution(wp)))
         log.info("event.received", event_type=type, event_id=op.event_id,

@@ -25,6 +25,7 @@ from typing import Any, Final
 import structlog
 
 from orchestrator import errors, protocol, service
+from storage.faults import crash_point
 
 __all__ = ["ServerStats", "SocketInUse", "SocketServer", "peer_uid"]
 
@@ -313,6 +314,7 @@ class SocketServer:
                     return
                 writer.write(line)
             await writer.drain()
+            crash_point("reply.sent")
 
     async def _read_loop(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
         while True:

@@ -14,6 +14,7 @@ from functools import cache
 from importlib import resources
 
 from storage import errors
+from storage.faults import crash_point
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -67,9 +68,13 @@ def migrate(conn: sqlite3.Connection, path: str, target: int | None = None) -> i
     current = check_version(conn, path)
     for mig in migrations():
         if current < mig.version <= goal:
-            script = f"BEGIN IMMEDIATE;\n{mig.sql}\n;PRAGMA user_version = {mig.version};\nCOMMIT;"
             try:
-                conn.executescript(script)
+                # One transaction for the migration and its version bump. executescript commits
+                # a pending transaction before it starts, so the tail goes through execute().
+                conn.executescript(f"BEGIN IMMEDIATE;\n{mig.sql}\n;")
+                crash_point("migration.midway")
+                conn.execute(f"PRAGMA user_version = {mig.version}")
+                conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")

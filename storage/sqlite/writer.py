@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from storage import errors, ops
+from storage.faults import crash_point
 from storage.sqlite import pragmas, schema
 from storage.sqlite.mutations import APPLY, STEP_CHUNKS, Apply, step_row, upsert_steps_sql
 from storage.sqlite.translate import is_batch_fatal, translate
@@ -221,6 +222,7 @@ class Writer:
                     break
                 batch.append(item)
             outcomes = self._run_batch(conn, batch)
+            crash_point("batch.committed")
             dirty = True
             try:
                 self._loop.call_soon_threadsafe(_deliver, outcomes)
@@ -240,6 +242,7 @@ class Writer:
                 # every caller in its own savepoint, so only the guilty caller fails.
                 self._rollback(conn)
                 outcomes = self._apply(conn, batch, coalesce=False)
+            crash_point("batch.executed")
             conn.execute("COMMIT")
         except Exception as exc:
             self._failed_batches += 1
@@ -262,6 +265,7 @@ class Writer:
         outcomes: list[_Outcome] = []
         steps: list[tuple[Any, ...]] = []
         execute("BEGIN IMMEDIATE")
+        crash_point("batch.begun")
         for ops_, fut in batch:
             if coalesce and all(_is_first_step_attempt(op) for op in ops_):
                 steps.extend(step_row(op) for op in ops_)  # type: ignore[arg-type]  # checked

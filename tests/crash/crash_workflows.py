@@ -106,3 +106,13 @@ async def poison(input: dict[str, Any], ctx: Context) -> str:
 @workflow(id="crash-ok")
 async def ok(input: dict[str, Any], ctx: Context) -> str:
     return str(await ctx.step("ok", lambda: "fine"))
+
+
+@workflow(id="crash-flow")
+async def flow(input: dict[str, Any], ctx: Context) -> Any:
+    await ctx.step("a", record, input["ledger"], "a")
+    await ctx.sleep(0.2)
+    # lookback: an event committed just before a crash still reaches a run registered after it
+    payload = await ctx.wait_for_event("crash.flow", lookback="1h")
+    await ctx.step("b", record, input["ledger"], "b")
+    return payload

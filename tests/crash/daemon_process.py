@@ -34,10 +34,11 @@ class DaemonProcess:
             f"[logging]\nlevel = \"debug\"\nfile = {json.dumps(str(self.log_path))}\n"
         )
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """Start and wait for ``daemon.ready``; RuntimeError if it exits before that."""
         self.incarnation += 1
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        env = {**os.environ, "WF_TEST_INCARNATION": str(self.incarnation)}
+        env = {**os.environ, "WF_TEST_INCARNATION": str(self.incarnation), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from orchestrator.cli import main; main()", "daemon",
              "--config", str(self.config_path)],

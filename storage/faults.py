@@ -1,0 +1,56 @@
+"""Named crash points for the reliability campaign (test-only; inert in production).
+
+``WF_CRASH_AT=<point>:<nth>[,<point>:<nth>...]`` makes the process SIGKILL itself the ``nth``
+time execution reaches ``point``, exactly where a power cut or ``kill -9`` would hurt most. With
+the variable unset (production) ``crash_point`` costs one dict lookup. Every name a caller may
+pass is listed in :data:`POINTS`, so a campaign can check that each one was reached.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+POINTS: frozenset[str] = frozenset(
+    {
+        "batch.begun",  # writer: transaction begun, nothing applied
+        "batch.executed",  # writer: every op applied, COMMIT not yet run
+        "batch.committed",  # writer: committed, callers not yet woken
+        "reply.sent",  # server: a write's reply written to the client
+        "step.returned",  # actor: a step body returned, its result not yet enqueued
+        "waitpoint.committed",  # actor: waitpoint rows committed, the run not yet parked
+        "timer.due",  # scheduler: timers due, their firing not yet committed
+        "timer.fired",  # scheduler: firing committed, runs not yet resumed
+        "event.committed",  # send_event: event committed, waiting runs not yet resumed
+        "recovery.scan",  # start-up: recovery has begun restarting runs
+        "timers.armed",  # start-up: overdue timers fired, daemon not yet ready
+        "migration.midway",  # start-up: between two migration statements
+    }
+)
+
+
+def _parse(spec: str) -> dict[str, int]:
+    armed: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, nth = part.partition(":")
+        if name not in POINTS:
+            raise ValueError(f"WF_CRASH_AT: unknown crash point {name!r}; known: {sorted(POINTS)}")
+        armed[name] = int(nth or "1")
+    return armed
+
+
+_ARMED = _parse(os.environ.get("WF_CRASH_AT", ""))
+_SEEN: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process if ``name`` is armed and this is its ``nth`` passage."""
+    if not _ARMED or name not in _ARMED:
+        return
+    count = _SEEN.get(name, 0) + 1
+    _SEEN[name] = count
+    if count == _ARMED[name]:
+        sys.stderr.write(f"crash point {name} reached ({count}): SIGKILL\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
