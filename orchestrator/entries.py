@@ -12,6 +12,7 @@ import storage
 from runtime import journal as rj
 from runtime import matching
 from runtime.status import ResolutionSource, WaitpointKind
+from storage import faults
 
 _STEP_STATUS = {"ok": storage.StepStatus.COMPLETED, "err": storage.StepStatus.FAILED}
 _COMP_STATUS = {
@@ -123,7 +124,8 @@ def runtime_journal(record: storage.Journal) -> rj.Journal:
     """Rebuild the runtime's journal of a run from what storage holds."""
     positions = {s.step_id: s.position for s in record.steps}
     journal = rj.Journal()
-    for attempt in record.attempts:
+    attempts = () if faults.mutant("SKIP_STEP_DEDUP") else record.attempts
+    for attempt in attempts:
         journal.apply(
             rj.StepAttempt(
                 step_id=attempt.step_id,

@@ -34,7 +34,7 @@ from runtime.clock import Clock, SystemClock
 from runtime.facts import Limits
 from runtime.ratelimit import TokenBucketLimiter
 from runtime.workflow import REGISTRY, Registry
-from storage.faults import crash_point
+from storage.faults import crash_point, mutant
 
 log = structlog.get_logger("wf")
 
@@ -74,6 +74,7 @@ class Orchestrator:
         self._import_modules = import_modules
         self._stack = AsyncExitStack()
         self._finish_waiters: dict[str, list[asyncio.Future[storage.RunRecord]]] = {}
+        self._mutant_tasks: set[asyncio.Future[None]] = set()
         self._accepting = False
         self._fatal: asyncio.Future[BaseException] | None = None
         self.storage: storage.Storage
@@ -127,8 +128,10 @@ class Orchestrator:
         )
         self.supervisor.scheduler = self.scheduler
         recovered = await self._recover()
-        fired = await self.scheduler.fire_due()
-        self.scheduler.start()
+        fired = 0
+        if not mutant("SKIP_TIMER_ARM_ON_START"):
+            fired = await self.scheduler.fire_due()
+            self.scheduler.start()
         crash_point("timers.armed")
         self._accepting = True
         log.info("orchestrator.started", recovered=recovered, timers_fired=fired)
@@ -251,6 +254,8 @@ class Orchestrator:
             scheduled_at=now + delay if delay else None,
             triggered_by="api",
         )
+        if mutant("ACK_BEFORE_COMMIT"):
+            return await self._ack_before_commit(op)
         with storage_errors():
             created = await self.storage.create_run(op)
         run = created.run
@@ -262,6 +267,18 @@ class Orchestrator:
             else:
                 self.scheduler.notify(op.scheduled_at)
         return run.to_json()
+
+    async def _ack_before_commit(self, op: storage.CreateRun) -> JSONDict:
+        """The ACK_BEFORE_COMMIT mutant: reply while the commit is still on its way."""
+
+        async def commit_then_start() -> None:
+            created = await self.storage.create_run(op)
+            self.supervisor.deliver(op.run_id, known=created.run)
+
+        task = asyncio.ensure_future(commit_then_start())
+        self._mutant_tasks.add(task)
+        task.add_done_callback(self._mutant_tasks.discard)
+        return {"run_id": op.run_id, "workflow_id": op.workflow_id, "status": "pending"}
 
     async def _run_or_404(self, run_id: str) -> storage.RunRecord:
         run = await self.storage.get_run(run_id)

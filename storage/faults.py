@@ -54,3 +54,20 @@ def crash_point(name: str) -> None:
         sys.stderr.write(f"crash point {name} reached ({count}): SIGKILL\n")
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Mutants: deliberate bugs a campaign switches on to prove its checks can fail. Each is read
+# once at import from WF_TEST_<NAME>=1 and is inert otherwise.
+MUTANTS: frozenset[str] = frozenset(
+    {
+        "ACK_BEFORE_COMMIT",  # submit replies before the run row is committed
+        "SKIP_STEP_DEDUP",  # a replay ignores recorded step results and runs steps again
+        "SKIP_TIMER_ARM_ON_START",  # start-up neither fires overdue timers nor arms the rest
+    }
+)
+_MUTANTS = frozenset(m for m in MUTANTS if os.environ.get(f"WF_TEST_{m}") == "1")
+
+
+def mutant(name: str) -> bool:
+    """True when the campaign switched mutant ``name`` on (never in production)."""
+    return name in _MUTANTS

@@ -16,8 +16,9 @@ READY_TIMEOUT = 20.0
 
 class DaemonProcess:
     def __init__(self, workdir: Path, *, modules: list[str], paths: list[Path],
-                 extra: str = "") -> None:
+                 extra: str = "", env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        self.env = env or {}  # for every incarnation (e.g. a mutant switch)
         self.socket = workdir / "wf.sock"
         self.db = workdir / "wf.db"
         self.log_path = workdir / "daemon.log"
@@ -38,7 +39,8 @@ class DaemonProcess:
         """Start and wait for ``daemon.ready``; RuntimeError if it exits before that."""
         self.incarnation += 1
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        env = {**os.environ, "WF_TEST_INCARNATION": str(self.incarnation), **(env or {})}
+        env = {**os.environ, "WF_TEST_INCARNATION": str(self.incarnation), **self.env,
+               **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from orchestrator.cli import main; main()", "daemon",
              "--config", str(self.config_path)],

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.client import Client, DaemonUnreachable
+from orchestrator.client import Client, DaemonUnreachable, RemoteError
 from tests.crash.daemon_process import DaemonProcess
 from tests.crash.test_restart import HERE, ledger_lines
 
@@ -22,9 +22,14 @@ STEPS = 5
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_acknowledged_runs_survive_a_kill_during_a_burst(tmp_path: Path, seed: int) -> None:
-    rng = random.Random(seed)
     daemon = DaemonProcess(tmp_path, modules=["tests.crash.crash_workflows"],
                            paths=[HERE.parents[1]])
+    await burst_scenario(daemon, tmp_path, seed)
+
+
+async def burst_scenario(daemon: DaemonProcess, tmp_path: Path, seed: int) -> None:
+    """Submit a burst, kill -9 at a seeded moment, restart, check. AssertionError = violation."""
+    rng = random.Random(seed)
     daemon.start()
     ledger = tmp_path / "ledger.txt"
     acked: list[str] = []
@@ -46,7 +51,10 @@ async def test_acknowledged_runs_survive_a_kill_during_a_burst(tmp_path: Path, s
         daemon.start()
         async with Client.connect(daemon.socket) as c:
             for run_id in acked:
-                final = await c.wait(run_id, timeout=20)
+                try:
+                    final = await c.wait(run_id, timeout=20)
+                except RemoteError as exc:
+                    raise AssertionError(f"acknowledged run {run_id} is gone: {exc}") from exc
                 assert final["status"] == "completed", final
                 assert final["output"] == STEPS * 2
     finally:

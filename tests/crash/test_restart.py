@@ -64,6 +64,12 @@ async def status(c: Client, run_id: str) -> str:
 async def test_runs_survive_kill_minus_9_at_every_kind_of_point(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:
+    await kill_and_restart_scenario(daemon, tmp_path)
+
+
+async def kill_and_restart_scenario(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """kill -9 mid-step, mid-sleep, on an event, in a backoff and on a child; restart; check
+    SPEC §10. Raises AssertionError on any violation (the mutant tests rely on that)."""
     ledger = tmp_path / "ledger.txt"
     marker = tmp_path / "unblock"
     base = {"ledger": str(ledger)}

@@ -1,0 +1,60 @@
+"""The crash checks must be able to fail: with each mutant switched on, they report a violation.
+
+A mutant is a deliberate bug behind a test-only switch (storage.faults.MUTANTS). If a check
+still passed with its mutant on, it would prove nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from orchestrator.client import DaemonUnreachable
+from tests.crash.daemon_process import DaemonProcess
+from tests.crash.test_burst import burst_scenario
+from tests.crash.test_restart import HERE, kill_and_restart_scenario
+
+pytestmark = pytest.mark.slow
+
+
+def mutated(tmp_path: Path, name: str) -> DaemonProcess:
+    return DaemonProcess(tmp_path, modules=["tests.crash.crash_workflows"],
+                         paths=[HERE.parents[1]], env={f"WF_TEST_{name}": "1"})
+
+
+@pytest.mark.parametrize(
+    ("name", "violation"),
+    [
+        ("SKIP_STEP_DEDUP", "== {}"),  # completed steps ran again: the ledger has repeats
+        ("SKIP_TIMER_ARM_ON_START", "'waiting'"),  # timers due while down never fired
+    ],
+)
+async def test_kill_restart_checks_catch_the_mutant(
+    tmp_path: Path, name: str, violation: str
+) -> None:
+    daemon = mutated(tmp_path, name)
+    daemon.start()
+    try:
+        with pytest.raises(AssertionError) as caught:
+            await kill_and_restart_scenario(daemon, tmp_path)
+        assert violation in str(caught.value)
+    finally:
+        daemon.stop()
+
+
+async def test_burst_check_catches_acknowledging_before_commit(tmp_path: Path) -> None:
+    """With replies sent before the commit, some acknowledged run is gone after a kill -9."""
+    caught = 0
+    for seed in range(1, 6):
+        workdir = tmp_path / str(seed)
+        workdir.mkdir()
+        with contextlib.suppress(DaemonUnreachable):
+            try:
+                await burst_scenario(mutated(workdir, "ACK_BEFORE_COMMIT"), workdir, seed)
+            except AssertionError as exc:
+                assert "is gone" in str(exc)  # an acknowledged submission was lost
+                caught += 1
+                break
+    assert caught, "5 rounds with acks sent before commit and no violation reported"
