@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test bench reliability clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(DEV_STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run
+
+# The long reliability campaign (SPEC §10, docs/reliability.md): the crash checks at campaign
+# size, every crash point at occurrences 1, 2 and 10. `make reliability SEED=1234` replays a run.
+reliability: $(DEV_STAMP)
+	WF_CAMPAIGN=1 SEED=$(SEED) $(BIN)/pytest -p no:randomly -q tests/crash tests/reliability
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.client import Client, DaemonUnreachable, RemoteError
+from tests.crash import campaign
 from tests.crash.daemon_process import DaemonProcess
 from tests.crash.test_restart import HERE, ledger_lines
 
@@ -20,7 +21,7 @@ RUNS = 200
 STEPS = 5
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", campaign.rounds(ci=3, campaign=100))
 async def test_acknowledged_runs_survive_a_kill_during_a_burst(tmp_path: Path, seed: int) -> None:
     daemon = DaemonProcess(tmp_path, modules=["tests.crash.crash_workflows"],
                            paths=[HERE.parents[1]])
