@@ -111,7 +111,7 @@ async def ok(input: dict[str, Any], ctx: Context) -> str:
 @workflow(id="crash-flow")
 async def flow(input: dict[str, Any], ctx: Context) -> Any:
     await ctx.step("a", record, input["ledger"], "a")
-    await ctx.sleep(0.2)
+    await ctx.sleep(input.get("sleep", 0.2))
     # lookback: an event committed just before a crash still reaches a run registered after it
     payload = await ctx.wait_for_event("crash.flow", lookback="1h")
     await ctx.step("b", record, input["ledger"], "b")
