@@ -8,7 +8,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 
@@ -82,3 +82,23 @@ async def gather_limited(coros: Sequence[Any], limit: int) -> list[Any]:
             return await c
 
     return await asyncio.gather(*(one(c) for c in coros))
+
+
+async def steps_burst(n: int, k: int, one_run: Callable[[], Awaitable[None]]) -> dict[str, Any]:
+    """W1 for either side: ``n`` runs of ``k`` steps at once; throughput and run latency."""
+    latencies: list[float] = []
+
+    async def one() -> None:
+        t0 = time.perf_counter()
+        await one_run()
+        latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    async with progress("W1 runs done", lambda: f"{len(latencies)}/{n}"):
+        await asyncio.gather(*(one() for _ in range(n)))
+    elapsed = time.perf_counter() - start
+    return {
+        "n": n, "k": k, "seconds": round(elapsed, 3),
+        "steps_per_s": round(n * k / elapsed, 1), "runs_per_s": round(n / elapsed, 1),
+        "latency": summary_ms(latencies),
+    }

@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import gather_limited, progress, rss_mb, say, summary_ms, threads
+from bench.common import (
+    gather_limited,
+    progress,
+    rss_mb,
+    say,
+    steps_burst,
+    summary_ms,
+    threads,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SYNCHRONOUS = "full"
@@ -172,28 +180,14 @@ async def wait_all(svc: Any, run_ids: list[str], label: str) -> list[dict[str, A
 async def w1(svc: Any, p: dict[str, Any], daemon: Daemon | None) -> dict[str, Any]:
     n, k = p["n"], p["k"]
     await warm_up(svc)
-    latencies: list[float] = []
-    done = 0
 
-    async def one() -> None:
-        nonlocal done
-        t0 = time.perf_counter()
+    async def one_run() -> None:
         run = await svc.submit("bench-steps", {"k": k})
         final = await svc.wait(run["run_id"], timeout=900)
         if final["status"] != "completed":
             raise RuntimeError(f"W1 run ended {final['status']}: {final}")
-        latencies.append(time.perf_counter() - t0)
-        done += 1
 
-    start = time.perf_counter()
-    async with progress("W1 runs done", lambda: f"{done}/{n}"):
-        await asyncio.gather(*(one() for _ in range(n)))
-    elapsed = time.perf_counter() - start
-    return {
-        "n": n, "k": k, "seconds": round(elapsed, 3),
-        "steps_per_s": round(n * k / elapsed, 1), "runs_per_s": round(n / elapsed, 1),
-        "latency": summary_ms(latencies),
-    }
+    return await steps_burst(n, k, one_run)
 
 
 async def w2(svc: Any, p: dict[str, Any], daemon: Daemon | None) -> dict[str, Any]:

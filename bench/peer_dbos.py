@@ -26,7 +26,7 @@ from typing import Any
 
 from dbos import DBOS, DBOSConfig
 
-from bench.common import progress, rss_mb, say, summary_ms, threads
+from bench.common import progress, rss_mb, say, steps_burst, summary_ms, threads
 
 PARKED = 0  # workflows that reached recv (incremented again when recovery replays them)
 
@@ -149,26 +149,12 @@ async def warm_up() -> None:
 async def w1(p: dict[str, Any]) -> dict[str, Any]:
     n, k = p["n"], p["k"]
     await warm_up()
-    latencies: list[float] = []
-    done = 0
 
-    async def one() -> None:
-        nonlocal done
-        t0 = time.perf_counter()
+    async def one_run() -> None:
         h = await DBOS.start_workflow_async(steps_wf, k)
         await h.get_result()
-        latencies.append(time.perf_counter() - t0)
-        done += 1
 
-    start = time.perf_counter()
-    async with progress("W1 runs done", lambda: f"{done}/{n}"):
-        await asyncio.gather(*(one() for _ in range(n)))
-    elapsed = time.perf_counter() - start
-    return {
-        "n": n, "k": k, "seconds": round(elapsed, 3),
-        "steps_per_s": round(n * k / elapsed, 1), "runs_per_s": round(n / elapsed, 1),
-        "latency": summary_ms(latencies),
-    }
+    return await steps_burst(n, k, one_run)
 
 
 async def w2(p: dict[str, Any]) -> dict[str, Any]:
