@@ -102,3 +102,21 @@ async def steps_burst(n: int, k: int, one_run: Callable[[], Awaitable[None]]) ->
         "steps_per_s": round(n * k / elapsed, 1), "runs_per_s": round(n / elapsed, 1),
         "latency": summary_ms(latencies),
     }
+
+
+async def sequential_steps(
+    ks: Sequence[int], one_run: Callable[[int], Awaitable[None]]
+) -> dict[str, Any]:
+    """W4 for either side: one run of ``k`` sequential steps per ``k``; per-step cost."""
+    out: dict[str, Any] = {"ks": {}}
+    for k in ks:
+        t0 = time.perf_counter()
+        await one_run(k)
+        elapsed = time.perf_counter() - t0
+        out["ks"][str(k)] = {"seconds": round(elapsed, 4),
+                             "ms_per_step": round(elapsed / k * 1000, 4)}
+        say(f"  W4 k={k}: {elapsed:.2f} s ({elapsed / k * 1000:.3f} ms/step)")
+    if "1000" in out["ks"] and "10000" in out["ks"]:
+        out["ratio_10k_1k"] = round(
+            out["ks"]["10000"]["seconds"] / out["ks"]["1000"]["seconds"], 2)
+    return out

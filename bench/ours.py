@@ -22,6 +22,7 @@ from bench.common import (
     progress,
     rss_mb,
     say,
+    sequential_steps,
     steps_burst,
     summary_ms,
     threads,
@@ -230,21 +231,14 @@ async def w3(svc: Any, p: dict[str, Any], daemon: Daemon | None) -> dict[str, An
 
 async def w4(svc: Any, p: dict[str, Any], daemon: Daemon | None) -> dict[str, Any]:
     await warm_up(svc)
-    out: dict[str, Any] = {"ks": {}}
-    for k in p["ks"]:
-        t0 = time.perf_counter()
+
+    async def one_run(k: int) -> None:
         run = await svc.submit("bench-steps", {"k": k})
         final = await svc.wait(run["run_id"], timeout=900)
-        elapsed = time.perf_counter() - t0
         if final["status"] != "completed":
             raise RuntimeError(f"W4 k={k} ended {final['status']}")
-        out["ks"][str(k)] = {"seconds": round(elapsed, 4),
-                             "ms_per_step": round(elapsed / k * 1000, 4)}
-        say(f"  W4 k={k}: {elapsed:.2f} s ({elapsed / k * 1000:.3f} ms/step)")
-    ks = [str(k) for k in p["ks"]]
-    if "1000" in ks and "10000" in ks:
-        out["ratio_10k_1k"] = round(
-            out["ks"]["10000"]["seconds"] / out["ks"]["1000"]["seconds"], 2)
+
+    out = await sequential_steps(p["ks"], one_run)
     # Warm resume: a run with k recorded steps parked on an event, resumed r times.
     r = p["resumes"]
     out["resume"] = {}

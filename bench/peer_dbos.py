@@ -26,7 +26,15 @@ from typing import Any
 
 from dbos import DBOS, DBOSConfig
 
-from bench.common import progress, rss_mb, say, steps_burst, summary_ms, threads
+from bench.common import (
+    progress,
+    rss_mb,
+    say,
+    sequential_steps,
+    steps_burst,
+    summary_ms,
+    threads,
+)
 
 PARKED = 0  # workflows that reached recv (incremented again when recovery replays them)
 
@@ -197,19 +205,12 @@ async def w3(p: dict[str, Any]) -> dict[str, Any]:
 async def w4(p: dict[str, Any]) -> dict[str, Any]:
     global PARKED
     await warm_up()
-    out: dict[str, Any] = {"ks": {}}
-    for k in p["ks"]:
-        t0 = time.perf_counter()
+
+    async def one_run(k: int) -> None:
         h = await DBOS.start_workflow_async(steps_wf, k)
         await h.get_result()
-        elapsed = time.perf_counter() - t0
-        out["ks"][str(k)] = {"seconds": round(elapsed, 4),
-                             "ms_per_step": round(elapsed / k * 1000, 4)}
-        say(f"  W4 k={k}: {elapsed:.2f} s ({elapsed / k * 1000:.3f} ms/step)")
-    ks = [str(k) for k in p["ks"]]
-    if "1000" in ks and "10000" in ks:
-        out["ratio_10k_1k"] = round(
-            out["ks"]["10000"]["seconds"] / out["ks"]["1000"]["seconds"], 2)
+
+    out = await sequential_steps(p["ks"], one_run)
     r = p["resumes"]
     out["resume"] = {}
     for k in p["resume_ks"]:

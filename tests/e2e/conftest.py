@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,12 +211,17 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         return d
 
     yield make
+    stop_all(started)
+
+
+def stop_all(daemons: Sequence[Daemon]) -> None:
+    """SIGTERM every daemon still running; each must exit 0. Reports all, not the first."""
     failures = []
-    for d in started:
+    for d in daemons:
         if d.proc is not None:
             try:
                 d.stop_cleanly()
-            except AssertionError as exc:  # report every daemon, not just the first
+            except AssertionError as exc:
                 failures.append(str(exc))
     assert not failures, "\n".join(failures)
 

@@ -18,7 +18,7 @@ import pytest
 
 import tests.reliability.rel_workflows  # noqa: F401  (registers the rel- workflows in-process)
 from orchestrator.config import Config
-from tests.e2e.conftest import Daemon
+from tests.e2e.conftest import Daemon, stop_all
 
 REL_DIR = Path(__file__).resolve().parent
 
@@ -98,14 +98,7 @@ def make_rel_daemon(tmp_path: Path) -> Iterator[Callable[..., RelDaemon]]:
         return d
 
     yield make
-    failures = []
-    for d in made:
-        if d.proc is not None:
-            try:
-                d.stop_cleanly()
-            except AssertionError as exc:
-                failures.append(str(exc))
-    assert not failures, "\n".join(failures)
+    stop_all(made)
 
 
 async def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0,
