@@ -64,6 +64,7 @@ class RunActor:
         # Ops that ride along with the run's next commit, in the same transaction (see drive).
         self._prefix: list[storage.WriteOp[Any]] = []
         self._advancing: Execution | None = None  # set only while advance() runs
+        self.finishing = False  # set before the final commit (Supervisor.is_live)
 
     def post(self, message: Message | None) -> None:
         if message is None:
@@ -226,6 +227,7 @@ class RunActor:
     async def _finish(
         self, run: storage.RunRecord, outcome: Outcome, execution: Execution | None
     ) -> None:
+        self.finishing = True
         now = self.sup.clock.now()
         status = storage.RunStatus(str(outcome.status))
         ops: list[storage.WriteOp[Any]] = [

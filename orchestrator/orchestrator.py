@@ -142,7 +142,7 @@ class Orchestrator:
         limit = self.config.daemon.max_recoveries
         runs = await self.storage.non_terminal_runs()
         ops: list[storage.WriteOp[Any]] = []
-        to_start: list[str] = []
+        to_start: list[tuple[storage.RunRecord, bool]] = []  # (run, already started)
         for run in runs:
             # A run still "pending" may have started and crashed before its first commit (its
             # "running" rides on that commit), so it counts recoveries like a running one.
@@ -166,13 +166,13 @@ class Orchestrator:
                               error_code="RECOVERY_LIMIT")
                     continue
                 ops.append(storage.UpdateRun(run.run_id, at=now, recoveries=run.recoveries + 1))
-                to_start.append(run.run_id)
+                to_start.append((run, run.status is storage.RunStatus.RUNNING))
             elif run.status is storage.RunStatus.WAITING and run.needs_resume:
-                to_start.append(run.run_id)
+                to_start.append((run, True))
         if ops:
             await self.storage.commit(ops)
-        for run_id in to_start:
-            self.supervisor.deliver(run_id)
+        for run, resuming in to_start:
+            self.supervisor.deliver(run.run_id, resuming=resuming, priority=run.priority)
             crash_point("recovery.scan")
         return len(to_start)
 
@@ -325,8 +325,11 @@ class Orchestrator:
         fut: asyncio.Future[storage.RunRecord] = asyncio.get_running_loop().create_future()
         self._finish_waiters.setdefault(run_id, []).append(fut)
         try:
-            run = await self._run_or_404(run_id)
-            if not run.is_terminal:
+            # A run the supervisor holds live is not over and will announce its end: no read
+            # (10k clients waiting at once would otherwise queue 10k reads).
+            if self.supervisor.is_live(run_id) or not (
+                run := await self._run_or_404(run_id)
+            ).is_terminal:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(fut), timeout)
                 # The final record comes with the notification: no second read.

@@ -4,7 +4,8 @@
 or starts one. At most one actor exists per run (the dict below is the proof: an actor removes
 itself, without awaiting, when it parks or ends, and only then can a new one start). Actors wait
 for one of ``max_active_runs`` slots before they drive their run, so extra runs stay ``pending``
-and nothing is dropped. Parked executions are kept warm in LRU order up to ``warm_runs``.
+and nothing is dropped; resuming runs get slots before runs that have not started
+(``orchestrator.slots``). Parked executions are kept warm in LRU order up to ``warm_runs``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import structlog
 
 import storage
 from orchestrator.actor import Cancel, Message, RunActor
+from orchestrator.slots import Slots, rank
 from orchestrator.streams import StreamHub
 from runtime._signals import HostFailure, Suspended
 from runtime.clock import Clock
@@ -80,7 +82,7 @@ class Supervisor:
         self.process_runner = process_runner
         self.streams = StreamHub()
         self.scheduler: Scheduler  # set by the orchestrator right after construction
-        self._slots = asyncio.Semaphore(max_active_runs)
+        self._slots = Slots(max_active_runs)
         self._max_active = max_active_runs
         self._warm_budget = warm_runs
         self._actors: dict[str, RunActor] = {}
@@ -101,10 +103,14 @@ class Supervisor:
         message: Message | None = None,
         *,
         known: storage.RunRecord | None = None,
+        resuming: bool = False,
+        priority: int = 0,
     ) -> None:
         """Post ``message`` to the run's actor, starting one if the run has none.
 
         ``known`` is the run's record when the caller has just committed it (a new run).
+        ``resuming`` marks a run that already started (recovery); one with a message is too.
+        Both decide the run's place in the queue for a slot (``orchestrator.slots``).
         """
         actor = self._actors.get(run_id)
         if actor is None:
@@ -113,8 +119,10 @@ class Supervisor:
             actor = RunActor(self, run_id, known)
             self._actors[run_id] = actor
             actor.post(message)
+            key = rank(resuming=resuming or message is not None,
+                       priority=known.priority if known is not None else priority)
             actor.task = asyncio.get_running_loop().create_task(
-                self._supervise(actor), name=f"actor:{run_id}"
+                self._supervise(actor, key), name=f"actor:{run_id}"
             )
             self._started += 1
         else:
@@ -123,11 +131,14 @@ class Supervisor:
     async def cancel_run(self, run_id: str, reason: str | None, compensate: bool) -> None:
         self.deliver(run_id, Cancel(reason, compensate))
 
-    async def _supervise(self, actor: RunActor) -> None:
+    async def _supervise(self, actor: RunActor, key: tuple[int, int]) -> None:
         retry_later = False
         try:
-            async with self._slots:
+            await self._slots.acquire(key)
+            try:
                 await actor.drive()
+            finally:
+                self._slots.release()
         except (HostFailure, storage.StorageError) as exc:
             cause = exc.cause if isinstance(exc, HostFailure) else exc
             if isinstance(cause, storage.StorageFull):
@@ -232,13 +243,21 @@ class Supervisor:
         return SupervisorStats(
             active_actors=len(self._actors),
             warm_runs=len(self._warm),
-            slots_free=self._slots._value,
+            slots_free=self._slots.free,
             actors_started=self._started,
             actor_failures=self._failures,
         )
 
     def is_active(self, run_id: str) -> bool:
         return run_id in self._actors
+
+    def is_live(self, run_id: str) -> bool:
+        """True only if the run is certainly not terminal and its end is still to be announced
+        (it has an actor that has not begun finishing, or it is parked warm). False says nothing."""
+        actor = self._actors.get(run_id)
+        if actor is not None:
+            return not actor.finishing
+        return run_id in self._warm
 
     def describe(self) -> dict[str, Any]:
         return self.stats().to_dict()

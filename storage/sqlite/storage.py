@@ -79,10 +79,13 @@ class _Readers:
 class SQLiteStorage:
     """SQLite implementation of ``storage.Storage``. Open with ``SQLiteStorage.open``."""
 
-    def __init__(self, path: Path, writer: Writer, readers: _Readers) -> None:
+    def __init__(self, path: Path, writer: Writer, readers: _Readers, timers: _Readers) -> None:
         self.path = path
         self._writer = writer
         self._readers = readers
+        # The scheduler's own connection: a flood of client reads (10k `wait`s, a busy `list`)
+        # must not hold up the question "what is due next?" and so make every timer late.
+        self._timer_reader = timers
 
     @classmethod
     @asynccontextmanager
@@ -112,7 +115,7 @@ class SQLiteStorage:
         )
         conns: list[aiosqlite.Connection] = []
         try:
-            for _ in range(max(1, read_connections)):
+            for _ in range(max(1, read_connections) + 1):  # the last one is the scheduler's
                 with translate_errors():
                     conn = await aiosqlite.connect(db, isolation_level=None)
                 conns.append(conn)
@@ -121,7 +124,7 @@ class SQLiteStorage:
                         synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, writer=False
                     ):
                         await conn.execute(stmt)
-            storage = cls(db, writer, _Readers(conns))
+            storage = cls(db, writer, _Readers(conns[:-1]), _Readers(conns[-1:]))
             yield storage
         finally:
             await writer.close()
@@ -164,9 +167,11 @@ class SQLiteStorage:
 
     # --- reads ---------------------------------------------------------------------------------
 
-    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[rows.Row]:
+    async def _fetch(
+        self, sql: str, params: Sequence[Any] = (), *, pool: _Readers | None = None
+    ) -> list[rows.Row]:
         with translate_errors():
-            async with self._readers.connection() as conn:
+            async with (pool or self._readers).connection() as conn:
                 return list(await conn.execute_fetchall(sql, params))
 
     async def get_run(self, run_id: str) -> records.RunRecord | None:
@@ -308,7 +313,7 @@ class SQLiteStorage:
         return rows.token_from_row(found[0]) if found else None
 
     async def next_timer_due(self) -> float | None:
-        found = await self._fetch(NEXT_TIMER_SQL)
+        found = await self._fetch(NEXT_TIMER_SQL, pool=self._timer_reader)
         value = found[0][0] if found else None
         return None if value is None else float(value)
 
