@@ -84,6 +84,19 @@ async def gather_limited(coros: Sequence[Any], limit: int) -> list[Any]:
     return await asyncio.gather(*(one(c) for c in coros))
 
 
+async def paced(count: int, per_s: float, send: Callable[[int], Awaitable[None]]) -> None:
+    """Call ``send(i)`` for i < count at a fixed rate, open loop (a slow reply does not delay
+    the next send): the latency of one event at a time rather than of a queue of 1000."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def at(i: int) -> None:
+        await asyncio.sleep(max(0.0, start + i / per_s - loop.time()))
+        await send(i)
+
+    await asyncio.gather(*(at(i) for i in range(count)))
+
+
 async def steps_burst(n: int, k: int, one_run: Callable[[], Awaitable[None]]) -> dict[str, Any]:
     """W1 for either side: ``n`` runs of ``k`` steps at once; throughput and run latency."""
     latencies: list[float] = []

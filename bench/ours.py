@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.common import (
     gather_limited,
+    paced,
     progress,
     rss_mb,
     say,
@@ -208,25 +209,30 @@ async def w2(svc: Any, p: dict[str, Any], daemon: Daemon | None) -> dict[str, An
 
 
 async def w3(svc: Any, p: dict[str, Any], daemon: Daemon | None) -> dict[str, Any]:
-    n = p["n"]
+    n, m, rate = p["n"], p["paced"], p["paced_per_s"]
     await warm_up(svc)
-    types = [f"bench.w3.{i}" for i in range(n)]
+    types = [f"bench.w3.{i}" for i in range(n + m)]
     t0 = time.perf_counter()
     run_ids = await submit_all(svc, "bench-event", [{"type": t} for t in types], "W3")
-    park_s = await wait_waiting(svc, n, "W3") + (time.perf_counter() - t0)
-    sent: list[float] = [0.0] * n
+    park_s = await wait_waiting(svc, n + m, "W3") + (time.perf_counter() - t0)
+    sent: list[float] = [0.0] * (n + m)
 
     async def send(i: int) -> None:
         sent[i] = time.time()
         await svc.send_event(types[i], {"i": i})
 
+    # The last m runs get their events one at a time, then the first n all at once.
+    await paced(m, rate, lambda i: send(n + i))
+    paced_runs = await wait_all(svc, run_ids[n:], "W3 paced")
     t1 = time.perf_counter()
     await asyncio.gather(*(send(i) for i in range(n)))
     send_s = time.perf_counter() - t1
-    runs = await wait_all(svc, run_ids, "W3")
+    runs = await wait_all(svc, run_ids[:n], "W3")
     lat = [float(r["output"]) - sent[i] for i, r in enumerate(runs)]
+    paced_lat = [float(r["output"]) - sent[n + i] for i, r in enumerate(paced_runs)]
     return {"n": n, "park_seconds": round(park_s, 3), "send_seconds": round(send_s, 3),
-            "event_to_resume": summary_ms(lat)}
+            "event_to_resume": summary_ms(lat), "paced_per_s": rate,
+            "paced_event_to_resume": summary_ms(paced_lat)}
 
 
 async def w4(svc: Any, p: dict[str, Any], daemon: Daemon | None) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 from dbos import DBOS, DBOSConfig
 
 from bench.common import (
+    paced,
     progress,
     rss_mb,
     say,
@@ -182,24 +183,29 @@ async def w2(p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def w3(p: dict[str, Any]) -> dict[str, Any]:
-    n = p["n"]
+    n, m, rate = p["n"], p["paced"], p["paced_per_s"]
     await warm_up()
     t0 = time.perf_counter()
-    handles = await start_all(recv_wf, [()] * n, "W3")
-    park_s = await wait_parked(n, "W3") + (time.perf_counter() - t0)
-    sent = [0.0] * n
+    handles = await start_all(recv_wf, [()] * (n + m), "W3")
+    park_s = await wait_parked(n + m, "W3") + (time.perf_counter() - t0)
+    sent = [0.0] * (n + m)
 
     async def send(i: int) -> None:
         sent[i] = time.time()
         await DBOS.send_async(handles[i].get_workflow_id(), {"i": i}, "bench")
 
+    # As on our side: the last m runs one message at a time, then the first n all at once.
+    await paced(m, rate, lambda i: send(n + i))
+    paced_outs = await results_all(handles[n:], "W3 paced")
     t1 = time.perf_counter()
     await asyncio.gather(*(send(i) for i in range(n)))
     send_s = time.perf_counter() - t1
-    outs = await results_all(handles, "W3")
+    outs = await results_all(handles[:n], "W3")
     lat = [float(o) - sent[i] for i, o in enumerate(outs)]
+    paced_lat = [float(o) - sent[n + i] for i, o in enumerate(paced_outs)]
     return {"n": n, "park_seconds": round(park_s, 3), "send_seconds": round(send_s, 3),
-            "event_to_resume": summary_ms(lat)}
+            "event_to_resume": summary_ms(lat), "paced_per_s": rate,
+            "paced_event_to_resume": summary_ms(paced_lat)}
 
 
 async def w4(p: dict[str, Any]) -> dict[str, Any]:

@@ -64,7 +64,8 @@ def params_for(side: str, workload: str, args: argparse.Namespace) -> dict[str, 
     if workload == "W2small":
         return {"n": n(1000), "seconds": 2.0}
     if workload == "W3":
-        return {"n": n(1000)}
+        # Plus 200 runs whose events come one at a time (100/s): latency without a queue.
+        return {"n": n(1000), "paced": 200 if not quick else 50, "paced_per_s": 100.0}
     if workload == "W4":
         ks = [100, 1000] if quick else [100, 1000, 10000]
         # DBOS replays nothing on recv either way; its 10k-step resume run would add ~2 min.
@@ -184,6 +185,10 @@ METRICS: list[tuple[str, str, tuple[str, ...], str, bool]] = [
     ("W2 at N=1k: lateness max", "W2small", ("lateness", "max_ms"), " ms", False),
     ("W3 event→resume p50", "W3", ("event_to_resume", "p50_ms"), " ms", False),
     ("W3 event→resume p99", "W3", ("event_to_resume", "p99_ms"), " ms", False),
+    ("W3 paced (100/s) event→resume p50", "W3", ("paced_event_to_resume", "p50_ms"), " ms",
+     False),
+    ("W3 paced (100/s) event→resume p99", "W3", ("paced_event_to_resume", "p99_ms"), " ms",
+     False),
     ("W4 ms/step, 100 steps", "W4", ("ks", "100", "ms_per_step"), " ms", False),
     ("W4 ms/step, 1k steps", "W4", ("ks", "1000", "ms_per_step"), " ms", False),
     ("W4 ms/step, 10k steps", "W4", ("ks", "10000", "ms_per_step"), " ms", False),
@@ -223,6 +228,8 @@ def table(results: dict[str, Any]) -> str:
             text = fmt(v, unit, 2 if unit in (" ms", " s") else 1)
             if cell and "error" in cell:
                 text = f"error: {cell['error']}"
+            elif v is not None and path[0].startswith("paced"):
+                text += f" (N={_get(cell, path[0], 'n'):,})"  # only the paced runs
             elif v is not None and wl in N_PATH:
                 text += f" (N={_get(cell, *N_PATH[wl]):,})"
             shown.append(text)
