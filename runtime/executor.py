@@ -110,11 +110,23 @@ class Execution:
             self._task = loop.create_task(self._main(), name=f"body:{self.facts.run_id}")
         else:
             self._check_idle()
-        idle_wait = loop.create_task(idle.wait(), name=f"idle:{self.facts.run_id}")
         try:
-            await asyncio.wait({self._task, idle_wait}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                idle_wait = loop.create_task(idle.wait(), name=f"idle:{self.facts.run_id}")
+                try:
+                    await asyncio.wait(
+                        {self._task, idle_wait}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    idle_wait.cancel()
+                if self._task.done() or self._parked():
+                    break
+                # A resolution landed between the idle probe and here (the host applies
+                # deliveries at once while we advance): the body is moving again, so saying
+                # WAITING now would park a run nobody drives. Wait for the next idle point.
+                self._idle = idle = asyncio.Event()
+                self._check_idle()
         finally:
-            idle_wait.cancel()
             if budget is not None:
                 budget.cancel()
             self.compute_used += loop.time() - started
@@ -134,6 +146,7 @@ class Execution:
         fut = self._blocked.get(resolution.wp_id)
         if fut is not None and not fut.done():
             fut.set_result(resolution)
+            self._activity += 1  # an idle probe in flight must start over
 
     def cancel(self, reason: str | None = None, *, compensate: bool = True) -> None:
         """Cancel the run: the in-flight step is cancelled and the body unwinds at its next
@@ -392,6 +405,14 @@ class Execution:
         self._timed_out = True
         budget = self.definition.timeout or 0.0
         self._interrupt(lambda: _signals.WorkflowTimedOut(budget))
+
+    def _parked(self) -> bool:
+        """The body is blocked on waitpoints none of which has been resolved yet."""
+        return (
+            self._busy == 0
+            and bool(self._blocked)
+            and not any(fut.done() for fut in self._blocked.values())
+        )
 
     def _check_idle(self) -> None:
         if self._busy == 0 and self._blocked and self._idle_probe_at is None:
