@@ -15,6 +15,7 @@ import orjson
 from storage import errors
 
 _FULL = sqlite3.SQLITE_FULL
+_SHM_FULL = sqlite3.SQLITE_IOERR_SHMSIZE
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 # Errors after which the current transaction cannot be trusted: the whole batch fails.
 _BATCH_FATAL = frozenset(
@@ -54,7 +55,9 @@ def translate(exc: BaseException) -> BaseException:
     if isinstance(exc, sqlite3.Error):
         code = primary_code(exc)
         name = getattr(exc, "sqlite_errorname", type(exc).__name__)
-        if code == _FULL:
+        # The wal-index (-shm) failing to grow on a full disk is a full disk too, not an I/O
+        # failure: the daemon must keep serving and resume when space returns.
+        if code == _FULL or getattr(exc, "sqlite_errorcode", None) == _SHM_FULL:
             out = errors.StorageFull(f"storage full: {exc} ({name})", data={"sqlite": name})
         elif code in _BUSY:
             out = errors.StorageBusy(f"storage busy: {exc} ({name})", data={"sqlite": name})
