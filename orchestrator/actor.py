@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
+# One proxy for every actor: structlog caches the configured logger in it on first use, so
+# binding a run's logger does not build a new logger (and look up its file) per run.
+_RUN_LOG = structlog.get_logger("wf.run")
+
 
 @dataclass(frozen=True, slots=True)
 class Resolve:
@@ -60,7 +64,7 @@ class RunActor:
         self.mailbox: deque[Message] = deque()
         self.task: asyncio.Task[None] | None = None
         self.run: storage.RunRecord | None = None
-        self.log: Any = structlog.get_logger("wf.run").bind(run_id=run_id)
+        self.log: Any = _RUN_LOG.bind(run_id=run_id)
         # Ops that ride along with the run's next commit, in the same transaction (see drive).
         self._prefix: list[storage.WriteOp[Any]] = []
         self._advancing: Execution | None = None  # set only while advance() runs
