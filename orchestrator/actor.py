@@ -196,6 +196,11 @@ class RunActor:
                 return
             compute = execution.compute_used - compute_before
             compute_before = execution.compute_used
+            if self._prefix:
+                # Parking again before anything else was committed: keep "running" out of this
+                # commit, as it would clear the resume flag, and a resolution committed while
+                # we replayed may be in the mailbox still. A crash now must find it flagged.
+                self._prefix = [_keep_resume_flag(op) for op in self._prefix]
             await self._commit(
                 storage.UpdateRun(
                     self.run_id,
@@ -426,3 +431,9 @@ def _child_result(run: storage.RunRecord, outcome: Outcome) -> tuple[Any, dict[s
 
 def monotonic_ms() -> float:
     return time.monotonic() * 1000
+
+
+def _keep_resume_flag(op: storage.WriteOp[Any]) -> storage.WriteOp[Any]:
+    if isinstance(op, storage.UpdateRun) and op.status is storage.RunStatus.RUNNING:
+        return dataclasses.replace(op, status=storage.UNSET)
+    return op
