@@ -102,6 +102,7 @@ class Orchestrator:
         self.storage = await self._stack.enter_async_context(
             storage.SQLiteStorage.open(cfg.storage.path, synchronous=cfg.storage.synchronous)
         )
+        self.storage.failed.add_done_callback(lambda fut: self._on_fatal(fut.result()))
         if self._import_modules:
             import_workflow_modules(cfg.workflows.paths, cfg.workflows.modules)
         pool = ThreadPoolExecutor(cfg.runtime.step_threads, thread_name_prefix="wf-step")

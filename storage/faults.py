@@ -63,6 +63,8 @@ MUTANTS: frozenset[str] = frozenset(
         "ACK_BEFORE_COMMIT",  # submit replies before the run row is committed
         "SKIP_STEP_DEDUP",  # a replay ignores recorded step results and runs steps again
         "SKIP_TIMER_ARM_ON_START",  # start-up neither fires overdue timers nor arms the rest
+        "SKIP_IO_FAIL_STOP",  # the writer keeps writing after an I/O error (e.g. fsync EIO)
+        "EARLY_TIMER_FIRE",  # the scheduler fires timers by a wall clock an hour fast
     }
 )
 _MUTANTS = frozenset(m for m in MUTANTS if os.environ.get(f"WF_TEST_{m}") == "1")
@@ -71,3 +73,19 @@ _MUTANTS = frozenset(m for m in MUTANTS if os.environ.get(f"WF_TEST_{m}") == "1"
 def mutant(name: str) -> bool:
     """True when the campaign switched mutant ``name`` on (never in production)."""
     return name in _MUTANTS
+
+
+# Mutants that carry a value, read once at import from WF_TEST_<NAME>=<value>.
+VALUED_MUTANTS: frozenset[str] = frozenset(
+    {
+        "SYNCHRONOUS",  # the writer's synchronous pragma ("normal": commits are not fsynced)
+    }
+)
+_VALUED = {m: v for m in VALUED_MUTANTS if (v := os.environ.get(f"WF_TEST_{m}"))}
+
+
+def mutant_value(name: str) -> str | None:
+    """The value the campaign gave valued mutant ``name``, or None (always None in production)."""
+    if name not in VALUED_MUTANTS:
+        raise ValueError(f"unknown valued mutant {name!r}; known: {sorted(VALUED_MUTANTS)}")
+    return _VALUED.get(name)

@@ -12,6 +12,7 @@ Errors: every method may raise ``StorageError`` (``StorageFull`` when the disk i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -22,6 +23,13 @@ R = TypeVar("R")
 
 @runtime_checkable
 class Storage(Protocol):
+    @property
+    def failed(self) -> asyncio.Future[BaseException]:
+        """Resolves with the error once an I/O error (a failed fsync, a corrupt page) has made
+        the file's durable content unknown: every later write is refused, and the owner must
+        stop (SPEC §4: fail-stop) so that recovery reads only what is on disk."""
+        ...
+
     # --- writes --------------------------------------------------------------------------------
 
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:

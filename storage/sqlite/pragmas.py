@@ -32,11 +32,15 @@ def pragma_statements(
         "PRAGMA foreign_keys = ON",
         f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}",
         "PRAGMA temp_store = MEMORY",
-        "PRAGMA cache_size = -16000",
+        f"PRAGMA cache_size = {-16000 if writer else -2000}",
     ]
     if max_page_count is not None:
         stmts.append(f"PRAGMA max_page_count = {int(max_page_count)}")
-    if not writer:
+    if writer:
+        # The writer checkpoints itself (storage.sqlite.writer): SQLite's automatic checkpoint
+        # would run inside COMMIT and swallow an fsync error.
+        stmts.append("PRAGMA wal_autocheckpoint = 0")
+    else:
         stmts.append("PRAGMA query_only = ON")
     return stmts
 

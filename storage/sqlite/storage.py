@@ -12,11 +12,12 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
 from storage import errors, ops, records
+from storage.faults import mutant_value
 from storage.sqlite import pragmas, rows
 from storage.sqlite.translate import translate_errors
 from storage.sqlite.writer import SetMaxPageCount, Writer, WriterStats
@@ -105,6 +106,8 @@ class SQLiteStorage:
         database size (tests of disk full). Every connection and thread is closed on exit.
         """
         db = Path(path)
+        # Mutant for the power-cut check: e.g. "normal" stops fsyncing the WAL at each commit.
+        synchronous = cast(pragmas.Synchronous, mutant_value("SYNCHRONOUS") or synchronous)
         pragmas.pragma_statements(synchronous=synchronous, busy_timeout_ms=0, writer=True)
         writer = await Writer.start(
             db,
@@ -130,6 +133,10 @@ class SQLiteStorage:
             await writer.close()
             for conn in conns:
                 await conn.close()
+
+    @property
+    def failed(self) -> asyncio.Future[BaseException]:
+        return self._writer.failed
 
     # --- writes --------------------------------------------------------------------------------
 

@@ -16,20 +16,22 @@ must know the outcome shield the await.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from storage import errors, ops
-from storage.faults import crash_point
+from storage.faults import crash_point, mutant
 from storage.sqlite import pragmas, schema
 from storage.sqlite.mutations import APPLY, STEP_CHUNKS, Apply, step_row, upsert_steps_sql
-from storage.sqlite.translate import is_batch_fatal, translate
+from storage.sqlite.translate import is_batch_fatal, primary_code, translate
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,10 @@ _Outcome = tuple["asyncio.Future[list[Any]]", bool, Any]
 
 IDLE_CHECKPOINT_SECONDS = 1.0
 """After this long with no writes, run a passive WAL checkpoint (bounded WAL, SPEC §4)."""
+BUSY_CHECKPOINT_SECONDS = 1.0
+"""Under steady writes, checkpoint after a batch at most this often. SQLite's own automatic
+checkpoint is off (``wal_autocheckpoint = 0``): it runs inside COMMIT and ignores its own errors,
+so an fsync EIO there would go unseen; ours reports it and stops the writer (fail-stop)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,11 @@ class _CoalescedFailed(Exception):
 
 
 _APPLY: dict[type[Any], Apply] = {**APPLY, SetMaxPageCount: _set_max_page_count}
+# Errors after which the file's durable content is unknown (SPEC §4: fail-stop). Not FULL or
+# BUSY: the daemon keeps serving through those; nor the wal-index failing to grow on a full
+# disk (SHMSIZE) or an allocation failure (NOMEM), which lose nothing written.
+_IO_ERRORS = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT})
+_NOT_IO_ERRORS = frozenset({sqlite3.SQLITE_IOERR_SHMSIZE, sqlite3.SQLITE_IOERR_NOMEM})
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +118,8 @@ class Writer:
         self._ops = 0
         self._failed_batches = 0
         self._largest_batch = 0
+        self._io_failure: sqlite3.Error | None = None  # set once: no write is applied after it
+        self.failed: asyncio.Future[BaseException] = loop.create_future()
 
     @classmethod
     async def start(
@@ -202,12 +215,14 @@ class Writer:
         q = self._queue
         dirty = False
         stopping = False
+        last_checkpoint = time.monotonic()
         while not stopping:
             try:
                 first = q.get(timeout=IDLE_CHECKPOINT_SECONDS if dirty else None)
             except queue.Empty:
                 self._checkpoint(conn)
                 dirty = False
+                last_checkpoint = time.monotonic()
                 continue
             if first is None:
                 break
@@ -228,9 +243,15 @@ class Writer:
                 self._loop.call_soon_threadsafe(_deliver, outcomes)
             except RuntimeError:  # the loop is closed: nobody is left to wake
                 log.warning("storage writer: event loop closed; %d callers not woken", len(batch))
+            if time.monotonic() - last_checkpoint >= BUSY_CHECKPOINT_SECONDS:
+                # After the callers were woken: they do not wait for it.
+                self._checkpoint(conn)
+                last_checkpoint = time.monotonic()
         self._checkpoint(conn)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Request]) -> list[_Outcome]:
+        if self._io_failure is not None:
+            return [(fut, False, self._refusal()) for _, fut in batch]
         self._batches += 1
         self._requests += len(batch)
         self._largest_batch = max(self._largest_batch, len(batch))
@@ -247,6 +268,7 @@ class Writer:
         except Exception as exc:
             self._failed_batches += 1
             self._rollback(conn)
+            self._stop_on_io_error(exc)
             return [(fut, False, translate(exc)) for _, fut in batch]
         self._ops += sum(len(ops_) for ops_, _ in batch)
         return outcomes
@@ -319,12 +341,37 @@ class Writer:
             # The batch's own error is what callers get; this one only explains a stuck state.
             log.error("storage writer: ROLLBACK failed: %s", exc)
 
-    @staticmethod
-    def _checkpoint(conn: sqlite3.Connection) -> None:
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        if self._io_failure is not None:
+            return
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
             log.warning("storage writer: idle checkpoint failed: %s", exc)
+            self._stop_on_io_error(exc)
+
+    def _stop_on_io_error(self, exc: BaseException) -> None:
+        """After an I/O error (e.g. fsync EIO) the kernel may have dropped written pages while
+        later fsyncs succeed: nothing written afterwards may be acknowledged. Refuse every later
+        write, so the daemon fails stop on its next write and recovery reads only the disk."""
+        if not isinstance(exc, sqlite3.Error) or primary_code(exc) not in _IO_ERRORS:
+            return
+        if getattr(exc, "sqlite_errorcode", None) in _NOT_IO_ERRORS:
+            return
+        if mutant("SKIP_IO_FAIL_STOP"):
+            return
+        self._io_failure = exc
+        log.critical("storage writer: I/O error, refusing all further writes: %s", exc)
+        # Tell the owner at once, also when the error came from an idle checkpoint with no
+        # caller to receive it: an idle daemon must stop too.
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody left to tell
+            self._loop.call_soon_threadsafe(_set_failed, self.failed, translate(exc))
+
+    def _refusal(self) -> errors.StorageError:
+        return errors.StorageError(
+            f"storage stopped after an I/O error ({self._io_failure}); restart to recover",
+            data={"sqlite": getattr(self._io_failure, "sqlite_errorname", "SQLITE_IOERR")},
+        )
 
 
 def _op_error(exc: Exception) -> BaseException:
@@ -346,6 +393,11 @@ def _deliver(outcomes: list[_Outcome]) -> None:
 def _set_ready(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _set_failed(fut: asyncio.Future[BaseException], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_result(exc)
 
 
 def _fail_ready(fut: asyncio.Future[None], exc: BaseException) -> None:
