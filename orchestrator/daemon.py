@@ -108,6 +108,7 @@ async def _serve(cfg: Config) -> int:
         socket=str(cfg.daemon.socket),
         database=str(cfg.storage.path),
         synchronous=cfg.storage.synchronous,
+        in_force=orch.storage.durability(),  # read back from SQLite, not the config
         event_loop=type(loop).__module__.split(".")[0],
         pid=os.getpid(),
     )

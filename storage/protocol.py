@@ -30,6 +30,11 @@ class Storage(Protocol):
         stop (SPEC §4: fail-stop) so that recovery reads only what is on disk."""
         ...
 
+    def durability(self) -> dict[str, str]:
+        """The durability settings in force as the database itself reports them (for SQLite:
+        ``synchronous`` and ``journal_mode`` of the writer connection), not as configured."""
+        ...
+
     # --- writes --------------------------------------------------------------------------------
 
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:

@@ -138,6 +138,10 @@ class SQLiteStorage:
     def failed(self) -> asyncio.Future[BaseException]:
         return self._writer.failed
 
+    def durability(self) -> dict[str, str]:
+        stats = self._writer.stats()
+        return {"synchronous": stats.synchronous, "journal_mode": stats.journal_mode}
+
     # --- writes --------------------------------------------------------------------------------
 
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:

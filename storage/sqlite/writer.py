@@ -69,6 +69,7 @@ class _CoalescedFailed(Exception):
     """A coalesced ``executemany`` of step rows failed on a non-I/O error."""
 
 
+_SYNCHRONOUS_NAMES = {0: "off", 1: "normal", 2: "full", 3: "extra"}
 _APPLY: dict[type[Any], Apply] = {**APPLY, SetMaxPageCount: _set_max_page_count}
 # Errors after which the file's durable content is unknown (SPEC §4: fail-stop). Not FULL or
 # BUSY: the daemon keeps serving through those; nor the wal-index failing to grow on a full
@@ -87,6 +88,8 @@ class WriterStats:
     failed_batches: int
     largest_batch: int
     queued: int
+    synchronous: str  # as the writer connection reports it, not as configured
+    journal_mode: str
 
 
 class Writer:
@@ -119,6 +122,7 @@ class Writer:
         self._failed_batches = 0
         self._largest_batch = 0
         self._io_failure: sqlite3.Error | None = None  # set once: no write is applied after it
+        self._effective = ("unknown", "unknown")  # (synchronous, journal_mode), read at open
         self.failed: asyncio.Future[BaseException] = loop.create_future()
 
     @classmethod
@@ -174,6 +178,8 @@ class Writer:
             failed_batches=self._failed_batches,
             largest_batch=self._largest_batch,
             queued=self._queue.qsize(),
+            synchronous=self._effective[0],
+            journal_mode=self._effective[1],
         )
 
     # --- the thread ----------------------------------------------------------------------------
@@ -206,6 +212,12 @@ class Writer:
             )
             schema.migrate(conn, str(self._path))
             pragmas.restrict_companions(self._path)
+            # Read back what is in force: the durability promise rests on it (SPEC §10).
+            level = conn.execute("PRAGMA synchronous").fetchone()[0]
+            self._effective = (
+                _SYNCHRONOUS_NAMES.get(level, str(level)),
+                str(conn.execute("PRAGMA journal_mode").fetchone()[0]),
+            )
         except BaseException:
             conn.close()
             raise
