@@ -304,7 +304,9 @@ class SocketServer:
         writer = conn.writer
         while True:
             line = await conn.out.get()
-            if line is _CLOSE:
+            # A peer that vanished gets no more replies: writing to a closing transport only
+            # makes asyncio print "socket.send() raised exception." once per write.
+            if line is _CLOSE or writer.transport.is_closing():
                 return
             writer.write(line)
             while not conn.out.empty():  # batch whatever else is ready into one drain

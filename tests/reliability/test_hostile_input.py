@@ -202,51 +202,66 @@ def frame(draw: st.DrawFn, rid: int) -> Frame:
     return Frame(draw(st.sampled_from([b"", b" ", b"\t", b"  \r"])), None)
 
 
+def fast_frame(rng: random.Random, rid: int) -> Frame:
+    """One frame of the same families as ``frame``, from a seeded PRNG: Hypothesis is too slow
+    to draw every frame (10,000 here, 1M in ``test_fuzz_campaign``)."""
+    kind = rng.randrange(15)
+    if kind <= 2:
+        method, check = rng.choice([("stats", "stats"), ("workflows", "workflows"),
+                                    ("list", "list")])
+        params: Any = {"limit": rng.randint(1, 5000)} if method == "list" else {}
+        return Frame(_line({"id": rid, "method": method, "params": params}),
+                     Expect(rid, check=check))
+    if kind == 3:
+        return Frame(_line({"id": rid, "method": "get",
+                            "params": {"run_id": f"missing-{rng.random()}"}}),
+                     Expect(rid, code="NOT_FOUND"))
+    if kind == 4:
+        bad = rng.choice([[1], 7, "x", True])
+        return Frame(_line({"id": rid, "method": rng.choice(_SORTED_METHODS), "params": bad}),
+                     Expect(rid, code="INVALID_PARAMS", field="params"))
+    if kind == 5:
+        name = "".join(rng.choice("abcdefgh_$.") for _ in range(rng.randint(0, 12)))
+        if name in METHODS or name == "$cancel":
+            name += "!"
+        return Frame(_line({"id": rid, "method": name}), Expect(rid, code="METHOD_NOT_FOUND"))
+    if kind == 6:
+        data = b"\xff" + rng.randbytes(rng.randint(1, 200)).replace(b"\n", b"")
+        return Frame(data, Expect(None, code="PARSE_ERROR"))
+    if kind == 7:
+        whole = _line({"id": rid, "method": "list", "params": {"limit": rng.randint(1, 9)}})
+        return Frame(whole[: rng.randint(1, len(whole) - 1)], Expect(None, code="PARSE_ERROR"))
+    if kind == 8:
+        depth = rng.randint(1025, 30_000)
+        return Frame(b"[" * depth + b"]" * depth, Expect(None, code="PARSE_ERROR"))
+    if kind == 9:
+        return Frame(_line({"id": rid, "method": "list",
+                            "params": {"limit": rng.choice(["1", 0, -5, 1.5, [2]])}}),
+                     Expect(rid, code="INVALID_PARAMS", field="limit"))
+    if kind == 10:  # a good event, its payload nested up to orjson's encoding limit
+        payload: Any = rng.choice([None, 1, "x", {"k": [1, 2]}])
+        for _ in range(rng.randint(0, 240)):
+            payload = [payload]
+        return Frame(_line({"id": rid, "method": "send_event",
+                            "params": {"type": f"fuzz-{rng.random()}", "payload": payload}}),
+                     Expect(rid, check="event"))
+    if kind == 11:
+        return Frame(_line(rng.choice([1, "s", None, [1, {"id": rid}], True])),
+                     Expect(None, code="PARSE_ERROR"))
+    if kind == 12:
+        return Frame(_line({"id": rng.choice([True, 1.5, [rid], {"a": 1}]), "method": "stats"}),
+                     Expect(None, code="PARSE_ERROR"))
+    if kind == 13:
+        return Frame(_line({"id": rid, "method": rng.choice([1, None, ["stats"], {"m": 1}])}),
+                     Expect(rid, code="PARSE_ERROR"))
+    return Frame(rng.choice([b"", b" ", b"\t", b"  \r"]), None)
+
+
+_SORTED_METHODS = sorted(METHODS)
+
+
 def fast_frames(rng: random.Random, base: int, n: int) -> list[Frame]:
-    """The same kinds of frames as ``frame`` from a seeded PRNG: Hypothesis is too slow to
-    draw every one of 10,000 frames, so it draws a few per connection and the seed of these."""
-    out: list[Frame] = []
-    methods = sorted(METHODS)
-    for i in range(n):
-        rid = base + 500 + i
-        kind = rng.randrange(10)
-        if kind <= 2:
-            method, check = rng.choice([("stats", "stats"), ("workflows", "workflows"),
-                                        ("list", "list")])
-            params: Any = {"limit": rng.randint(1, 5000)} if method == "list" else {}
-            out.append(Frame(_line({"id": rid, "method": method, "params": params}),
-                             Expect(rid, check=check)))
-        elif kind == 3:
-            out.append(Frame(_line({"id": rid, "method": "get",
-                                    "params": {"run_id": f"missing-{rng.random()}"}}),
-                             Expect(rid, code="NOT_FOUND")))
-        elif kind == 4:
-            method = rng.choice(methods)
-            bad = rng.choice([[1], 7, "x", True])
-            out.append(Frame(_line({"id": rid, "method": method, "params": bad}),
-                             Expect(rid, code="INVALID_PARAMS", field="params")))
-        elif kind == 5:
-            name = "".join(rng.choice("abcdefgh_$.") for _ in range(rng.randint(0, 12)))
-            if name in METHODS or name == "$cancel":
-                name += "!"
-            out.append(Frame(_line({"id": rid, "method": name}),
-                             Expect(rid, code="METHOD_NOT_FOUND")))
-        elif kind == 6:
-            data = bytes(rng.randrange(256) for _ in range(rng.randint(1, 200)))
-            data = b"\xff" + data.replace(b"\n", b"")
-            out.append(Frame(data, Expect(None, code="PARSE_ERROR")))
-        elif kind == 7:
-            whole = _line({"id": rid, "method": "list", "params": {"limit": rng.randint(1, 9)}})
-            out.append(Frame(whole[: rng.randint(1, len(whole) - 1)],
-                             Expect(None, code="PARSE_ERROR")))
-        elif kind == 8:
-            depth = rng.randint(1025, 30_000)
-            out.append(Frame(b"[" * depth + b"]" * depth, Expect(None, code="PARSE_ERROR")))
-        else:
-            out.append(Frame(_line({"id": rid, "method": "list",
-                                    "params": {"limit": rng.choice(["1", 0, -5, 1.5, [2]])}}),
-                             Expect(rid, code="INVALID_PARAMS", field="limit")))
-    return out
+    return [fast_frame(rng, base + 500 + i) for i in range(n)]
 
 
 @st.composite
@@ -288,6 +303,18 @@ def check_result(check: str, result: Any) -> None:
         raise AssertionError(check)
 
 
+def check_reply(reply: dict[str, Any], want: Expect) -> None:
+    """The oracle: ``reply`` is what ``want`` says the daemon must answer."""
+    if want.code is None:
+        assert "result" in reply, (want, reply)
+        check_result(want.check or "", reply["result"])
+    else:
+        assert "error" in reply, (want, reply)
+        assert reply["error"]["code"] == want.code, (want, reply)
+        if want.field is not None:
+            assert reply["error"]["data"]["field"] == want.field, (want, reply)
+
+
 async def run_plan(sock: Path, frames: list[Frame], ending: str) -> None:
     reader, writer = await asyncio.open_unix_connection(str(sock), limit=2**22)
     try:
@@ -309,15 +336,7 @@ async def run_plan(sock: Path, frames: list[Frame], ending: str) -> None:
             if reply["id"] is None:
                 got_anonymous[reply["error"]["code"]] += 1
                 continue
-            want = expected.pop(reply["id"])
-            if want.code is None:
-                assert "result" in reply, (want, reply)
-                check_result(want.check or "", reply["result"])
-            else:
-                assert "error" in reply, (want, reply)
-                assert reply["error"]["code"] == want.code, (want, reply)
-                if want.field is not None:
-                    assert reply["error"]["data"]["field"] == want.field, (want, reply)
+            check_reply(reply, expected.pop(reply["id"]))
         assert not expected
         assert got_anonymous == anonymous
         if ending == "vanish":
@@ -350,16 +369,26 @@ async def healthy(d: RelDaemon) -> None:
         assert (await c.wait(run["run_id"], timeout=10))["status"] == "completed"
 
 
+def start_fuzz_daemon(root: Path, loop: str,
+                      workflows: dict[str, Any] | None = None) -> RelDaemon:
+    """A daemon on event loop ``loop`` (skips when uvloop is missing), checked to run it."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    overrides: dict[str, dict[str, Any]] = {
+        "daemon": {"event_loop": loop, "max_request_bytes": MAX_REQUEST}}
+    if workflows is not None:
+        overrides["workflows"] = workflows
+    d = RelDaemon(root, overrides)
+    d.start()
+    ready = next(r for r in d.log_records() if r["event"] == "daemon.ready")
+    assert ready["event_loop"] == loop
+    return d
+
+
 @pytest.fixture(scope="module", params=LOOPS)
 def fuzz_daemon(request: pytest.FixtureRequest,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelDaemon]:
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
-    d = RelDaemon(tmp_path_factory.mktemp(f"fuzz-{request.param}"),
-                  {"daemon": {"event_loop": request.param, "max_request_bytes": MAX_REQUEST}})
-    d.start()
-    ready = next(r for r in d.log_records() if r["event"] == "daemon.ready")
-    assert ready["event_loop"] == request.param
+    d = start_fuzz_daemon(tmp_path_factory.mktemp(f"fuzz-{request.param}"), request.param)
     yield d
     d.stop_cleanly()
 
