@@ -1,32 +1,36 @@
-"""The ``max_active_runs`` slots, handed out by rank instead of first come, first served.
+"""The ``max_active_runs`` slots and the queue of runs waiting for one.
 
-A run that already started and is resuming (a timer fired, an event arrived) goes before a run
-that has not started yet: the first has a promise of time to keep (a sleep's due time, an event's
-delivery), the second only waits for its turn. Among runs that have not started, higher
-``priority`` goes first, then the older submission (SPEC §2: pending "by priority, then age").
+A run waiting for a slot is an entry in a heap, not a task: a burst of 100k submissions holds
+100k small tuples, not 100k suspended actors (that cost memory the process kept after the
+burst). Runs are taken by rank: a run that already started and is resuming (a timer fired, an
+event arrived) goes before a run that has not started yet, since the first has a promise of time
+to keep (a sleep's due time, an event's delivery) and the second only waits for its turn. Among
+runs that have not started, higher ``priority`` goes first, then the older submission (SPEC §2:
+pending "by priority, then age").
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 
 RESUME = 0
 START = 1
 
+Key = tuple[int, int]
 
-def rank(*, resuming: bool, priority: int = 0) -> tuple[int, int]:
+
+def rank(*, resuming: bool, priority: int = 0) -> Key:
     """The sort key of a slot request: lower goes first."""
     return (RESUME, 0) if resuming else (START, -priority)
 
 
-class Slots:
-    """A counting semaphore whose waiters are served by rank, then in arrival order."""
+class SlotQueue:
+    """``size`` slots; a caller that finds none free queues its run id by rank."""
 
     def __init__(self, size: int) -> None:
         self._free = size
-        self._waiters: list[tuple[tuple[int, int], int, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[Key, int, str]] = []
         self._arrival = itertools.count()
 
     @property
@@ -35,27 +39,24 @@ class Slots:
 
     @property
     def waiting(self) -> int:
-        return sum(1 for *_, fut in self._waiters if not fut.done())
+        return len(self._waiting)
 
-    async def acquire(self, key: tuple[int, int]) -> None:
-        if self._free > 0 and not self._waiters:
+    def take(self) -> bool:
+        """Take a slot if one is free and nobody is queued before us."""
+        if self._free > 0 and not self._waiting:
             self._free -= 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (key, next(self._arrival), fut))
-        try:
-            await fut
-        except asyncio.CancelledError:
-            # Handed a slot just before the cancel landed: pass it on instead of losing it.
-            if fut.done() and not fut.cancelled():
-                self.release()
-            raise
+            return True
+        return False
 
-    def release(self) -> None:
-        # A cancelled waiter stays in the heap until it surfaces here: cheaper than removing it.
-        while self._waiters:
-            *_, fut = heapq.heappop(self._waiters)
-            if not fut.done():
-                fut.set_result(None)
-                return
+    def queue(self, key: Key, run_id: str) -> None:
+        heapq.heappush(self._waiting, (key, next(self._arrival), run_id))
+
+    def hand_over(self) -> str | None:
+        """A slot was released: return the run that gets it, or None (the slot is free)."""
+        if self._waiting:
+            return heapq.heappop(self._waiting)[2]
         self._free += 1
+        return None
+
+    def clear(self) -> None:
+        self._waiting.clear()

@@ -2,10 +2,10 @@
 
 ``deliver(run_id, message)`` is the one way to make a run move: it posts to the run's live actor
 or starts one. At most one actor exists per run (the dict below is the proof: an actor removes
-itself, without awaiting, when it parks or ends, and only then can a new one start). Actors wait
-for one of ``max_active_runs`` slots before they drive their run, so extra runs stay ``pending``
-and nothing is dropped; resuming runs get slots before runs that have not started
-(``orchestrator.slots``). Parked executions are kept warm in LRU order up to ``warm_runs``.
+itself, without awaiting, when it parks or ends, and only then can a new one start). Actors run
+in one of ``max_active_runs`` slots; extra runs wait in a queue (an entry, not a task) and
+stay ``pending``, so nothing is dropped; resuming runs get slots before runs that have not
+started (``orchestrator.slots``). Parked executions are kept warm in LRU order up to ``warm_runs``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import structlog
 
 import storage
 from orchestrator.actor import Cancel, Message, RunActor
-from orchestrator.slots import Slots, rank
+from orchestrator.slots import SlotQueue, rank
 from orchestrator.streams import StreamHub
 from runtime._signals import HostFailure, Suspended
 from runtime.clock import Clock
@@ -39,11 +39,18 @@ log = structlog.get_logger("wf.supervisor")
 STORAGE_RETRY_SECONDS = 1.0
 
 
+@dataclass(slots=True)
+class _Queued:
+    known: storage.RunRecord | None
+    messages: list[Message]
+
+
 @dataclass(frozen=True, slots=True)
 class SupervisorStats:
     active_actors: int
     warm_runs: int
     slots_free: int
+    runs_queued: int
     actors_started: int
     actor_failures: int
 
@@ -52,6 +59,7 @@ class SupervisorStats:
             "active_actors": self.active_actors,
             "warm_runs": self.warm_runs,
             "slots_free": self.slots_free,
+            "runs_queued": self.runs_queued,
             "actors_started": self.actors_started,
             "actor_failures": self.actor_failures,
         }
@@ -82,7 +90,9 @@ class Supervisor:
         self.process_runner = process_runner
         self.streams = StreamHub()
         self.scheduler: Scheduler  # set by the orchestrator right after construction
-        self._slots = Slots(max_active_runs)
+        self._slots = SlotQueue(max_active_runs)
+        # Runs waiting for a slot: what to start them with (no actor or task exists for them).
+        self._queued: dict[str, _Queued] = {}
         self._max_active = max_active_runs
         self._warm_budget = warm_runs
         self._actors: dict[str, RunActor] = {}
@@ -113,32 +123,54 @@ class Supervisor:
         Both decide the run's place in the queue for a slot (``orchestrator.slots``).
         """
         actor = self._actors.get(run_id)
-        if actor is None:
-            if not self._accepting:
-                return  # shutting down: the delivery is durable and recovery picks it up
-            actor = RunActor(self, run_id, known)
-            self._actors[run_id] = actor
+        if actor is not None:
             actor.post(message)
-            key = rank(resuming=resuming or message is not None,
-                       priority=known.priority if known is not None else priority)
-            actor.task = asyncio.get_running_loop().create_task(
-                self._supervise(actor, key), name=f"actor:{run_id}"
-            )
-            self._started += 1
-        else:
+            return
+        queued = self._queued.get(run_id)
+        if queued is not None:
+            if message is not None:
+                queued.messages.append(message)
+            return
+        if not self._accepting:
+            return  # shutting down: the delivery is durable and recovery picks it up
+        messages = [] if message is None else [message]
+        if self._slots.take():
+            self._start(run_id, messages, known)
+            return
+        self._queued[run_id] = _Queued(known, messages)
+        self._slots.queue(
+            rank(resuming=resuming or message is not None,
+                 priority=known.priority if known is not None else priority),
+            run_id,
+        )
+
+    def _start(
+        self, run_id: str, messages: list[Message], known: storage.RunRecord | None
+    ) -> None:
+        """Start the run's actor in a slot the caller holds."""
+        actor = RunActor(self, run_id, known)
+        self._actors[run_id] = actor
+        for message in messages:
             actor.post(message)
+        actor.task = asyncio.get_running_loop().create_task(
+            self._supervise(actor), name=f"actor:{run_id}"
+        )
+        self._started += 1
+
+    def _release_slot(self) -> None:
+        run_id = self._slots.hand_over()
+        if run_id is None:
+            return
+        queued = self._queued.pop(run_id)
+        self._start(run_id, queued.messages, queued.known)
 
     async def cancel_run(self, run_id: str, reason: str | None, compensate: bool) -> None:
         self.deliver(run_id, Cancel(reason, compensate))
 
-    async def _supervise(self, actor: RunActor, key: tuple[int, int]) -> None:
+    async def _supervise(self, actor: RunActor) -> None:
         retry_later = False
         try:
-            await self._slots.acquire(key)
-            try:
-                await actor.drive()
-            finally:
-                self._slots.release()
+            await actor.drive()
         except (HostFailure, storage.StorageError) as exc:
             cause = exc.cause if isinstance(exc, HostFailure) else exc
             if isinstance(cause, storage.StorageFull):
@@ -157,6 +189,8 @@ class Supervisor:
         finally:
             if self._actors.get(actor.run_id) is actor:
                 del self._actors[actor.run_id]
+            if self._accepting:
+                self._release_slot()
             if actor.mailbox and self._accepting:
                 # Deliveries that arrived after the actor stopped looking: pass them on.
                 for message in actor.mailbox:
@@ -185,6 +219,9 @@ class Supervisor:
         if self._warm_budget <= 0:
             self._close_later(execution)
             return
+        # Let go of the actor that drove it (its task, logger, mailbox): the next actor to
+        # resume the run points the execution at itself.
+        execution.host.record = _not_driven
         self._warm[run_id] = (execution, run)
         while len(self._warm) > self._warm_budget:
             _, (oldest, _record) = self._warm.popitem(last=False)
@@ -225,6 +262,8 @@ class Supervisor:
     async def shutdown(self, grace: float) -> None:
         """Stop starting actors, give running ones ``grace`` seconds, then cancel the rest."""
         self._accepting = False
+        self._queued.clear()  # never started: their runs are durable and recovery starts them
+        self._slots.clear()
         tasks = [a.task for a in self._actors.values() if a.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
@@ -244,6 +283,7 @@ class Supervisor:
             active_actors=len(self._actors),
             warm_runs=len(self._warm),
             slots_free=self._slots.free,
+            runs_queued=self._slots.waiting,
             actors_started=self._started,
             actor_failures=self._failures,
         )
@@ -257,7 +297,14 @@ class Supervisor:
         actor = self._actors.get(run_id)
         if actor is not None:
             return not actor.finishing
+        queued = self._queued.get(run_id)
+        if queued is not None:
+            return queued.known is not None  # a new run, just committed "pending"
         return run_id in self._warm
 
     def describe(self) -> dict[str, Any]:
         return self.stats().to_dict()
+
+
+async def _not_driven(entry: Any) -> Any:
+    raise RuntimeError("a parked execution recorded an entry with no actor driving it")

@@ -127,6 +127,7 @@ class Execution:
                 self._idle = idle = asyncio.Event()
                 self._check_idle()
         finally:
+            self._idle = None  # a parked execution holds no event (it may stay warm for long)
             if budget is not None:
                 budget.cancel()
             self.compute_used += loop.time() - started

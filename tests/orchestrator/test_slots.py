@@ -1,60 +1,28 @@
-"""The slot queue: resuming runs first, then by priority, then by arrival; cancels lose no slot."""
+"""The slot queue: resuming runs first, then by priority, then by arrival."""
 
 from __future__ import annotations
 
-import asyncio
-
-from orchestrator.slots import Slots, rank
+from orchestrator.slots import SlotQueue, rank
 
 
-async def test_waiters_are_served_by_rank_then_arrival() -> None:
-    slots = Slots(1)
-    await slots.acquire(rank(resuming=False))
-    order: list[str] = []
+def test_free_slots_are_taken_until_none_is_left() -> None:
+    slots = SlotQueue(2)
+    assert slots.take() and slots.take()
+    assert not slots.take()
+    assert slots.hand_over() is None  # nobody queued: the slot is free again
+    assert slots.free == 1
 
-    async def want(name: str, key: tuple[int, int]) -> None:
-        await slots.acquire(key)
-        order.append(name)
-        slots.release()
 
-    tasks = [
-        asyncio.create_task(want("start-low", rank(resuming=False, priority=0))),
-        asyncio.create_task(want("start-high", rank(resuming=False, priority=5))),
-        asyncio.create_task(want("resume-a", rank(resuming=True))),
-        asyncio.create_task(want("start-low-2", rank(resuming=False, priority=0))),
-        asyncio.create_task(want("resume-b", rank(resuming=True))),
-    ]
-    await asyncio.sleep(0)
-    assert slots.waiting == 5
-    slots.release()
-    await asyncio.gather(*tasks)
+def test_queued_runs_get_released_slots_by_rank_then_arrival() -> None:
+    slots = SlotQueue(1)
+    assert slots.take()
+    slots.queue(rank(resuming=False, priority=0), "start-low")
+    slots.queue(rank(resuming=False, priority=5), "start-high")
+    slots.queue(rank(resuming=True), "resume-a")
+    slots.queue(rank(resuming=False, priority=0), "start-low-2")
+    slots.queue(rank(resuming=True), "resume-b")
+    assert not slots.take()  # a free slot would not jump the queue either
+    order = [slots.hand_over() for _ in range(5)]
     assert order == ["resume-a", "resume-b", "start-high", "start-low", "start-low-2"]
-    assert slots.free == 1
-
-
-async def test_a_cancelled_waiter_loses_no_slot() -> None:
-    slots = Slots(1)
-    await slots.acquire(rank(resuming=False))
-    gone = asyncio.create_task(slots.acquire(rank(resuming=True)))
-    stays = asyncio.create_task(slots.acquire(rank(resuming=False)))
-    await asyncio.sleep(0)
-    gone.cancel()
-    await asyncio.sleep(0)
-    slots.release()  # must skip the cancelled waiter and reach the other one
-    await asyncio.wait_for(stays, 1)
-    slots.release()
-    assert slots.free == 1
-
-
-async def test_a_waiter_cancelled_after_being_handed_the_slot_passes_it_on() -> None:
-    slots = Slots(1)
-    await slots.acquire(rank(resuming=False))
-    first = asyncio.create_task(slots.acquire(rank(resuming=True)))
-    second = asyncio.create_task(slots.acquire(rank(resuming=False)))
-    await asyncio.sleep(0)
-    slots.release()  # hands the slot to `first`, which has not run yet
-    first.cancel()  # ...and is cancelled before it could
-    await asyncio.wait_for(second, 1)
-    assert first.cancelled()
-    slots.release()
-    assert slots.free == 1
+    assert slots.hand_over() is None
+    assert slots.free == 1 and slots.waiting == 0

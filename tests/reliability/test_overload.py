@@ -25,17 +25,21 @@ async def test_ten_times_max_active_runs_at_once(make_rel_daemon: Callable[..., 
         async with d.client() as watcher:
             seen_pending = 0
             max_running = 0
+            max_actors = 0
+            seen_queued = 0
             min_free = LIMIT
             stop = asyncio.Event()
 
             async def observe() -> None:
-                nonlocal seen_pending, max_running, min_free
+                nonlocal seen_pending, max_running, max_actors, seen_queued, min_free
                 while not stop.is_set():
                     stats = await watcher.stats()
                     runs = stats["runs"]
                     seen_pending = max(seen_pending, runs.get("pending", 0))
                     max_running = max(max_running, runs.get("running", 0))
                     min_free = min(min_free, stats["actors"]["slots_free"])
+                    max_actors = max(max_actors, stats["actors"]["active_actors"])
+                    seen_queued = max(seen_queued, stats["actors"]["runs_queued"])
                     await asyncio.sleep(0.01)
 
             observer = asyncio.create_task(observe())
@@ -58,7 +62,26 @@ async def test_ten_times_max_active_runs_at_once(make_rel_daemon: Callable[..., 
             # Overloaded: runs beyond the limit waited pending, never more than LIMIT ran.
             assert seen_pending > 0
             assert max_running <= LIMIT
+            # The runs beyond the limit waited as queue entries: no actor (task) for them.
+            assert seen_queued > 0
+            assert max_actors <= LIMIT
             assert min_free >= 0
             assert d.alive()
     finally:
         await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_queued_runs_start_by_priority_then_age(
+    make_rel_daemon: Callable[..., RelDaemon],
+) -> None:
+    d = make_rel_daemon(daemon={"max_active_runs": 1})
+    async with d.client() as c:
+        # The blocker holds the only slot while the others queue behind it.
+        await c.submit("rel-work", {"n": 0, "steps": 1, "seconds": 0.5}, run_id="blocker")
+        for run_id, priority in [("low-1", 0), ("high", 5), ("low-2", 0), ("mid", 1)]:
+            await c.submit("rel-work", {"n": 1, "steps": 1, "seconds": 0.0}, run_id=run_id,
+                           priority=priority)
+        runs = [await c.wait(r, timeout=20) for r in ("blocker", "high", "mid", "low-1", "low-2")]
+    assert [r["status"] for r in runs] == ["completed"] * 5
+    started = [r["started_at"] for r in runs]
+    assert started == sorted(started), runs
