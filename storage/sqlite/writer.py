@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -42,9 +43,13 @@ _Outcome = tuple["asyncio.Future[list[Any]]", bool, Any]
 IDLE_CHECKPOINT_SECONDS = 1.0
 """After this long with no writes, run a passive WAL checkpoint (bounded WAL, SPEC §4)."""
 BUSY_CHECKPOINT_SECONDS = 1.0
-"""Under steady writes, checkpoint after a batch at most this often. SQLite's own automatic
+WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
+"""Under steady writes, checkpoint after a batch once the WAL file must grow past this size
+(about SQLite's own 1000 pages), or at least every ``BUSY_CHECKPOINT_SECONDS``. SQLite's automatic
 checkpoint is off (``wal_autocheckpoint = 0``): it runs inside COMMIT and ignores its own errors,
-so an fsync EIO there would go unseen; ours reports it and stops the writer (fail-stop)."""
+so an fsync EIO there would go unseen; ours reports it and stops the writer (fail-stop). Keeping
+the WAL small also keeps commits cheap: writes that extend the file make each fsync dearer
+than writes that reuse it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +233,8 @@ class Writer:
         dirty = False
         stopping = False
         last_checkpoint = time.monotonic()
+        wal = f"{self._path}-wal"
+        wal_high = 0  # the WAL file's largest size seen: it grows only when writes outrun reuse
         while not stopping:
             try:
                 first = q.get(timeout=IDLE_CHECKPOINT_SECONDS if dirty else None)
@@ -255,7 +262,10 @@ class Writer:
                 self._loop.call_soon_threadsafe(_deliver, outcomes)
             except RuntimeError:  # the loop is closed: nobody is left to wake
                 log.warning("storage writer: event loop closed; %d callers not woken", len(batch))
-            if time.monotonic() - last_checkpoint >= BUSY_CHECKPOINT_SECONDS:
+            wal_size = _file_size(wal)
+            grew = wal_size > wal_high and wal_size >= WAL_CHECKPOINT_BYTES
+            wal_high = max(wal_high, wal_size)
+            if grew or time.monotonic() - last_checkpoint >= BUSY_CHECKPOINT_SECONDS:
                 # After the callers were woken: they do not wait for it.
                 self._checkpoint(conn)
                 last_checkpoint = time.monotonic()
@@ -405,6 +415,13 @@ def _deliver(outcomes: list[_Outcome]) -> None:
 def _set_ready(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _set_failed(fut: asyncio.Future[BaseException], exc: BaseException) -> None:
