@@ -20,8 +20,16 @@ async def test_poison_run_fails_with_recovery_limit_and_the_daemon_comes_up(
     daemon = DaemonProcess(tmp_path, modules=["tests.crash.crash_workflows"],
                            paths=[HERE.parents[1]], extra="max_recoveries = 2")
     daemon.start()
+    ledger = tmp_path / "ledger"
     async with Client.connect(daemon.socket) as c:
-        healthy = (await c.submit("crash-ok", {}, delay=0.5))["run_id"]
+        # A bystander parked on an event before the poison arrives: parked runs are not
+        # restarted at start-up, so the crash loop must not touch it. (A bystander that is
+        # *moving* while a replay kills the daemon is charged too: docs/reliability.md.)
+        parked = (await c.submit("crash-event", {"ledger": str(ledger), "key": "k"}))["run_id"]
+        for _ in range(100):
+            if (await c.get(parked))["status"] == "waiting":
+                break
+            await asyncio.sleep(0.02)
         poisoned = (await c.submit("crash-poison", {}))["run_id"]
     assert daemon.proc is not None
     await asyncio.to_thread(daemon.proc.wait, 10)  # the poison step killed it
@@ -44,6 +52,9 @@ async def test_poison_run_fails_with_recovery_limit_and_the_daemon_comes_up(
         assert run["error"]["code"] == "RECOVERY_LIMIT"  # type: ignore[index]
         assert starts == 3  # two recoveries allowed, the third start refuses
         async with Client.connect(daemon.socket) as c:
-            assert (await c.wait(healthy, timeout=10))["status"] == "completed"
+            await c.send_event("crash.go", {"key": "k"})
+            assert (await c.wait(parked, timeout=10))["status"] == "completed"
+            fresh = (await c.submit("crash-ok", {}))["run_id"]
+            assert (await c.wait(fresh, timeout=10))["status"] == "completed"
     finally:
         assert daemon.stop() == 0, daemon.tail()
