@@ -8,17 +8,12 @@ import os
 from typing import Any
 
 from runtime import Context, RetryableError, RetryPolicy, current_step, workflow
+from tests.ledger import append_durably
 
 
 def ledger(path: str, label: str) -> None:
     step = current_step()
-    line = f"{step.run_id} {step.step_id} {step.attempt} {label}\n".encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_durably(path, f"{step.run_id} {step.step_id} {step.attempt} {label}\n")
 
 
 async def record(path: str, label: str) -> str:

@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from runtime import Context, FatalError, RetryableError, RetryPolicy, current_step, workflow
+from tests.ledger import append_durably
 
 LEDGER_ENV = "WF_MIXED_LEDGER"
 EVENT_TYPE = "mix.go"
@@ -37,13 +38,7 @@ def append_line(run_id: str, key: str, attempt: int) -> None:
     path = os.environ.get(LEDGER_ENV)
     if not path:
         return  # the in-process reference run
-    line = f"{run_id} {key} {attempt} {incarnation()}\n".encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_durably(path, f"{run_id} {key} {attempt} {incarnation()}\n")
 
 
 # Payloads the driver delivers are functions of the waitpoint, so the reference run can be

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from runtime import Context, current_step, workflow
+from tests.ledger import append_durably
 
 
 def step_value(run_id: str, index: int, pad: int) -> str:
@@ -20,13 +21,8 @@ def step_value(run_id: str, index: int, pad: int) -> str:
 
 async def mark(ledger: str, index: int, pad: int) -> str:
     step = current_step()
-    line = f"{step.run_id} {step.step_id} {os.environ.get('WF_TEST_INCARNATION', '0')}\n"
-    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    incarnation = os.environ.get("WF_TEST_INCARNATION", "0")
+    append_durably(ledger, f"{step.run_id} {step.step_id} {incarnation}\n")
     return step_value(step.run_id, index, pad)
 
 
