@@ -19,6 +19,7 @@ import pytest
 import tests.reliability.rel_workflows  # noqa: F401  (registers the rel- workflows in-process)
 from orchestrator.config import Config
 from tests.e2e.conftest import Daemon, stop_all
+from tests.reliability.powercut.harness import shim  # noqa: F401  (session fixture: the LD_PRELOAD shim)
 
 REL_DIR = Path(__file__).resolve().parent
 

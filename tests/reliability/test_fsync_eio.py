@@ -28,12 +28,10 @@ from tests.reliability.powercut.harness import (
     integrity_check,
     pc_daemon,
     run_input,
-    shim,
     shim_env,
     workload,
 )
 
-__all__ = ["shim"]  # the session fixture, imported so pytest finds it here
 pytestmark = pytest.mark.slow
 
 COMMIT_RUNS = 60  # about 200 commit fsyncs after ready

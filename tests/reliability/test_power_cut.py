@@ -21,12 +21,10 @@ from tests.reliability.powercut.harness import (
     check_after_restart,
     integrity_check,
     pc_daemon,
-    shim,
     shim_env,
     workload,
 )
 
-__all__ = ["shim"]  # the session fixture, imported so pytest finds it here
 pytestmark = pytest.mark.slow
 
 RUNS = 200 if campaign.CAMPAIGN else 60
