@@ -28,10 +28,14 @@ async def test_acknowledged_runs_survive_a_kill_during_a_burst(tmp_path: Path, s
     await burst_scenario(daemon, tmp_path, seed)
 
 
-async def burst_scenario(daemon: DaemonProcess, tmp_path: Path, seed: int) -> None:
-    """Submit a burst, kill -9 at a seeded moment, restart, check. AssertionError = violation."""
+async def burst_scenario(
+    daemon: DaemonProcess, tmp_path: Path, seed: int, first_env: dict[str, str] | None = None
+) -> None:
+    """Submit a burst, kill -9 at a seeded moment, restart, check. AssertionError = violation.
+
+    ``first_env`` goes to the first daemon only (a crash point that kills it sooner)."""
     rng = random.Random(seed)
-    daemon.start()
+    daemon.start(first_env)
     ledger = tmp_path / "ledger.txt"
     acked: list[str] = []
 
