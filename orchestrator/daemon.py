@@ -117,6 +117,7 @@ async def _serve(cfg: Config) -> int:
     done, _ = await asyncio.wait({stopping, fatal}, return_when=asyncio.FIRST_COMPLETED)
     if fatal in done:
         log.critical("daemon.fail_stop", error=repr(orch.fatal.result()))
+        logs.flush()  # os._exit skips atexit, where buffered log lines are written otherwise
         os._exit(EXIT_FAIL_STOP)  # no cleanup: nothing more may be written after an I/O error
     stopping.cancel()
     log.info("daemon.stopping", grace=cfg.daemon.shutdown_grace)

@@ -133,4 +133,55 @@ async def test_full_subscription_drops_and_reports_lag() -> None:
         {**got[3], "n": 5},
     ]
     assert sub.dropped_total == 3
+    logs.flush()
     assert len(lines(sink)) == 6  # the log output itself never drops
+
+
+async def test_lines_on_the_loop_are_written_together_once_per_iteration(tmp_path: Path) -> None:
+    path = tmp_path / "wf.log"
+    logs.configure_logging(LoggingConfig(file=path), cache_logger_on_first_use=False)
+    log = structlog.get_logger()
+    log.info("a")
+    log.info("b")
+    assert path.read_text() == ""  # buffered until the loop comes round
+    await asyncio.sleep(0)
+    assert [orjson.loads(line)["event"] for line in path.read_text().splitlines()] == ["a", "b"]
+
+
+async def test_warnings_and_other_threads_write_at_once_behind_buffered_lines(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "wf.log"
+    logs.configure_logging(LoggingConfig(file=path), cache_logger_on_first_use=False)
+    log = structlog.get_logger()
+
+    def events() -> list[str]:
+        return [orjson.loads(line)["event"] for line in path.read_text().splitlines()]
+
+    log.info("first")
+    log.warning("urgent")
+    assert events() == ["first", "urgent"]
+    log.info("second")
+    await asyncio.to_thread(log.info, "from.thread")
+    assert events()[:4] == ["first", "urgent", "second", "from.thread"]
+
+
+def test_buffered_lines_are_written_by_flush_and_at_reconfigure(tmp_path: Path) -> None:
+    path = tmp_path / "wf.log"
+    logs.configure_logging(LoggingConfig(file=path), cache_logger_on_first_use=False)
+
+    loop = asyncio.new_event_loop()
+
+    def log_and_stop() -> None:
+        structlog.get_logger().info("last.words")
+        loop.stop()  # the loop ends with this iteration, before its flush callback runs
+
+    loop.call_soon(log_and_stop)
+    loop.run_forever()
+    loop.close()
+    assert path.read_text() == ""
+    logs.flush()
+    assert orjson.loads(path.read_text())["event"] == "last.words"
+    structlog.get_logger().info("more")  # no loop running: written at once
+    logs.configure_logging(LoggingConfig(), sink=io.StringIO())
+    assert path.read_text().count("\n") == 2
