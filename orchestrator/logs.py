@@ -179,6 +179,8 @@ class _LineLogger:
         self._sink = sink
 
     def __getattr__(self, method_name: str) -> Any:
+        if method_name.startswith("_"):  # copy/pickle probes are not log levels
+            raise AttributeError(method_name)
         urgent = method_name in _URGENT
         put = self._sink.put
 

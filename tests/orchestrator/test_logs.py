@@ -185,3 +185,10 @@ def test_buffered_lines_are_written_by_flush_and_at_reconfigure(tmp_path: Path) 
     structlog.get_logger().info("more")  # no loop running: written at once
     logs.configure_logging(LoggingConfig(), sink=io.StringIO())
     assert path.read_text().count("\n") == 2
+
+
+def test_the_line_logger_answers_log_levels_only() -> None:
+    logger = logs._LineLogger(logs._LineSink(io.StringIO()))
+    assert callable(logger.info) and callable(logger.msg)
+    with pytest.raises(AttributeError):
+        logger.__deepcopy__  # noqa: B018  (a probe copy.deepcopy makes)
