@@ -43,8 +43,13 @@ from tests.reliability.test_disk_full import blob
 # A cycle takes 2-5 s on a loaded 2-core machine: 50 of them outlast the default 120 s.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900 if campaign.CAMPAIGN else 120)]
 
-FS_MB = 128  # room for 50 cycles of growth; the filler decides how full it is, not this
 CYCLES = 50 if campaign.CAMPAIGN else 3
+# The filler decides how full the disk is; the size only has to hold what the cycles keep: each
+# acknowledged run stores its payload three times (input, step output, run output: ~70 KB on
+# average) and a quiet machine gets ~75 writes in per cycle, ~5 MB a cycle. 128 MB ran out of
+# room for the database itself at cycle 39 of 50 (a make reliability run on 2026-11-25).
+FS_MB = 512 if campaign.CAMPAIGN else 128
+HEADROOM_MB = 24  # free space required before each cycle, filler removed
 WORKERS = 3  # concurrent clients writing while the disk fills
 PAYLOADS = (4_000, 16_000, 48_000)  # bytes: input, step output and run output each hold it
 PRE_RUNS = 6  # runs submitted per cycle before the fill (their pages sit in the WAL)
@@ -144,6 +149,12 @@ def checkpoint_failures(d: RelDaemon) -> int:
 
 
 async def one_cycle(d: RelDaemon, fs: Path, ledger: Ledger, cycle: int) -> None:
+    st = os.statvfs(fs)
+    free_mb = st.f_bavail * st.f_frsize / 2**20
+    # Otherwise "writes resume once space returns" cannot hold: the database itself fills it.
+    assert free_mb >= HEADROOM_MB, (
+        f"cycle {cycle}: the {FS_MB} MB test filesystem is too small for {CYCLES} cycles: "
+        f"{free_mb:.1f} MB free with the filler gone (raise FS_MB)")
     rng = random.Random(f"{campaign.SEED}-{cycle}")
     event = f"go-{cycle}"
     fill_run = f"c{cycle}-fill"
