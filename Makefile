@@ -32,7 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 # The long reliability campaign (SPEC §10, docs/reliability.md): every check at campaign size
-# (~1.5 h on 2 cores: the 100 x 500 mixed crash rounds take about an hour). `make reliability SEED=1234` replays a run.
+# (~1.5 h on 2 cores: the 100 x 500 mixed crash rounds take about an hour).
+# `make reliability SEED=1234` replays a run.
 reliability: $(DEV_STAMP)
 	.ci/system-deps
 	WF_CAMPAIGN=1 SEED=$(SEED) $(BIN)/pytest -p no:randomly -q -s --timeout=14400 tests/crash tests/reliability
