@@ -21,14 +21,13 @@ import pytest
 from orchestrator.client import Client, RemoteError
 from tests.crash import campaign
 from tests.crash.daemon_process import DaemonProcess
-from tests.reliability.powercut.apply import power_cut, read_log
+from tests.reliability.powercut.apply import read_log
 from tests.reliability.powercut.harness import (
     Acks,
-    check_after_restart,
-    integrity_check,
     pc_daemon,
     run_input,
     shim_env,
+    tear_restart_and_check,
     workload,
 )
 
@@ -92,14 +91,7 @@ async def eio_round(workdir: Path, so: Path, seed: int, env: dict[str, str] | No
             f"EIO on {target} fsync #{nth}: no fail-stop, and a write after it got {probe} "
             f"(errors seen before: {acks.errors})\n{daemon.tail(5)}")
         outcome = f"client errors ({len(client_errors)} + probe), daemon refusing writes"
-    torn = power_cut(daemon.db, daemon.workdir / "shim.log", rng)
-    daemon.start()
-    try:
-        await check_after_restart(daemon, acks)
-    finally:
-        code = daemon.stop()
-    assert code == 0, daemon.tail()
-    integrity_check(daemon.db)
+    torn = await tear_restart_and_check(daemon, acks, rng)
     return (f"EIO on {target} fsync #{nth} ({runs} runs): {outcome}; {acks.figures()}; "
             f"{torn.doomed} writes dropped, {torn.unsynced} unsynced; "
             f"{time.monotonic() - started:.1f}s")

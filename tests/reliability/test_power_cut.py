@@ -15,13 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.crash import campaign
-from tests.reliability.powercut.apply import power_cut
 from tests.reliability.powercut.harness import (
     Acks,
-    check_after_restart,
-    integrity_check,
     pc_daemon,
     shim_env,
+    tear_restart_and_check,
     workload,
 )
 
@@ -50,15 +48,8 @@ async def power_cut_round(workdir: Path, so: Path, seed: int, runs: int,
     await asyncio.wait({work}, timeout=1.0)  # replies already sent are still read
     stop.set()
     await work
-    torn = power_cut(daemon.db, daemon.workdir / "shim.log", rng)
+    torn = await tear_restart_and_check(daemon, acks, rng)
     assert torn.durable + torn.unsynced, "the shim logged no write: is WF_SHIM_DB the real path?"
-    daemon.start()
-    try:
-        await check_after_restart(daemon, acks)
-    finally:
-        code = daemon.stop()
-    assert code == 0, daemon.tail()
-    integrity_check(daemon.db)
     return (f"{acks.figures()}; writes {torn.durable} durable / {torn.unsynced} unsynced, "
             f"sectors {torn.sectors}; {time.monotonic() - started:.1f}s")
 

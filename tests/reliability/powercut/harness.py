@@ -20,6 +20,7 @@ import pytest
 
 from orchestrator.client import Client, DaemonUnreachable, RemoteError
 from tests.crash.daemon_process import DaemonProcess
+from tests.reliability.powercut.apply import TearStats, power_cut
 from tests.reliability.powercut_workflows import step_value
 
 HERE = Path(__file__).resolve().parent
@@ -190,3 +191,19 @@ def integrity_check(db: Path) -> None:
     finally:
         conn.close()
     assert result == [("ok",)], f"integrity_check: {result[:5]}"
+
+
+async def tear_restart_and_check(
+    daemon: DaemonProcess, acks: Acks, rng: random.Random
+) -> TearStats:
+    """After the kill: tear what the shim saw unsynced, restart, check every acknowledgement
+    and the database's integrity; the daemon must then stop cleanly."""
+    torn = power_cut(daemon.db, daemon.workdir / "shim.log", rng)
+    daemon.start()
+    try:
+        await check_after_restart(daemon, acks)
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.tail()
+    integrity_check(daemon.db)
+    return torn
