@@ -77,7 +77,7 @@ class Daemon:
         offset = self.log.stat().st_size if self.log.exists() else 0
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "daemon", "--config", str(self.config)],
+            [sys.executable, "-m", "orchestrator", "daemon", "--config", str(self.config)],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
         )
@@ -317,7 +317,7 @@ async def run_cell(side: str, workload: str, params: dict[str, Any]) -> dict[str
     from orchestrator import logs
     from orchestrator.client import Client
     from orchestrator.config import load_config
-    from orchestrator.orchestrator import Orchestrator
+    from orchestrator.engine.engine import Orchestrator
 
     with tempfile.TemporaryDirectory(prefix="wfbench-") as tmp:
         cfg_path = write_config(Path(tmp))

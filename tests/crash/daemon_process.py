@@ -42,7 +42,7 @@ class DaemonProcess:
         env = {**os.environ, "WF_TEST_INCARNATION": str(self.incarnation), **self.env,
                **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from orchestrator.cli import main; main()", "daemon",
+            [sys.executable, "-c", "from orchestrator.client.cli import main; main()", "daemon",
              "--config", str(self.config_path)],
             cwd=self.workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )

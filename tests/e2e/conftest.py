@@ -92,7 +92,7 @@ class Daemon:
         err = (self.root / f"daemon.{self._starts}.stderr").open("wb")
         with out, err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.cli", "daemon",
+                [sys.executable, "-m", "orchestrator", "daemon",
                  "--config", str(config_path or self.config_path)],
                 stdout=out,
                 stderr=err,
@@ -175,7 +175,7 @@ class Daemon:
         self, *args: str, input: str | None = None, timeout: float = 30
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", "--socket", str(self.socket), *args],
+            [sys.executable, "-m", "orchestrator", "--socket", str(self.socket), *args],
             input=input,
             capture_output=True,
             text=True,
@@ -185,7 +185,7 @@ class Daemon:
 
     def cli_popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-u", "-m", "orchestrator.cli", "--socket", str(self.socket), *args],
+            [sys.executable, "-u", "-m", "orchestrator", "--socket", str(self.socket), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -287,7 +287,7 @@ def test_stopped_daemon_is_unreachable_exit_3_naming_the_socket(
 
 def test_socket_from_wf_socket_env(daemon: Daemon, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "--json", "stats"],
+        [sys.executable, "-m", "orchestrator", "--json", "stats"],
         capture_output=True, text=True, timeout=30, cwd=tmp_path,
         env={"WF_SOCKET": str(daemon.socket), "PATH": "/usr/bin:/bin"},
     )

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from orchestrator.server import SocketServer
+from orchestrator.daemon.server import SocketServer
 from tests.orchestrator.fake_service import FakeService
 
 

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from orchestrator import errors
+from orchestrator.api import errors
 
 TERMINAL = {"completed", "failed", "cancelled", "compensated", "compensation_failed", "timed_out"}
 WORKFLOWS = ("ok", "fail", "slow", "strict")

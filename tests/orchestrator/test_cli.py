@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from orchestrator import cli
-from orchestrator.server import SocketServer
+from orchestrator.client import cli
+from orchestrator.daemon.server import SocketServer
 from tests.orchestrator.fake_service import FakeService
 
 WF = Path(sys.executable).parent / "wf"

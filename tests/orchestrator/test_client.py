@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import errors
+from orchestrator.api import errors
+from orchestrator.api.service import Service
 from orchestrator.client import Client, DaemonUnreachable, RemoteError
-from orchestrator.server import SocketServer
-from orchestrator.service import Service
+from orchestrator.daemon.server import SocketServer
 from tests.orchestrator.fake_service import FakeService
 
 

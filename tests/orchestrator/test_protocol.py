@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator import errors, protocol
+from orchestrator.api import errors, protocol
 
 
 def test_lines_are_one_json_object_each() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from orchestrator.server import SocketInUse, SocketServer
+from orchestrator.daemon.server import SocketInUse, SocketServer
 from tests.orchestrator.conftest import Raw
 from tests.orchestrator.fake_service import FakeService
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.slots import SlotQueue, rank
+from orchestrator.engine.slots import SlotQueue, rank
 
 
 def test_free_slots_are_taken_until_none_is_left() -> None:

@@ -67,7 +67,7 @@ class RelDaemon(Daemon):
         err = (self.root / f"daemon.{self._starts}.stderr").open("wb")
         with out, err:
             return subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.cli", "daemon",
+                [sys.executable, "-m", "orchestrator", "daemon",
                  "--config", str(config_path or self.config_path)],
                 stdout=out, stderr=err, cwd=self.root, preexec_fn=limit_fds,
             )

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 import storage
-from orchestrator import Orchestrator, errors
+from orchestrator import Orchestrator
+from orchestrator.api import errors
 from tests.reliability.conftest import TERMINAL, embedded_config, wait_until
 
 BIG = 10_000  # bytes: more than a page, so every such write needs new (overflow) pages

@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from orchestrator.api.protocol import METHODS
 from orchestrator.client import Client
-from orchestrator.protocol import METHODS
 from tests.reliability.conftest import RelDaemon, wait_fds_back
 
 pytestmark = pytest.mark.slow

@@ -24,7 +24,7 @@ UNSAFE_MODULES = frozenset({"pickle", "cPickle", "_pickle", "marshal", "shelve",
                             "cloudpickle", "jsonpickle", "yaml"})
 UNSAFE_CALLS = frozenset({"eval", "exec", "compile", "__import__"})
 # importlib is allowed where the module name comes from the config file or is a constant.
-IMPORTLIB_ALLOWED = frozenset({"orchestrator/loader.py", "orchestrator/cli.py",
+IMPORTLIB_ALLOWED = frozenset({"orchestrator/daemon/loader.py", "orchestrator/client/cli.py",
                                "storage/sqlite/schema.py"})
 
 

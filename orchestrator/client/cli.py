@@ -22,8 +22,9 @@ from typing import Any, Final, NoReturn
 
 import orjson
 
-from orchestrator import config, tables
-from orchestrator.client import Client, DaemonUnreachable, RemoteError
+from orchestrator import config
+from orchestrator.client import tables
+from orchestrator.client.client import Client, DaemonUnreachable, RemoteError
 from runtime import durations
 
 __all__ = ["build_parser", "main", "run"]
@@ -371,7 +372,7 @@ def resolve_socket(args: argparse.Namespace) -> Path:
 def _run_daemon(args: argparse.Namespace) -> int:
     # Imported here: the daemon pulls in storage and the runtime, which the client commands
     # never need.
-    daemon = importlib.import_module("orchestrator.daemon")
+    daemon = importlib.import_module("orchestrator.daemon.daemon")
     run_daemon: Callable[[str | None], int] = daemon.run_daemon
     return run_daemon(args.config)
 

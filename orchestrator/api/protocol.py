@@ -25,8 +25,8 @@ from typing import Any, Final
 
 import orjson
 
-from orchestrator import errors
-from orchestrator.errors import ErrorCode
+from orchestrator.api import errors
+from orchestrator.api.errors import ErrorCode
 from runtime import durations
 
 __all__ = [

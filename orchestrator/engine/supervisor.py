@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 import storage
-from orchestrator.actor import Cancel, Message, RunActor
-from orchestrator.slots import SlotQueue, rank
-from orchestrator.streams import StreamHub
+from orchestrator.engine.actor import Cancel, Message, RunActor
+from orchestrator.engine.slots import SlotQueue, rank
+from orchestrator.engine.streams import StreamHub
 from runtime._signals import HostFailure, Suspended
 from runtime.clock import Clock
 from runtime.executor import Execution
@@ -31,7 +31,7 @@ from runtime.ratelimit import RateLimiter
 from runtime.workflow import Registry
 
 if TYPE_CHECKING:
-    from orchestrator.scheduler import Scheduler
+    from orchestrator.engine.timers import Scheduler
 
 log = structlog.get_logger("wf.supervisor")
 

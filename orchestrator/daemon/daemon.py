@@ -22,10 +22,10 @@ import structlog
 import storage
 from orchestrator import logs
 from orchestrator.config import Config, ConfigError, load_config
-from orchestrator.loader import WorkflowImportError
-from orchestrator.lockfile import DatabaseLocked
-from orchestrator.orchestrator import Orchestrator
-from orchestrator.server import SocketInUse, SocketPathError, SocketServer
+from orchestrator.daemon.loader import WorkflowImportError
+from orchestrator.daemon.lockfile import DatabaseLocked
+from orchestrator.daemon.server import SocketInUse, SocketPathError, SocketServer
+from orchestrator.engine.engine import Orchestrator
 
 EXIT_OK = 0
 EXIT_REFUSED = 1

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Final, cast
 
-from orchestrator import errors, protocol
+from orchestrator.api import errors, protocol
 from runtime import durations
 
 __all__ = ["Client", "DaemonUnreachable", "RemoteError"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 import storage
-from orchestrator import entries
+from orchestrator.engine import bridge as entries
 from runtime import errors as rt_errors
 from runtime import journal as rj
 from runtime.executor import Execution
@@ -29,7 +29,7 @@ from runtime.status import ResolutionSource, RunStatus, WaitpointKind
 from storage.faults import crash_point
 
 if TYPE_CHECKING:
-    from orchestrator.supervisor import Supervisor
+    from orchestrator.engine.supervisor import Supervisor
 
 R = TypeVar("R")
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import structlog
 
 import storage
-from orchestrator import entries
-from orchestrator.actor import Resolve
+from orchestrator.engine import bridge as entries
+from orchestrator.engine.actor import Resolve
 from runtime.clock import Clock
 from storage.faults import crash_point, mutant
 

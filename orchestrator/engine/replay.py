@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import storage
-from orchestrator import entries
+from orchestrator.engine import bridge as entries
 from runtime import _signals
 from runtime import journal as rj
 from runtime.executor import Execution

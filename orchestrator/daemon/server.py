@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import structlog
 
-from orchestrator import errors, protocol, service
+from orchestrator.api import errors, protocol, service
 from storage.faults import crash_point
 
 __all__ = ["ServerStats", "SocketInUse", "SocketServer", "peer_uid"]

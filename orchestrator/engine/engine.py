@@ -21,14 +21,17 @@ import orjson
 import structlog
 
 import storage
-from orchestrator import entries, errors, logs, replay
-from orchestrator.actor import Resolve
+from orchestrator import logs
+from orchestrator.api import errors
 from orchestrator.config import Config
-from orchestrator.loader import import_workflow_modules
-from orchestrator.lockfile import DatabaseLock
-from orchestrator.processes import PoolRunner
-from orchestrator.scheduler import Scheduler
-from orchestrator.supervisor import Supervisor
+from orchestrator.daemon.loader import import_workflow_modules
+from orchestrator.daemon.lockfile import DatabaseLock
+from orchestrator.daemon.processes import PoolRunner
+from orchestrator.engine import bridge as entries
+from orchestrator.engine import replay
+from orchestrator.engine.actor import Resolve
+from orchestrator.engine.supervisor import Supervisor
+from orchestrator.engine.timers import Scheduler
 from runtime import matching
 from runtime.clock import Clock, SystemClock
 from runtime.facts import Limits
