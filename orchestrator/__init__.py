@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from orchestrator.engine.engine import Orchestrator
+    from orchestrator.daemon.compose import Orchestrator
 
 __all__ = ["Orchestrator"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "Orchestrator":
-        from orchestrator.engine.engine import Orchestrator
+        from orchestrator.daemon.compose import Orchestrator
 
         return Orchestrator
     raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

@@ -68,6 +68,7 @@ class WorkflowsConfig:
 class RuntimeConfig:
     step_threads: int = 32
     process_workers: int = 0
+    deadlock_timeout: float = 2.0  # seconds a body may sit on a foreign await nothing can end
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +222,7 @@ _SECTIONS: Final[dict[str, tuple[type[Any], dict[str, tuple[_Checker, Any]]]]] =
         {
             "step_threads": (_int(1), 32),
             "process_workers": (_int(0), 0),
+            "deadlock_timeout": (_duration, "2s"),
         },
     ),
     "logging": (

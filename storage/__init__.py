@@ -1,6 +1,13 @@
-"""Storage: the ``Storage`` Protocol, its records and ops, and the SQLite implementation."""
+"""Storage: the ``Storage`` Protocol, its records and ops, and the backends.
+
+The package face holds only pure modules (records, ops, errors, the Protocol); a backend is
+loaded on first use of its name (``storage.SQLiteStorage``), so code that only needs the
+Protocol and its records (the API views, the client) never imports a database driver.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from storage.errors import (
     InvalidOperation,
@@ -71,7 +78,18 @@ from storage.records import (
     WaitpointRecord,
     WaitpointStatus,
 )
-from storage.sqlite import SQLiteStorage
+
+if TYPE_CHECKING:
+    from storage.sqlite import SQLiteStorage
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SQLiteStorage":
+        from storage.sqlite import SQLiteStorage
+
+        return SQLiteStorage
+    raise AttributeError(f"module 'storage' has no attribute {name!r}")
+
 
 __all__ = [
     "JSON",

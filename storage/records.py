@@ -7,7 +7,7 @@ metadata) are already-decoded Python objects. No driver type ever appears here.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -132,16 +132,6 @@ class RunRecord:
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
-    def to_json(self) -> dict[str, JSON]:
-        """The run record of SPEC §6 as a JSON-ready dict (no deep copy: values are JSON)."""
-        out = {name: getattr(self, name) for name in _RUN_FIELDS}
-        out["status"] = str(self.status)
-        out["tags"] = list(self.tags)
-        return out
-
-
-_RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
-
 
 @dataclass(frozen=True, slots=True)
 class StepRecord:
@@ -258,17 +248,6 @@ class StreamChunk:
     chunk: JSON
     final: bool
     at: float
-
-    def to_json(self) -> dict[str, JSON]:
-        """The chunk as the ``stream`` method sends it (SPEC §6)."""
-        return {
-            "stream_id": self.stream_id,
-            "seq": self.seq,
-            "encoding": self.encoding,
-            "chunk": self.chunk,
-            "final": self.final,
-            "at": self.at,
-        }
 
 
 @dataclass(frozen=True, slots=True)

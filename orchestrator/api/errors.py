@@ -7,8 +7,12 @@ the client rebuilds the same class from the line with :func:`from_wire`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any, ClassVar
+
+from storage import errors as storage_errors
 
 
 class ErrorCode(StrEnum):
@@ -24,6 +28,7 @@ class ErrorCode(StrEnum):
     TOKEN_CONFLICT = "TOKEN_CONFLICT"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     STORAGE_FULL = "STORAGE_FULL"
+    STORAGE_BUSY = "STORAGE_BUSY"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     INTERNAL = "INTERNAL"
 
@@ -155,6 +160,25 @@ class StorageFull(ServiceError):
         )
 
 
+class StorageBusy(ServiceError):
+    """The database stayed locked past its busy timeout; nothing was committed: retry."""
+
+    code = ErrorCode.STORAGE_BUSY
+
+    def __init__(self, detail: str = "") -> None:
+        suffix = f": {detail}" if detail else ""
+        super().__init__(f"storage is busy, nothing was committed{suffix}; retry")
+
+
+class Rejected(ServiceError, ValueError):
+    """Storage refused the operation on the stored state (e.g. a type mismatch)."""
+
+    code = ErrorCode.VALIDATION
+
+    def __init__(self, detail: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(detail, data=data)
+
+
 class ShuttingDown(ServiceError):
     code = ErrorCode.SHUTTING_DOWN
 
@@ -176,6 +200,7 @@ ERROR_CLASSES: dict[str, type[ServiceError]] = {
         TokenConflict,
         PermissionDenied,
         StorageFull,
+        StorageBusy,
         ShuttingDown,
     )
 }
@@ -192,3 +217,24 @@ def from_wire(code: str, message: str, data: dict[str, Any] | None = None) -> Se
     err = cls.__new__(cls)
     ServiceError.__init__(err, message, data=data)
     return err
+
+
+@contextlib.contextmanager
+def from_storage() -> Iterator[None]:
+    """The one storage → service translation: a storage error reaches the caller with the
+    code that says whose fault it is, never as ``INTERNAL`` (the original stays as
+    ``__cause__``)."""
+    try:
+        yield
+    except storage_errors.StorageFull as exc:
+        raise StorageFull(str(exc)) from exc
+    except storage_errors.StorageBusy as exc:
+        raise StorageBusy(str(exc)) from exc
+    except storage_errors.TokenConflict as exc:
+        raise TokenConflict(exc.token_id) from exc
+    except storage_errors.NotFound as exc:
+        raise NotFound(exc.kind, exc.key) from exc
+    except storage_errors.InvalidOperation as exc:
+        raise Rejected(exc.message, exc.data) from exc
+    except storage_errors.StorageClosed as exc:
+        raise ShuttingDown() from exc

@@ -19,15 +19,18 @@ stream iterator is closed before its end.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 
-from orchestrator.api import errors
+from orchestrator.api import errors, service
 from orchestrator.api.errors import ErrorCode
 from runtime import durations
+
+R = TypeVar("R")
 
 __all__ = [
     "CANCEL_METHOD",
@@ -42,6 +45,8 @@ __all__ = [
     "encode",
     "error_line",
     "event_line",
+    "normalize",
+    "parse_params",
     "parse_reply",
     "parse_request",
     "reply_line",
@@ -52,25 +57,6 @@ __all__ = [
 RequestId = int | str | None
 DEFAULT_MAX_REQUEST_BYTES: Final = 16 * 1024 * 1024
 CANCEL_METHOD: Final = "$cancel"
-
-RUN_STATUSES: Final = (
-    "pending",
-    "running",
-    "waiting",
-    "paused",
-    "completed",
-    "failed",
-    "cancelled",
-    "compensated",
-    "compensation_failed",
-    "timed_out",
-)
-TERMINAL_STATUSES: Final = frozenset(
-    {"completed", "failed", "cancelled", "compensated", "compensation_failed", "timed_out"}
-)
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-RETRY_MODES: Final = ("resume", "retrigger")
-
 
 # --- framing ---------------------------------------------------------------------------------
 
@@ -281,94 +267,62 @@ _EXPECTED: Final = {
 
 @dataclass(frozen=True, slots=True)
 class MethodSpec:
-    """A method: its params, and whether it streams (``lossy`` streams may drop events for a
-    slow reader and send a ``lagged`` notice instead of buffering)."""
+    """A method as the server sees it: its request type, its params, and whether it streams
+    (``lossy`` streams may drop events for a slow reader and send a ``lagged`` notice)."""
 
     name: str
+    request: type[service.Request[Any]]
     params: tuple[Param, ...] = ()
     streaming: bool = False
     lossy: bool = False
 
 
-def _req(name: str, type: str) -> Param:
-    return Param(name, type, required=True, nullable=False)
-
-
-_RUN_ID = _req("run_id", "str")
-
-METHODS: Final[dict[str, MethodSpec]] = {
-    spec.name: spec
-    for spec in (
-        MethodSpec(
-            "submit",
-            (
-                _req("workflow_id", "str"),
-                Param("input", "json", required=True),
-                Param("run_id", "str"),
-                Param("idempotency_key", "str"),
-                Param("tags", "str_list", default=()),
-                Param("delay", "duration"),
-                Param("priority", "int", default=0),
-            ),
-        ),
-        MethodSpec("get", (_RUN_ID,)),
-        MethodSpec(
-            "list",
-            (
-                Param("status", "str", choices=RUN_STATUSES),
-                Param("workflow_id", "str"),
-                Param("tag", "str"),
-                Param("limit", "int", default=100, minimum=1),
-            ),
-        ),
-        MethodSpec("wait", (_RUN_ID, Param("timeout", "duration"))),
-        MethodSpec(
-            "cancel", (_RUN_ID, Param("compensate", "bool", default=True), Param("reason", "str"))
-        ),
-        MethodSpec("pause", (_RUN_ID,)),
-        MethodSpec("resume", (_RUN_ID,)),
-        MethodSpec("retry", (_RUN_ID, Param("mode", "str", default="resume", choices=RETRY_MODES))),
-        MethodSpec("replay", (_RUN_ID,)),
-        MethodSpec(
-            "send_event",
-            (
-                _req("type", "str"),
-                Param("payload", "json", required=True),
-                Param("event_id", "str"),
-            ),
-        ),
-        MethodSpec(
-            "signal", (_RUN_ID, _req("name", "str"), Param("payload", "json", required=True))
-        ),
-        MethodSpec(
-            "complete_token", (_req("token_id", "str"), Param("payload", "json", required=True))
-        ),
-        MethodSpec("workflows"),
-        MethodSpec("schedules"),
-        MethodSpec("stats"),
-        MethodSpec(
-            "tail",
-            (
-                Param("run_id", "str"),
-                Param("workflow_id", "str"),
-                Param("level", "str", choices=LOG_LEVELS),
-            ),
-            streaming=True,
-            lossy=True,
-        ),
-        MethodSpec("watch", (_RUN_ID,), streaming=True),
-        MethodSpec(
-            "stream",
-            (_RUN_ID, _req("stream_id", "str"), Param("follow", "bool", default=False)),
-            streaming=True,
-        ),
-    )
+_SIMPLE_TYPES: Final = {
+    "str": "str",
+    "int": "int",
+    "bool": "bool",
+    "JSON": "json",
+    "JSONDict": "object",
+    "tuple[str, ...]": "str_list",
 }
 
 
+def _param(f: dataclasses.Field[Any]) -> Param:
+    annotation = str(f.type)
+    nullable = annotation.endswith(" | None")
+    base = annotation.removesuffix(" | None")
+    kind = f.metadata.get("type") or _SIMPLE_TYPES.get(base)
+    if kind is None:
+        raise TypeError(f"request field {f.name!r}: no wire type for annotation {annotation!r}")
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    return Param(
+        f.name,
+        kind,
+        required=required,
+        default=None if required else f.default,
+        nullable=nullable or not required,
+        choices=f.metadata.get("choices"),
+        minimum=f.metadata.get("minimum"),
+    )
+
+
+def _spec(request: type[service.Request[Any]]) -> MethodSpec:
+    return MethodSpec(
+        request.method,
+        request,
+        tuple(_param(f) for f in dataclasses.fields(request)),  # type: ignore[arg-type]
+        streaming=request.streaming,
+        lossy=request.lossy,
+    )
+
+
+METHODS: Final[dict[str, MethodSpec]] = {r.method: _spec(r) for r in service.REQUESTS}
+"""Every method's schema, derived from the request types of :mod:`orchestrator.api.service`."""
+
+
 def validate_params(spec: MethodSpec, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Check ``params`` against the method's schema and return the keyword arguments for the
-    service call (defaults filled, durations in seconds, string lists as tuples)."""
+    """Check ``params`` against the method's schema and return the request's keyword arguments
+    (defaults filled, durations in seconds, string lists as tuples)."""
     known = {p.name for p in spec.params}
     for name in params:
         if name not in known:
@@ -384,3 +338,15 @@ def validate_params(spec: MethodSpec, params: Mapping[str, Any]) -> dict[str, An
             continue
         kwargs[param.name] = param.check(value)
     return kwargs
+
+
+def parse_params(spec: MethodSpec, params: Mapping[str, Any]) -> service.Request[Any]:
+    """The request object for ``params`` (``InvalidParams`` naming the field if they are bad)."""
+    return spec.request(**validate_params(spec, params))
+
+
+def normalize(request: service.Request[R]) -> service.Request[R]:
+    """Validate a request built in process exactly as one read from the wire would be."""
+    spec = METHODS[request.method]
+    normal: service.Request[R] = parse_params(spec, request.params())
+    return normal

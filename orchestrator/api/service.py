@@ -1,131 +1,383 @@
-"""The async interface the daemon (and the embedded ``Orchestrator``) implements.
+"""The service, written once: one frozen request dataclass per method (SPEC §6).
 
-The socket server dispatches each request to the method of the same name with the request's
-params as keyword arguments (already validated by :mod:`orchestrator.protocol`: defaults filled,
-durations converted to float seconds, ``tags`` as a tuple). The client offers the same methods.
+Each request type names its method and is typed by its result (``Request[R]``), the shape of
+``storage/ops.py`` applied to the API. Everything else derives from these classes:
 
-Errors are raised as :class:`orchestrator.errors.ServiceError` subclasses; anything else becomes an
-``INTERNAL`` error reply. Results must be JSON values (dicts of str, int, float, bool, None, lists).
+- the wire schema (:mod:`orchestrator.api.protocol` builds ``METHODS`` from the fields),
+- the named methods of every front end (:class:`ServiceMethods`: ``submit = method(Submit)``
+  takes ``Submit``'s own signature), implemented by the client over the socket and by the
+  engine in process,
+- the ``wf`` subcommands (:mod:`orchestrator.client.cli` builds its parser from the fields),
+- the engine's handler table (one handler per request type).
 
-Streaming methods (``tail``, ``watch``, ``stream``) are plain ``def``\\ s returning async iterators
-(an ``async def`` generator fits): the server sends one ``event`` line per item, then a final
-``result`` line ``{"events": sent, "dropped": dropped}``. ``tail`` is lossy: a slow reader gets a
-``{"type": "lagged", "dropped": N}`` event instead of unbounded buffering.
+A field's JSON type comes from its annotation (``str``, ``int``, ``bool``, ``JSON``,
+``JSONDict``, ``tuple[str, ...]``) or, for durations, from :func:`opt`'s ``type``. Optional
+fields are keyword-only. Errors are :class:`orchestrator.api.errors.ServiceError` subclasses.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
+from runtime import durations
+
+JSON = Any
 JSONDict = dict[str, Any]
+R = TypeVar("R")
+P = ParamSpec("P")
+
+RUN_STATUSES = (
+    "pending", "running", "waiting", "paused", "completed", "failed", "cancelled",
+    "compensated", "compensation_failed", "timed_out",
+)
+TERMINAL_STATUSES = frozenset(
+    {"completed", "failed", "cancelled", "compensated", "compensation_failed", "timed_out"}
+)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+RETRY_MODES = ("resume", "retrigger")
 
 
-@runtime_checkable
+def opt(
+    default: Any = None,
+    *,
+    type: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    minimum: int | None = None,
+    flag: str | None = None,
+    help: str = "",
+) -> Any:
+    """An optional (keyword-only) parameter. ``type`` overrides the JSON type the annotation
+    gives (``"duration"``: seconds or a string such as ``"10s"``, reaching the service as
+    float seconds); ``flag`` overrides the CLI flag (default ``--<name-with-dashes>``)."""
+    meta = {"type": type, "choices": choices, "minimum": minimum, "flag": flag, "help": help}
+    return field(default=default, kw_only=True, metadata=meta)
+
+
+def req(*, type: str | None = None, metavar: str | None = None, help: str = "",
+        flag: str | None = None) -> Any:
+    """A required parameter (positional in Python and, unless ``flag`` is given, in the CLI)."""
+    return field(metadata={"type": type, "metavar": metavar, "help": help, "flag": flag})
+
+
+class Request(Generic[R]):
+    """Base of every request. ``method`` is the wire name; ``cli`` the ``wf`` command words
+    (empty: no command); ``streaming`` methods yield events, ``lossy`` ones may drop events
+    for a slow reader (a ``lagged`` notice instead of unbounded buffering)."""
+
+    __slots__ = ()
+    method: ClassVar[str]
+    cli: ClassVar[tuple[str, ...]] = ()
+    streaming: ClassVar[bool] = False
+    lossy: ClassVar[bool] = False
+
+    def params(self) -> JSONDict:
+        """The request as wire params: ``None`` left out, durations as seconds, tuples as
+        lists. (``input``/``payload`` keep an explicit ``null``.)"""
+        out: JSONDict = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # every subclass is one
+            value = getattr(self, f.name)
+            if value is None and f.kw_only:
+                continue
+            if f.metadata.get("type") == "duration" and value is not None:
+                value = durations.to_seconds(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+class StreamRequest(Request[JSONDict]):
+    """A streaming request: the service yields JSON events, then the stream ends."""
+
+    __slots__ = ()
+    streaming = True
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Submit(Request[JSONDict]):
+    """Start a run (``delay`` seconds from now); return its run record once committed. An
+    existing ``run_id`` or ``(workflow_id, idempotency_key)`` returns the existing run."""
+
+    method = "submit"
+    cli = ("submit",)
+    workflow_id: str = req(metavar="WF")
+    input: JSON = req(flag="--input", help="JSON input or @file (default: {})")
+    run_id: str | None = opt()
+    idempotency_key: str | None = opt()
+    tags: tuple[str, ...] = opt((), flag="--tag", help="tag (repeatable)")
+    delay: float | str | None = opt(type="duration", help="start after D, e.g. 10s")
+    priority: int = opt(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Get(Request[JSONDict]):
+    """The run record plus ``steps``, ``waitpoints``, ``metadata``, ``compensations``."""
+
+    method = "get"
+    cli = ("show",)
+    run_id: str = req(metavar="RUN")
+
+
+@dataclass(frozen=True, slots=True)
+class List(Request[JSONDict]):
+    """``{"runs": [run record, ...]}``, newest first."""
+
+    method = "list"
+    cli = ("runs",)
+    status: str | None = opt(choices=RUN_STATUSES)
+    workflow_id: str | None = opt(flag="--workflow")
+    tag: str | None = opt()
+    limit: int = opt(100, minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait(Request[JSONDict]):
+    """The run record once the run is terminal, or the current one after ``timeout``."""
+
+    method = "wait"
+    cli = ("wait",)
+    run_id: str = req(metavar="RUN")
+    timeout: float | str | None = opt(type="duration")
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Request[JSONDict]):
+    """Cancel the run (compensations run unless ``compensate`` is false); its record."""
+
+    method = "cancel"
+    cli = ("cancel",)
+    run_id: str = req(metavar="RUN")
+    compensate: bool = opt(True)
+    reason: str | None = opt()
+
+
+@dataclass(frozen=True, slots=True)
+class Pause(Request[JSONDict]):
+    """Hold the run after its in-flight step; its record."""
+
+    method = "pause"
+    cli = ("pause",)
+    run_id: str = req(metavar="RUN")
+
+
+@dataclass(frozen=True, slots=True)
+class Resume(Request[JSONDict]):
+    """Resume a paused run; its record."""
+
+    method = "resume"
+    cli = ("resume",)
+    run_id: str = req(metavar="RUN")
+
+
+@dataclass(frozen=True, slots=True)
+class Retry(Request[JSONDict]):
+    """Retry an ended run (``resume`` from its journal or ``retrigger`` from scratch)."""
+
+    method = "retry"
+    cli = ("retry",)
+    run_id: str = req(metavar="RUN")
+    mode: str = opt("resume", choices=RETRY_MODES)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay(Request[JSONDict]):
+    """Replay the run against its journal: ``{"diverged": bool, "detail": ...}``."""
+
+    method = "replay"
+    cli = ("replay",)
+    run_id: str = req(metavar="RUN")
+
+
+# --- resolutions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendEvent(Request[JSONDict]):
+    """Commit the event and resolve every matching waitpoint: ``{"event_id", "resolved"}``.
+    Re-sending an ``event_id`` is a no-op."""
+
+    method = "send_event"
+    cli = ("event", "send")
+    type: str = req(metavar="TYPE")
+    payload: JSON = req(flag="--payload", help="JSON payload or @file")
+    event_id: str | None = opt(flag="--id", help="event id (re-sending it is a no-op)")
+
+
+@dataclass(frozen=True, slots=True)
+class Signal(Request[JSONDict]):
+    """Signal one run: ``{"delivered": bool}`` (false: it went to the run's inbox)."""
+
+    method = "signal"
+    cli = ("signal",)
+    run_id: str = req(metavar="RUN")
+    name: str = req(metavar="NAME")
+    payload: JSON = req(flag="--payload", help="JSON payload or @file")
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteToken(Request[JSONDict]):
+    """Complete a token: ``{"run_id"}``; ``TOKEN_CONFLICT`` if already completed."""
+
+    method = "complete_token"
+    cli = ("token", "complete")
+    token_id: str = req(metavar="TOKEN")
+    payload: JSON = req(flag="--payload", help="JSON payload or @file")
+
+
+# --- introspection ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Workflows(Request[JSONDict]):
+    """``{"workflows": [...]}``: the registered workflows."""
+
+    method = "workflows"
+    cli = ("workflows",)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedules(Request[JSONDict]):
+    """``{"schedules": [...]}``: the schedules and their next fire times."""
+
+    method = "schedules"
+    cli = ("schedules",)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats(Request[JSONDict]):
+    """Counters of the daemon's long-lived parts (server, storage, actors, timers)."""
+
+    method = "stats"
+    cli = ("stats",)
+
+
+# --- streams ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tail(StreamRequest):
+    """Live log records, optionally filtered; never ends by itself. Lossy."""
+
+    method = "tail"
+    cli = ("tail",)
+    lossy = True
+    run_id: str | None = opt(flag="--run")
+    workflow_id: str | None = opt(flag="--workflow")
+    level: str | None = opt(choices=LOG_LEVELS)
+
+
+@dataclass(frozen=True, slots=True)
+class Watch(StreamRequest):
+    """The run's state changes as they happen; ends when the run is terminal."""
+
+    method = "watch"
+    cli = ("watch",)
+    run_id: str = req(metavar="RUN")
+
+
+@dataclass(frozen=True, slots=True)
+class Stream(StreamRequest):
+    """Chunks ``{stream_id, seq, encoding, chunk, final, at}`` recorded so far; with
+    ``follow`` also the live ones until the final chunk."""
+
+    method = "stream"
+    cli = ("stream",)
+    run_id: str = req(metavar="RUN")
+    stream_id: str = req(metavar="STREAM")
+    follow: bool = opt(False, help="keep printing live chunks")
+
+
+REQUESTS: tuple[type[Request[Any]], ...] = (
+    Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Replay,
+    SendEvent, Signal, CompleteToken,
+    Workflows, Schedules, Stats,
+    Tail, Watch, Stream,
+)
+"""Every method, in the order the CLI lists them."""
+
+BY_METHOD: dict[str, type[Request[Any]]] = {r.method: r for r in REQUESTS}
+
+
+# --- the service -------------------------------------------------------------------------------
+
+
 class Service(Protocol):
-    async def submit(
-        self,
-        workflow_id: str,
-        input: Any,
-        *,
-        run_id: str | None = None,
-        idempotency_key: str | None = None,
-        tags: Sequence[str] = (),
-        delay: float | None = None,
-        priority: int = 0,
-    ) -> JSONDict:
-        """Start a run (``delay`` seconds from now); return its run record once committed.
-        An existing ``run_id`` or ``(workflow_id, idempotency_key)`` returns the existing run.
-        Raises ``NotFound`` (unknown workflow), ``ValidationFailed``, ``StorageFull``,
-        ``ShuttingDown``."""
+    """What a front end serves: the engine in process, or the client over the socket."""
+
+    async def call(self, request: Request[R]) -> R:
+        """Serve one request; raise a ``ServiceError`` subclass on failure."""
         ...
 
-    async def get(self, run_id: str) -> JSONDict:
-        """The run record plus ``steps``, ``waitpoints`` and ``metadata``. ``NotFound``."""
+    def open_stream(self, request: StreamRequest) -> AsyncIterator[JSONDict]:
+        """Serve a streaming request: its events, until the stream ends."""
         ...
 
-    async def list(
-        self,
-        *,
-        status: str | None = None,
-        workflow_id: str | None = None,
-        tag: str | None = None,
-        limit: int = 100,
-    ) -> JSONDict:
-        """``{"runs": [run record, ...]}``, newest first."""
-        ...
 
-    async def wait(self, run_id: str, *, timeout: float | None = None) -> JSONDict:
-        """The run record once the run is terminal, or the current one after ``timeout``
-        seconds."""
-        ...
+# --- the named methods --------------------------------------------------------------------------
 
-    async def cancel(
-        self, run_id: str, *, compensate: bool = True, reason: str | None = None
-    ) -> JSONDict:
-        """Cancel the run (running compensations unless ``compensate`` is false); run record.
-        ``RunNotActive`` for a terminal run."""
-        ...
 
-    async def pause(self, run_id: str) -> JSONDict:
-        """Hold the run after its in-flight step; run record. ``RunNotActive`` if terminal."""
-        ...
+def method(
+    request: Callable[P, Request[R]],
+) -> Callable[Concatenate[Any, P], Awaitable[R]]:
+    """A named service method with ``request``'s own signature: ``submit = method(Submit)``."""
 
-    async def resume(self, run_id: str) -> JSONDict:
-        """Resume a paused run; run record. ``RunNotActive`` if it is not paused."""
-        ...
+    async def call(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = await self.call(request(*args, **kwargs))
+        return result
 
-    async def retry(self, run_id: str, *, mode: str = "resume") -> JSONDict:
-        """Retry a failed run (``resume`` from its journal or ``retrigger`` from scratch);
-        run record. ``RunNotActive`` if it is not terminal or completed."""
-        ...
+    call.__name__ = call.__qualname__ = getattr(request, "method", "call")
+    call.__doc__ = getattr(request, "__doc__", None)
+    return call
 
-    async def replay(self, run_id: str) -> JSONDict:
-        """Replay the run against its journal: ``{"diverged": bool, "detail": ...}``."""
-        ...
 
-    async def send_event(self, type: str, payload: Any, *, event_id: str | None = None) -> JSONDict:
-        """Commit the event and resolve every matching waitpoint:
-        ``{"event_id": ..., "resolved": n}``. Re-sending an ``event_id`` is a no-op."""
-        ...
+def stream_method(
+    request: Callable[P, StreamRequest],
+) -> Callable[Concatenate[Any, P], AsyncIterator[JSONDict]]:
+    """A named streaming method: returns an async iterator of the stream's events."""
 
-    async def signal(self, run_id: str, name: str, payload: Any) -> JSONDict:
-        """Signal one run: ``{"delivered": bool}`` (false: it went to the run's inbox)."""
-        ...
+    def open_(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[JSONDict]:
+        events: AsyncIterator[JSONDict] = self.open_stream(request(*args, **kwargs))
+        return events
 
-    async def complete_token(self, token_id: str, payload: Any) -> JSONDict:
-        """Complete a token: ``{"run_id": ...}``. ``TokenConflict`` if already completed."""
-        ...
+    open_.__name__ = open_.__qualname__ = getattr(request, "method", "open_stream")
+    open_.__doc__ = getattr(request, "__doc__", None)
+    return open_
 
-    async def workflows(self) -> JSONDict:
-        """``{"workflows": [...]}``: the registered workflows."""
-        ...
 
-    async def schedules(self) -> JSONDict:
-        """``{"schedules": [...]}``: the schedules and their next fire times."""
-        ...
+class ServiceMethods:
+    """The SPEC §6 methods by name, over :meth:`call` and :meth:`open_stream`.
 
-    async def stats(self) -> JSONDict:
-        """Counters of the daemon's long-lived parts (server, storage, actors, timers)."""
-        ...
+    The client implements the two over the socket, the engine in process; both get every
+    method below with the request type's signature (``await c.submit("wf", {"a": 1})``).
+    """
 
-    def tail(
-        self,
-        *,
-        run_id: str | None = None,
-        workflow_id: str | None = None,
-        level: str | None = None,
-    ) -> AsyncIterator[JSONDict]:
-        """Live log records (dicts as logged), optionally filtered; never ends by itself."""
-        ...
+    async def call(self, request: Request[R]) -> R:
+        raise NotImplementedError
 
-    def watch(self, run_id: str) -> AsyncIterator[JSONDict]:
-        """The run's state changes as they happen; ends when the run is terminal."""
-        ...
+    def open_stream(self, request: StreamRequest) -> AsyncIterator[JSONDict]:
+        raise NotImplementedError
 
-    def stream(
-        self, run_id: str, stream_id: str, *, follow: bool = False
-    ) -> AsyncIterator[JSONDict]:
-        """Chunks ``{stream_id, seq, encoding, chunk, final, at}`` recorded so far; with
-        ``follow`` also the live ones until the final chunk."""
-        ...
+    submit = method(Submit)
+    get = method(Get)
+    list = method(List)
+    wait = method(Wait)
+    cancel = method(Cancel)
+    pause = method(Pause)
+    resume = method(Resume)
+    retry = method(Retry)
+    replay = method(Replay)
+    send_event = method(SendEvent)
+    signal = method(Signal)
+    complete_token = method(CompleteToken)
+    workflows = method(Workflows)
+    schedules = method(Schedules)
+    stats = method(Stats)
+    tail = stream_method(Tail)
+    watch = stream_method(Watch)
+    stream = stream_method(Stream)

@@ -22,16 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
-from orchestrator.api import errors, protocol
-from runtime import durations
+from orchestrator.api import errors, protocol, service
 
 __all__ = ["Client", "DaemonUnreachable", "RemoteError"]
 
 JSONDict = dict[str, Any]
+R = TypeVar("R")
 _READ_LIMIT: Final = 256 * 1024 * 1024
 _STREAM_QUEUE: Final = 256
 
@@ -96,12 +96,9 @@ class _StreamEnd:
         self.exc = exc
 
 
-def _drop_none(**params: Any) -> JSONDict:
-    return {k: v for k, v in params.items() if v is not None}
-
-
-class Client:
-    """A connection to the daemon. Use ``async with Client.connect(path) as c``."""
+class Client(service.ServiceMethods):
+    """A connection to the daemon. Use ``async with Client.connect(path) as c``; every method
+    of SPEC §6 is a coroutine named like the method (streaming ones are async iterators)."""
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: Path
@@ -210,8 +207,8 @@ class Client:
         if self._lost is None and not self._writer.is_closing():
             self._writer.write(protocol.request_line(None, protocol.CANCEL_METHOD, {"id": req_id}))
 
-    async def call(self, method: str, params: JSONDict) -> Any:
-        """Send one request and return its result (raise :class:`RemoteError` on an error)."""
+    async def request(self, method: str, params: JSONDict) -> Any:
+        """Send one raw request and return its result (:class:`RemoteError` on an error)."""
         req_id = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
@@ -224,8 +221,8 @@ class Client:
         finally:
             self._pending.pop(req_id, None)
 
-    async def call_stream(self, method: str, params: JSONDict) -> AsyncIterator[JSONDict]:
-        """Send a streaming request and yield its events until its final result."""
+    async def request_stream(self, method: str, params: JSONDict) -> AsyncIterator[JSONDict]:
+        """Send a raw streaming request and yield its events until its final result."""
         req_id = next(self._ids)
         queue: asyncio.Queue[protocol.Reply | _StreamEnd] = asyncio.Queue(_STREAM_QUEUE)
         self._streams[req_id] = queue
@@ -252,103 +249,12 @@ class Client:
             if not finished:
                 self._send_cancel(req_id)
 
-    # --- the service methods --------------------------------------------------------------
+    # --- the service ----------------------------------------------------------------------
 
-    async def submit(
-        self,
-        workflow_id: str,
-        input: Any,
-        *,
-        run_id: str | None = None,
-        idempotency_key: str | None = None,
-        tags: Sequence[str] = (),
-        delay: durations.Duration | None = None,
-        priority: int = 0,
-    ) -> JSONDict:
-        params = _drop_none(
-            workflow_id=workflow_id,
-            run_id=run_id,
-            idempotency_key=idempotency_key,
-            delay=None if delay is None else durations.to_seconds(delay),
-        )
-        params.update(input=input, tags=[*tags], priority=priority)
-        return cast(JSONDict, await self.call("submit", params))
+    async def call(self, request: service.Request[R]) -> R:
+        """Send a request object; every named method (``submit``, ``get``, ...) comes here."""
+        result: R = await self.request(request.method, request.params())
+        return result
 
-    async def get(self, run_id: str) -> JSONDict:
-        return cast(JSONDict, await self.call("get", {"run_id": run_id}))
-
-    async def list(
-        self,
-        *,
-        status: str | None = None,
-        workflow_id: str | None = None,
-        tag: str | None = None,
-        limit: int = 100,
-    ) -> JSONDict:
-        params = _drop_none(status=status, workflow_id=workflow_id, tag=tag, limit=limit)
-        return cast(JSONDict, await self.call("list", params))
-
-    async def wait(self, run_id: str, *, timeout: durations.Duration | None = None) -> JSONDict:
-        seconds = None if timeout is None else durations.to_seconds(timeout)
-        return cast(JSONDict, await self.call("wait", _drop_none(run_id=run_id, timeout=seconds)))
-
-    async def cancel(
-        self, run_id: str, *, compensate: bool = True, reason: str | None = None
-    ) -> JSONDict:
-        params = _drop_none(run_id=run_id, compensate=compensate, reason=reason)
-        return cast(JSONDict, await self.call("cancel", params))
-
-    async def pause(self, run_id: str) -> JSONDict:
-        return cast(JSONDict, await self.call("pause", {"run_id": run_id}))
-
-    async def resume(self, run_id: str) -> JSONDict:
-        return cast(JSONDict, await self.call("resume", {"run_id": run_id}))
-
-    async def retry(self, run_id: str, *, mode: str = "resume") -> JSONDict:
-        return cast(JSONDict, await self.call("retry", {"run_id": run_id, "mode": mode}))
-
-    async def replay(self, run_id: str) -> JSONDict:
-        return cast(JSONDict, await self.call("replay", {"run_id": run_id}))
-
-    async def send_event(self, type: str, payload: Any, *, event_id: str | None = None) -> JSONDict:
-        params = _drop_none(type=type, event_id=event_id)
-        params["payload"] = payload
-        return cast(JSONDict, await self.call("send_event", params))
-
-    async def signal(self, run_id: str, name: str, payload: Any) -> JSONDict:
-        params = {"run_id": run_id, "name": name, "payload": payload}
-        return cast(JSONDict, await self.call("signal", params))
-
-    async def complete_token(self, token_id: str, payload: Any) -> JSONDict:
-        params = {"token_id": token_id, "payload": payload}
-        return cast(JSONDict, await self.call("complete_token", params))
-
-    async def workflows(self) -> JSONDict:
-        return cast(JSONDict, await self.call("workflows", {}))
-
-    async def schedules(self) -> JSONDict:
-        return cast(JSONDict, await self.call("schedules", {}))
-
-    async def stats(self) -> JSONDict:
-        return cast(JSONDict, await self.call("stats", {}))
-
-    def tail(
-        self,
-        *,
-        run_id: str | None = None,
-        workflow_id: str | None = None,
-        level: str | None = None,
-    ) -> AsyncIterator[JSONDict]:
-        """Live log records; a ``{"type": "lagged", "dropped": N}`` item reports records the
-        daemon dropped because this reader was too slow."""
-        params = _drop_none(run_id=run_id, workflow_id=workflow_id, level=level)
-        return self.call_stream("tail", params)
-
-    def watch(self, run_id: str) -> AsyncIterator[JSONDict]:
-        return self.call_stream("watch", {"run_id": run_id})
-
-    def stream(
-        self, run_id: str, stream_id: str, *, follow: bool = False
-    ) -> AsyncIterator[JSONDict]:
-        params = {"run_id": run_id, "stream_id": stream_id, "follow": follow}
-        return self.call_stream("stream", params)
+    def open_stream(self, request: service.StreamRequest) -> AsyncIterator[JSONDict]:
+        return self.request_stream(request.method, request.params())

@@ -16,16 +16,17 @@ import resource
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 import storage
 from orchestrator import logs
 from orchestrator.config import Config, ConfigError, load_config
+from orchestrator.daemon.compose import Hooks, Orchestrator
 from orchestrator.daemon.loader import WorkflowImportError
 from orchestrator.daemon.lockfile import DatabaseLocked
 from orchestrator.daemon.server import SocketInUse, SocketPathError, SocketServer
-from orchestrator.engine.engine import Orchestrator
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -49,7 +50,9 @@ def _raise_fd_limit() -> int:
     return int(soft)
 
 
-def run_daemon(config_path: str | None) -> int:
+def run_daemon(config_path: str | None, hooks: Hooks | None = None) -> int:
+    """Run the daemon in the foreground; return its exit code. ``hooks`` are for test
+    launchers only (crash points, mutants): production passes none."""
     path = Path(config_path or "config.toml")
     try:
         cfg = load_config(path) if path.exists() or config_path else Config.default(Path.cwd())
@@ -57,26 +60,29 @@ def run_daemon(config_path: str | None) -> int:
         print(f'{{"event": "daemon.refused", "level": "error", "reason": {str(exc)!r}}}'
               .replace("'", '"'), file=sys.stderr)
         return EXIT_CONFIG
+    hooks = hooks or Hooks()
+    if hooks.adjust_config is not None:
+        cfg = hooks.adjust_config(cfg)
     logs.configure_logging(cfg.logging)
     if cfg.daemon.event_loop == "uvloop":
         try:
             import uvloop
 
-            return int(uvloop.run(_serve(cfg)))
+            return int(uvloop.run(_serve(cfg, hooks)))
         except ImportError:
             structlog.get_logger("wf.daemon").warning(
                 "daemon.uvloop_unavailable", detail="falling back to asyncio"
             )
-    return asyncio.run(_serve(cfg))
+    return asyncio.run(_serve(cfg, hooks))
 
 
-async def _serve(cfg: Config) -> int:
+async def _serve(cfg: Config, hooks: Hooks) -> int:
     log = structlog.get_logger("wf.daemon")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    orch = Orchestrator(cfg)
+    orch = Orchestrator(cfg, instrument=hooks.instrument, wrap_storage=hooks.wrap_storage)
     try:
         await orch.__aenter__()
     except (DatabaseLocked, storage.SchemaTooNew) as exc:
@@ -96,6 +102,7 @@ async def _serve(cfg: Config) -> int:
         # keep that well inside the fd limit, and refuse connections past the limit's reserve.
         backlog=backlog,
         max_connections=max(16, fds - FD_RESERVE - 2 * backlog),
+        instrument=hooks.instrument,
     )
     try:
         await server.start()
@@ -112,10 +119,11 @@ async def _serve(cfg: Config) -> int:
         event_loop=type(loop).__module__.split(".")[0],
         pid=os.getpid(),
     )
-    stopping: asyncio.Future[object] = loop.create_task(stop.wait(), name="signals")
-    fatal: asyncio.Future[object] = orch.fatal  # type: ignore[assignment]  # wait() on both
-    done, _ = await asyncio.wait({stopping, fatal}, return_when=asyncio.FIRST_COMPLETED)
-    if fatal in done:
+    stopping = loop.create_task(stop.wait(), name="signals")
+    fatal = orch.fatal
+    waits: list[asyncio.Future[Any]] = [stopping, fatal]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    if fatal.done():
         log.critical("daemon.fail_stop", error=repr(orch.fatal.result()))
         logs.flush()  # os._exit skips atexit, where buffered log lines are written otherwise
         os._exit(EXIT_FAIL_STOP)  # no cleanup: nothing more may be written after an I/O error

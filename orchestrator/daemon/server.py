@@ -25,7 +25,7 @@ from typing import Any, Final
 import structlog
 
 from orchestrator.api import errors, protocol, service
-from storage.faults import crash_point
+from storage.instruments import NO_INSTRUMENT, Instrument
 
 __all__ = ["ServerStats", "SocketInUse", "SocketServer", "peer_uid"]
 
@@ -114,8 +114,10 @@ class SocketServer:
         backlog: int = 2048,
         max_connections: int | None = None,
         peer_uid_of: Callable[[socket.socket], int] = peer_uid,
+        instrument: Instrument = NO_INSTRUMENT,
     ) -> None:
         self._service = service
+        self._instrument = instrument
         self.path = Path(path)
         self._allowed = frozenset({os.getuid(), 0, *allowed_uids})
         self._max_request_bytes = max_request_bytes
@@ -316,7 +318,7 @@ class SocketServer:
                     return
                 writer.write(line)
             await writer.drain()
-            crash_point("reply.sent")
+            self._instrument.reached("reply.sent")
 
     async def _read_loop(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
         while True:
@@ -375,12 +377,11 @@ class SocketServer:
             spec = protocol.METHODS.get(request.method)
             if spec is None:
                 raise errors.MethodNotFound(request.method)
-            kwargs = protocol.validate_params(spec, request.params)
-            method = getattr(self._service, spec.name)
-            if spec.streaming:
-                await self._serve_stream(conn, req_id, spec, method(**kwargs))
+            call = protocol.parse_params(spec, request.params)
+            if isinstance(call, service.StreamRequest):
+                await self._serve_stream(conn, req_id, spec, self._service.open_stream(call))
             else:
-                result = await method(**kwargs)
+                result = await self._service.call(call)
                 line = protocol.reply_line(req_id, result)
                 await conn.send(line)
             self._requests_served += 1

@@ -11,25 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
 import storage
-from orchestrator.engine import bridge as entries
+from orchestrator.engine import bridge
+from orchestrator.engine.messages import Cancel, Message, Resolve
+from orchestrator.engine.ports import RunHost
 from runtime import errors as rt_errors
 from runtime import journal as rj
 from runtime.executor import Execution
-from runtime.facts import HostServices, Outcome, RunFacts
+from runtime.facts import Outcome
 from runtime.status import ResolutionSource, RunStatus, WaitpointKind
-from storage.faults import crash_point
-
-if TYPE_CHECKING:
-    from orchestrator.engine.supervisor import Supervisor
+from storage.instruments import NO_INSTRUMENT, Instrument
 
 R = TypeVar("R")
 
@@ -38,27 +35,19 @@ R = TypeVar("R")
 _RUN_LOG = structlog.get_logger("wf.run")
 
 
-@dataclass(frozen=True, slots=True)
-class Resolve:
-    resolution: rj.WaitpointResolved
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    reason: str | None
-    compensate: bool
-
-
-Message = Resolve | Cancel
-
-
 class RunActor:
-    """Drives one run until it parks or ends. Created and owned by the :class:`Supervisor`."""
+    """Drives one run until it parks or ends. Created and owned by the supervisor; knows it
+    only as a :class:`~orchestrator.engine.ports.RunHost`."""
 
     def __init__(
-        self, sup: Supervisor, run_id: str, known: storage.RunRecord | None = None
+        self,
+        host: RunHost,
+        run_id: str,
+        known: storage.RunRecord | None = None,
+        instrument: Instrument = NO_INSTRUMENT,
     ) -> None:
-        self.sup = sup
+        self.host = host
+        self.instrument = instrument
         self.run_id = run_id
         self._known = known  # the record as just committed by submit: saves a read
         self.mailbox: deque[Message] = deque()
@@ -68,6 +57,7 @@ class RunActor:
         # Ops that ride along with the run's next commit, in the same transaction (see drive).
         self._prefix: list[storage.WriteOp[Any]] = []
         self._advancing: Execution | None = None  # set only while advance() runs
+        self._execution: Execution | None = None  # the one this actor drives
         self.finishing = False  # set before the final commit (Supervisor.is_live)
 
     def post(self, message: Message | None) -> None:
@@ -83,14 +73,14 @@ class RunActor:
     # ------------------------------------------------------------------ the actor's life
 
     async def drive(self) -> None:
-        warm = self.sup.take_warm(self.run_id)
+        warm = self.host.take_warm(self.run_id)
         execution: Execution | None = None
         if warm is not None:
             execution, run = warm  # a warm run's record is kept with it: no read
         elif self._known is not None:
             run = self._known  # just committed by submit: no read
         else:
-            found = await self.sup.storage.get_run(self.run_id)
+            found = await self.host.storage.get_run(self.run_id)
             if found is None:
                 return
             run = found
@@ -100,7 +90,7 @@ class RunActor:
                 await execution.close()
             return
         self.log = self.log.bind(workflow_id=run.workflow_id)
-        now = self.sup.clock.now()
+        now = self.host.clock.now()
         started = run.started_at if run.started_at is not None else now
         # "running", the start time, clearing the resume flag and (for a recovered run) the
         # recovery count ride along with the run's next commit instead of costing one of their
@@ -127,10 +117,11 @@ class RunActor:
         else:
             self.log.info("run.resumed", replay=False)
         self.run = run
+        self._execution = execution
         await self._advance_until_parked(execution)
 
     async def _cold_execution(self, run: storage.RunRecord) -> Execution | None:
-        definition = self.sup.registry.get(run.workflow_id)
+        definition = self.host.registry.get(run.workflow_id)
         if definition is None:
             error = rt_errors.error_dict(
                 "WORKFLOW_NOT_FOUND",
@@ -141,33 +132,11 @@ class RunActor:
             return None
         fresh = run.status is storage.RunStatus.PENDING
         # A run that never started has recorded nothing: skip the journal reads.
-        journal = rj.Journal() if fresh else entries.runtime_journal(
-            await self.sup.storage.load_journal(self.run_id)
+        journal = rj.Journal() if fresh else bridge.runtime_journal(
+            await self.host.storage.load_journal(self.run_id)
         )
-        facts = RunFacts(
-            run_id=run.run_id,
-            workflow_id=run.workflow_id,
-            workflow_version=run.workflow_version or definition.version,
-            started_at=run.started_at if run.started_at is not None else run.created_at,
-            number=run.number,
-            attempt=run.attempt,
-            triggered_by=run.triggered_by or "api",
-            tags=run.tags,
-            invocation_count=run.recoveries + 1,
-            parent_run_id=run.parent_run_id,
-            root_run_id=run.root_run_id,
-            compute_used=run.compute_seconds,
-        )
-        host = HostServices(
-            record=self._record,
-            clock=self.sup.clock,
-            rate_limiter=self.sup.rate_limiter,
-            process_runner=self.sup.process_runner,
-            thread_pool=self.sup.thread_pool,
-            publish=self.sup.streams.publish_for(self.run_id),
-            gate=self.sup.gate,
-            limits=self.sup.limits,
-        )
+        facts = bridge.run_facts(run, definition)
+        host = self.host.services(self.run_id, self._record)
         return Execution(definition, run.input, facts, journal, host)
 
     async def _advance_until_parked(self, execution: Execution) -> None:
@@ -190,7 +159,7 @@ class RunActor:
                 return
             if self.mailbox:
                 continue
-            if not self.sup.accepting:
+            if not self.host.accepting:
                 # Stopped at a step boundary by shutdown: the run stays "running" in storage
                 # and the next start recovers it. Nothing is lost: every entry is committed.
                 return
@@ -204,7 +173,7 @@ class RunActor:
             await self._commit(
                 storage.UpdateRun(
                     self.run_id,
-                    at=self.sup.clock.now(),
+                    at=self.host.clock.now(),
                     status=storage.RunStatus.WAITING,
                     add_compute_seconds=compute,
                 )
@@ -214,13 +183,33 @@ class RunActor:
             self.log.info(
                 "run.waiting", waitpoints=[w.wp_id for w in outcome.waiting_on]
             )
-            self.sup.publish_state(self.run_id, "waiting")
-            self.sup.park(
+            self.host.publish_state(self.run_id, "waiting")
+            # Let go of this actor (its task, logger, mailbox): the next actor to resume the
+            # run points the execution at itself. A parked body records nothing.
+            execution.host.record = _parked
+            self.host.park(
                 self.run_id,
                 execution,
                 dataclasses.replace(run, status=storage.RunStatus.WAITING, recoveries=0),
             )
             return
+
+    async def fail_internal(self, cause: BaseException) -> None:
+        """End the run ``failed`` with code ``INTERNAL`` after an engine error (SPEC §3: no
+        engine error leaves a run running or waiting); its execution is closed."""
+        execution, self._execution = self._execution, None
+        if execution is not None:
+            execution.host.record = _parked
+            await execution.close()
+        run = self.run or await self.host.storage.get_run(self.run_id)
+        if run is None or run.is_terminal:
+            return
+        error = rt_errors.error_dict(
+            "INTERNAL",
+            f"the engine failed while driving this run: {cause!r}",
+            name=type(cause).__name__,
+        )
+        await self._finish(run, Outcome(status=RunStatus.FAILED, error=error), None)
 
     def _apply_mailbox(self, execution: Execution) -> None:
         while self.mailbox:
@@ -237,7 +226,7 @@ class RunActor:
         self, run: storage.RunRecord, outcome: Outcome, execution: Execution | None
     ) -> None:
         self.finishing = True
-        now = self.sup.clock.now()
+        now = self.host.clock.now()
         status = storage.RunStatus(str(outcome.status))
         ops: list[storage.WriteOp[Any]] = [
             storage.UpdateRun(
@@ -264,7 +253,7 @@ class RunActor:
             )
         results = await self._commit_many(ops)
         if parent_resolution is not None and run.parent_run_id is not None and results[1]:
-            self.sup.deliver(run.parent_run_id, Resolve(parent_resolution))
+            self.host.deliver(run.parent_run_id, Resolve(parent_resolution))
         fields: dict[str, Any] = {"status": str(status)}
         if outcome.error:
             fields["error_code"] = outcome.error.get("code")
@@ -274,32 +263,32 @@ class RunActor:
         }.get(outcome.status, "run.failed")
         self.log.info(event, **fields)
         if outcome.status is RunStatus.CANCELLED and execution is not None:
-            await self._cancel_children(execution)
+            self._cancel_children(execution)
         final = dataclasses.replace(
             run, status=status, output=outcome.output, error=outcome.error, finished_at=now,
             updated_at=now, diverged=bool(outcome.divergence),
         )
-        self.sup.run_finished(final)
+        self.host.run_finished(final)
 
-    async def _cancel_children(self, execution: Execution) -> None:
+    def _cancel_children(self, execution: Execution) -> None:
         for reg in execution.journal.registrations.values():
             pending = reg.wp_id not in execution.journal.resolutions
             if reg.kind is WaitpointKind.RUN and not reg.meta.get("detach") and pending:
-                await self.sup.cancel_run(reg.meta["child_run_id"], "parent cancelled", True)
+                self.host.deliver(reg.meta["child_run_id"], Cancel("parent cancelled", True))
 
     # ------------------------------------------------------------------ the host callback
 
     async def _commit_many(self, ops: list[storage.WriteOp[Any]]) -> list[Any]:
         """Commit ``ops`` in one transaction (group commit), after any pending prefix."""
         if not self._prefix:
-            return await self.sup.storage.commit(ops)
+            return await self.host.storage.commit(ops)
         prefix, self._prefix = self._prefix, []
-        results = await self.sup.storage.commit([*prefix, *ops])
+        results = await self.host.storage.commit([*prefix, *ops])
         return results[len(prefix):]
 
     async def _commit(self, op: storage.WriteOp[R]) -> R:
         if not self._prefix:
-            return await self.sup.storage.execute(op)
+            return await self.host.storage.execute(op)
         result: R = (await self._commit_many([op]))[0]
         return result
 
@@ -307,8 +296,8 @@ class RunActor:
         """Commit one journal entry (group commit); return resolutions it produced at once."""
         run_id = self.run_id
         if isinstance(entry, rj.StepAttempt):
-            crash_point("step.returned")
-            await self._commit(entries.step_op(run_id, entry))
+            self.instrument.reached("step.returned")
+            await self._commit(bridge.step_op(run_id, entry))
             if entry.status == "ok":
                 self.log.debug("step.completed", step_id=entry.step_id, attempt=entry.attempt,
                                duration_ms=round((entry.finished_at - entry.started_at) * 1e3, 3))
@@ -325,13 +314,13 @@ class RunActor:
         if isinstance(entry, rj.MetadataOp):
             target = self._metadata_target(entry.target)
             if target is not None:
-                await self._commit(entries.metadata_op(run_id, target, entry))
+                await self._commit(bridge.metadata_op(run_id, target, entry))
             return ()
         if isinstance(entry, rj.StreamChunk):
-            await self._commit(entries.chunk_op(run_id, entry))
+            await self._commit(bridge.chunk_op(run_id, entry))
             return ()
         if isinstance(entry, rj.CompensationRan):
-            await self._commit(entries.compensation_op(run_id, entry))
+            await self._commit(bridge.compensation_op(run_id, entry))
             self.log.info("compensation.ran", step_id=entry.step_id, status=entry.status)
             return ()
         raise TypeError(f"unexpected journal entry {entry!r}")
@@ -347,23 +336,23 @@ class RunActor:
     async def _register(self, entry: rj.WaitpointRegistered) -> Sequence[rj.WaitpointResolved]:
         if entry.kind is WaitpointKind.RUN:
             return await self._invoke(entry)
-        result = await self._commit(entries.register_op(self.run_id, entry))
+        result = await self._commit(bridge.register_op(self.run_id, entry))
         due = min((t for t in (entry.due_at, entry.timeout_at) if t is not None), default=None)
         if due is not None:
-            self.sup.scheduler.notify(due)
+            self.host.timer_stored(due)
         self.log.debug("waitpoint.registered", waitpoint_id=entry.wp_id, kind=str(entry.kind))
-        crash_point("waitpoint.committed")
+        self.instrument.reached("waitpoint.committed")
         wp = result.waitpoint
         if wp.is_waiting:
             return ()
-        return (entries.resolution(wp),)
+        return (bridge.resolution(wp),)
 
     async def _invoke(self, entry: rj.WaitpointRegistered) -> Sequence[rj.WaitpointResolved]:
         meta = entry.meta
         run = self.run
-        now = self.sup.clock.now()
-        register = entries.register_op(self.run_id, entry)
-        definition = self.sup.registry.get(meta["workflow_id"])
+        now = self.host.clock.now()
+        register = bridge.register_op(self.run_id, entry)
+        definition = self.host.registry.get(meta["workflow_id"])
         problem: dict[str, Any] | None = None
         child_input = meta["input"]
         if definition is None:
@@ -406,12 +395,12 @@ class RunActor:
         if created.created:
             self.log.info("run.submitted", child_run_id=child.run_id,
                           child_workflow_id=child.workflow_id)
-            self.sup.deliver(child.run_id)
+            self.host.deliver(child.run_id)
         if detach:
             return (rj.WaitpointResolved(entry.wp_id, entry.kind, now, ResolutionSource.LIVE),)
         wp = created.waitpoint
         if wp is not None and not wp.is_waiting:  # the child had already ended (re-creation)
-            return (entries.resolution(wp),)
+            return (bridge.resolution(wp),)
         return ()
 
 
@@ -429,11 +418,11 @@ def _child_result(run: storage.RunRecord, outcome: Outcome) -> tuple[Any, dict[s
     }
 
 
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000
-
-
 def _keep_resume_flag(op: storage.WriteOp[Any]) -> storage.WriteOp[Any]:
     if isinstance(op, storage.UpdateRun) and op.status is storage.RunStatus.RUNNING:
         return dataclasses.replace(op, status=storage.UNSET)
     return op
+
+
+async def _parked(entry: rj.Entry) -> Sequence[rj.WaitpointResolved]:
+    raise RuntimeError(f"a parked execution recorded {type(entry).__name__} with no actor")

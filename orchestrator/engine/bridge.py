@@ -1,18 +1,19 @@
-"""Translation between the runtime's journal entries and storage ops/records.
+"""Translation between the runtime's vocabulary and storage's.
 
-The runtime speaks in journal entries (``runtime.journal``); storage speaks in ops and records
-(``storage.ops``, ``storage.records``). This module is the only place that knows both.
+The runtime speaks in journal entries and run facts (``runtime.journal``, ``runtime.facts``);
+storage speaks in ops and records (``storage.ops``, ``storage.records``). This module is the only
+place that knows both: the actor and ``wf replay`` build a run's journal and facts here, so a
+replay sees exactly what a live resume sees.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import storage
 from runtime import journal as rj
 from runtime import matching
+from runtime.facts import RunFacts
 from runtime.status import ResolutionSource, WaitpointKind
-from storage import faults
+from runtime.workflow import WorkflowDefinition
 
 _STEP_STATUS = {"ok": storage.StepStatus.COMPLETED, "err": storage.StepStatus.FAILED}
 _COMP_STATUS = {
@@ -124,8 +125,7 @@ def runtime_journal(record: storage.Journal) -> rj.Journal:
     """Rebuild the runtime's journal of a run from what storage holds."""
     positions = {s.step_id: s.position for s in record.steps}
     journal = rj.Journal()
-    attempts = () if faults.mutant("SKIP_STEP_DEDUP") else record.attempts
-    for attempt in attempts:
+    for attempt in record.attempts:
         journal.apply(
             rj.StepAttempt(
                 step_id=attempt.step_id,
@@ -168,45 +168,20 @@ def runtime_journal(record: storage.Journal) -> rj.Journal:
     return journal
 
 
-def step_json(
-    step: storage.StepRecord, attempts: list[storage.StepAttemptRecord]
-) -> dict[str, Any]:
-    duration = None
-    if step.started_at is not None and step.finished_at is not None:
-        duration = round((step.finished_at - step.started_at) * 1000, 3)
-    return {
-        "step_id": step.step_id,
-        "position": step.position,
-        "status": str(step.status),
-        "attempt": step.attempt,
-        "output": step.output,
-        "error": step.error,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-        "duration_ms": duration,
-        "runtime": step.runtime,
-        "attempts": [
-            {"attempt": a.attempt, "status": str(a.status), "error": a.error,
-             "started_at": a.started_at, "finished_at": a.finished_at}
-            for a in attempts
-        ],
-    }
-
-
-def waitpoint_json(wp: storage.WaitpointRecord) -> dict[str, Any]:
-    return {
-        "waitpoint_id": wp.wp_id,
-        "kind": str(wp.kind),
-        "status": str(wp.status),
-        "event_type": wp.event_type,
-        "signal": wp.signal_name,
-        "token_id": wp.token_id,
-        "match": wp.match,
-        "registered_at": wp.registered_at,
-        "due_at": wp.due_at,
-        "timeout_at": wp.timeout_at,
-        "resolved_at": wp.resolved_at,
-        "source": str(wp.source) if wp.source else None,
-        "payload": wp.payload,
-        "error": wp.error,
-    }
+def run_facts(run: storage.RunRecord, definition: WorkflowDefinition) -> RunFacts:
+    """The one ``RunRecord → RunFacts``: what ``ctx.run``/``ctx.workflow`` say, live and on
+    replay alike (a replay that saw other facts would take other branches)."""
+    return RunFacts(
+        run_id=run.run_id,
+        workflow_id=run.workflow_id,
+        workflow_version=run.workflow_version or definition.version,
+        started_at=run.started_at if run.started_at is not None else run.created_at,
+        number=run.number,
+        attempt=run.attempt,
+        triggered_by=run.triggered_by or "api",
+        tags=run.tags,
+        invocation_count=run.recoveries + 1,
+        parent_run_id=run.parent_run_id,
+        root_run_id=run.root_run_id,
+        compute_used=run.compute_seconds,
+    )

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import storage
-from orchestrator.engine import bridge as entries
+from orchestrator.engine import bridge
 from runtime import _signals
 from runtime import journal as rj
 from runtime.executor import Execution
-from runtime.facts import HostServices, RunFacts
+from runtime.facts import HostServices
 from runtime.workflow import WorkflowDefinition
 
 
@@ -26,16 +26,9 @@ def _frontier_gate() -> None:
 
 async def check(definition: WorkflowDefinition, record: storage.Journal) -> dict[str, Any]:
     run = record.run
-    facts = RunFacts(
-        run_id=run.run_id,
-        workflow_id=run.workflow_id,
-        workflow_version=run.workflow_version or definition.version,
-        started_at=run.started_at if run.started_at is not None else run.created_at,
-        parent_run_id=run.parent_run_id,
-        root_run_id=run.root_run_id,
-    )
+    facts = bridge.run_facts(run, definition)
     host = HostServices(record=_frontier_record, gate=_frontier_gate)
-    execution = Execution(definition, run.input, facts, entries.runtime_journal(record), host)
+    execution = Execution(definition, run.input, facts, bridge.runtime_journal(record), host)
     try:
         outcome = await execution.advance()
     finally:

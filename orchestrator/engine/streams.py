@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from orchestrator.api import views
 from runtime.journal import StreamChunk
 
 # A follower that falls this far behind is dropped back to reading from storage.
@@ -21,14 +22,7 @@ class StreamHub:
             queues = self._followers.get((run_id, chunk.stream_id))
             if not queues:
                 return
-            item = {
-                "stream_id": chunk.stream_id,
-                "seq": chunk.seq,
-                "encoding": chunk.encoding,
-                "chunk": chunk.chunk,
-                "final": chunk.final,
-                "at": chunk.at,
-            }
+            item = views.chunk(chunk)
             for queue in queues:
                 if queue.qsize() < FOLLOWER_QUEUE:
                     queue.put_nowait(item)

@@ -15,23 +15,25 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 import storage
-from orchestrator.engine.actor import Cancel, Message, RunActor
+from orchestrator.engine.actor import RunActor
+from orchestrator.engine.messages import Message
+from orchestrator.engine.ports import TimerStored
+from orchestrator.engine.settings import Settings
 from orchestrator.engine.slots import SlotQueue, rank
 from orchestrator.engine.streams import StreamHub
 from runtime._signals import HostFailure, Suspended
 from runtime.clock import Clock
 from runtime.executor import Execution
-from runtime.facts import Limits, ProcessRunner
+from runtime.facts import HostServices, ProcessRunner, RecordFn
 from runtime.ratelimit import RateLimiter
 from runtime.workflow import Registry
-
-if TYPE_CHECKING:
-    from orchestrator.engine.timers import Scheduler
+from storage.instruments import NO_INSTRUMENT, Instrument
+from storage.records import RunRecord
 
 log = structlog.get_logger("wf.supervisor")
 
@@ -41,7 +43,7 @@ STORAGE_RETRY_SECONDS = 1.0
 
 @dataclass(slots=True)
 class _Queued:
-    known: storage.RunRecord | None
+    known: RunRecord | None
     messages: list[Message]
 
 
@@ -66,44 +68,71 @@ class SupervisorStats:
 
 
 class Supervisor:
+    """Owns every actor; implements :class:`~orchestrator.engine.ports.RunHost` for them."""
+
     def __init__(
         self,
         *,
         storage_: storage.Storage,
         registry: Registry,
         clock: Clock,
-        max_active_runs: int,
-        warm_runs: int,
-        limits: Limits,
+        settings: Settings,
         rate_limiter: RateLimiter,
         thread_pool: Executor | None,
         process_runner: ProcessRunner | None,
-        on_finished: Callable[[storage.RunRecord], None],
-        on_fatal: Callable[[BaseException], None],
+        timer_stored: TimerStored,
+        on_finished: Callable[[RunRecord], None],
+        instrument: Instrument = NO_INSTRUMENT,
     ) -> None:
-        self.storage = storage_
-        self.registry = registry
-        self.clock = clock
-        self.limits = limits
-        self.rate_limiter = rate_limiter
-        self.thread_pool = thread_pool
-        self.process_runner = process_runner
+        self._storage = storage_
+        self._registry = registry
+        self._clock = clock
+        self._limits = settings.limits
+        self._rate_limiter = rate_limiter
+        self._thread_pool = thread_pool
+        self._process_runner = process_runner
+        self.timer_stored: TimerStored = timer_stored
+        self._instrument = instrument
         self.streams = StreamHub()
-        self.scheduler: Scheduler  # set by the orchestrator right after construction
-        self._slots = SlotQueue(max_active_runs)
+        self._slots = SlotQueue(settings.max_active_runs)
         # Runs waiting for a slot: what to start them with (no actor or task exists for them).
         self._queued: dict[str, _Queued] = {}
-        self._max_active = max_active_runs
-        self._warm_budget = warm_runs
+        self._warm_budget = settings.warm_runs
         self._actors: dict[str, RunActor] = {}
-        self._warm: OrderedDict[str, tuple[Execution, storage.RunRecord]] = OrderedDict()
-        self._closers: set[asyncio.Task[None]] = set()
+        self._warm: OrderedDict[str, tuple[Execution, RunRecord]] = OrderedDict()
+        # Every task the supervisor starts besides actors (closers, storage retries): kept.
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._on_finished = on_finished
-        self._on_fatal = on_fatal
         self._state_listeners: dict[str, list[asyncio.Queue[str]]] = {}
         self._accepting = True
         self._started = 0
         self._failures = 0
+
+    # ------------------------------------------------------------------ RunHost
+
+    @property
+    def storage(self) -> storage.Storage:
+        return self._storage
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
+
+    def services(self, run_id: str, record: RecordFn) -> HostServices:
+        return HostServices(
+            record=record,
+            clock=self._clock,
+            rate_limiter=self._rate_limiter,
+            process_runner=self._process_runner,
+            thread_pool=self._thread_pool,
+            publish=self.streams.publish_for(run_id),
+            gate=self.gate,
+            limits=self._limits,
+        )
 
     # ------------------------------------------------------------------ moving runs
 
@@ -112,7 +141,7 @@ class Supervisor:
         run_id: str,
         message: Message | None = None,
         *,
-        known: storage.RunRecord | None = None,
+        known: RunRecord | None = None,
         resuming: bool = False,
         priority: int = 0,
     ) -> None:
@@ -145,10 +174,10 @@ class Supervisor:
         )
 
     def _start(
-        self, run_id: str, messages: list[Message], known: storage.RunRecord | None
+        self, run_id: str, messages: list[Message], known: RunRecord | None
     ) -> None:
         """Start the run's actor in a slot the caller holds."""
-        actor = RunActor(self, run_id, known)
+        actor = RunActor(self, run_id, known, self._instrument)
         self._actors[run_id] = actor
         for message in messages:
             actor.post(message)
@@ -164,28 +193,30 @@ class Supervisor:
         queued = self._queued.pop(run_id)
         self._start(run_id, queued.messages, queued.known)
 
-    async def cancel_run(self, run_id: str, reason: str | None, compensate: bool) -> None:
-        self.deliver(run_id, Cancel(reason, compensate))
-
     async def _supervise(self, actor: RunActor) -> None:
+        """Run the actor; whatever goes wrong in it fails its run only (SPEC §3: no engine
+        error leaves a run running or waiting), never the daemon."""
         retry_later = False
         try:
             await actor.drive()
-        except (HostFailure, storage.StorageError) as exc:
-            cause = exc.cause if isinstance(exc, HostFailure) else exc
-            if isinstance(cause, storage.StorageFull):
-                # The step's result is not committed; it will run again (at-least-once).
-                actor.log.warning("run.storage_full", error=str(cause))
-                retry_later = True
-            else:
-                self._failures += 1
-                actor.log.error("run.storage_error", error=repr(cause))
-                self._on_fatal(cause)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug in the engine: keep the daemon up, log loudly
-            self._failures += 1
-            actor.log.exception("actor.crashed", error=repr(exc))
+        except BaseException as exc:  # user code can raise anything
+            cause = exc.cause if isinstance(exc, HostFailure) else exc
+            if isinstance(cause, storage.StorageFull | storage.StorageBusy):
+                # Nothing of it was committed; the run goes on from its journal shortly (a
+                # step whose result was lost runs again: at-least-once).
+                actor.log.warning("run.storage_unavailable", error=str(cause))
+                retry_later = True
+            elif self._storage.failed.done():
+                # The writer stopped after an I/O error: the daemon fail-stops, and recovery
+                # reads only what reached the disk. Nothing more may be written for the run.
+                actor.log.error("run.storage_error", error=repr(cause))
+            else:
+                self._failures += 1
+                actor.log.error("run.internal_error", error=repr(cause),
+                                error_type=type(cause).__name__)
+                await self._fail_internal(actor, cause)
         finally:
             if self._actors.get(actor.run_id) is actor:
                 del self._actors[actor.run_id]
@@ -196,9 +227,23 @@ class Supervisor:
                 for message in actor.mailbox:
                     self.deliver(actor.run_id, message)
         if retry_later and self._accepting:
-            asyncio.get_running_loop().call_later(
-                STORAGE_RETRY_SECONDS, self.deliver, actor.run_id, None
-            )
+            self._spawn(self._deliver_later(actor.run_id), f"retry:{actor.run_id}")
+
+    async def _fail_internal(self, actor: RunActor, cause: BaseException) -> None:
+        try:
+            await actor.fail_internal(cause)
+        except Exception as exc:  # storage refused even that: recovery will see it running
+            actor.log.error("run.internal_error_unrecorded", error=repr(exc))
+
+    async def _deliver_later(self, run_id: str) -> None:
+        await asyncio.sleep(STORAGE_RETRY_SECONDS)
+        if self._accepting:
+            self.deliver(run_id)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     @property
     def accepting(self) -> bool:
@@ -211,32 +256,25 @@ class Supervisor:
 
     # ------------------------------------------------------------------ warm cache
 
-    def take_warm(self, run_id: str) -> tuple[Execution, storage.RunRecord] | None:
+    def take_warm(self, run_id: str) -> tuple[Execution, RunRecord] | None:
         return self._warm.pop(run_id, None)
 
-    def park(self, run_id: str, execution: Execution, run: storage.RunRecord) -> None:
+    def park(self, run_id: str, execution: Execution, run: RunRecord) -> None:
         """Keep a parked execution (and its run record) warm, or close it when over budget."""
         if self._warm_budget <= 0:
             self._close_later(execution)
             return
-        # Let go of the actor that drove it (its task, logger, mailbox): the next actor to
-        # resume the run points the execution at itself.
-        execution.host.record = _not_driven
         self._warm[run_id] = (execution, run)
         while len(self._warm) > self._warm_budget:
             _, (oldest, _record) = self._warm.popitem(last=False)
             self._close_later(oldest)
 
     def _close_later(self, execution: Execution) -> None:
-        task = asyncio.get_running_loop().create_task(
-            execution.close(), name=f"close:{execution.facts.run_id}"
-        )
-        self._closers.add(task)
-        task.add_done_callback(self._closers.discard)
+        self._spawn(execution.close(), f"close:{execution.facts.run_id}")
 
     # ------------------------------------------------------------------ notifications
 
-    def run_finished(self, run: storage.RunRecord) -> None:
+    def run_finished(self, run: RunRecord) -> None:
         """The run's final record, as just committed by its actor."""
         self.publish_state(run.run_id, str(run.status))
         self._on_finished(run)
@@ -275,8 +313,8 @@ class Supervisor:
         self._warm.clear()
         for execution, _run in warm:
             await execution.close()
-        if self._closers:
-            await asyncio.wait(list(self._closers), timeout=5.0)
+        if self._side_tasks:
+            await asyncio.wait(list(self._side_tasks), timeout=5.0)
 
     def stats(self) -> SupervisorStats:
         return SupervisorStats(
@@ -287,9 +325,6 @@ class Supervisor:
             actors_started=self._started,
             actor_failures=self._failures,
         )
-
-    def is_active(self, run_id: str) -> bool:
-        return run_id in self._actors
 
     def is_live(self, run_id: str) -> bool:
         """True only if the run is certainly not terminal and its end is still to be announced
@@ -305,6 +340,3 @@ class Supervisor:
     def describe(self) -> dict[str, Any]:
         return self.stats().to_dict()
 
-
-async def _not_driven(entry: Any) -> Any:
-    raise RuntimeError("a parked execution recorded an entry with no actor driving it")

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 import structlog
 
 import storage
-from orchestrator.engine import bridge as entries
-from orchestrator.engine.actor import Resolve
+from orchestrator.engine import bridge
+from orchestrator.engine.messages import Resolve
+from orchestrator.engine.ports import Deliver
 from runtime.clock import Clock
-from storage.faults import crash_point, mutant
+from storage.instruments import NO_INSTRUMENT, Instrument
 
-log = structlog.get_logger("wf.scheduler")
+log = structlog.get_logger("wf.timers")
 
 BATCH = 1000
 # Upper bound on one wait, so a wall clock that jumps forward is noticed within this time.
@@ -32,7 +33,7 @@ FULL_RETRY = 1.0
 
 
 @dataclass(frozen=True, slots=True)
-class SchedulerStats:
+class TimerStats:
     fired: int
     next_due: float | None
 
@@ -40,32 +41,36 @@ class SchedulerStats:
         return {"timers_fired": self.fired, "next_due": self.next_due}
 
 
-class Scheduler:
+class Timers:
+    """The one timer facility (SPEC §4). ``start()`` arms it; ``notify`` is told of new timers."""
+
     def __init__(
         self,
         storage_: storage.Storage,
         clock: Clock,
-        deliver: Callable[[str, Resolve | None], None],
+        deliver: Deliver,
         on_fatal: Callable[[BaseException], None],
+        instrument: Instrument = NO_INSTRUMENT,
     ) -> None:
         self._storage = storage_
         self._clock = clock
         self._deliver = deliver
         self._on_fatal = on_fatal
+        self._instrument = instrument
         self._wake = asyncio.Event()
         self._waiting_until = math.inf
         self._fired = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> asyncio.Task[None]:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="timers")
         self._task.add_done_callback(self._died)
         return self._task
 
     def _died(self, task: asyncio.Task[None]) -> None:
         # A scheduler that stops means timers silently never fire: stop the daemon instead.
         if not task.cancelled() and task.exception() is not None:
-            log.error("scheduler.crashed", error=repr(task.exception()))
+            log.error("timers.crashed", error=repr(task.exception()))
             self._on_fatal(task.exception())  # type: ignore[arg-type]  # checked above
 
     async def stop(self) -> None:
@@ -82,16 +87,16 @@ class Scheduler:
         """Fire every timer due now (oldest first); return how many fired."""
         total = 0
         while True:
-            now = self._clock.now() + (3600.0 if mutant("EARLY_TIMER_FIRE") else 0.0)
+            now = self._clock.now()
             # A read first: no write transaction (and no trip through the writer) when
             # nothing is due, which is what most wake-ups find.
             due = await self._storage.next_timer_due()
             if due is None or due > now:
                 break
-            crash_point("timer.due")
+            self._instrument.reached("timer.due")
             fired = await self._storage.claim_due_timers(now, BATCH)
             if fired:
-                crash_point("timer.fired")
+                self._instrument.reached("timer.fired")
             for item in fired:
                 self._dispatch(item)
             total += len(fired)
@@ -105,7 +110,7 @@ class Scheduler:
         if timer.run_id is None:
             return
         if item.waitpoint is not None:
-            self._deliver(timer.run_id, Resolve(entries.resolution(item.waitpoint)))
+            self._deliver(timer.run_id, Resolve(bridge.resolution(item.waitpoint)))
         elif timer.kind is storage.TimerKind.START:
             self._deliver(timer.run_id, None)
 
@@ -117,7 +122,7 @@ class Scheduler:
                 due = await self._storage.next_timer_due()
             except (storage.StorageFull, storage.StorageBusy) as exc:
                 # Nothing was fired (the batch rolled back whole): try again shortly.
-                log.warning("scheduler.storage_unavailable", error=str(exc))
+                log.warning("timers.storage_unavailable", error=str(exc))
                 await asyncio.sleep(FULL_RETRY)
                 continue
             now = self._clock.now()
@@ -133,6 +138,6 @@ class Scheduler:
             finally:
                 self._waiting_until = math.inf
 
-    def stats(self) -> SchedulerStats:
-        return SchedulerStats(self._fired, None if math.isinf(self._waiting_until)
+    def stats(self) -> TimerStats:
+        return TimerStats(self._fired, None if math.isinf(self._waiting_until)
                               else self._waiting_until)

@@ -14,7 +14,7 @@ from functools import cache
 from importlib import resources
 
 from storage import errors
-from storage.faults import crash_point
+from storage.instruments import NO_INSTRUMENT, Instrument
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -59,7 +59,13 @@ def check_version(conn: sqlite3.Connection, path: str) -> int:
     return found
 
 
-def migrate(conn: sqlite3.Connection, path: str, target: int | None = None) -> int:
+def migrate(
+    conn: sqlite3.Connection,
+    path: str,
+    target: int | None = None,
+    *,
+    instrument: Instrument = NO_INSTRUMENT,
+) -> int:
     """Apply every migration above the file's version up to ``target`` (default: latest).
 
     ``conn`` must be in autocommit mode (``isolation_level=None``). Returns the new version.
@@ -72,7 +78,7 @@ def migrate(conn: sqlite3.Connection, path: str, target: int | None = None) -> i
                 # One transaction for the migration and its version bump. executescript commits
                 # a pending transaction before it starts, so the tail goes through execute().
                 conn.executescript(f"BEGIN IMMEDIATE;\n{mig.sql}\n;")
-                crash_point("migration.midway")
+                instrument.reached("migration.midway")
                 conn.execute(f"PRAGMA user_version = {mig.version}")
                 conn.execute("COMMIT")
             except BaseException:

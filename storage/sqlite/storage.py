@@ -12,12 +12,12 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from storage import errors, ops, records
-from storage.faults import mutant_value
+from storage.instruments import NO_INSTRUMENT, Instrument
 from storage.sqlite import pragmas, rows
 from storage.sqlite.translate import translate_errors
 from storage.sqlite.writer import SetMaxPageCount, Writer, WriterStats
@@ -99,6 +99,7 @@ class SQLiteStorage:
         max_page_count: int | None = None,
         read_connections: int = 2,
         max_batch: int = 4096,
+        instrument: Instrument = NO_INSTRUMENT,
     ) -> AsyncIterator[SQLiteStorage]:
         """Open (creating with mode 0600 and migrating if needed) and close on exit.
 
@@ -106,8 +107,6 @@ class SQLiteStorage:
         database size (tests of disk full). Every connection and thread is closed on exit.
         """
         db = Path(path)
-        # Mutant for the power-cut check: e.g. "normal" stops fsyncing the WAL at each commit.
-        synchronous = cast(pragmas.Synchronous, mutant_value("SYNCHRONOUS") or synchronous)
         pragmas.pragma_statements(synchronous=synchronous, busy_timeout_ms=0, writer=True)
         writer = await Writer.start(
             db,
@@ -115,6 +114,7 @@ class SQLiteStorage:
             busy_timeout_ms=busy_timeout_ms,
             max_page_count=max_page_count,
             max_batch=max_batch,
+            instrument=instrument,
         )
         conns: list[aiosqlite.Connection] = []
         try:

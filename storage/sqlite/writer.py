@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from storage import errors, ops
-from storage.faults import crash_point, mutant
+from storage.instruments import NO_INSTRUMENT, Instrument
 from storage.sqlite import pragmas, schema
 from storage.sqlite.mutations import APPLY, STEP_CHUNKS, Apply, step_row, upsert_steps_sql
 from storage.sqlite.translate import is_batch_fatal, primary_code, translate
@@ -109,8 +109,10 @@ class Writer:
         busy_timeout_ms: int,
         max_page_count: int | None,
         max_batch: int,
+        instrument: Instrument = NO_INSTRUMENT,
     ) -> None:
         self._path = path
+        self._instrument = instrument
         self._loop = loop
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
@@ -139,6 +141,7 @@ class Writer:
         busy_timeout_ms: int = 5000,
         max_page_count: int | None = None,
         max_batch: int = 4096,
+        instrument: Instrument = NO_INSTRUMENT,
     ) -> Writer:
         """Start the thread: it opens the connection, sets pragmas and migrates the schema.
         Raises ``SchemaTooNew`` or another ``StorageError`` if that fails."""
@@ -149,6 +152,7 @@ class Writer:
             busy_timeout_ms=busy_timeout_ms,
             max_page_count=max_page_count,
             max_batch=max_batch,
+            instrument=instrument,
         )
         writer._thread.start()
         try:
@@ -215,7 +219,7 @@ class Writer:
                 max_page_count=self._max_page_count,
                 writer=True,
             )
-            schema.migrate(conn, str(self._path))
+            schema.migrate(conn, str(self._path), instrument=self._instrument)
             pragmas.restrict_companions(self._path)
             # Read back what is in force: the durability promise rests on it (SPEC §10).
             level = conn.execute("PRAGMA synchronous").fetchone()[0]
@@ -256,7 +260,7 @@ class Writer:
                     break
                 batch.append(item)
             outcomes = self._run_batch(conn, batch)
-            crash_point("batch.committed")
+            self._instrument.reached("batch.committed")
             dirty = True
             try:
                 self._loop.call_soon_threadsafe(_deliver, outcomes)
@@ -285,7 +289,7 @@ class Writer:
                 # every caller in its own savepoint, so only the guilty caller fails.
                 self._rollback(conn)
                 outcomes = self._apply(conn, batch, coalesce=False)
-            crash_point("batch.executed")
+            self._instrument.reached("batch.executed")
             conn.execute("COMMIT")
         except Exception as exc:
             self._failed_batches += 1
@@ -309,7 +313,7 @@ class Writer:
         outcomes: list[_Outcome] = []
         steps: list[tuple[Any, ...]] = []
         execute("BEGIN IMMEDIATE")
-        crash_point("batch.begun")
+        self._instrument.reached("batch.begun")
         for ops_, fut in batch:
             if coalesce and all(_is_first_step_attempt(op) for op in ops_):
                 steps.extend(step_row(op) for op in ops_)  # type: ignore[arg-type]  # checked
@@ -380,7 +384,7 @@ class Writer:
             return
         if getattr(exc, "sqlite_errorcode", None) in _NOT_IO_ERRORS:
             return
-        if mutant("SKIP_IO_FAIL_STOP"):
+        if not self._instrument.fail_stop(exc):
             return
         self._io_failure = exc
         log.critical("storage writer: I/O error, refusing all further writes: %s", exc)

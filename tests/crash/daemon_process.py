@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.harness import launcher_path
+
 READY_TIMEOUT = 20.0
 
 
@@ -40,9 +42,9 @@ class DaemonProcess:
         self.incarnation += 1
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {**os.environ, "WF_TEST_INCARNATION": str(self.incarnation), **self.env,
-               **(env or {})}
+               **(env or {}), "PYTHONPATH": launcher_path()}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from orchestrator.client.cli import main; main()", "daemon",
+            [sys.executable, "-m", "tests.harness.launch", "daemon",
              "--config", str(self.config_path)],
             cwd=self.workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )

@@ -1,4 +1,4 @@
-"""Every named crash point (storage.faults.POINTS): the daemon SIGKILLs itself there, a clean
+"""Every named crash point (tests.harness.launch.POINTS): the daemon SIGKILLs itself there, a clean
 restart follows, and nothing acknowledged is lost or run again after its commit.
 
 Two variants (the second only in the campaign, ``WF_CAMPAIGN=1``), each at occurrence 1 in CI
@@ -18,7 +18,8 @@ database with runs to recover is already at the newest schema, so no migration r
 only ``0001``).
 
 A point counts as reached only if the daemon died of SIGKILL *and* wrote ``crash point <point>
-reached (<nth>)`` to stderr (storage/faults.py); anything else fails the test, naming the point.
+reached (<nth>)`` to stderr (tests/harness/launch.py); anything else fails the test, naming the
+point.
 After the clean restart: every acknowledged run completes with its output, no step ran more than
 twice, and no step whose result was committed before a crash ran again after it.
 """
@@ -36,10 +37,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.client import Client, DaemonUnreachable, RemoteError
-from storage.faults import POINTS
 from tests.crash import campaign
 from tests.crash.daemon_process import DaemonProcess
 from tests.crash.test_restart import HERE, ledger_lines, until
+from tests.harness.launch import POINTS
 
 pytestmark = pytest.mark.slow
 

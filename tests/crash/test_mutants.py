@@ -1,6 +1,6 @@
 """The crash checks must be able to fail: with each mutant switched on, they report a violation.
 
-A mutant is a deliberate bug behind a test-only switch (storage.faults.MUTANTS). If a check
+A mutant is a deliberate bug behind a test-only switch (tests.harness.launch.MUTANTS). If a check
 still passed with its mutant on, it would prove nothing.
 """
 

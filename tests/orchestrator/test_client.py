@@ -94,7 +94,7 @@ async def test_error_reply_raises_remote_error_of_the_matching_class(
             await c.complete_token("t", 1)
             await c.complete_token("t", 1)
         with pytest.raises(RemoteError) as info:
-            await c.call("submit", {"workflow_id": "ok"})
+            await c.request("submit", {"workflow_id": "ok"})
         assert info.value.code == "INVALID_PARAMS" and info.value.data["field"] == "input"
         with pytest.raises(RemoteError) as info:
             async for _ in c.stream("nope", "s"):

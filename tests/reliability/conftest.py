@@ -19,6 +19,7 @@ import pytest
 import tests.reliability.rel_workflows  # noqa: F401  (registers the rel- workflows in-process)
 from orchestrator.config import Config
 from tests.e2e.conftest import Daemon, stop_all
+from tests.harness import launcher_path
 from tests.reliability.powercut.harness import shim  # noqa: F401  (session fixture: the LD_PRELOAD shim)
 
 REL_DIR = Path(__file__).resolve().parent
@@ -67,9 +68,10 @@ class RelDaemon(Daemon):
         err = (self.root / f"daemon.{self._starts}.stderr").open("wb")
         with out, err:
             return subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "daemon",
+                [sys.executable, "-m", "tests.harness.launch", "daemon",
                  "--config", str(config_path or self.config_path)],
                 stdout=out, stderr=err, cwd=self.root, preexec_fn=limit_fds,
+                env={**os.environ, "PYTHONPATH": launcher_path()},
             )
 
     @property

@@ -1,7 +1,7 @@
 """Daemon-side mutants for the soak and fuzz checks: deliberate bugs that prove those checks can
 fail. A test loads this as an extra workflow module (``workflows.modules``) and names the mutant
 in ``WF_REL_MUTANT`` in the daemon's environment; it patches the running daemon at import. With
-the variable unset it does nothing. (storage/faults.py has no leak or wrong-reply mutants, and
+the variable unset it does nothing. (tests/harness/launch.py has no leak or wrong-reply mutants, and
 the engine packages are not ours to edit.)
 
 - ``FD_LEAK``: every accepted connection leaks a dup of its socket fd.

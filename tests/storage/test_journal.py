@@ -82,7 +82,7 @@ async def test_stream_chunks_are_idempotent_and_readable_after_a_seq(storage: st
                                  ) is False
     chunks = await storage.stream_chunks("r1", "out", after_seq=0)
     assert [(c.seq, c.chunk, c.final) for c in chunks] == [(1, "c1", False), (2, "c2", True)]
-    assert chunks[1].to_json()["stream_id"] == "out"
+    assert chunks[1].stream_id == "out"
     journal = await storage.load_journal("r1")
     assert journal.completed_streams == {"out"} and len(journal.stream_chunks) == 3
 

@@ -1,0 +1,121 @@
+"""Records as the JSON the service returns (SPEC §6): one place for the wire shape of a run, a
+step, a waitpoint, a stream chunk. The socket server, the HTTP API, the client and the engine's
+live feeds all send what these functions build; storage knows nothing of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import fields
+from typing import Any, Protocol
+
+from storage import records
+
+JSONDict = dict[str, Any]
+
+_RUN_FIELDS = tuple(f.name for f in fields(records.RunRecord))
+
+
+def run(record: records.RunRecord) -> JSONDict:
+    """The run record of SPEC §6 (no deep copy: the values are already JSON)."""
+    out = {name: getattr(record, name) for name in _RUN_FIELDS}
+    out["status"] = str(record.status)
+    out["tags"] = list(record.tags)
+    return out
+
+
+def runs(found: Iterable[records.RunRecord]) -> list[JSONDict]:
+    return [run(r) for r in found]
+
+
+class ChunkLike(Protocol):
+    """A stream chunk as storage reads it or as the runtime records it live."""
+
+    @property
+    def stream_id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def encoding(self) -> str: ...
+    @property
+    def chunk(self) -> Any: ...
+    @property
+    def final(self) -> bool: ...
+    @property
+    def at(self) -> float: ...
+
+
+def chunk(item: ChunkLike) -> JSONDict:
+    """A stream chunk as ``stream`` sends it (stored and live alike)."""
+    return {
+        "stream_id": item.stream_id,
+        "seq": item.seq,
+        "encoding": item.encoding,
+        "chunk": item.chunk,
+        "final": item.final,
+        "at": item.at,
+    }
+
+
+def step(record: records.StepRecord, attempts: Sequence[records.StepAttemptRecord]) -> JSONDict:
+    duration = None
+    if record.started_at is not None and record.finished_at is not None:
+        duration = round((record.finished_at - record.started_at) * 1000, 3)
+    return {
+        "step_id": record.step_id,
+        "position": record.position,
+        "status": str(record.status),
+        "attempt": record.attempt,
+        "output": record.output,
+        "error": record.error,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "duration_ms": duration,
+        "runtime": record.runtime,
+        "attempts": [
+            {"attempt": a.attempt, "status": str(a.status), "error": a.error,
+             "started_at": a.started_at, "finished_at": a.finished_at}
+            for a in attempts
+        ],
+    }
+
+
+def waitpoint(wp: records.WaitpointRecord) -> JSONDict:
+    return {
+        "waitpoint_id": wp.wp_id,
+        "kind": str(wp.kind),
+        "status": str(wp.status),
+        "event_type": wp.event_type,
+        "signal": wp.signal_name,
+        "token_id": wp.token_id,
+        "match": wp.match,
+        "registered_at": wp.registered_at,
+        "due_at": wp.due_at,
+        "timeout_at": wp.timeout_at,
+        "resolved_at": wp.resolved_at,
+        "source": str(wp.source) if wp.source else None,
+        "payload": wp.payload,
+        "error": wp.error,
+    }
+
+
+def run_detail(journal: records.Journal) -> JSONDict:
+    """What ``get`` returns: the run record plus its steps (with every attempt), waitpoints,
+    metadata and compensations."""
+    attempts: dict[str, list[records.StepAttemptRecord]] = {}
+    for attempt in journal.attempts:
+        attempts.setdefault(attempt.step_id, []).append(attempt)
+    out = run(journal.run)
+    out["steps"] = [step(s, attempts.get(s.step_id, [])) for s in journal.steps]
+    out["waitpoints"] = [waitpoint(w) for w in journal.waitpoints]
+    out["metadata"] = dict(journal.metadata)
+    out["compensations"] = [
+        {"step_id": c.step_id, "status": str(c.status), "error": c.error,
+         "finished_at": c.finished_at}
+        for c in journal.compensations
+    ]
+    return out
+
+
+def schedule(record: records.ScheduleRecord) -> JSONDict:
+    return {"name": record.name, "workflow_id": record.workflow_id, "spec": record.spec,
+            "next_fire_at": record.next_fire_at, "last_fire_at": record.last_fire_at}

@@ -1,0 +1,154 @@
+"""The composition root: from a config to a running engine.
+
+Here, and only here, the configured pieces are opened: the database lock, the storage backend
+(migrations included), the workflow modules, the thread and process pools. The engine receives
+them (``orchestrator.engine.engine.Engine``) and opens nothing itself.
+
+``Orchestrator(config)`` is the SPEC's embedding form: an async context manager that composes
+an engine from a config and offers every service method in process, no socket needed::
+
+    async with Orchestrator(load_config("config.toml")) as orch:
+        run = await orch.submit("send-reminder", {"booking_id": 1})
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import storage
+from orchestrator.api import service
+from orchestrator.api.service import JSONDict
+from orchestrator.config import Config
+from orchestrator.daemon.loader import import_workflow_modules
+from orchestrator.daemon.lockfile import DatabaseLock
+from orchestrator.daemon.processes import PoolRunner
+from orchestrator.engine.engine import Engine
+from orchestrator.engine.settings import Settings
+from orchestrator.engine.supervisor import Supervisor
+from runtime.clock import Clock, SystemClock
+from runtime.workflow import REGISTRY, Registry
+from storage.instruments import NO_INSTRUMENT, Instrument
+
+R = TypeVar("R")
+
+StorageWrapper = Callable[[storage.Storage], storage.Storage]
+"""Wraps the opened storage before the engine gets it (the test launcher's mutants)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """What a test launcher may install into a daemon (``tests/harness/launch.py``): an
+    instrument (crash points) and a storage wrapper (mutants). Production uses none."""
+
+    instrument: Instrument = NO_INSTRUMENT
+    wrap_storage: StorageWrapper | None = None
+    adjust_config: Callable[[Config], Config] | None = None
+
+
+class Orchestrator(service.ServiceMethods):
+    """An engine composed from a config, with everything it opened; every service method is a
+    coroutine (``submit``, ``get``, ``send_event``, ...), as on the socket client."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        registry: Registry | None = None,
+        import_modules: bool = True,
+        instrument: Instrument = NO_INSTRUMENT,
+        wrap_storage: StorageWrapper | None = None,
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.registry = registry or REGISTRY
+        self._import_modules = import_modules
+        self._instrument = instrument
+        self._wrap_storage = wrap_storage
+        self._stack = AsyncExitStack()
+        self._engine: Engine | None = None
+
+    @classmethod
+    def open(cls, config: Config, **options: Any) -> Orchestrator:
+        """``async with Orchestrator.open(config) as orch``: the one-line embedding."""
+        return cls(config, **options)
+
+    async def __aenter__(self) -> Orchestrator:
+        try:
+            await self._compose()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _compose(self) -> None:
+        cfg = self.config
+        self._stack.enter_context(DatabaseLock.acquire(cfg.storage.path))
+        opened = await self._stack.enter_async_context(
+            storage.SQLiteStorage.open(
+                cfg.storage.path, synchronous=cfg.storage.synchronous, instrument=self._instrument
+            )
+        )
+        store: storage.Storage = opened
+        if self._wrap_storage is not None:
+            store = self._wrap_storage(store)
+        if self._import_modules:
+            import_workflow_modules(cfg.workflows.paths, cfg.workflows.modules)
+        pool = ThreadPoolExecutor(cfg.runtime.step_threads, thread_name_prefix="wf-step")
+        self._stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+        runner = None
+        if cfg.runtime.process_workers > 0:
+            runner = PoolRunner(cfg.runtime.process_workers)
+            self._stack.callback(runner.shutdown)
+        engine = Engine(
+            store,
+            registry=self.registry,
+            settings=Settings.from_config(cfg),
+            clock=self.clock,
+            thread_pool=pool,
+            process_runner=runner,
+            instrument=self._instrument,
+        )
+        self._stack.push_async_callback(engine.close)
+        await engine.start()
+        self._engine = engine
+
+    async def close(self) -> None:
+        self._engine = None
+        await self._stack.aclose()
+
+    # ------------------------------------------------------------------ what it composed
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("the orchestrator is not open (use `async with`)")
+        return self._engine
+
+    @property
+    def storage(self) -> storage.Storage:
+        return self.engine.storage
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return self.engine.supervisor
+
+    @property
+    def fatal(self) -> asyncio.Future[BaseException]:
+        return self.engine.fatal
+
+    # ------------------------------------------------------------------ the service
+
+    async def call(self, request: service.Request[R]) -> R:
+        return await self.engine.call(request)
+
+    def open_stream(self, request: service.StreamRequest) -> AsyncIterator[JSONDict]:
+        return self.engine.open_stream(request)

@@ -1,0 +1,73 @@
+"""The seams inside the engine: what an actor needs from whoever hosts it, and how the parts
+that produce work tell the parts that consume it.
+
+An actor depends on :class:`RunHost` only, never on the supervisor that implements it (the shape
+of httpcore's ``interfaces.py``), so an actor can be built and tested with a small host of its
+own, and the supervisor ↔ actor ↔ timers import circle does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from orchestrator.engine.messages import Message
+from runtime.clock import Clock
+from runtime.facts import HostServices, RecordFn
+from runtime.workflow import Registry
+
+if TYPE_CHECKING:
+    import storage
+    from runtime.executor import Execution
+    from storage.records import RunRecord
+
+
+Deliver = Callable[[str, "Message | None"], None]
+"""``deliver(run_id, message)``: move a run (post to its actor, or start one)."""
+
+TimerStored = Callable[[float], None]
+"""``timer_stored(due_at)``: a timer due at ``due_at`` was committed (wake the timer task)."""
+
+
+class RunHost(Protocol):
+    """What a :class:`~orchestrator.engine.actor.RunActor` needs to drive one run."""
+
+    @property
+    def storage(self) -> storage.Storage: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def accepting(self) -> bool:
+        """False once shutdown began: actors stop at the next step boundary."""
+        ...
+
+    def services(self, run_id: str, record: RecordFn) -> HostServices:
+        """The runtime host services for one run's execution (pools, limiter, limits, gate)."""
+        ...
+
+    def deliver(self, run_id: str, message: Message | None = None) -> None:
+        """Move another run (a child created, a parent resolved, a child cancelled)."""
+        ...
+
+    def timer_stored(self, due_at: float) -> None: ...
+
+    def take_warm(self, run_id: str) -> tuple[Execution, RunRecord] | None:
+        """The run's suspended execution (and its record), if it was kept warm."""
+        ...
+
+    def park(self, run_id: str, execution: Execution, run: RunRecord) -> None:
+        """The run parked: keep its execution warm or close it."""
+        ...
+
+    def publish_state(self, run_id: str, status: str) -> None:
+        """Tell live watchers the run's status changed (after the commit)."""
+        ...
+
+    def run_finished(self, run: RunRecord) -> None:
+        """The run's final record, as just committed."""
+        ...
