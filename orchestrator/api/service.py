@@ -101,8 +101,8 @@ class StreamRequest(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Submit(Request[JSONDict]):
-    """Start a run (``delay`` seconds from now); return its run record once committed. An
-    existing ``run_id`` or ``(workflow_id, idempotency_key)`` returns the existing run."""
+    """Start a run. Returns its run record once committed (``delay`` seconds from now it
+    starts); an existing ``run_id`` or ``(workflow_id, idempotency_key)`` returns that run."""
 
     method = "submit"
     cli = ("submit",)
@@ -117,7 +117,8 @@ class Submit(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Get(Request[JSONDict]):
-    """The run record plus ``steps``, ``waitpoints``, ``metadata``, ``compensations``."""
+    """Show a run with steps, waitpoints, metadata. The run record plus ``steps``,
+    ``waitpoints``, ``metadata``, ``compensations``."""
 
     method = "get"
     cli = ("show",)
@@ -126,7 +127,7 @@ class Get(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class List(Request[JSONDict]):
-    """``{"runs": [run record, ...]}``, newest first."""
+    """List runs. ``{"runs": [run record, ...]}``, newest first."""
 
     method = "list"
     cli = ("runs",)
@@ -138,7 +139,7 @@ class List(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Wait(Request[JSONDict]):
-    """The run record once the run is terminal, or the current one after ``timeout``."""
+    """Wait for a run to end. Its record once terminal, or the current one after ``timeout``."""
 
     method = "wait"
     cli = ("wait",)
@@ -148,7 +149,7 @@ class Wait(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Cancel(Request[JSONDict]):
-    """Cancel the run (compensations run unless ``compensate`` is false); its record."""
+    """Cancel a run. Compensations run unless ``compensate`` is false; returns its record."""
 
     method = "cancel"
     cli = ("cancel",)
@@ -159,7 +160,7 @@ class Cancel(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Pause(Request[JSONDict]):
-    """Hold the run after its in-flight step; its record."""
+    """Pause a run. It is held after its in-flight step; returns its record."""
 
     method = "pause"
     cli = ("pause",)
@@ -168,7 +169,7 @@ class Pause(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Resume(Request[JSONDict]):
-    """Resume a paused run; its record."""
+    """Resume a paused run. Returns its record."""
 
     method = "resume"
     cli = ("resume",)
@@ -177,7 +178,7 @@ class Resume(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Retry(Request[JSONDict]):
-    """Retry an ended run (``resume`` from its journal or ``retrigger`` from scratch)."""
+    """Retry an ended run. ``resume`` goes on from its journal, ``retrigger`` from scratch."""
 
     method = "retry"
     cli = ("retry",)
@@ -187,7 +188,7 @@ class Retry(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Replay(Request[JSONDict]):
-    """Replay the run against its journal: ``{"diverged": bool, "detail": ...}``."""
+    """Replay a run against its journal. ``{"diverged": bool, "detail": ...}``."""
 
     method = "replay"
     cli = ("replay",)
@@ -199,8 +200,8 @@ class Replay(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class SendEvent(Request[JSONDict]):
-    """Commit the event and resolve every matching waitpoint: ``{"event_id", "resolved"}``.
-    Re-sending an ``event_id`` is a no-op."""
+    """Send an event. It is committed and resolves every matching waitpoint:
+    ``{"event_id", "resolved"}``; re-sending an ``event_id`` is a no-op."""
 
     method = "send_event"
     cli = ("event", "send")
@@ -211,7 +212,7 @@ class SendEvent(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Signal(Request[JSONDict]):
-    """Signal one run: ``{"delivered": bool}`` (false: it went to the run's inbox)."""
+    """Signal a run. ``{"delivered": bool}`` (false: it went to the run's inbox)."""
 
     method = "signal"
     cli = ("signal",)
@@ -222,7 +223,7 @@ class Signal(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class CompleteToken(Request[JSONDict]):
-    """Complete a token: ``{"run_id"}``; ``TOKEN_CONFLICT`` if already completed."""
+    """Complete a token. ``{"run_id"}``; ``TOKEN_CONFLICT`` if already completed."""
 
     method = "complete_token"
     cli = ("token", "complete")
@@ -235,7 +236,7 @@ class CompleteToken(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Workflows(Request[JSONDict]):
-    """``{"workflows": [...]}``: the registered workflows."""
+    """List registered workflows. ``{"workflows": [...]}``."""
 
     method = "workflows"
     cli = ("workflows",)
@@ -243,7 +244,7 @@ class Workflows(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Schedules(Request[JSONDict]):
-    """``{"schedules": [...]}``: the schedules and their next fire times."""
+    """List schedules. ``{"schedules": [...]}`` with their next fire times."""
 
     method = "schedules"
     cli = ("schedules",)
@@ -251,7 +252,7 @@ class Schedules(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Stats(Request[JSONDict]):
-    """Counters of the daemon's long-lived parts (server, storage, actors, timers)."""
+    """Show daemon counters. Server, storage, actors, timers."""
 
     method = "stats"
     cli = ("stats",)
@@ -262,7 +263,8 @@ class Stats(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Tail(StreamRequest):
-    """Live log records, optionally filtered; never ends by itself. Lossy."""
+    """Follow the daemon's log. Live records, optionally filtered; never ends by itself;
+    lossy (a slow reader gets a ``lagged`` notice)."""
 
     method = "tail"
     cli = ("tail",)
@@ -274,7 +276,7 @@ class Tail(StreamRequest):
 
 @dataclass(frozen=True, slots=True)
 class Watch(StreamRequest):
-    """The run's state changes as they happen; ends when the run is terminal."""
+    """Follow a run's state changes. Ends when the run is terminal."""
 
     method = "watch"
     cli = ("watch",)
@@ -283,8 +285,8 @@ class Watch(StreamRequest):
 
 @dataclass(frozen=True, slots=True)
 class Stream(StreamRequest):
-    """Chunks ``{stream_id, seq, encoding, chunk, final, at}`` recorded so far; with
-    ``follow`` also the live ones until the final chunk."""
+    """Print a run's stream. Chunks ``{stream_id, seq, encoding, chunk, final, at}``
+    recorded so far; with ``follow`` also the live ones until the final chunk."""
 
     method = "stream"
     cli = ("stream",)

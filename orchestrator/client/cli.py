@@ -13,16 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import importlib
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
 import orjson
 
 from orchestrator import config
+from orchestrator.api import protocol, service
 from orchestrator.client import tables
 from orchestrator.client.client import Client, DaemonUnreachable, RemoteError
 from runtime import durations
@@ -35,7 +37,6 @@ EXIT_USAGE: Final = 2
 EXIT_UNREACHABLE: Final = 3
 
 JSONDict = dict[str, Any]
-Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
 
 class UsageError(Exception):
@@ -88,109 +89,59 @@ def _run_exit(run: JSONDict) -> int:
     return EXIT_OK if run.get("status") == "completed" else EXIT_FAILED
 
 
-# --- command handlers ----------------------------------------------------------------------------
+# --- commands ------------------------------------------------------------------------------------
+#
+# Every command is a request type of orchestrator.api.service (its ``cli`` words name it); its
+# arguments come from the request's fields: required fields are positional unless they name a
+# ``flag``, optional ones are flags. Only how a result is printed, and the few commands that do
+# more than one call (``submit --wait``) or print streams, are written here.
+
+_HUMAN: Final[dict[str, Callable[[Any], str]]] = {
+    "submit": tables.format_run,
+    "get": tables.format_run_detail,
+    "list": lambda r: tables.format_runs(r.get("runs", [])),
+    "wait": tables.format_run,
+    "cancel": tables.format_run,
+    "pause": tables.format_run,
+    "resume": tables.format_run,
+    "retry": tables.format_run,
+    "workflows": lambda r: tables.format_list(r.get("workflows", []), "no workflows"),
+    "schedules": lambda r: tables.format_list(r.get("schedules", []), "no schedules"),
+}
+_JSON_DEFAULTS: Final = {("submit", "input"): "{}"}
+_EXIT_BY_RUN: Final = frozenset({"wait"})  # exit 1 unless the run ended completed
 
 
-async def _submit(c: Client, args: argparse.Namespace) -> int:
-    run = await c.submit(
-        args.workflow,
-        args.input_value,
-        run_id=args.run_id,
-        idempotency_key=args.idempotency_key,
-        tags=args.tag or (),
-        delay=args.delay,
-        priority=args.priority,
-    )
-    if not args.wait:
-        _emit(args, run, tables.format_run)
-        return EXIT_OK
-    if not args.json:
-        print(f"submitted {run.get('run_id')}, waiting...", file=sys.stderr, flush=True)
-    run = await c.wait(run["run_id"])
-    _emit(args, run, tables.format_run)
-    return _run_exit(run)
+def _request_of(cls: type[service.Request[Any]], args: argparse.Namespace) -> Any:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # request types are dataclasses
+        value = getattr(args, f.name)
+        if _wire_type(cls, f) == "json":
+            value = _json_arg(_flag_of(f), value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**values)
 
 
-async def _runs(c: Client, args: argparse.Namespace) -> int:
-    result = await c.list(
-        status=args.status, workflow_id=args.workflow, tag=args.tag, limit=args.limit
-    )
-    _emit(args, result, lambda r: tables.format_runs(r.get("runs", [])))
-    return EXIT_OK
+async def _run_request(c: Client, request: Any, args: argparse.Namespace) -> int:
+    if isinstance(request, service.StreamRequest):
+        return await _print_stream(c, request, args)
+    result = await c.call(request)
+    if request.method == "submit" and args.wait:
+        if not args.json:
+            print(f"submitted {result.get('run_id')}, waiting...", file=sys.stderr, flush=True)
+        result = await c.wait(result["run_id"])
+        _emit(args, result, tables.format_run)
+        return _run_exit(result)
+    _emit(args, result, _HUMAN.get(request.method, tables.format_result))
+    return _run_exit(result) if request.method in _EXIT_BY_RUN else EXIT_OK
 
 
-async def _show(c: Client, args: argparse.Namespace) -> int:
-    _emit(args, await c.get(args.run), tables.format_run_detail)
-    return EXIT_OK
-
-
-async def _wait(c: Client, args: argparse.Namespace) -> int:
-    run = await c.wait(args.run, timeout=args.timeout)
-    _emit(args, run, tables.format_run)
-    return _run_exit(run)
-
-
-async def _cancel(c: Client, args: argparse.Namespace) -> int:
-    run = await c.cancel(args.run, compensate=args.compensate, reason=args.reason)
-    _emit(args, run, tables.format_run)
-    return EXIT_OK
-
-
-async def _pause(c: Client, args: argparse.Namespace) -> int:
-    _emit(args, await c.pause(args.run), tables.format_run)
-    return EXIT_OK
-
-
-async def _resume(c: Client, args: argparse.Namespace) -> int:
-    _emit(args, await c.resume(args.run), tables.format_run)
-    return EXIT_OK
-
-
-async def _retry(c: Client, args: argparse.Namespace) -> int:
-    _emit(args, await c.retry(args.run, mode=args.mode), tables.format_run)
-    return EXIT_OK
-
-
-async def _replay(c: Client, args: argparse.Namespace) -> int:
-    _emit(args, await c.replay(args.run), tables.format_result)
-    return EXIT_OK
-
-
-async def _event_send(c: Client, args: argparse.Namespace) -> int:
-    result = await c.send_event(args.type, args.payload_value, event_id=args.id)
-    _emit(args, result, tables.format_result)
-    return EXIT_OK
-
-
-async def _signal(c: Client, args: argparse.Namespace) -> int:
-    _emit(args, await c.signal(args.run, args.name, args.payload_value), tables.format_result)
-    return EXIT_OK
-
-
-async def _token_complete(c: Client, args: argparse.Namespace) -> int:
-    _emit(args, await c.complete_token(args.token, args.payload_value), tables.format_result)
-    return EXIT_OK
-
-
-async def _workflows(c: Client, args: argparse.Namespace) -> int:
-    result = await c.workflows()
-    _emit(args, result, lambda r: tables.format_list(r.get("workflows", []), "no workflows"))
-    return EXIT_OK
-
-
-async def _schedules(c: Client, args: argparse.Namespace) -> int:
-    result = await c.schedules()
-    _emit(args, result, lambda r: tables.format_list(r.get("schedules", []), "no schedules"))
-    return EXIT_OK
-
-
-async def _stats(c: Client, args: argparse.Namespace) -> int:
-    _emit(args, await c.stats(), tables.format_result)
-    return EXIT_OK
-
-
-async def _tail(c: Client, args: argparse.Namespace) -> int:
-    async for record in c.tail(run_id=args.run, workflow_id=args.workflow, level=args.level):
+async def _print_stream(c: Client, request: service.StreamRequest, args: argparse.Namespace) -> int:
+    if request.method == "stream":
+        return await _print_chunks(c.open_stream(request), args)
+    async for record in c.open_stream(request):
         if args.json:
             _print_json(record)
         elif record.get("type") == "lagged":
@@ -200,18 +151,9 @@ async def _tail(c: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _watch(c: Client, args: argparse.Namespace) -> int:
-    async for change in c.watch(args.run):
-        if args.json:
-            _print_json(change)
-        else:
-            print(tables.format_log_record(change), flush=True)
-    return EXIT_OK
-
-
-async def _stream(c: Client, args: argparse.Namespace) -> int:
+async def _print_chunks(chunks: AsyncIterator[JSONDict], args: argparse.Namespace) -> int:
     ends_with_newline = True
-    async for chunk in c.stream(args.run, args.stream, follow=args.follow):
+    async for chunk in chunks:
         if args.json:
             _print_json(chunk)
             continue
@@ -259,92 +201,82 @@ def _common_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
+def _wire_type(cls: type[service.Request[Any]], f: dataclasses.Field[Any]) -> str:
+    """The field's JSON type, as the wire schema derived it."""
+    return next(p.type for p in protocol.METHODS[cls.method].params if p.name == f.name)
+
+
+def _flag_of(f: dataclasses.Field[Any]) -> str:
+    flag: str | None = f.metadata.get("flag")
+    return flag or "--" + f.name.replace("_", "-")
+
+
+def _add_field(p: argparse.ArgumentParser, cls: type[service.Request[Any]],
+               f: dataclasses.Field[Any]) -> None:
+    kind = _wire_type(cls, f)
+    required = f.default is dataclasses.MISSING
+    help_ = f.metadata.get("help") or None
+    if required and not f.metadata.get("flag"):
+        p.add_argument(f.name, metavar=f.metadata.get("metavar") or f.name.upper(), help=help_)
+        return
+    flag = _flag_of(f)
+    if kind == "bool":
+        if f.default is True:
+            p.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", help=help_)
+        else:
+            p.add_argument(flag, dest=f.name, action="store_true", help=help_)
+        return
+    options: dict[str, Any] = {"dest": f.name, "help": help_}
+    if kind == "str_list":
+        options.update(action="append", metavar=flag[2:].upper()[:1], default=None)
+    else:
+        options["metavar"] = f.metadata.get("metavar") or flag[2:2 + 1].upper()
+    if kind == "int":
+        options["type"] = int
+    elif kind == "duration":
+        options["type"] = _duration
+    if f.metadata.get("choices"):
+        options["choices"] = f.metadata["choices"]
+    if required:
+        default = _JSON_DEFAULTS.get((cls.method, f.name))
+        options.update(required=default is None, default=default)
+    elif kind != "str_list":
+        options["default"] = f.default
+    p.add_argument(flag, **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wf", description="Durable workflow engine CLI.")
     _common_flags(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, Any] = {}
 
-    def command(name: str, handler: Handler | None, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+    def command(words: tuple[str, ...], help: str) -> argparse.ArgumentParser:
+        if len(words) == 1:
+            p = sub.add_parser(words[0], help=help, description=help)
+        else:
+            group = groups.get(words[0])
+            if group is None:
+                top = sub.add_parser(words[0], help=f"{words[0]} commands")
+                _common_flags(top, suppress=True)
+                group = groups[words[0]] = top.add_subparsers(
+                    dest=f"{words[0]}_command", required=True, metavar="COMMAND"
+                )
+            p = group.add_parser(words[1], help=help, description=help)
         _common_flags(p, suppress=True)
-        p.set_defaults(handler=handler)
         return p
 
-    command("daemon", None, "run the daemon in the foreground")
-
-    p = command("submit", _submit, "start a run")
-    p.add_argument("workflow", metavar="WF")
-    p.add_argument("--input", default="{}", help="JSON input or @file (default: {})")
-    p.add_argument("--wait", action="store_true", help="wait for the run to end")
-    p.add_argument("--idempotency-key", metavar="K")
-    p.add_argument("--tag", action="append", metavar="T", help="tag (repeatable)")
-    p.add_argument("--delay", type=_duration, metavar="D", help="start after D, e.g. 10s")
-    p.add_argument("--priority", type=int, default=0, metavar="P")
-    p.add_argument("--run-id", metavar="R")
-
-    p = command("runs", _runs, "list runs")
-    p.add_argument("--status", metavar="S")
-    p.add_argument("--workflow", metavar="W")
-    p.add_argument("--tag", metavar="T")
-    p.add_argument("--limit", type=int, default=100, metavar="N")
-
-    command("show", _show, "show a run with steps, waitpoints, metadata").add_argument(
-        "run", metavar="RUN"
-    )
-    p = command("wait", _wait, "wait for a run to end")
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("--timeout", type=_duration, metavar="D")
-
-    p = command("cancel", _cancel, "cancel a run")
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("--no-compensate", dest="compensate", action="store_false")
-    p.add_argument("--reason", metavar="R")
-
-    command("pause", _pause, "pause a run").add_argument("run", metavar="RUN")
-    command("resume", _resume, "resume a paused run").add_argument("run", metavar="RUN")
-    p = command("retry", _retry, "retry a failed run")
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("--mode", choices=("resume", "retrigger"), default="resume")
-    p = command("replay", _replay, "replay a run against its journal")
-    p.add_argument("run", metavar="RUN")
-
-    event = command("event", None, "events")
-    event_sub = event.add_subparsers(dest="event_command", required=True, metavar="COMMAND")
-    p = event_sub.add_parser("send", help="send an event")
-    _common_flags(p, suppress=True)
-    p.set_defaults(handler=_event_send)
-    p.add_argument("type", metavar="TYPE")
-    p.add_argument("--payload", required=True, help="JSON payload or @file")
-    p.add_argument("--id", metavar="ID", help="event id (re-sending it is a no-op)")
-
-    p = command("signal", _signal, "signal a run")
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--payload", required=True, help="JSON payload or @file")
-
-    token = command("token", None, "tokens")
-    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
-    p = token_sub.add_parser("complete", help="complete a token")
-    _common_flags(p, suppress=True)
-    p.set_defaults(handler=_token_complete)
-    p.add_argument("token", metavar="TOKEN")
-    p.add_argument("--payload", required=True, help="JSON payload or @file")
-
-    p = command("tail", _tail, "follow the daemon's log")
-    p.add_argument("--run", metavar="R")
-    p.add_argument("--workflow", metavar="W")
-    p.add_argument("--level", choices=("debug", "info", "warning", "error"))
-
-    command("watch", _watch, "follow a run's state changes").add_argument("run", metavar="RUN")
-
-    p = command("stream", _stream, "print a run's stream")
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("stream", metavar="STREAM")
-    p.add_argument("--follow", action="store_true", help="keep printing live chunks")
-
-    command("workflows", _workflows, "list registered workflows")
-    command("schedules", _schedules, "list schedules")
-    command("stats", _stats, "daemon counters")
+    command(("daemon",), "run the daemon in the foreground").set_defaults(request=None)
+    for cls in service.REQUESTS:
+        if not cls.cli:
+            continue
+        summary = (cls.__doc__ or cls.method).split(". ")[0].strip().rstrip(".")
+        p = command(cls.cli, summary)
+        p.set_defaults(request=cls)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # request types are dataclasses
+            _add_field(p, cls, f)
+        if cls is service.Submit:
+            p.add_argument("--wait", action="store_true", help="wait for the run to end")
     return parser
 
 
@@ -377,9 +309,9 @@ def _run_daemon(args: argparse.Namespace) -> int:
     return run_daemon(args.config)
 
 
-async def _call(path: Path, handler: Handler, args: argparse.Namespace) -> int:
+async def _call(path: Path, request: Any, args: argparse.Namespace) -> int:
     async with Client.connect(path) as client:
-        return await handler(client, args)
+        return await _run_request(client, request, args)
 
 
 def _fail(code: int, message: str) -> int:
@@ -400,15 +332,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.command == "daemon":
         return _run_daemon(args)
     try:
-        if hasattr(args, "input"):
-            args.input_value = _json_arg("--input", args.input)
-        if hasattr(args, "payload"):
-            args.payload_value = _json_arg("--payload", args.payload)
         path = resolve_socket(args)
+        request = _request_of(args.request, args)  # bad JSON arguments: usage errors
     except UsageError as exc:
         return _fail(EXIT_USAGE, str(exc))
     try:
-        return asyncio.run(_call(path, args.handler, args))
+        return asyncio.run(_call(path, request, args))
     except DaemonUnreachable as exc:
         return _fail(EXIT_UNREACHABLE, str(exc))
     except RemoteError as exc:

@@ -23,7 +23,8 @@ _BORN = time.monotonic()
 
 
 def _install() -> None:
-    from orchestrator import errors, protocol, server
+    from orchestrator.api import errors, protocol
+    from orchestrator.daemon import server
     from storage.sqlite import writer
 
     if MUTANT == "FD_LEAK":

@@ -242,7 +242,8 @@ def test_ack_before_commit_mutant_is_reported(traced_round: Callable[..., Any],
         print(f"ACK_BEFORE_COMMIT round {k}: {report.summary()}")
         if early:
             print(f"ACK_BEFORE_COMMIT detected at round {k}: {early[0]}")
-            assert "not in any WAL write before the ack" in early[0].reason
+            # Unsynced or not even written when the reply left: either way acknowledged early.
+            assert "before the ack" in early[0].reason
             return
     pytest.fail("the ACK_BEFORE_COMMIT mutant was not detected")
 
