@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.api import errors, protocol
+from orchestrator.api import errors, protocol, service
 
 
 def test_lines_are_one_json_object_each() -> None:
@@ -57,7 +59,11 @@ def test_validate_params_fills_defaults_and_converts_durations() -> None:
     kwargs = protocol.validate_params(
         spec, {"workflow_id": "w", "input": None, "delay": "10s", "tags": ["a"]}
     )
-    assert kwargs == {
+    # Every field of the request type is there, the ones not given at their defaults.
+    assert set(kwargs) == {f.name for f in dataclasses.fields(service.Submit)}
+    assert {name: kwargs[name] for name in (
+        "workflow_id", "input", "run_id", "idempotency_key", "tags", "delay", "priority"
+    )} == {
         "workflow_id": "w",
         "input": None,
         "run_id": None,
@@ -106,6 +112,7 @@ def test_every_error_class_round_trips_through_its_code() -> None:
         errors.TokenConflict("t"),
         errors.PermissionDenied(65534),
         errors.StorageFull(),
+        errors.StorageBusy(),
         errors.ShuttingDown(),
         errors.InternalError("boom"),
     ]
