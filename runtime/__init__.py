@@ -12,16 +12,18 @@ from runtime.errors import (
     TokenConflictError,
     WorkflowError,
 )
+from runtime.flow import Concurrency, Debounce, Throttle
 from runtime.ratelimit import RateLimit
 from runtime.retry import RetryPolicy
 from runtime.status import RunStatus
 from runtime.steps import StepContext, current_step
-from runtime.workflow import Concurrency, Schedule, workflow
+from runtime.workflow import Schedule, workflow
 
 __all__ = [
     "ChildRunError",
     "Concurrency",
     "Context",
+    "Debounce",
     "FatalError",
     "RateLimit",
     "RateLimitExceeded",
@@ -31,6 +33,7 @@ __all__ = [
     "Schedule",
     "StepContext",
     "StepTimeoutError",
+    "Throttle",
     "TokenConflictError",
     "WorkflowError",
     "current_step",

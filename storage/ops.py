@@ -84,7 +84,8 @@ class FiredTimer:
 class CreateRun(WriteOp[RunCreated]):
     """Insert a run, or return the stored one with the same ``run_id`` or the same
     ``(workflow_id, idempotency_key)``. With ``scheduled_at`` a ``start`` timer
-    ``start:<run_id>`` is inserted in the same transaction."""
+    ``start:<run_id>`` is inserted in the same transaction, with ``expires_at`` an ``expire``
+    timer ``expire:<run_id>``. A run created terminal (``cancel-newest``) gets neither."""
 
     run_id: str
     workflow_id: str
@@ -100,13 +101,20 @@ class CreateRun(WriteOp[RunCreated]):
     scheduled_at: float | None = None
     triggered_by: str | None = None
     parent_wp_id: str | None = None
+    flow: JSON = None
+    throttle_key: str | None = None
+    expires_at: float | None = None
+    error: JSON = None
+    finished_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class UpdateRun(WriteOp[None]):
     """Partial update: fields left ``UNSET`` keep their stored value. ``add_compute_seconds``
     is added to the stored total. Setting ``status`` to ``running`` clears the run's
-    ``needs_resume`` flag (every resolution sets it). Unknown run → ``NotFound``."""
+    ``needs_resume`` flag (every resolution sets it); setting a terminal status deletes the
+    run's remaining timers (its start, expiry, timeouts: nothing of it is due any more).
+    Unknown run → ``NotFound``."""
 
     run_id: str
     at: float
@@ -120,6 +128,33 @@ class UpdateRun(WriteOp[None]):
     recoveries: int | Unset = UNSET
     priority: int | Unset = UNSET
     add_compute_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReschedulePending(WriteOp[records.RunRecord]):
+    """Move a run that has not started: its start (``scheduled_at``, None = now) and expiry
+    (``expires_at``), and with ``input`` its input (a debounced submission). The run's ``start``
+    and ``expire`` timers are replaced in the same transaction. Returns the updated run.
+    Unknown run → ``NotFound``; a run that is not ``pending`` (or has started) →
+    ``InvalidOperation``."""
+
+    run_id: str
+    at: float
+    scheduled_at: float | None
+    expires_at: float | Unset | None = UNSET
+    input: JSON = UNSET
+
+
+@dataclass(frozen=True, slots=True)
+class EndPending(WriteOp["records.RunRecord | None"]):
+    """End a run that never started (expired, cancelled while queued or delayed, replaced):
+    ``status`` (terminal) and ``error`` are recorded, its timers deleted. Returns the ended run,
+    or None when the run is not ``pending`` any more or has started (nothing is changed)."""
+
+    run_id: str
+    at: float
+    status: records.RunStatus
+    error: JSON = None
 
 
 @dataclass(frozen=True, slots=True)

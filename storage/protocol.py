@@ -98,6 +98,11 @@ class Storage(Protocol):
         """Every run not yet in a terminal status (recovery at start), oldest first."""
         ...
 
+    async def throttle_starts(self, since: float) -> list[tuple[str, float]]:
+        """``(throttle_key, started_at)`` of every run with a throttle key that started at or
+        after ``since``, oldest start first (the throttle windows, rebuilt at start)."""
+        ...
+
     async def load_journal(self, run_id: str) -> records.Journal:
         """The run and everything recorded for it, from one consistent snapshot: steps and their
         attempts (by position, attempt), waitpoints (registration order), compensations (in the

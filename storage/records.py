@@ -85,6 +85,7 @@ class TimerKind(StrEnum):
     TIMEOUT = "timeout"
     RETRY = "retry"
     START = "start"
+    EXPIRE = "expire"
     SCHEDULE = "schedule"
 
 
@@ -127,6 +128,11 @@ class RunRecord:
     compute_seconds: float
     parent_wp_id: str | None = None
     needs_resume: bool = False
+    flow: JSON = None
+    """Flow control decided at submit: ``{"groups": [[scope, key], ...], "throttle": key,
+    "debounce": key}`` (keys already resolved), or None."""
+    throttle_key: str | None = None
+    expires_at: float | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -189,6 +190,7 @@ class Param:
     nullable: bool = True
     choices: tuple[str, ...] | None = None
     minimum: int | None = None
+    maximum: int | None = None
 
     def check(self, value: Any) -> Any:
         """Return the value as the service receives it, or raise ``InvalidParams``."""
@@ -202,6 +204,11 @@ class Param:
         ok, converted = checker(value)
         if not ok:
             raise errors.InvalidParams(self.name, _EXPECTED[self.type], _describe(value))
+        if self.minimum is not None and self.maximum is not None and not (
+            self.minimum <= converted <= self.maximum
+        ):
+            expected = f"an integer in {self.minimum}..{self.maximum}"
+            raise errors.InvalidParams(self.name, expected, _describe(value))
         if self.minimum is not None and converted < self.minimum:
             raise errors.InvalidParams(self.name, f"an integer >= {self.minimum}", _describe(value))
         if self.choices is not None and converted not in self.choices:
@@ -236,6 +243,23 @@ def _check_str_list(v: Any) -> tuple[bool, Any]:
     return False, v
 
 
+def _check_time(v: Any) -> tuple[bool, Any]:
+    """Epoch seconds, or an ISO-8601 time (a naive one is UTC)."""
+    if isinstance(v, bool):
+        return False, v
+    if isinstance(v, int | float):
+        return True, float(v)
+    if isinstance(v, str):
+        try:
+            parsed = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            return False, v
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return True, parsed.timestamp()
+    return False, v
+
+
 def _check_duration(v: Any) -> tuple[bool, Any]:
     if isinstance(v, bool) or not isinstance(v, int | float | str):
         return False, v
@@ -253,6 +277,7 @@ _CHECKERS: Final[dict[str, Callable[[Any], tuple[bool, Any]]]] = {
     "json": _check_json,
     "str_list": _check_str_list,
     "duration": _check_duration,
+    "time": _check_time,
 }
 _EXPECTED: Final = {
     "str": "a string",
@@ -262,6 +287,7 @@ _EXPECTED: Final = {
     "json": "any JSON value",
     "str_list": "a list of strings",
     "duration": "a duration (seconds or a string such as '10s')",
+    "time": "a time (epoch seconds or ISO-8601 such as '2026-12-24T18:00:00Z')",
 }
 
 
@@ -303,6 +329,7 @@ def _param(f: dataclasses.Field[Any]) -> Param:
         nullable=nullable or not required,
         choices=f.metadata.get("choices"),
         minimum=f.metadata.get("minimum"),
+        maximum=f.metadata.get("maximum"),
     )
 
 

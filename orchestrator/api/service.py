@@ -46,13 +46,15 @@ def opt(
     type: str | None = None,
     choices: tuple[str, ...] | None = None,
     minimum: int | None = None,
+    maximum: int | None = None,
     flag: str | None = None,
     help: str = "",
 ) -> Any:
     """An optional (keyword-only) parameter. ``type`` overrides the JSON type the annotation
     gives (``"duration"``: seconds or a string such as ``"10s"``, reaching the service as
     float seconds); ``flag`` overrides the CLI flag (default ``--<name-with-dashes>``)."""
-    meta = {"type": type, "choices": choices, "minimum": minimum, "flag": flag, "help": help}
+    meta = {"type": type, "choices": choices, "minimum": minimum, "maximum": maximum,
+            "flag": flag, "help": help}
     return field(default=default, kw_only=True, metadata=meta)
 
 
@@ -112,7 +114,10 @@ class Submit(Request[JSONDict]):
     idempotency_key: str | None = opt()
     tags: tuple[str, ...] = opt((), flag="--tag", help="tag (repeatable)")
     delay: float | str | None = opt(type="duration", help="start after D, e.g. 10s")
-    priority: int = opt(0)
+    priority: int = opt(0, minimum=-1000, maximum=1000, help="-1000..1000, higher first")
+    ttl: float | str | None = opt(
+        type="duration", help="cancel (EXPIRED) if not started D after it is due"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +189,18 @@ class Retry(Request[JSONDict]):
     cli = ("retry",)
     run_id: str = req(metavar="RUN")
     mode: str = opt("resume", choices=RETRY_MODES)
+
+
+@dataclass(frozen=True, slots=True)
+class Reschedule(Request[JSONDict]):
+    """Move a pending run's start. ``delay`` from now or ``at`` (epoch seconds or ISO-8601);
+    neither: now. Returns its record."""
+
+    method = "reschedule"
+    cli = ("reschedule",)
+    run_id: str = req(metavar="RUN")
+    delay: float | str | None = opt(type="duration", help="start D from now")
+    at: float | str | None = opt(type="time", help="start at TIME (ISO-8601 or epoch seconds)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +313,7 @@ class Stream(StreamRequest):
 
 
 REQUESTS: tuple[type[Request[Any]], ...] = (
-    Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Replay,
+    Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Reschedule, Replay,
     SendEvent, Signal, CompleteToken,
     Workflows, Schedules, Stats,
     Tail, Watch, Stream,
@@ -373,6 +390,7 @@ class ServiceMethods:
     pause = method(Pause)
     resume = method(Resume)
     retry = method(Retry)
+    reschedule = method(Reschedule)
     replay = method(Replay)
     send_event = method(SendEvent)
     signal = method(Signal)

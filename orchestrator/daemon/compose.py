@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import storage
+from orchestrator import logs
 from orchestrator.api import service
 from orchestrator.api.service import JSONDict
 from orchestrator.config import Config
@@ -61,10 +62,12 @@ class Orchestrator(service.ServiceMethods):
         clock: Clock | None = None,
         registry: Registry | None = None,
         import_modules: bool = True,
+        configure_logging: bool = True,
         instrument: Instrument = NO_INSTRUMENT,
         wrap_storage: StorageWrapper | None = None,
     ) -> None:
         self.config = config
+        self._configure_logging = configure_logging
         self.clock: Clock = clock or SystemClock()
         self.registry = registry or REGISTRY
         self._import_modules = import_modules
@@ -91,6 +94,11 @@ class Orchestrator(service.ServiceMethods):
 
     async def _compose(self) -> None:
         cfg = self.config
+        if self._configure_logging:
+            # Embedded or daemon, `[logging]` says what is logged where (an application with
+            # a structlog setup of its own passes configure_logging=False). Loggers are not
+            # cached, so a host that reconfigures structlog later is obeyed.
+            logs.configure_logging(cfg.logging, cache_logger_on_first_use=False)
         self._stack.enter_context(DatabaseLock.acquire(cfg.storage.path))
         opened = await self._stack.enter_async_context(
             storage.SQLiteStorage.open(

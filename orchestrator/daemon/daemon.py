@@ -82,7 +82,8 @@ async def _serve(cfg: Config, hooks: Hooks) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    orch = Orchestrator(cfg, instrument=hooks.instrument, wrap_storage=hooks.wrap_storage)
+    orch = Orchestrator(cfg, configure_logging=False, instrument=hooks.instrument,
+                        wrap_storage=hooks.wrap_storage)
     try:
         await orch.__aenter__()
     except (DatabaseLocked, storage.SchemaTooNew) as exc:

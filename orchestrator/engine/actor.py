@@ -19,12 +19,14 @@ import structlog
 
 import storage
 from orchestrator.engine import bridge
+from orchestrator.engine.flow.plan import EMPTY, plan_for
 from orchestrator.engine.messages import Cancel, Message, Resolve
 from orchestrator.engine.ports import RunHost
 from runtime import errors as rt_errors
 from runtime import journal as rj
 from runtime.executor import Execution
 from runtime.facts import Outcome
+from runtime.flow import KeyResolutionError
 from runtime.status import ResolutionSource, RunStatus, WaitpointKind
 from storage.instruments import NO_INSTRUMENT, Instrument
 
@@ -365,6 +367,21 @@ class RunActor:
                 child_input = definition.input_validator(child_input)
             except Exception as exc:
                 problem = rt_errors.error_dict("VALIDATION", f"child input rejected: {exc}")
+        plan = EMPTY
+        if problem is None and definition is not None:
+            try:
+                plan = plan_for(definition, child_input)
+            except KeyResolutionError as exc:
+                problem = rt_errors.error_dict("VALIDATION", str(exc))
+        if problem is None and plan.groups and run is not None:
+            group = await self.host.concurrency_deadlock(run, plan)
+            if group is not None:
+                problem = rt_errors.error_dict(
+                    "CONCURRENCY_DEADLOCK",
+                    f"child {meta['workflow_id']!r} could never start: concurrency group "
+                    f"{group} is held to its limit by this run or its ancestors",
+                    name="FatalError", data={"group": group},
+                )
         if problem is not None or definition is None:
             fail = storage.ResolveWaitpoint(
                 self.run_id, entry.wp_id, now, storage.ResolutionSource.LIVE, error=problem
@@ -385,6 +402,9 @@ class RunActor:
             root_run_id=(run.root_run_id if run and run.root_run_id else self.run_id),
             parent_wp_id=None if detach else entry.wp_id,
             triggered_by="invoke",
+            flow=plan.to_json(),
+            throttle_key=plan.throttle,
+            expires_at=now + definition.start_timeout if definition.start_timeout else None,
         )
         ops: list[storage.WriteOp[Any]] = [storage.CreateChildRun(child=child, invoke=register)]
         if detach:  # nothing will ever wait on it: resolve in the same transaction
@@ -395,7 +415,7 @@ class RunActor:
         if created.created:
             self.log.info("run.submitted", child_run_id=child.run_id,
                           child_workflow_id=child.workflow_id)
-            self.host.deliver(child.run_id)
+            self.host.admit(created.run)
         if detach:
             return (rj.WaitpointResolved(entry.wp_id, entry.kind, now, ResolutionSource.LIVE),)
         wp = created.waitpoint

@@ -30,6 +30,8 @@ from orchestrator import logs
 from orchestrator.api import errors, protocol, service, views
 from orchestrator.api.service import JSONDict
 from orchestrator.engine import bridge, replay
+from orchestrator.engine.flow.admission import Admission
+from orchestrator.engine.flow.plan import plan_for
 from orchestrator.engine.messages import Cancel, Resolve
 from orchestrator.engine.settings import Settings
 from orchestrator.engine.supervisor import Supervisor
@@ -37,6 +39,7 @@ from orchestrator.engine.timers import Timers
 from runtime import matching
 from runtime.clock import Clock, SystemClock
 from runtime.facts import ProcessRunner
+from runtime.flow import KeyResolutionError
 from runtime.ratelimit import TokenBucketLimiter
 from runtime.workflow import Registry
 from storage.instruments import NO_INSTRUMENT, Instrument
@@ -94,6 +97,16 @@ class Engine(service.ServiceMethods):
         self._finish_waiters: dict[str, list[asyncio.Future[storage.RunRecord]]] = {}
         self._accepting = False
         self._fatal: asyncio.Future[BaseException] | None = None
+        self.admission = Admission(
+            storage_=storage_,
+            clock=self.clock,
+            registry=registry,
+            start=self._start_run,
+            cancel=self._cancel_started,
+            is_started=self._is_started,
+            timer_stored=self._timer_stored,
+            on_finished=self._ended_unstarted,
+        )
         self.supervisor = Supervisor(
             storage_=storage_,
             registry=registry,
@@ -104,10 +117,12 @@ class Engine(service.ServiceMethods):
             process_runner=process_runner,
             timer_stored=self._timer_stored,
             on_finished=self._on_finished,
+            flow=self.admission,
             instrument=instrument,
         )
         self.timers = Timers(
-            storage_, self.clock, self.supervisor.deliver, self._on_fatal, instrument
+            storage_, self.clock, self.supervisor.deliver, self._on_fatal, instrument,
+            on_run_timer=self._run_timer,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -133,11 +148,35 @@ class Engine(service.ServiceMethods):
     def _timer_stored(self, due_at: float) -> None:
         self.timers.notify(due_at)
 
+    def _start_run(self, run: storage.RunRecord) -> None:
+        """Admission let ``run`` start: give it an actor (or a place in the actor queue)."""
+        self.supervisor.deliver(run.run_id, known=run, resuming=run.recoveries > 0)
+
+    def _cancel_started(self, run_id: str, cancel: Cancel) -> None:
+        self.supervisor.deliver(run_id, cancel)
+
+    def _is_started(self, run_id: str) -> bool:
+        return self.supervisor.knows(run_id)
+
+    def _run_timer(self, timer: storage.TimerRecord) -> None:
+        if timer.run_id is None:
+            return
+        if timer.kind is storage.TimerKind.START:
+            self.admission.on_start_timer(timer.run_id)
+        else:
+            self.admission.on_expire_timer(timer.run_id)
+
+    def _ended_unstarted(self, run: storage.RunRecord) -> None:
+        """A run that never started ended (expired, cancelled while queued, replaced)."""
+        self.supervisor.publish_state(run.run_id, str(run.status))
+        self._on_finished(run)
+
     async def _recover(self) -> int:
         """Restart every run that was moving when the daemon stopped."""
         now = self.clock.now()
         limit = self.settings.max_recoveries
         runs = await self.storage.non_terminal_runs()
+        await self.admission.rebuild(runs)
         ops: list[storage.WriteOp[Any]] = []
         to_start: list[tuple[storage.RunRecord, bool]] = []  # (run, already started)
         for run in runs:
@@ -149,6 +188,11 @@ class Engine(service.ServiceMethods):
                 run.status is storage.RunStatus.PENDING
                 and (run.scheduled_at is None or run.scheduled_at <= now)
             )
+            if restartable and self.admission.waits_for_slot(run):
+                # Queued on a full concurrency group: it never started, so it costs no
+                # recovery; admission starts it when a slot frees.
+                to_start.append((run, False))
+                continue
             if restartable:
                 if run.recoveries >= limit:
                     error = {
@@ -168,15 +212,21 @@ class Engine(service.ServiceMethods):
                 to_start.append((run, True))
         if ops:
             await self.storage.commit(ops)
-        for run, resuming in to_start:
-            self.supervisor.deliver(run.run_id, resuming=resuming, priority=run.priority)
+        for run, started in to_start:
+            if started or run.status is not storage.RunStatus.PENDING:
+                self.supervisor.deliver(run.run_id, resuming=True, priority=run.priority)
+            else:
+                # Not started as far as storage knows: admission decides again (its slots).
+                await self.admission.offer(run)
             self.instrument.reached("recovery.scan")
+        self.admission.pump()  # a limit raised by the deploy starts queued runs at once
         return len(to_start)
 
     async def close(self) -> None:
         """Stop the timers and the actors (in-flight steps get ``shutdown_grace``)."""
         self._accepting = False
         await self.timers.stop()
+        await self.admission.close()
         await self.supervisor.shutdown(self.settings.shutdown_grace)
         for waiters in self._finish_waiters.values():
             for fut in waiters:
@@ -197,6 +247,7 @@ class Engine(service.ServiceMethods):
             self._fatal.set_result(exc)
 
     def _on_finished(self, run: storage.RunRecord) -> None:
+        self.admission.ended(run)
         for fut in self._finish_waiters.pop(run.run_id, ()):
             if not fut.done():
                 fut.set_result(run)
@@ -257,8 +308,23 @@ class Engine(service.ServiceMethods):
                 reason = str(exc) or type(exc).__name__
                 raise errors.ValidationFailed(r.workflow_id, reason) from exc
         self._check_size("input", run_input)
+        try:
+            plan = plan_for(definition, run_input)
+        except KeyResolutionError as exc:
+            raise errors.ValidationFailed(r.workflow_id, str(exc)) from exc
+        if plan.debounce is not None and r.run_id is None:
+            target = self.admission.debounce_target(r.workflow_id, plan.debounce)
+            if target is not None and r.idempotency_key is None:
+                moved = await self.admission.collapse(target, definition, run_input)
+                if moved is not None:
+                    log.info("run.debounced", run_id=moved.run_id, workflow_id=r.workflow_id)
+                    return {**views.run(moved), "debounced": True}
         now = self.clock.now()
-        delay = float(r.delay) if r.delay else None
+        delay = _seconds(r.delay) or 0.0
+        if definition.debounce is not None:
+            delay = max(delay, definition.debounce.period_seconds)
+        due = now + delay
+        ttl = _seconds(r.ttl) if r.ttl is not None else definition.start_timeout
         op = storage.CreateRun(
             run_id=r.run_id or new_run_id(),
             workflow_id=r.workflow_id,
@@ -268,18 +334,30 @@ class Engine(service.ServiceMethods):
             tags=tuple(r.tags) or definition.tags,
             priority=r.priority,
             idempotency_key=r.idempotency_key,
-            scheduled_at=now + delay if delay else None,
+            scheduled_at=due if delay else None,
             triggered_by="api",
+            flow=plan.to_json(),
+            throttle_key=plan.throttle,
+            expires_at=due + ttl if ttl is not None else None,
         )
         created = await self.storage.create_run(op)
         run = created.run
-        if created.created:
-            log.info("run.submitted", run_id=run.run_id, workflow_id=r.workflow_id, delay=delay)
-            if op.scheduled_at is None:
-                self.supervisor.deliver(run.run_id, known=run)
-            else:
-                self.timers.notify(op.scheduled_at)
-        return views.run(run)
+        if not created.created:
+            return views.run(run)
+        log.info("run.submitted", run_id=run.run_id, workflow_id=r.workflow_id,
+                 delay=delay or None)
+        if plan.debounce is not None:
+            self.admission.debounced(run, plan.debounce)
+        if op.expires_at is not None:
+            self.timers.notify(op.expires_at)
+        if op.scheduled_at is None:
+            run = await self.admission.offer(run)
+        else:
+            self.timers.notify(op.scheduled_at)
+        out = views.run(run)
+        if plan.debounce is not None:
+            out["debounced"] = False
+        return out
 
     @handles(service.Get)
     async def _get(self, r: service.Get) -> JSONDict:
@@ -287,7 +365,11 @@ class Engine(service.ServiceMethods):
             journal = await self.storage.load_journal(r.run_id)
         except storage.NotFound as exc:
             raise errors.NotFound("run", r.run_id) from exc
-        return views.run_detail(journal)
+        out = views.run_detail(journal)
+        run = journal.run
+        if run.status is storage.RunStatus.PENDING and not self.supervisor.knows(run.run_id):
+            out["pending"] = self.admission.why_pending(run)
+        return out
 
     @handles(service.List)
     async def _list(self, r: service.List) -> JSONDict:
@@ -330,6 +412,10 @@ class Engine(service.ServiceMethods):
         run = await self._run_or_404(r.run_id)
         if run.is_terminal:
             raise errors.RunNotActive(r.run_id, str(run.status), "cancel")
+        if run.status is storage.RunStatus.PENDING and await self.admission.cancel_unstarted(
+            run, r.reason
+        ):
+            return views.run(await self._run_or_404(r.run_id))
         self.supervisor.deliver(r.run_id, Cancel(r.reason, r.compensate))
         return views.run(await self._wait_for(r.run_id, self.settings.shutdown_grace))
 
@@ -339,7 +425,31 @@ class Engine(service.ServiceMethods):
 
     @handles(service.Resume)
     async def _resume(self, r: service.Resume) -> JSONDict:
-        raise errors.MethodNotFound("resume (not available in this version)")
+        run = await self._run_or_404(r.run_id)
+        if run.status is storage.RunStatus.PENDING and run.scheduled_at is not None:
+            # A delayed (or debounced, or throttled) run: it starts now.
+            return views.run(await self._move_pending(run, None))
+        raise errors.RunNotActive(r.run_id, str(run.status), "resume")
+
+    @handles(service.Reschedule)
+    async def _reschedule(self, r: service.Reschedule) -> JSONDict:
+        self._check_accepting()
+        run = await self._run_or_404(r.run_id)
+        if run.status is not storage.RunStatus.PENDING:
+            raise errors.RunNotActive(r.run_id, str(run.status), "reschedule")
+        if r.delay is not None and r.at is not None:
+            raise errors.InvalidParams("at", "either delay or at, not both", "both")
+        now = self.clock.now()
+        at = now + float(r.delay) if r.delay is not None else (
+            float(r.at) if r.at is not None else None
+        )
+        return views.run(await self._move_pending(run, at))
+
+    async def _move_pending(self, run: storage.RunRecord, at: float | None) -> storage.RunRecord:
+        try:
+            return await self.admission.reschedule(run, at)
+        except storage.InvalidOperation as exc:
+            raise errors.RunNotActive(run.run_id, "running", "reschedule") from exc
 
     @handles(service.Retry)
     async def _retry(self, r: service.Retry) -> JSONDict:
@@ -429,6 +539,7 @@ class Engine(service.ServiceMethods):
             "inbox_signals": counts.inbox_signals,
             "actors": self.supervisor.stats().to_dict(),
             "scheduler": self.timers.stats().to_dict(),
+            "flow": self.admission.stats(),
         }
 
     # ------------------------------------------------------------------ feeds

@@ -16,6 +16,8 @@ class Resolve:
 class Cancel:
     reason: str | None
     compensate: bool
+    code: str = "CANCELLED"
+    """The cancelled run's error code (``CONCURRENCY_REPLACED`` when a newcomer replaced it)."""
 
 
 Message = Resolve | Cancel

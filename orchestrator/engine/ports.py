@@ -8,9 +8,10 @@ own, and the supervisor ↔ actor ↔ timers import circle does not exist.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
+from orchestrator.engine.flow.plan import GroupId, Plan
 from orchestrator.engine.messages import Message
 from runtime.clock import Clock
 from runtime.facts import HostServices, RecordFn
@@ -27,6 +28,14 @@ Deliver = Callable[[str, "Message | None"], None]
 
 TimerStored = Callable[[float], None]
 """``timer_stored(due_at)``: a timer due at ``due_at`` was committed (wake the timer task)."""
+
+
+class FlowPort(Protocol):
+    """What the supervisor asks of admission on its actors' behalf."""
+
+    def admit_new(self, run: RunRecord) -> None: ...
+
+    def deadlock(self, chain: Iterable[str], plan: Plan) -> GroupId | None: ...
 
 
 class RunHost(Protocol):
@@ -55,6 +64,15 @@ class RunHost(Protocol):
         ...
 
     def timer_stored(self, due_at: float) -> None: ...
+
+    def admit(self, run: RunRecord) -> None:
+        """A new run (a child) was committed: admission starts it, or queues or delays it."""
+        ...
+
+    async def concurrency_deadlock(self, parent: RunRecord, plan: Plan) -> str | None:
+        """The name of a group of ``plan`` that ``parent`` and its ancestors hold to its
+        limit (a child in it could never start), or None."""
+        ...
 
     def take_warm(self, run_id: str) -> tuple[Execution, RunRecord] | None:
         """The run's suspended execution (and its record), if it was kept warm."""

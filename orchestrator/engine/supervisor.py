@@ -21,8 +21,9 @@ import structlog
 
 import storage
 from orchestrator.engine.actor import RunActor
+from orchestrator.engine.flow.plan import Plan, group_name
 from orchestrator.engine.messages import Message
-from orchestrator.engine.ports import TimerStored
+from orchestrator.engine.ports import FlowPort, TimerStored
 from orchestrator.engine.settings import Settings
 from orchestrator.engine.slots import SlotQueue, rank
 from orchestrator.engine.streams import StreamHub
@@ -82,8 +83,10 @@ class Supervisor:
         process_runner: ProcessRunner | None,
         timer_stored: TimerStored,
         on_finished: Callable[[RunRecord], None],
+        flow: FlowPort,
         instrument: Instrument = NO_INSTRUMENT,
     ) -> None:
+        self._flow = flow
         self._storage = storage_
         self._registry = registry
         self._clock = clock
@@ -133,6 +136,19 @@ class Supervisor:
             gate=self.gate,
             limits=self._limits,
         )
+
+    def admit(self, run: RunRecord) -> None:
+        self._flow.admit_new(run)
+
+    async def concurrency_deadlock(self, parent: RunRecord, plan: Plan) -> str | None:
+        chain = [parent.run_id]
+        ancestor_id = parent.parent_run_id
+        while ancestor_id is not None and len(chain) < 1000:
+            chain.append(ancestor_id)
+            ancestor = await self._storage.get_run(ancestor_id)
+            ancestor_id = ancestor.parent_run_id if ancestor is not None else None
+        group = self._flow.deadlock(chain, plan)
+        return None if group is None else group_name(group)
 
     # ------------------------------------------------------------------ moving runs
 
@@ -325,6 +341,11 @@ class Supervisor:
             actors_started=self._started,
             actor_failures=self._failures,
         )
+
+    def knows(self, run_id: str) -> bool:
+        """The run was handed to the supervisor (it has an actor, waits for one, or is parked
+        warm): it has started, whatever storage says yet."""
+        return run_id in self._actors or run_id in self._queued or run_id in self._warm
 
     def is_live(self, run_id: str) -> bool:
         """True only if the run is certainly not terminal and its end is still to be announced

@@ -51,10 +51,12 @@ class Timers:
         deliver: Deliver,
         on_fatal: Callable[[BaseException], None],
         instrument: Instrument = NO_INSTRUMENT,
+        on_run_timer: Callable[[storage.TimerRecord], None] | None = None,
     ) -> None:
         self._storage = storage_
         self._clock = clock
         self._deliver = deliver
+        self._on_run_timer = on_run_timer
         self._on_fatal = on_fatal
         self._instrument = instrument
         self._wake = asyncio.Event()
@@ -111,8 +113,11 @@ class Timers:
             return
         if item.waitpoint is not None:
             self._deliver(timer.run_id, Resolve(bridge.resolution(item.waitpoint)))
-        elif timer.kind is storage.TimerKind.START:
-            self._deliver(timer.run_id, None)
+        elif timer.kind in (storage.TimerKind.START, storage.TimerKind.EXPIRE):
+            if self._on_run_timer is not None:
+                self._on_run_timer(timer)
+            elif timer.kind is storage.TimerKind.START:
+                self._deliver(timer.run_id, None)
 
     async def _run(self) -> None:
         while True:

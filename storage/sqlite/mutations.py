@@ -32,7 +32,8 @@ _SELECT_RUN_BY_KEY = (
 _INSERT_RUN = (
     "INSERT INTO runs (run_id, workflow_id, workflow_version, status, input, tags, priority, "
     "idempotency_key, parent_run_id, root_run_id, triggered_by, created_at, scheduled_at, "
-    "updated_at, parent_wp_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "updated_at, parent_wp_id, flow, throttle_key, expires_at, error, finished_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -61,6 +62,11 @@ def create_run(conn: Conn, op: ops.CreateRun) -> ops.RunCreated:
             op.scheduled_at,
             op.created_at,
             op.parent_wp_id,
+            dumps(op.flow),
+            op.throttle_key,
+            op.expires_at,
+            dumps(op.error),
+            op.finished_at,
         ),
     )
     if tags:
@@ -68,17 +74,8 @@ def create_run(conn: Conn, op: ops.CreateRun) -> ops.RunCreated:
             "INSERT INTO run_tags (run_id, tag, created_at) VALUES (?, ?, ?)",
             [(op.run_id, tag, op.created_at) for tag in tags],
         )
-    if op.scheduled_at is not None:
-        _upsert_timer(
-            conn,
-            f"start:{op.run_id}",
-            TimerKind.START,
-            op.scheduled_at,
-            op.created_at,
-            op.run_id,
-            None,
-            None,
-        )
+    if op.status is records.RunStatus.PENDING:
+        _start_timers(conn, op.run_id, op.created_at, op.scheduled_at, op.expires_at)
     run = records.RunRecord(
         run_id=op.run_id,
         number=int(cur.lastrowid or 0),
@@ -87,7 +84,7 @@ def create_run(conn: Conn, op: ops.CreateRun) -> ops.RunCreated:
         status=op.status,
         input=rows.loads(dumps(op.input)),
         output=None,
-        error=None,
+        error=rows.loads(dumps(op.error)),
         tags=tags,
         priority=op.priority,
         idempotency_key=op.idempotency_key,
@@ -98,14 +95,65 @@ def create_run(conn: Conn, op: ops.CreateRun) -> ops.RunCreated:
         created_at=op.created_at,
         scheduled_at=op.scheduled_at,
         started_at=None,
-        finished_at=None,
+        finished_at=op.finished_at,
         updated_at=op.created_at,
         diverged=False,
         recoveries=0,
         compute_seconds=0.0,
         parent_wp_id=op.parent_wp_id,
+        flow=rows.loads(dumps(op.flow)),
+        throttle_key=op.throttle_key,
+        expires_at=op.expires_at,
     )
     return ops.RunCreated(run, created=True)
+
+
+def _start_timers(
+    conn: Conn, run_id: str, at: float, scheduled_at: float | None, expires_at: float | None
+) -> None:
+    """(Re)place a pending run's ``start`` and ``expire`` timers."""
+    for kind, due in ((TimerKind.START, scheduled_at), (TimerKind.EXPIRE, expires_at)):
+        timer_id = f"{kind.value}:{run_id}"
+        if due is None:
+            conn.execute("DELETE FROM timers WHERE timer_id = ?", (timer_id,))
+        else:
+            _upsert_timer(conn, timer_id, kind, due, at, run_id, None, None)
+
+
+def end_pending(conn: Conn, op: ops.EndPending) -> records.RunRecord | None:
+    cur = conn.execute(
+        "UPDATE runs SET status = ?, error = ?, finished_at = ?, updated_at = ? "
+        "WHERE run_id = ? AND status = 'pending' AND started_at IS NULL",
+        (op.status.value, dumps(op.error), op.at, op.at, op.run_id),
+    )
+    if cur.rowcount == 0:
+        return None
+    conn.execute("DELETE FROM timers WHERE run_id = ?", (op.run_id,))
+    return rows.run_from_row(conn.execute(_SELECT_RUN, (op.run_id,)).fetchone())
+
+
+def reschedule_pending(conn: Conn, op: ops.ReschedulePending) -> records.RunRecord:
+    row = conn.execute(_SELECT_RUN, (op.run_id,)).fetchone()
+    if row is None:
+        raise errors.NotFound("run", op.run_id)
+    run = rows.run_from_row(row)
+    if run.status is not records.RunStatus.PENDING or run.started_at is not None:
+        raise errors.InvalidOperation(
+            f"run {op.run_id!r} is {run.status.value}, not a pending run that has not started",
+            data={"run_id": op.run_id, "status": run.status.value},
+        )
+    expires_at = run.expires_at if op.expires_at is ops.UNSET else op.expires_at
+    new_input = run.input if op.input is ops.UNSET else op.input
+    conn.execute(
+        "UPDATE runs SET scheduled_at = ?, expires_at = ?, input = ?, updated_at = ? "
+        "WHERE run_id = ?",
+        (op.scheduled_at, expires_at, dumps(new_input), op.at, op.run_id),
+    )
+    _start_timers(conn, op.run_id, op.at, op.scheduled_at, expires_at)
+    return dataclasses.replace(
+        run, scheduled_at=op.scheduled_at, expires_at=expires_at,
+        input=rows.loads(dumps(new_input)), updated_at=op.at,
+    )
 
 
 _UPDATE_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
@@ -138,6 +186,8 @@ def update_run(conn: Conn, op: ops.UpdateRun) -> None:
     cur = conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE run_id = ?", params)
     if cur.rowcount == 0:
         raise errors.NotFound("run", op.run_id)
+    if op.status is not ops.UNSET and op.status in records.TERMINAL_STATUSES:
+        conn.execute("DELETE FROM timers WHERE run_id = ?", (op.run_id,))
 
 
 def create_child_run(conn: Conn, op: ops.CreateChildRun) -> ops.ChildRunCreated:
@@ -624,6 +674,8 @@ Apply = Callable[[Conn, Any], Any]
 APPLY: dict[type[Any], Apply] = {
     ops.CreateRun: create_run,
     ops.UpdateRun: update_run,
+    ops.ReschedulePending: reschedule_pending,
+    ops.EndPending: end_pending,
     ops.CreateChildRun: create_child_run,
     ops.RecordStepAttempt: record_step_attempt,
     ops.RecordCompensation: record_compensation,

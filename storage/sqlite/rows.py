@@ -32,7 +32,7 @@ RUN_COLUMNS = (
     "run_id, number, workflow_id, workflow_version, status, input, output, error, tags, "
     "priority, idempotency_key, parent_run_id, root_run_id, triggered_by, attempt, created_at, "
     "scheduled_at, started_at, finished_at, updated_at, diverged, recoveries, compute_seconds, "
-    "parent_wp_id, needs_resume"
+    "parent_wp_id, needs_resume, flow, throttle_key, expires_at"
 )
 
 
@@ -63,6 +63,9 @@ def run_from_row(r: Row) -> records.RunRecord:
         compute_seconds=r[22],
         parent_wp_id=r[23],
         needs_resume=bool(r[24]),
+        flow=loads(r[25]),
+        throttle_key=r[26],
+        expires_at=r[27],
     )
 
 

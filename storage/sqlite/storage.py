@@ -210,6 +210,14 @@ class SQLiteStorage:
         )
         return [rows.run_from_row(r) for r in found]
 
+    async def throttle_starts(self, since: float) -> list[tuple[str, float]]:
+        found = await self._fetch(
+            "SELECT throttle_key, started_at FROM runs WHERE throttle_key IS NOT NULL "
+            "AND started_at >= ? ORDER BY started_at",
+            (since,),
+        )
+        return [(str(key), float(at)) for key, at in found]
+
     async def load_journal(self, run_id: str) -> records.Journal:
         key = (run_id,)
         with translate_errors():

@@ -94,8 +94,7 @@ def test_callable_match_is_rejected_because_it_cannot_be_persisted() -> None:
 
 
 def test_workflow_registers_options_and_refuses_a_second_place_for_the_same_id() -> None:
-    @workflow(id="basics-registry", tags=["a"], timeout="1h", concurrency=Concurrency(2),
-              schedule=Schedule(every="5m"))
+    @workflow(id="basics-registry", tags=["a"], timeout="1h", concurrency=Concurrency(2))
     async def first(input: object, ctx: object) -> None:
         """Says what it does."""
 
