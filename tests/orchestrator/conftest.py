@@ -1,36 +1,178 @@
+"""The engine tier's fixtures: a real :class:`Engine` over ``SQLiteStorage`` on a file in
+``tmp_path``, with the private workflows of :mod:`tests.orchestrator.engine_workflows`, and the
+wire tests' in-process :class:`SocketServer` in front of it. Storage is never mocked; a test that
+needs storage to fail arms a one-shot fault on :class:`FaultyStorage`, which otherwise passes
+every call through to the real storage.
+"""
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import io
+import shutil
+import tempfile
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
+import structlog
 
+import storage
+from orchestrator import logs
+from orchestrator.config import LoggingConfig
 from orchestrator.daemon.server import SocketServer
-from tests.orchestrator.fake_service import FakeService
+from orchestrator.engine.engine import Engine
+from orchestrator.engine.settings import Settings
+from tests.orchestrator import engine_workflows
+
+# Shutdown waits this long for a step in flight (a gated step never ends by itself).
+GRACE = 0.2
+
+
+@dataclass
+class _Fault:
+    method: str
+    exc: BaseException
+    when: Callable[..., bool]
+    times: int
+
+
+class FaultyStorage:
+    """The real storage, with faults a test arms: the next ``times`` calls of ``method`` that
+    ``when(*args, **kwargs)`` accepts raise ``exc`` and never reach storage."""
+
+    def __init__(self, inner: storage.Storage) -> None:
+        self.inner = inner
+        self._faults: list[_Fault] = []
+
+    def fail(
+        self,
+        method: str,
+        exc: BaseException,
+        *,
+        when: Callable[..., bool] = lambda *a, **k: True,
+        times: int = 1,
+    ) -> None:
+        assert callable(getattr(self.inner, method)), method
+        self._faults.append(_Fault(method, exc, when, times))
+
+    @property
+    def armed(self) -> int:
+        """Faults not yet raised."""
+        return sum(f.times for f in self._faults)
+
+    @property
+    def failed(self) -> asyncio.Future[BaseException]:
+        return self.inner.failed
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not asyncio.iscoroutinefunction(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            for fault in self._faults:
+                if fault.method == name and fault.times > 0 and fault.when(*args, **kwargs):
+                    fault.times -= 1
+                    raise fault.exc
+            return await attr(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture(autouse=True)
+def _fresh_workflow_state() -> Iterator[None]:
+    engine_workflows.reset()
+    yield
+    engine_workflows.reset()
 
 
 @pytest.fixture
-def service() -> FakeService:
-    return FakeService()
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "wf.db"
 
 
 @pytest.fixture
-def sock_path(tmp_path: Path) -> Path:
-    return tmp_path / "wf.sock"
+async def store(db_path: Path) -> AsyncIterator[FaultyStorage]:
+    async with storage.SQLiteStorage.open(db_path) as opened:
+        yield FaultyStorage(opened)
 
 
 @pytest.fixture
-async def server(service: FakeService, sock_path: Path) -> AsyncIterator[SocketServer]:
-    srv = SocketServer(service, sock_path, max_request_bytes=4096, stream_queue_size=4)
+def settings() -> Settings:
+    return Settings(shutdown_grace=GRACE)
+
+
+@pytest.fixture
+async def engine(store: FaultyStorage, settings: Settings) -> AsyncIterator[Engine]:
+    registry = engine_workflows.registry()
+    async with Engine(cast(storage.Storage, store), registry=registry, settings=settings) as eng:
+        yield eng
+
+
+@pytest.fixture
+def sock_path() -> Iterator[Path]:
+    # Not under tmp_path: a long test name would push the path past sun_path's 107 bytes.
+    where = Path(tempfile.mkdtemp(prefix="wf-", dir="/tmp"))
+    try:
+        yield where / "wf.sock"
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture
+async def server(engine: Engine, sock_path: Path) -> AsyncIterator[SocketServer]:
+    srv = SocketServer(engine, sock_path, max_request_bytes=4096, stream_queue_size=4)
     await srv.start()
     try:
         yield srv
     finally:
         await srv.close()
+
+
+@pytest.fixture
+def log_feed() -> Iterator[io.StringIO]:
+    """The daemon's logging (debug and up, into a buffer) with its fan-out to ``tail``."""
+    sink = io.StringIO()
+    logs.configure_logging(LoggingConfig(level="debug"), sink=sink,
+                           cache_logger_on_first_use=False)
+    yield sink
+    structlog.reset_defaults()
+    for sub in list(logs._subscribers):
+        sub.close()
+
+
+async def until(check: Callable[[], bool | Awaitable[bool]], what: str,
+                timeout: float = 5.0) -> None:
+    """Wait until ``check()`` holds (it is asked once per loop turn, then every few ms)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    delay = 0.0
+    while True:
+        ok = check()
+        if not isinstance(ok, bool):
+            ok = await ok
+        if ok:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(delay)
+        delay = 0.005
+
+
+async def reach(engine: Engine, run_id: str, *statuses: str) -> dict[str, Any]:
+    """The run's record once its status is one of ``statuses`` (followed with ``watch``)."""
+    last = None
+    watch = cast(AsyncGenerator[dict[str, Any], None], engine.watch(run_id))
+    async with contextlib.aclosing(watch) as changes:
+        async for run in changes:
+            if run["status"] in statuses:
+                return run
+            last = run["status"]
+    pytest.fail(f"run {run_id} ended {last}, never reached {statuses}")
 
 
 class Raw:
@@ -41,8 +183,9 @@ class Raw:
         self.writer = writer
 
     @classmethod
-    async def open(cls, path: Path) -> Raw:
-        reader, writer = await asyncio.open_unix_connection(str(path), limit=2**24)
+    async def open(cls, path: Path, limit: int = 2**24) -> Raw:
+        """``limit``: the reader stops taking data off the socket past twice this."""
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=limit)
         return cls(reader, writer)
 
     async def send(self, data: bytes | dict[str, Any]) -> None:

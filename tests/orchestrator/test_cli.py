@@ -1,7 +1,7 @@
-"""The `wf` CLI against a socket server on a fake service.
+"""The `wf` CLI against the real engine behind an in-process socket server.
 
 `cli.run` owns its event loop (`asyncio.run`), so tests call it in a worker thread while the server
-keeps running on the test's loop.
+and the engine keep running on the test's loop.
 """
 
 from __future__ import annotations
@@ -14,11 +14,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from orchestrator.client import cli
+import storage
+from orchestrator import logs
+from orchestrator.client import cli, tables
 from orchestrator.daemon.server import SocketServer
-from tests.orchestrator.fake_service import FakeService
+from orchestrator.engine.engine import Engine
+from tests.orchestrator.conftest import reach, until
 
 WF = Path(sys.executable).parent / "wf"
+
+# The engine logs in this process: into the feed's buffer, not onto the CLI's stdout.
+pytestmark = pytest.mark.usefixtures("log_feed")
 
 
 async def wf(capsys: pytest.CaptureFixture[str], server: SocketServer, *argv: str):
@@ -27,12 +33,12 @@ async def wf(capsys: pytest.CaptureFixture[str], server: SocketServer, *argv: st
     return code, out, err
 
 
-async def test_submit_human_and_json(server: SocketServer, capsys, service: FakeService) -> None:
+async def test_submit_human_and_json(server: SocketServer, capsys, engine: Engine) -> None:
     code, out, _ = await wf(
         capsys,
         server,
         "submit",
-        "ok",
+        "echo",
         "--input",
         '{"a": 1}',
         "--tag",
@@ -47,39 +53,45 @@ async def test_submit_human_and_json(server: SocketServer, capsys, service: Fake
         "R",
     )
     assert code == 0
-    assert "run_id:" in out and "R" in out and "completed" in out
-    assert service.calls[-1][1]["tags"] == ("t1", "t2")
-    assert service.calls[-1][1]["delay"] == 300.0
-    code, out, _ = await wf(capsys, server, "--json", "submit", "ok", "--input", "[1]")
+    assert "run_id:" in out and "R" in out and "pending" in out
+    stored = await engine.get("R")
+    assert stored["input"] == {"a": 1}
+    assert stored["tags"] == ["t1", "t2"]
+    assert stored["priority"] == 2
+    assert stored["scheduled_at"] == pytest.approx(stored["created_at"] + 300.0)
+    code, out, _ = await wf(capsys, server, "--json", "submit", "echo", "--input", "[1]")
     assert code == 0
     record = orjson.loads(out)
-    assert record["input"] == [1] and record["status"] == "completed"
+    assert record["input"] == [1] and record["workflow_id"] == "echo"
+    assert (await engine.wait(record["run_id"]))["output"] == {"echo": [1]}
 
 
 async def test_input_from_file(server: SocketServer, capsys, tmp_path: Path) -> None:
     (tmp_path / "in.json").write_text('{"from": "file"}')
     code, out, _ = await wf(
-        capsys, server, "submit", "ok", "--input", f"@{tmp_path}/in.json", "--json"
+        capsys, server, "submit", "echo", "--input", f"@{tmp_path}/in.json", "--json"
     )
     assert code == 0
     assert orjson.loads(out)["input"] == {"from": "file"}
 
 
 async def test_submit_wait_exit_code_follows_the_run(server: SocketServer, capsys) -> None:
-    code, out, _ = await wf(capsys, server, "submit", "ok", "--wait", "--json")
+    code, out, _ = await wf(capsys, server, "submit", "echo", "--wait", "--json")
     assert code == 0 and orjson.loads(out)["status"] == "completed"
+    assert orjson.loads(out)["output"] == {"echo": {}}  # --input defaults to {}
     code, out, _ = await wf(capsys, server, "submit", "fail", "--wait", "--json")
     assert code == 1 and orjson.loads(out)["error"]["code"] == "FATAL"
 
 
-async def test_wait_command_exit_codes(server: SocketServer, capsys, service) -> None:
-    await service.submit("fail", None, run_id="F")
-    await service.submit("slow", None, run_id="S")
+async def test_wait_command_exit_codes(server: SocketServer, capsys, engine: Engine) -> None:
+    await engine.submit("fail", None, run_id="F")
+    await engine.submit("signal", None, run_id="S")
+    await reach(engine, "S", "waiting")
     code, out, _ = await wf(capsys, server, "wait", "F")
     assert code == 1
     assert "failed" in out and "FATAL: it broke" in out
     code, out, _ = await wf(capsys, server, "wait", "S", "--timeout", "10ms", "--json")
-    assert code == 1 and orjson.loads(out)["status"] == "running"
+    assert code == 1 and orjson.loads(out)["status"] == "waiting"
 
 
 async def test_daemon_error_prints_code_and_exits_1(server: SocketServer, capsys) -> None:
@@ -94,9 +106,9 @@ async def test_daemon_error_prints_code_and_exits_1(server: SocketServer, capsys
 @pytest.mark.parametrize(
     "argv",
     [
-        ["submit", "ok", "--input", "{bad"],
+        ["submit", "echo", "--input", "{bad"],
         ["signal", "R", "go", "--payload", "nope"],
-        ["submit", "ok", "--delay", "soon"],
+        ["submit", "echo", "--delay", "soon"],
         ["retry", "R", "--mode", "again"],
         ["runs", "--limit", "ten"],
         ["event"],
@@ -110,92 +122,151 @@ async def test_usage_errors_exit_2(server: SocketServer, capsys, argv: list[str]
 
 
 async def test_bad_input_json_names_the_flag(server: SocketServer, capsys) -> None:
-    code, _, err = await wf(capsys, server, "submit", "ok", "--input", "{bad")
+    code, _, err = await wf(capsys, server, "submit", "echo", "--input", "{bad")
     assert code == 2
     assert "--input" in err and "invalid JSON" in err
 
 
-async def test_runs_show_and_run_commands(server: SocketServer, capsys, service) -> None:
-    await service.submit("ok", {"x": 1}, run_id="A", tags=["blue"])
-    await service.submit("slow", None, run_id="B")
+async def test_runs_show_and_run_commands(server: SocketServer, capsys, engine: Engine) -> None:
+    await engine.submit("echo", {"x": 1}, run_id="A", tags=["blue"])
+    await engine.wait("A")
+    await engine.submit("reserve-wait", None, run_id="B")
+    await reach(engine, "B", "waiting")
     code, out, _ = await wf(capsys, server, "runs")
     assert code == 0
     assert "RUN_ID" in out and "A" in out and "B" in out and "blue" in out
-    code, out, _ = await wf(capsys, server, "runs", "--status", "running", "--json")
+    code, out, _ = await wf(capsys, server, "runs", "--status", "waiting", "--json")
     assert [r["run_id"] for r in orjson.loads(out)["runs"]] == ["B"]
 
     code, out, _ = await wf(capsys, server, "show", "A")
     assert code == 0
-    for text in ("steps:", "fetch", "250ms", "waitpoints:", "sleep:0", "metadata:", "progress"):
+    (step,) = (await engine.get("A"))["steps"]
+    took = tables.duration(step["started_at"], step["finished_at"])
+    for text in ("steps:", "fetch", took, "waitpoints:", "metadata:", "progress"):
         assert text in out
     code, out, _ = await wf(capsys, server, "show", "A", "--json")
     assert orjson.loads(out)["metadata"] == {"progress": 50}
+    code, out, _ = await wf(capsys, server, "show", "B")
+    assert code == 0 and "signal:go" in out and "waiting" in out
 
-    assert (await wf(capsys, server, "pause", "B"))[0] == 0
-    assert (await wf(capsys, server, "resume", "B"))[0] == 0
+    for argv in (["pause", "B"], ["retry", "B", "--mode", "retrigger"]):
+        code, _, err = await wf(capsys, server, *argv)
+        assert code == 1 and "METHOD_NOT_FOUND" in err  # not in this version
+    code, _, err = await wf(capsys, server, "resume", "B")
+    assert code == 1 and "RUN_NOT_ACTIVE" in err  # only a delayed run can be resumed
     code, out, _ = await wf(
         capsys, server, "cancel", "B", "--no-compensate", "--reason", "x", "--json"
     )
     assert code == 0 and orjson.loads(out)["status"] == "cancelled"
-    assert service.calls[-1][1] == {"run_id": "B", "compensate": False, "reason": "x"}
-    code, out, _ = await wf(capsys, server, "retry", "B", "--mode", "retrigger", "--json")
-    assert code == 0 and service.calls[-1][1]["mode"] == "retrigger"
+    cancelled = await engine.get("B")
+    assert cancelled["error"]["message"] == "x"
+    assert cancelled["compensations"] == []
     code, out, _ = await wf(capsys, server, "replay", "A", "--json")
-    assert orjson.loads(out) == {"diverged": False, "detail": None}
-    code, _, err = await wf(capsys, server, "resume", "A")
+    assert orjson.loads(out)["diverged"] is False
+    code, _, err = await wf(capsys, server, "cancel", "A")
     assert code == 1 and "RUN_NOT_ACTIVE" in err
 
 
-async def test_event_signal_token(server: SocketServer, capsys, service) -> None:
-    await service.submit("slow", None, run_id="S")
+async def test_event_signal_token(server: SocketServer, capsys, engine: Engine) -> None:
+    await engine.submit("event", {"type": "paid"}, run_id="E")
+    await engine.submit("signal", None, run_id="S")
+    await engine.submit("token", None, run_id="T")
+    for run_id in ("E", "S", "T"):
+        await reach(engine, run_id, "waiting")
     code, out, _ = await wf(
         capsys, server, "event", "send", "paid", "--payload", '{"n": 1}', "--id", "e1", "--json"
     )
-    assert code == 0 and orjson.loads(out) == {"event_id": "e1", "resolved": 0}
-    assert service.events["e1"] == {"type": "paid", "payload": {"n": 1}}
+    assert code == 0 and orjson.loads(out) == {"event_id": "e1", "resolved": 1}
+    assert (await engine.wait("E"))["output"] == {"n": 1}
     code, out, _ = await wf(capsys, server, "signal", "S", "finish", "--payload", "7")
     assert code == 0 and "delivered: yes" in out
+    assert (await engine.wait("S"))["output"] == 7
+    token = (await engine.get("T"))["metadata"]["token"]
     code, out, _ = await wf(
-        capsys, server, "token", "complete", "tok", "--payload", "null", "--json"
+        capsys, server, "token", "complete", token, "--payload", "null", "--json"
     )
-    assert code == 0 and orjson.loads(out) == {"run_id": "run-1"}
-    code, _, err = await wf(capsys, server, "token", "complete", "tok", "--payload", "null")
+    assert code == 0 and orjson.loads(out) == {"run_id": "T"}
+    code, _, err = await wf(capsys, server, "token", "complete", token, "--payload", "null")
     assert code == 1 and "TOKEN_CONFLICT" in err
 
 
-async def test_listing_commands(server: SocketServer, capsys) -> None:
+async def test_listing_commands(server: SocketServer, capsys, engine: Engine) -> None:
     code, out, _ = await wf(capsys, server, "workflows")
     assert code == 0 and "ID" in out and "strict" in out
+    await engine.storage.execute(
+        storage.UpsertSchedule("nightly", "echo", {"cron": "0 3 * * *"}, 1.0, next_fire_at=2.0)
+    )
     code, out, _ = await wf(capsys, server, "schedules", "--json")
-    assert orjson.loads(out)["schedules"][0]["workflow_id"] == "ok"
+    assert orjson.loads(out)["schedules"][0]["workflow_id"] == "echo"
+    await engine.wait((await engine.submit("echo", None))["run_id"])
     code, out, _ = await wf(capsys, server, "stats")
-    assert code == 0 and "runs.active: 0" in out
+    assert code == 0 and "runs.completed: 1" in out
 
 
-async def test_streaming_commands(server: SocketServer, capsys, service) -> None:
-    await service.submit("ok", None, run_id="A")
+async def test_streaming_commands(server: SocketServer, capsys, engine: Engine) -> None:
+    await engine.submit("stream", None, run_id="A")
     code, out, _ = await wf(capsys, server, "stream", "A", "s", "--follow")
     assert code == 0 and out == "hello\n"
     code, out, _ = await wf(capsys, server, "stream", "A", "s", "--json")
     lines = [orjson.loads(line) for line in out.splitlines()]
-    assert [c["seq"] for c in lines] == [0, 1]
-    code, out, _ = await wf(capsys, server, "tail", "--level", "info")
-    assert code == 0 and "run.started" in out and "step.completed" not in out
-    code, out, _ = await wf(capsys, server, "tail", "--json")
-    assert [orjson.loads(line)["event"] for line in out.splitlines()] == [
-        "run.started",
-        "step.completed",
-    ]
+    assert [c["seq"] for c in lines] == [0, 1, 2]
+
+
+async def tail(capsys, server: SocketServer, engine: Engine, *argv: str) -> tuple[int, str, str]:
+    """Run ``wf tail`` while a run completes; once it printed ``run.completed`` the daemon goes
+    away, which is how a tail ends (exit 3)."""
+    subscribed = logs.subscriber_count()
+    command = asyncio.create_task(
+        asyncio.to_thread(cli.run, ["--socket", str(server.path), "tail", "--run", "T", *argv])
+    )
+    await until(lambda: logs.subscriber_count() > subscribed, "the tail to subscribe")
+    await engine.submit("echo", None, run_id="T")
+    await engine.wait("T")
+    out: list[str] = []
+    err: list[str] = []
+
+    def printed_the_end() -> bool:
+        captured = capsys.readouterr()
+        out.append(captured.out)
+        err.append(captured.err)
+        return "run.completed" in "".join(out)
+
+    await until(printed_the_end, "wf tail to print run.completed")
+    await server.close()
+    code = await command
+    captured = capsys.readouterr()
+    return code, "".join(out) + captured.out, "".join(err) + captured.err
+
+
+async def test_tail_prints_records_at_or_above_the_level(
+    server: SocketServer, capsys, engine: Engine
+) -> None:
+    code, out, err = await tail(capsys, server, engine, "--level", "info")
+    assert "run.started" in out and "run.completed" in out
+    assert "step.completed" not in out  # debug
+    assert code == 3 and str(server.path) in err
+
+
+async def test_tail_json_prints_one_record_per_line(
+    server: SocketServer, capsys, engine: Engine
+) -> None:
+    code, out, _ = await tail(capsys, server, engine, "--json")
+    records = [orjson.loads(line) for line in out.splitlines()]
+    events = [r["event"] for r in records]
+    assert events[:2] == ["run.submitted", "run.started"]
+    assert "step.completed" in events and events[-1] == "run.completed"
+    assert {r["run_id"] for r in records} == {"T"}
+    assert code == 3
 
 
 async def test_socket_from_env_and_config(
-    server: SocketServer, capsys, monkeypatch, tmp_path: Path
+    server: SocketServer, capsys, monkeypatch
 ) -> None:
     monkeypatch.setenv("WF_SOCKET", str(server.path))
     code = await asyncio.to_thread(cli.run, ["workflows"])
     assert code == 0
     monkeypatch.delenv("WF_SOCKET")
-    conf_dir = tmp_path / "conf"
+    conf_dir = server.path.parent / "conf"
     conf_dir.mkdir()
     rel = Path("..") / server.path.name  # relative to the config file's directory
     (conf_dir / "config.toml").write_text(f'[daemon]\nsocket = "{rel}"\n')

@@ -1,85 +1,263 @@
+"""The socket client against the real engine behind an in-process server."""
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from orchestrator.api import errors
-from orchestrator.api.service import Service
+import storage
+from orchestrator import logs
+from orchestrator.api import errors, service
 from orchestrator.client import Client, DaemonUnreachable, RemoteError
 from orchestrator.daemon.server import SocketServer
-from tests.orchestrator.fake_service import FakeService
+from orchestrator.engine.engine import Engine
+from tests.orchestrator import engine_workflows
+from tests.orchestrator.conftest import FaultyStorage, reach, until
+
+Case = Callable[[Client, Engine], Awaitable[None]]
+CASES: dict[type[service.Request[Any]], Case] = {}
 
 
-def test_fake_service_satisfies_the_protocol() -> None:
-    fake: Service = FakeService()
-    assert isinstance(fake, Service)
+def case(request_type: type[service.Request[Any]]) -> Callable[[Case], Case]:
+    def register(fn: Case) -> Case:
+        CASES[request_type] = fn
+        return fn
+
+    return register
 
 
-async def test_every_method_round_trips(server: SocketServer, service: FakeService) -> None:
+async def _completed_echo(c: Client, run_id: str = "done") -> dict[str, Any]:
+    await c.submit("echo", {"a": 1}, run_id=run_id, tags=["x"])
+    return await c.wait(run_id)
+
+
+async def _expect_code(code: str, call: Awaitable[Any]) -> None:
+    with pytest.raises(RemoteError) as info:
+        await call
+    assert info.value.code == code
+
+
+@case(service.Submit)
+async def _submit(c: Client, engine: Engine) -> None:
+    run = await c.submit(
+        "echo", {"a": 1}, run_id="r1", idempotency_key="k", tags=["x", "y"], delay="2s",
+        priority=3,
+    )
+    assert (run["run_id"], run["status"]) == ("r1", "pending")
+    stored = await engine.get("r1")
+    assert stored["input"] == {"a": 1}
+    assert stored["idempotency_key"] == "k"
+    assert stored["tags"] == ["x", "y"]
+    assert stored["priority"] == 3
+    assert stored["scheduled_at"] == pytest.approx(stored["created_at"] + 2.0)
+    again = await c.submit("echo", {"other": 2}, idempotency_key="k")
+    assert again["run_id"] == "r1"  # the same (workflow, key): the existing run
+
+
+@case(service.Get)
+async def _get(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    detail = await c.get("done")
+    assert detail == await engine.get("done")  # the wire changes nothing
+    assert detail["output"] == {"echo": {"a": 1}}
+    assert [s["step_id"] for s in detail["steps"]] == ["fetch"]
+    assert detail["metadata"] == {"progress": 50}
+    assert detail["waitpoints"] == [] and detail["compensations"] == []
+    await _expect_code("NOT_FOUND", c.get("nope"))
+
+
+@case(service.List)
+async def _list(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    assert [r["run_id"] for r in (await c.list(tag="x"))["runs"]] == ["done"]
+    assert (await c.list(tag="nope"))["runs"] == []
+    assert (await c.list(status="failed"))["runs"] == []
+    assert [r["run_id"] for r in (await c.list(workflow_id="echo", limit=1))["runs"]] == ["done"]
+
+
+@case(service.Wait)
+async def _wait(c: Client, engine: Engine) -> None:
+    assert (await _completed_echo(c))["status"] == "completed"
+    await c.submit("signal", None, run_id="s")
+    await reach(engine, "s", "waiting")
+    assert (await c.wait("s", timeout=0.01))["status"] == "waiting"
+
+
+@case(service.Cancel)
+async def _cancel(c: Client, engine: Engine) -> None:
+    await c.submit("reserve-wait", None, run_id="rw")
+    await reach(engine, "rw", "waiting")
+    cancelled = await c.cancel("rw", compensate=False, reason="test")
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["error"]["message"] == "test"
+    assert (await engine.get("rw"))["compensations"] == []
+    assert engine_workflows.COMPENSATED == []
+    await _expect_code("RUN_NOT_ACTIVE", c.cancel("rw"))
+
+
+@case(service.Pause)
+async def _pause(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    await _expect_code("METHOD_NOT_FOUND", c.pause("done"))  # not in this version
+
+
+@case(service.Resume)
+async def _resume(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    await _expect_code("RUN_NOT_ACTIVE", c.resume("done"))
+    await c.submit("echo", 1, run_id="later", delay="1h")
+    await c.resume("later")  # a delayed run starts now
+    assert (await c.wait("later"))["status"] == "completed"
+
+
+@case(service.Reschedule)
+async def _reschedule(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    await _expect_code("RUN_NOT_ACTIVE", c.reschedule("done"))
+    await c.submit("echo", 1, run_id="later", delay="1h")
+    moved = await c.reschedule("later", delay="2h")
+    assert moved["scheduled_at"] == pytest.approx(moved["created_at"] + 7200, abs=5)
+    await c.reschedule("later")  # neither delay nor at: now
+    assert (await c.wait("later"))["status"] == "completed"
+
+
+@case(service.Retry)
+async def _retry(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    await _expect_code("METHOD_NOT_FOUND", c.retry("done", mode="retrigger"))
+
+
+@case(service.Replay)
+async def _replay(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    assert await c.replay("done") == {
+        "diverged": False, "detail": [], "reached": "completed", "recorded_status": "completed",
+    }
+
+
+@case(service.SendEvent)
+async def _send_event(c: Client, engine: Engine) -> None:
+    await c.submit("event", {"type": "paid"}, run_id="ev")
+    await reach(engine, "ev", "waiting")
+    assert await c.send_event("paid", {"n": 1}, event_id="e1") == {"event_id": "e1", "resolved": 1}
+    assert (await c.wait("ev"))["output"] == {"n": 1}
+    assert await c.send_event("paid", {"n": 2}, event_id="e1") == {"event_id": "e1", "resolved": 0}
+    sent = await c.send_event("other", None)
+    assert sent["resolved"] == 0 and sent["event_id"]
+
+
+@case(service.Signal)
+async def _signal(c: Client, engine: Engine) -> None:
+    await c.submit("signal", None, run_id="s")
+    await reach(engine, "s", "waiting")
+    assert await c.signal("s", "poke", [1, 2]) == {"delivered": False}  # to the inbox
+    assert await c.signal("s", "finish", 42) == {"delivered": True}
+    assert (await c.wait("s"))["output"] == 42
+    await _expect_code("RUN_NOT_ACTIVE", c.signal("s", "finish", 1))
+
+
+@case(service.CompleteToken)
+async def _complete_token(c: Client, engine: Engine) -> None:
+    await c.submit("token", None, run_id="t")
+    await reach(engine, "t", "waiting")
+    token = (await c.get("t"))["metadata"]["token"]
+    assert await c.complete_token(token, {"ok": True}) == {"run_id": "t"}
+    assert (await c.wait("t"))["output"] == {"ok": True}
+    await _expect_code("TOKEN_CONFLICT", c.complete_token(token, None))
+    await _expect_code("NOT_FOUND", c.complete_token("no-such-token", None))
+
+
+@case(service.Workflows)
+async def _workflows(c: Client, engine: Engine) -> None:
+    listed = (await c.workflows())["workflows"]
+    assert [w["id"] for w in listed] == sorted(d.id for d in engine_workflows.registry())
+    assert set(listed[0]) == {"id", "version", "description", "tags", "timeout", "origin"}
+
+
+@case(service.Schedules)
+async def _schedules(c: Client, engine: Engine) -> None:
+    assert await c.schedules() == {"schedules": []}
+    await engine.storage.execute(
+        storage.UpsertSchedule("nightly", "echo", {"cron": "0 3 * * *"}, 1.0, next_fire_at=2.0)
+    )
+    assert (await c.schedules())["schedules"] == [
+        {"name": "nightly", "workflow_id": "echo", "spec": {"cron": "0 3 * * *"},
+         "next_fire_at": 2.0, "last_fire_at": None}
+    ]
+
+
+@case(service.Stats)
+async def _stats(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    stats = await c.stats()
+    assert stats["runs"] == {"completed": 1}
+    assert {"waiting_waitpoints", "timers", "events", "actors", "scheduler"} <= set(stats)
+
+
+@case(service.Tail)
+async def _tail(c: Client, engine: Engine) -> None:
+    subscribed = logs.subscriber_count()
+    async with contextlib.aclosing(c.tail(run_id="t", level="info")) as records:
+        first = asyncio.ensure_future(anext(records))
+        await until(lambda: logs.subscriber_count() > subscribed, "the tail to subscribe")
+        await c.submit("echo", None, run_id="t")
+        seen = [await first]
+        while seen[-1]["event"] != "run.completed":
+            seen.append(await anext(records))
+    events = [r["event"] for r in seen]
+    assert events[:2] == ["run.submitted", "run.started"]
+    assert {r["run_id"] for r in seen} == {"t"}
+    assert "step.completed" not in events  # debug: under the floor
+
+
+@case(service.Watch)
+async def _watch(c: Client, engine: Engine) -> None:
+    await c.submit("signal", None, run_id="s")
+    await reach(engine, "s", "waiting")
+    changes = c.watch("s")
+    assert (await anext(changes))["status"] == "waiting"
+    await c.signal("s", "finish", None)
+    statuses = [change["status"] async for change in changes]
+    assert statuses[-1] == "completed"  # and then the stream ended by itself
+
+
+@case(service.Stream)
+async def _stream(c: Client, engine: Engine) -> None:
+    await c.submit("stream", None, run_id="st")
+    chunks = [ch async for ch in c.stream("st", "s", follow=True)]
+    assert "".join(ch["chunk"] or "" for ch in chunks) == "hello"
+    assert chunks[-1]["final"]
+    assert set(chunks[0]) == {"stream_id", "seq", "encoding", "chunk", "final", "at"}
+    await _expect_code("NOT_FOUND", _drain(c.stream("nope", "s")))
+
+
+async def _drain(it: Any) -> None:
+    async for _ in it:
+        pass
+
+
+@pytest.mark.parametrize("request_type", service.REQUESTS, ids=lambda r: r.method)
+async def test_every_method_round_trips(
+    request_type: type[service.Request[Any]],
+    server: SocketServer,
+    engine: Engine,
+    log_feed: object,
+) -> None:
+    """Each method of the service, through the client, the socket and the real engine,
+    answers with the right shape or the right error code."""
+    assert request_type in CASES, f"no round-trip case for {request_type.method!r}"
     async with Client.connect(server.path) as c:
-        run = await c.submit(
-            "ok",
-            {"a": 1},
-            run_id="r1",
-            idempotency_key="k",
-            tags=["x", "y"],
-            delay="2s",
-            priority=3,
-        )
-        assert run["run_id"] == "r1" and run["status"] == "completed"
-        assert service.calls[-1] == (
-            "submit",
-            {
-                "workflow_id": "ok",
-                "input": {"a": 1},
-                "run_id": "r1",
-                "idempotency_key": "k",
-                "tags": ("x", "y"),
-                "delay": 2.0,
-                "priority": 3,
-            },
-        )
-        detail = await c.get("r1")
-        assert detail["steps"][0]["step_id"] == "fetch"
-        assert detail["metadata"] == {"progress": 50}
-        assert (await c.list(tag="x"))["runs"][0]["run_id"] == "r1"
-        assert (await c.list(status="failed"))["runs"] == []
-        assert (await c.wait("r1", timeout=1))["status"] == "completed"
-
-        slow = await c.submit("slow", None)
-        assert (await c.pause(slow["run_id"]))["status"] == "paused"
-        assert (await c.resume(slow["run_id"]))["status"] == "running"
-        cancelled = await c.cancel(slow["run_id"], compensate=False, reason="test")
-        assert cancelled["status"] == "cancelled"
-        assert service.calls[-1] == (
-            "cancel",
-            {"run_id": slow["run_id"], "compensate": False, "reason": "test"},
-        )
-        assert (await c.retry(slow["run_id"], mode="retrigger"))["status"] == "running"
-        assert await c.replay("r1") == {"diverged": False, "detail": None}
-        assert await c.send_event("paid", {"n": 1}, event_id="e1") == {
-            "event_id": "e1",
-            "resolved": 0,
-        }
-        assert await c.signal(slow["run_id"], "poke", [1, 2]) == {"delivered": False}
-        assert await c.complete_token("t1", None) == {"run_id": "run-1"}
-        assert len((await c.workflows())["workflows"]) == 4
-        assert (await c.schedules())["schedules"][0]["cron"] == "* * * * *"
-        assert "runs" in await c.stats()
-        records = [r async for r in c.tail(level="info")]
-        assert [r["event"] for r in records] == ["run.started"]
-        chunks = [ch async for ch in c.stream("r1", "s", follow=True)]
-        assert "".join(ch["chunk"] for ch in chunks) == "hello"
-        assert set(chunks[0]) == {"stream_id", "seq", "encoding", "chunk", "final", "at"}
-        changes = [ch async for ch in c.watch("r1")]
-        assert changes == [{"run_id": "r1", "status": "completed"}]
+        await CASES[request_type](c, engine)
+        assert "workflows" in await c.workflows()  # the connection is still fine
 
 
 async def test_error_reply_raises_remote_error_of_the_matching_class(
-    server: SocketServer,
+    server: SocketServer, engine: Engine
 ) -> None:
     async with Client.connect(server.path) as c:
         with pytest.raises(RemoteError) as info:
@@ -90,25 +268,44 @@ async def test_error_reply_raises_remote_error_of_the_matching_class(
         assert isinstance(err, errors.NotFound)
         with pytest.raises(errors.ValidationFailed):
             await c.submit("strict", {})
+        await c.submit("token", None, run_id="t")
+        await reach(engine, "t", "waiting")
+        token = (await c.get("t"))["metadata"]["token"]
         with pytest.raises(RemoteError, match="TOKEN_CONFLICT"):
-            await c.complete_token("t", 1)
-            await c.complete_token("t", 1)
+            await c.complete_token(token, 1)
+            await c.complete_token(token, 1)
         with pytest.raises(RemoteError) as info:
-            await c.request("submit", {"workflow_id": "ok"})
+            await c.request("submit", {"workflow_id": "echo"})
         assert info.value.code == "INVALID_PARAMS" and info.value.data["field"] == "input"
         with pytest.raises(RemoteError) as info:
             async for _ in c.stream("nope", "s"):
                 pass
         assert info.value.code == "NOT_FOUND"
         # The connection is still usable after errors.
-        assert (await c.submit("ok", 1))["status"] == "completed"
+        run = await c.submit("echo", 1)
+        assert (await c.wait(run["run_id"]))["status"] == "completed"
 
 
-async def test_concurrent_calls_share_one_connection(server: SocketServer) -> None:
+async def test_storage_full_at_submit_reaches_the_client_as_storage_full(
+    server: SocketServer, store: FaultyStorage
+) -> None:
+    store.fail("create_run", storage.StorageFull("database or disk is full"))
     async with Client.connect(server.path) as c:
-        slow = await c.submit("slow", None)
+        with pytest.raises(errors.StorageFull) as info:
+            await c.submit("echo", 1, run_id="r")
+        assert info.value.code == "STORAGE_FULL"
+        await _expect_code("NOT_FOUND", c.get("r"))  # nothing was committed
+        assert (await c.submit("echo", 1, run_id="r"))["run_id"] == "r"  # space is back
+
+
+async def test_concurrent_calls_share_one_connection(
+    server: SocketServer, engine: Engine
+) -> None:
+    async with Client.connect(server.path) as c:
+        slow = await c.submit("signal", None)
+        await reach(engine, slow["run_id"], "waiting")
         waiter = asyncio.create_task(c.wait(slow["run_id"]))
-        submitted = await asyncio.gather(*(c.submit("ok", i) for i in range(20)))
+        submitted = await asyncio.gather(*(c.submit("echo", i) for i in range(20)))
         assert [r["input"] for r in submitted] == list(range(20))
         assert not waiter.done()
         await c.signal(slow["run_id"], "finish", "done")
@@ -117,15 +314,16 @@ async def test_concurrent_calls_share_one_connection(server: SocketServer) -> No
 
 
 async def test_breaking_out_of_a_stream_cancels_it_on_the_daemon(
-    server: SocketServer, service: FakeService
+    server: SocketServer, engine: Engine
 ) -> None:
-    await service.submit("slow", None, run_id="r")
+    await engine.submit("signal", None, run_id="r")
+    await reach(engine, "r", "waiting")
     async with Client.connect(server.path) as c:
         async with contextlib.aclosing(c.watch("r")) as changes:
             async for change in changes:
-                assert change["status"] == "running"
+                assert change["status"] == "waiting"
                 break
-        await asyncio.wait_for(service.watch_closed.wait(), 10)  # closed by $cancel
+        # Served after the $cancel on the same connection, so the watch is gone by now.
         assert (await c.workflows())["workflows"]
         assert server.stats().requests_in_flight == 0
 
@@ -139,13 +337,15 @@ async def test_unreachable_daemon_names_the_socket(tmp_path: Path) -> None:
     assert "wf daemon" in str(info.value)
 
 
-async def test_connection_lost_fails_pending_calls(service: FakeService, sock_path: Path) -> None:
-    srv = SocketServer(service, sock_path)
+async def test_connection_lost_fails_pending_calls(engine: Engine, sock_path: Path) -> None:
+    srv = SocketServer(engine, sock_path)
     await srv.start()
     async with Client.connect(sock_path) as c:
-        slow = await c.submit("slow", None)
+        slow = await c.submit("signal", None)
         waiter = asyncio.create_task(c.wait(slow["run_id"]))
-        await asyncio.wait_for(service.wait_entered.wait(), 10)
+        # Read after the wait on the same connection: once answered, the wait is in flight.
+        await c.workflows()
+        assert srv.stats().requests_in_flight == 1
         await srv.close()
         with pytest.raises(DaemonUnreachable, match=str(sock_path)):
             await waiter
@@ -156,7 +356,8 @@ async def test_connection_lost_fails_pending_calls(service: FakeService, sock_pa
 async def test_request_too_large_reaches_the_caller(server: SocketServer) -> None:
     async with Client.connect(server.path) as c:
         with pytest.raises(RemoteError) as info:
-            await c.submit("ok", "x" * 10_000)
+            await c.submit("echo", "x" * 10_000)
         assert info.value.code == "REQUEST_TOO_LARGE"
     async with Client.connect(server.path) as c:
-        assert (await c.submit("ok", "small"))["status"] == "completed"
+        run = await c.submit("echo", "small")
+        assert (await c.wait(run["run_id"]))["status"] == "completed"

@@ -10,11 +10,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
+from orchestrator import logs
 from orchestrator.daemon.server import SocketInUse, SocketServer
-from tests.orchestrator.conftest import Raw
-from tests.orchestrator.fake_service import FakeService
+from orchestrator.engine.engine import Engine
+from tests.orchestrator.conftest import FaultyStorage, Raw, reach, until
 
 
 async def test_socket_file_is_mode_0600(server: SocketServer) -> None:
@@ -23,30 +25,30 @@ async def test_socket_file_is_mode_0600(server: SocketServer) -> None:
     assert stat.S_IMODE(mode) == 0o600
 
 
-async def test_close_removes_the_socket_file(service: FakeService, sock_path: Path) -> None:
-    srv = SocketServer(service, sock_path)
+async def test_close_removes_the_socket_file(engine: Engine, sock_path: Path) -> None:
+    srv = SocketServer(engine, sock_path)
     await srv.start()
     await srv.close()
     assert not sock_path.exists()
 
 
-async def test_stale_socket_file_is_replaced(service: FakeService, sock_path: Path) -> None:
+async def test_stale_socket_file_is_replaced(engine: Engine, sock_path: Path) -> None:
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(sock_path))
     dead.close()  # the file stays, nobody listens: what a killed daemon leaves behind
     assert sock_path.exists()
-    srv = SocketServer(service, sock_path)
+    srv = SocketServer(engine, sock_path)
     await srv.start()
     try:
         raw = await Raw.open(sock_path)
-        assert (await raw.ask({"id": 1, "method": "stats"}))["result"]["runs"] == {"active": 0}
+        assert (await raw.ask({"id": 1, "method": "stats"}))["result"]["runs"] == {}
         await raw.close()
     finally:
         await srv.close()
 
 
-async def test_live_socket_is_refused(server: SocketServer, service: FakeService) -> None:
-    second = SocketServer(service, server.path)
+async def test_live_socket_is_refused(server: SocketServer, engine: Engine) -> None:
+    second = SocketServer(engine, server.path)
     with pytest.raises(SocketInUse, match=str(server.path)):
         await second.start()
     raw = await Raw.open(server.path)  # the first server is untouched
@@ -55,11 +57,11 @@ async def test_live_socket_is_refused(server: SocketServer, service: FakeService
 
 
 async def test_regular_file_at_socket_path_is_not_replaced(
-    service: FakeService, sock_path: Path
+    engine: Engine, sock_path: Path
 ) -> None:
     sock_path.write_text("precious")
     with pytest.raises(RuntimeError, match="not a socket"):
-        await SocketServer(service, sock_path).start()
+        await SocketServer(engine, sock_path).start()
     assert sock_path.read_text() == "precious"
 
 
@@ -68,9 +70,12 @@ async def test_parse_error_keeps_the_connection(raw: Raw) -> None:
     assert reply["id"] is None
     assert reply["error"]["code"] == "PARSE_ERROR"
     reply = await raw.ask(
-        {"id": 2, "method": "submit", "params": {"workflow_id": "ok", "input": 1}}
+        {"id": 2, "method": "submit", "params": {"workflow_id": "echo", "input": 1}}
     )
     assert reply["id"] == 2
+    assert reply["result"]["workflow_id"] == "echo"
+    run_id = reply["result"]["run_id"]
+    reply = await raw.ask({"id": 3, "method": "wait", "params": {"run_id": run_id}})
     assert reply["result"]["status"] == "completed"
 
 
@@ -115,23 +120,26 @@ async def test_request_too_large_closes_only_that_connection(server: SocketServe
 
 
 async def test_unexpected_exception_is_internal_and_server_survives(
-    server: SocketServer, raw: Raw
+    server: SocketServer, raw: Raw, store: FaultyStorage
 ) -> None:
-    with capture_logs() as logs:
+    """Not a storage error (which has a code of its own): a bug, answered as INTERNAL."""
+    store.fail("load_journal", RuntimeError("handler exploded"))
+    with capture_logs() as captured:
         reply = await raw.ask({"id": 1, "method": "get", "params": {"run_id": "crash"}})
     assert reply["error"]["code"] == "INTERNAL"
     assert "handler exploded" in reply["error"]["message"]
-    assert any(e["event"] == "socket.internal_error" for e in logs)
+    assert any(e["event"] == "socket.internal_error" for e in captured)
     assert "result" in await raw.ask({"id": 2, "method": "workflows"})
     assert server.stats().errors_by_code["INTERNAL"] == 1
 
 
-async def test_pipelined_requests_are_served_concurrently(raw: Raw) -> None:
+async def test_pipelined_requests_are_served_concurrently(raw: Raw, engine: Engine) -> None:
     run = (
         await raw.ask(
-            {"id": 1, "method": "submit", "params": {"workflow_id": "slow", "input": None}}
+            {"id": 1, "method": "submit", "params": {"workflow_id": "signal", "input": None}}
         )
     )["result"]
+    await reach(engine, run["run_id"], "waiting")
     # The wait is in flight while the signal that ends it is served on the same connection.
     await raw.send({"id": 2, "method": "wait", "params": {"run_id": run["run_id"]}})
     await raw.send(
@@ -147,59 +155,80 @@ async def test_pipelined_requests_are_served_concurrently(raw: Raw) -> None:
     assert replies[2]["result"]["output"] == 42
 
 
-async def test_stream_sends_events_then_a_result(raw: Raw, service: FakeService) -> None:
-    await service.submit("ok", {}, run_id="r")
+async def test_stream_sends_events_then_a_result(raw: Raw, engine: Engine) -> None:
+    await engine.submit("stream", {}, run_id="r")
+    await engine.wait("r")
     await raw.send({"id": 9, "method": "stream", "params": {"run_id": "r", "stream_id": "s"}})
-    lines = [await raw.recv() for _ in range(3)]
-    assert [line["id"] for line in lines] == [9, 9, 9]
-    assert [line["event"]["seq"] for line in lines[:2]] == [0, 1]
-    assert lines[2] == {"id": 9, "result": {"events": 2, "dropped": 0}}
+    lines = [await raw.recv() for _ in range(4)]
+    assert [line["id"] for line in lines] == [9, 9, 9, 9]
+    assert [line["event"]["seq"] for line in lines[:3]] == [0, 1, 2]
+    assert [line["event"]["chunk"] for line in lines[:3]] == ["hel", "lo", None]
+    assert [line["event"]["final"] for line in lines[:3]] == [False, False, True]
+    assert lines[3] == {"id": 9, "result": {"events": 3, "dropped": 0}}
 
 
-async def test_stream_error_before_first_item(raw: Raw, service: FakeService) -> None:
-    await service.submit("ok", {}, run_id="r")
+async def test_stream_error_before_first_item(raw: Raw) -> None:
     reply = await raw.ask(
-        {"id": 1, "method": "stream", "params": {"run_id": "r", "stream_id": "x"}}
+        {"id": 1, "method": "stream", "params": {"run_id": "nope", "stream_id": "s"}}
     )
     assert reply["error"]["code"] == "NOT_FOUND"
-    assert reply["error"]["data"] == {"stream_id": "x"}
+    assert reply["error"]["data"] == {"run_id": "nope"}
+    assert "result" in await raw.ask({"id": 2, "method": "workflows"})
 
 
-async def test_slow_tail_reader_gets_lagged_notice(raw: Raw, service: FakeService) -> None:
+async def test_slow_tail_reader_gets_lagged_notice(server: SocketServer, log_feed: object) -> None:
     """The outbound queue holds 4 lines; the rest is dropped and reported, never buffered."""
-    service.tail_records = [
-        {"event": "e", "level": "info", "n": i, "pad": "x" * 1000} for i in range(200)
-    ]
-    await raw.send({"id": 1, "method": "tail"})
-    await service.tail_done.wait()  # the reader has not read a byte yet
-    events, notices = [], []
-    while True:
-        line = await raw.recv()
-        if "result" in line:
-            result = line["result"]
-            break
-        if line["event"].get("type") == "lagged":
-            notices.append(line["event"]["dropped"])
-        else:
-            events.append(line["event"]["n"])
-    assert notices and sum(notices) == result["dropped"] > 0
-    assert len(events) == result["events"]
-    assert len(events) + result["dropped"] == 200
+    flood = 3000  # 3 MB of log lines: far more than the socket and the reader buffer
+    raw = await Raw.open(server.path, limit=2**16)
+    subscribed = logs.subscriber_count()
+    await raw.send({"id": 1, "method": "tail", "params": {"run_id": "flood"}})
+    await until(lambda: logs.subscriber_count() > subscribed, "the tail to subscribe")
+    log = structlog.get_logger("test")
+    for n in range(flood):  # the reader has not read a byte yet
+        log.info("flood", run_id="flood", n=n, pad="x" * 1000)
+        await asyncio.sleep(0)  # one loop turn: the tail moves the record to the connection
+    events: list[int] = []
+    notices: list[int] = []
+
+    async def read_until_an_end_marker() -> int:
+        while True:
+            event = (await raw.recv())["event"]
+            if event.get("type") == "lagged":
+                notices.append(event["dropped"])
+            elif event["event"] == "end":
+                return int(event["k"])
+            else:
+                events.append(event["n"])
+
+    reader = asyncio.create_task(read_until_an_end_marker())
+    k = 0
+    while not reader.done():  # markers until one gets through: those before it were dropped
+        log.info("end", run_id="flood", k=k)
+        k += 1
+        await asyncio.wait([reader], timeout=0.01)
+    dropped_markers = reader.result()
+    assert notices and sum(notices) > 0
+    # Every record before the marker that got through was either delivered or counted.
+    assert len(events) + sum(notices) == flood + dropped_markers
     assert events == sorted(events)
+    assert server.stats().events_dropped >= sum(notices)
+    await raw.close()
 
 
-async def test_cancel_control_method_stops_a_stream(raw: Raw, service: FakeService) -> None:
-    await service.submit("slow", None, run_id="r")
+async def test_cancel_control_method_stops_a_stream(raw: Raw, engine: Engine) -> None:
+    await engine.submit("signal", None, run_id="r")
+    await reach(engine, "r", "waiting")
     await raw.send({"id": 1, "method": "watch", "params": {"run_id": "r"}})
     first = await raw.recv()
-    assert first == {"id": 1, "event": {"run_id": "r", "status": "running"}}
+    assert first["id"] == 1
+    assert (first["event"]["run_id"], first["event"]["status"]) == ("r", "waiting")
     reply = await raw.ask({"id": 2, "method": "$cancel", "params": {"id": 1}})
     assert reply == {"id": 2, "result": {"cancelled": True}}
     assert "result" in await raw.ask({"id": 3, "method": "workflows"})
 
 
-async def test_permission_denied_for_other_uid(service: FakeService, sock_path: Path) -> None:
-    srv = SocketServer(service, sock_path, peer_uid_of=lambda _sock: 4242)
+async def test_permission_denied_for_other_uid(engine: Engine, sock_path: Path) -> None:
+    srv = SocketServer(engine, sock_path, peer_uid_of=lambda _sock: 4242)
     await srv.start()
     try:
         raw = await Raw.open(sock_path)
@@ -213,8 +242,8 @@ async def test_permission_denied_for_other_uid(service: FakeService, sock_path: 
         await srv.close()
 
 
-async def test_allowed_uids_are_admitted(service: FakeService, sock_path: Path) -> None:
-    srv = SocketServer(service, sock_path, allowed_uids=[4242], peer_uid_of=lambda _sock: 4242)
+async def test_allowed_uids_are_admitted(engine: Engine, sock_path: Path) -> None:
+    srv = SocketServer(engine, sock_path, allowed_uids=[4242], peer_uid_of=lambda _sock: 4242)
     await srv.start()
     try:
         raw = await Raw.open(sock_path)
@@ -249,14 +278,14 @@ def _ask_as(uid: int, path: Path) -> bytes:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
-async def test_permission_denied_for_real_peer_uid(service: FakeService) -> None:
+async def test_permission_denied_for_real_peer_uid(engine: Engine) -> None:
     """A real SO_PEERCRED check: a client process running as `nobody` is refused."""
     nobody = pwd.getpwnam("nobody").pw_uid
     # pytest's tmp dirs are 0700 under root's; `nobody` needs a path it can traverse.
     sock_dir = Path(tempfile.mkdtemp(prefix="wf-peercred-", dir="/tmp"))
     os.chmod(sock_dir, 0o755)
     sock_path = sock_dir / "wf.sock"
-    srv = SocketServer(service, sock_path)
+    srv = SocketServer(engine, sock_path)
     await srv.start()
     os.chmod(sock_path, 0o666)  # let the file mode through; the uid check must still refuse
     try:
@@ -278,10 +307,10 @@ async def test_stats_count_requests_and_errors(server: SocketServer, raw: Raw) -
     assert stats.to_dict()["errors_by_code"] == {"METHOD_NOT_FOUND": 1}
 
 
-async def test_close_ends_open_streams(service: FakeService, sock_path: Path) -> None:
-    srv = SocketServer(service, sock_path)
+async def test_close_ends_open_streams(engine: Engine, sock_path: Path) -> None:
+    srv = SocketServer(engine, sock_path)
     await srv.start()
-    await service.submit("slow", None, run_id="r")
+    await engine.submit("signal", None, run_id="r")
     raw = await Raw.open(sock_path)
     await raw.send({"id": 1, "method": "watch", "params": {"run_id": "r"}})
     await raw.recv()
