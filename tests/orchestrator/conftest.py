@@ -27,6 +27,7 @@ from orchestrator.config import LoggingConfig
 from orchestrator.daemon.server import SocketServer
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.settings import Settings
+from runtime.workflow import Registry
 from tests.orchestrator import engine_workflows
 
 # Shutdown waits this long for a step in flight (a gated step never ends by itself).
@@ -111,6 +112,19 @@ def settings() -> Settings:
 async def engine(store: FaultyStorage, settings: Settings) -> AsyncIterator[Engine]:
     registry = engine_workflows.registry()
     async with Engine(cast(storage.Storage, store), registry=registry, settings=settings) as eng:
+        yield eng
+
+
+@contextlib.asynccontextmanager
+async def open_engine(
+    db_path: Path, settings: Settings | None = None, registry: Registry | None = None
+) -> AsyncIterator[Engine]:
+    """Storage and engine opened on ``db_path`` together and closed together: one daemon life."""
+    async with storage.SQLiteStorage.open(db_path) as opened, Engine(
+        opened,
+        registry=registry or engine_workflows.registry(),
+        settings=settings or Settings(shutdown_grace=GRACE),
+    ) as eng:
         yield eng
 
 
