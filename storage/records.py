@@ -63,6 +63,8 @@ class WaitpointKind(StrEnum):
 class WaitpointStatus(StrEnum):
     WAITING = "waiting"
     RESOLVED = "resolved"
+    CANCELLED = "cancelled"
+    """The run ended while it waited: nothing resolves it any more."""
 
 
 class ResolutionSource(StrEnum):

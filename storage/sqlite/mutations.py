@@ -120,6 +120,16 @@ def _start_timers(
             _upsert_timer(conn, timer_id, kind, due, at, run_id, None, None)
 
 
+def _close_run(conn: Conn, run_id: str) -> None:
+    """The run ended: nothing of it is due any more, and nothing may resolve its waits (a
+    later event must not count a cancelled run as resolved)."""
+    conn.execute("DELETE FROM timers WHERE run_id = ?", (run_id,))
+    conn.execute(
+        "UPDATE waitpoints SET status = 'cancelled' WHERE run_id = ? AND status = 'waiting'",
+        (run_id,),
+    )
+
+
 def end_pending(conn: Conn, op: ops.EndPending) -> records.RunRecord | None:
     cur = conn.execute(
         "UPDATE runs SET status = ?, error = ?, finished_at = ?, updated_at = ? "
@@ -128,7 +138,7 @@ def end_pending(conn: Conn, op: ops.EndPending) -> records.RunRecord | None:
     )
     if cur.rowcount == 0:
         return None
-    conn.execute("DELETE FROM timers WHERE run_id = ?", (op.run_id,))
+    _close_run(conn, op.run_id)
     return rows.run_from_row(conn.execute(_SELECT_RUN, (op.run_id,)).fetchone())
 
 
@@ -187,7 +197,7 @@ def update_run(conn: Conn, op: ops.UpdateRun) -> None:
     if cur.rowcount == 0:
         raise errors.NotFound("run", op.run_id)
     if op.status is not ops.UNSET and op.status in records.TERMINAL_STATUSES:
-        conn.execute("DELETE FROM timers WHERE run_id = ?", (op.run_id,))
+        _close_run(conn, op.run_id)
 
 
 def create_child_run(conn: Conn, op: ops.CreateChildRun) -> ops.ChildRunCreated:

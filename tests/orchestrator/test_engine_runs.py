@@ -125,12 +125,6 @@ async def test_failed_child_raises_child_run_error_in_the_parent(engine: Engine)
     assert done["output"] == {"child_error": "FATAL"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: cancelling a parked run leaves its waitpoint 'waiting' in storage, so "
-    "stats count it as waiting and a later matching event 'resolves' it (send_event reports "
-    "resolved: 1 for a run that is already cancelled)",
-)
 async def test_cancelled_run_leaves_no_waitpoint_for_a_later_event_to_resolve(
     engine: Engine,
 ) -> None:
