@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runtime import Context, workflow
+from runtime import Concurrency, Context, workflow
 
 
 async def _noop(i: int) -> int:
@@ -22,6 +22,18 @@ async def _now() -> float:
 
 @workflow(id="bench-steps", description="W1/W4: k trivial sequential steps.")
 async def bench_steps(input: dict[str, Any], ctx: Context) -> int:
+    k = int(input["k"])
+    for i in range(k):
+        await ctx.step(f"s{i}", _noop, i)
+    return k
+
+
+@workflow(
+    id="bench-steps-limited",
+    description="W1c: W1's body under Concurrency(50, key=...) (100 keys in the bench).",
+    concurrency=Concurrency(50, key=lambda i: i["key"]),
+)
+async def bench_steps_limited(input: dict[str, Any], ctx: Context) -> int:
     k = int(input["k"])
     for i in range(k):
         await ctx.step(f"s{i}", _noop, i)

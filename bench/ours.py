@@ -192,6 +192,22 @@ async def w1(svc: Any, p: dict[str, Any], daemon: Daemon | None) -> dict[str, An
     return await steps_burst(n, k, one_run)
 
 
+async def w1c(svc: Any, p: dict[str, Any], daemon: Daemon | None) -> dict[str, Any]:
+    """W1 with flow control: Concurrency(50, key=...) over ``keys`` keys."""
+    n, k, keys = p["n"], p["k"], p["keys"]
+    await warm_up(svc)
+    counter = iter(range(10**9))
+
+    async def one_run() -> None:
+        key = f"key{next(counter) % keys}"
+        run = await svc.submit("bench-steps-limited", {"k": k, "key": key})
+        final = await svc.wait(run["run_id"], timeout=900)
+        if final["status"] != "completed":
+            raise RuntimeError(f"W1c run ended {final['status']}: {final}")
+
+    return await steps_burst(n, k, one_run)
+
+
 async def w2(svc: Any, p: dict[str, Any], daemon: Daemon | None) -> dict[str, Any]:
     n, seconds = p["n"], p["seconds"]
     await warm_up(svc)
@@ -309,7 +325,7 @@ async def w5(svc: Any, p: dict[str, Any], daemon: Daemon | None) -> dict[str, An
     return out
 
 
-WORKLOADS = {"W1": w1, "W2": w2, "W2small": w2, "W3": w3, "W4": w4, "W5": w5}
+WORKLOADS = {"W1": w1, "W1c": w1c, "W2": w2, "W2small": w2, "W3": w3, "W4": w4, "W5": w5}
 
 
 async def run_cell(side: str, workload: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -34,13 +34,14 @@ from bench.common import say
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
 SIDES = ("ours-daemon", "ours-embedded", "dbos-default", "dbos-tuned")
-WORKLOADS = ("W1", "W2", "W2small", "W3", "W4", "W5", "W6")
+WORKLOADS = ("W1", "W1c", "W2", "W2small", "W3", "W4", "W5", "W6")
 TUNED_POLL_S = 0.05
 
 # Which sides run which workload. W5 is about the daemon process (RSS, restart); DBOS-tuned only
 # differs from default by its polling interval, which matters for W1-W3.
 MATRIX: dict[str, tuple[str, ...]] = {
     "W1": SIDES,
+    "W1c": ("ours-daemon", "ours-embedded"),  # W1 under Concurrency(50, key) over 100 keys
     "W2": SIDES,
     "W2small": ("ours-daemon", "ours-embedded"),  # W2 at DBOS's N, for a like-for-like row
     "W3": SIDES,
@@ -58,6 +59,8 @@ def params_for(side: str, workload: str, args: argparse.Namespace) -> dict[str, 
 
     if workload == "W1":
         return {"n": n(1000), "k": 10}
+    if workload == "W1c":
+        return {"n": n(1000), "k": 10, "keys": 100}
     if workload == "W2":
         # DBOS starts ~110 runs/s: 10k would take minutes before the first wake.
         return {"n": n(1000 if dbos else 10000), "seconds": 2.0}
@@ -177,6 +180,7 @@ METRICS: list[tuple[str, str, tuple[str, ...], str, bool]] = [
     ("W1 runs/s", "W1", ("runs_per_s",), "", True),
     ("W1 run latency p50", "W1", ("latency", "p50_ms"), " ms", False),
     ("W1 run latency p99", "W1", ("latency", "p99_ms"), " ms", False),
+    ("W1c steps/s (Concurrency 50/key, 100 keys)", "W1c", ("steps_per_s",), "", True),
     ("W2 wake lateness p50", "W2", ("lateness", "p50_ms"), " ms", False),
     ("W2 wake lateness p99", "W2", ("lateness", "p99_ms"), " ms", False),
     ("W2 wake lateness max", "W2", ("lateness", "max_ms"), " ms", False),
@@ -203,7 +207,7 @@ METRICS: list[tuple[str, str, tuple[str, ...], str, bool]] = [
     ("W5 drain runs/s", "W5", ("drain_runs_per_s",), "", True),
 ]
 
-N_PATH = {"W1": ("n",), "W2": ("n",), "W2small": ("n",), "W3": ("n",), "W5": ("n",)}
+N_PATH = {"W1": ("n",), "W1c": ("n",), "W2": ("n",), "W2small": ("n",), "W3": ("n",), "W5": ("n",)}
 
 
 def _cell(cells: dict[str, Any], wl: str, side: str) -> dict[str, Any] | None:
