@@ -65,11 +65,6 @@ class BodyLoop(asyncio.AbstractEventLoop):
     def has_ready(self) -> bool:
         return bool(self._ready)
 
-    @property
-    def busy(self) -> bool:
-        """Something the engine can see may still move the body without a resolution."""
-        return bool(self._ready) or self.jobs > 0 or self.timers > 0
-
     def run_slice(self) -> None:
         """Run ready handles (at most ``SLICE_HANDLES``) with this loop as the running loop.
 
@@ -148,7 +143,7 @@ class BodyLoop(asyncio.AbstractEventLoop):
 
     # ---------------------------------------------------------------- bridging host work
 
-    def on_host(self, fut: asyncio.Future[T]) -> asyncio.Future[T]:
+    def follow(self, fut: asyncio.Future[T]) -> asyncio.Future[T]:
         """A body future that follows ``fut`` (a host future); pending work until it is done.
 
         If the body stops waiting (its future is cancelled), ``fut`` is cancelled too.
@@ -200,9 +195,13 @@ class BodyLoop(asyncio.AbstractEventLoop):
         context: contextvars.Context | None = None,
     ) -> asyncio.Handle:
         handle = asyncio.Handle(callback, args, self, context)
-        self._ready.append(handle)  # one list append: atomic under the GIL
-        self.host.call_soon_threadsafe(self.wake)
+        # Appended on the host thread: a slice may be swapping the ready list right now.
+        self.host.call_soon_threadsafe(self._ready_from_thread, handle)
         return handle
+
+    def _ready_from_thread(self, handle: asyncio.Handle) -> None:
+        self._ready.append(handle)
+        self.wake()
 
     def call_later(
         self,
@@ -258,7 +257,7 @@ class BodyLoop(asyncio.AbstractEventLoop):
     def run_in_executor(  # type: ignore[override]  # typeshed's TypeVarTuple signature
         self, executor: Executor | None, func: Callable[..., T], *args: Any
     ) -> asyncio.Future[T]:
-        return self.on_host(self.host.run_in_executor(executor, func, *args))
+        return self.follow(self.host.run_in_executor(executor, func, *args))
 
     # ---------------------------------------------------------------- state
 

@@ -240,6 +240,7 @@ class Execution:
         if state.deadlock is not None:
             error = errors.error_dict("NON_DURABLE_AWAIT", state.deadlock, name="NonDurableAwait")
             self._given_up = self._outcome(RunStatus.FAILED, error=error)
+            state.finished = True  # left behind on its loop: nothing it does is recorded
             return True
         state.deadlock = _stuck_report(loop, state.host.limits.deadlock_timeout)
         task.cancel()  # the body unwinds with CancelledError, mapped to the error in _main
