@@ -125,6 +125,14 @@ def _continue(
 class RunState:
     """One run's journal, counters and host, shared by the ctx operations of its body."""
 
+    __slots__ = (
+        "_handoff", "_pending_meta", "blocked", "cancel_request", "clock_at", "closed",
+        "compensable", "consumed_steps", "counters", "deadlock", "default_retry", "definition",
+        "divergences", "facts", "finished", "host", "host_failure", "input", "jobs", "journal",
+        "loop", "metadata_index", "pending", "random", "seen_steps", "step_position",
+        "streams_seen", "timed_out",
+    )
+
     def __init__(
         self,
         definition: WorkflowDefinition,
@@ -152,7 +160,7 @@ class RunState:
         # Waitpoints the body is blocked on (registration, and the body future it awaits).
         self.pending: dict[str, WaitpointRegistered] = {}
         self.blocked: dict[str, asyncio.Future[WaitpointResolved]] = {}
-        self.jobs: set[HostJob] = set()
+        self.jobs: dict[HostJob, None] = {}  # a dict: light while empty (parked runs)
         self.loop: BodyLoop | None = None  # set by the executor before the body starts
         self.cancel_request: tuple[str | None, bool] | None = None
         self.closed = False
@@ -181,6 +189,13 @@ class RunState:
 
     def check_live(self) -> None:
         """Raise the right internal signal if the body must not start anything new."""
+        if (
+            self.host_failure is None
+            and self.cancel_request is None
+            and not (self.closed or self.finished or self.timed_out)
+            and self.deadlock is None
+        ):
+            return  # the hot path: one call per step
         signal = self.signal()
         if signal is not None:
             raise signal
@@ -248,7 +263,7 @@ class RunState:
         else:
             job.task = loop.host.create_task(self._host_worker(job, work))
         loop.jobs += 1
-        self.jobs.add(job)
+        self.jobs[job] = None
         return job
 
     async def _host_worker(self, job: HostJob, work: Awaitable[Any]) -> None:
@@ -275,7 +290,7 @@ class RunState:
                 except BaseException as exc:  # user code must not reach the host loop
                     outcome = exc
             loop.jobs -= 1
-            self.jobs.discard(job)
+            self.jobs.pop(job, None)
             loop.defer_wake(True)  # host_work_done runs the body's next slice right here
             try:
                 self._settle(job, outcome, task)

@@ -20,6 +20,9 @@ from runtime.facts import HostServices
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
+    code = getattr(fn, "__code__", None)  # a function or bound method: read its flag directly
+    if code is not None:
+        return bool(code.co_flags & inspect.CO_COROUTINE)
     return inspect.iscoroutinefunction(fn) or (
         isinstance(fn, partial) and inspect.iscoroutinefunction(fn.func)
     )

@@ -43,6 +43,10 @@ _CLOSE_HARD_STOP = 1.0
 class Execution:
     """One run's body, its journal and its host. Not thread-safe; one host loop."""
 
+    __slots__ = (
+        "_driving", "_given_up", "_hard_stop", "_loop", "_state", "_task", "compute_used",
+    )
+
     def __init__(
         self,
         definition: WorkflowDefinition,
@@ -265,28 +269,25 @@ class Execution:
     # ----------------------------------------------------------------- the body's main task
 
     async def _main(self) -> Outcome:
+        state = self._state
         try:
-            return await self._run_body()
+            try:
+                output = await state.definition.fn(state.input, Context(state))
+                # The body may have swallowed a signal (except BaseException) and returned.
+                state.check_live()
+                output = serialization.round_trip(
+                    output, what="workflow output", max_bytes=state.host.limits.max_payload_bytes
+                )
+                await state.flush_metadata()
+                return self._outcome(RunStatus.COMPLETED, output=output)
+            except BaseException as exc:  # user code fails only its own run
+                return await self._ended_by(exc)
         except _signals.HostFailure:
             raise
         except _signals.InternalSignal as sig:
             # A signal while compensating (a second cancel, a close): stop there. What ran is
             # in the journal; a replay skips it.
             return self._signal_outcome(sig, [])
-
-    async def _run_body(self) -> Outcome:
-        state = self._state
-        try:
-            output = await state.definition.fn(state.input, Context(state))
-            # The body may have swallowed a signal (except BaseException) and returned anyway.
-            state.check_live()
-            output = serialization.round_trip(
-                output, what="workflow output", max_bytes=state.host.limits.max_payload_bytes
-            )
-            await state.flush_metadata()
-            return self._outcome(RunStatus.COMPLETED, output=output)
-        except BaseException as exc:  # user code fails only its own run
-            return await self._ended_by(exc)
 
     async def _ended_by(self, exc: BaseException) -> Outcome:
         state = self._state
