@@ -246,3 +246,90 @@ async def test_parked_runs_still_cancel_and_compensate_warm_and_cold(replay: str
     assert outcome.status == RunStatus.CANCELLED and undone == ["b1"]
     assert [type(c).__name__ for c in outcome.compensations] == ["CompensationRan"]
     assert [e.step_id for e in host.entries if isinstance(e, StepAttempt)] == ["booked"]
+
+
+@workflow(id="park-cancel-running")
+async def cancel_running_wf(input: Any, ctx: Any) -> None:
+    await ctx.step("booked", lambda: "b1", compensate=lambda out: undone.append(out))
+
+    async def forever() -> None:
+        undone.append("long step started")
+        await asyncio.sleep(3600)
+
+    await ctx.step("long", forever)
+
+
+async def test_cancel_stops_a_running_step_after_a_replay_too(replay: str) -> None:
+    host = Host()
+    recorded = [StepAttempt("booked", 0, 1, "ok", "b1", None, T0, T0)] if replay == "cold" else []
+    ex = execution(cancel_running_wf, host, recorded)
+    advancing = asyncio.ensure_future(ex.advance())
+    while "long step started" not in undone:
+        await asyncio.sleep(0)
+    ex.cancel("stop")
+    outcome = await advancing
+    assert outcome.status == RunStatus.CANCELLED and undone == ["long step started", "b1"]
+    assert not any(isinstance(e, StepAttempt) and e.step_id == "long" for e in host.entries)
+
+
+async def test_a_body_that_gives_up_on_a_step_cancels_it_and_nothing_is_recorded() -> None:
+    host = Host()
+
+    async def slow() -> str:
+        await asyncio.sleep(3600)
+        return "late"
+
+    @workflow(id="park-give-up")
+    async def wf(input: Any, ctx: Any) -> str:
+        try:
+            await asyncio.wait_for(ctx.step("slow", slow), timeout=0.02)
+        except TimeoutError:
+            return str(await ctx.step("fallback", lambda: "fallback"))
+        return "slow won"
+
+    outcome = await execution(wf, host).advance()
+    assert outcome.status == RunStatus.COMPLETED and outcome.output == "fallback"
+    assert [e.step_id for e in host.entries if isinstance(e, StepAttempt)] == ["fallback"]
+
+
+async def test_a_commit_the_body_stopped_waiting_for_still_reaches_the_journal() -> None:
+    class SlowHost(Host):
+        async def record(self, entry: Entry) -> Sequence[WaitpointResolved]:
+            await asyncio.sleep(0.05)  # the body's wait_for gives up while this commits
+            self.entries.append(entry)
+            return ()
+
+    @workflow(id="park-abandoned-commit")
+    async def wf(input: Any, ctx: Any) -> str:
+        try:
+            await asyncio.wait_for(ctx.wait_for_event("x"), timeout=0.01)
+        except TimeoutError:
+            return "gave up"
+        return "got x"
+
+    host = SlowHost()
+    ex = execution(wf, host)
+    outcome = await ex.advance()
+    assert outcome.status == RunStatus.COMPLETED and outcome.output == "gave up"
+    # The registration was committed; the journal says so too, as storage does.
+    assert host.kinds() == ["WaitpointRegistered"]
+    assert list(ex.journal.registrations) == ["event:x:0"]
+
+
+async def test_close_stops_a_body_that_swallows_the_signal(monkeypatch: Any) -> None:
+    import runtime.executor as executor_module
+
+    monkeypatch.setattr(executor_module, "_CLOSE_GRACE", 0.05)
+
+    @workflow(id="park-stubborn-close")
+    async def wf(input: Any, ctx: Any) -> None:
+        try:
+            await ctx.wait_for_event("x")
+        except BaseException:
+            await asyncio.Event().wait()  # swallow Suspended, then hang on something foreign
+
+    ex = execution(wf, Host())
+    assert (await ex.advance()).status == RunStatus.WAITING
+    started = time.monotonic()
+    await ex.close()
+    assert ex.done and time.monotonic() - started < 1.5
