@@ -7,9 +7,13 @@ nothing here imports it back.
 Two sides meet here. The *body side* runs on the run's :class:`~runtime.bodyloop.BodyLoop`:
 ``check_live``, ``wait_on``, ``register``, ``record``, ``flush_metadata``, ``on_host``. The *host
 side* runs on the host loop (the daemon's): ``record_on_host``, ``commit``, ``resolve``,
-``interrupt``. The body reaches the host only through ``on_host``, which starts a host task and
-hands its result back on a body future; the body loop counts it as pending work until it ends, so
-a body waiting for host work is never taken for parked.
+``interrupt``. The body reaches the host only through ``on_host``: a host job, run in a host task
+and handed back on a body future (a :class:`HostJob`); the body loop counts it as pending work
+until it ends, so a body waiting for host work is never taken for parked.
+
+The step path is one hop. A host task that finishes a job runs the body's next slice itself;
+a job the body asks for in that slice starts right there, on that task (the host's current
+task, the host loop set as the running loop), and if it suspends, that task goes on with it.
 """
 
 from __future__ import annotations
