@@ -43,3 +43,11 @@ class HostFailure(InternalSignal):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(f"host failed to record a journal entry: {cause!r}")
         self.cause = cause
+
+
+class NonDurableAwait(InternalSignal):
+    """The body stayed blocked on something no ctx operation, timer or host work can finish."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail

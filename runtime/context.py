@@ -8,9 +8,11 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from runtime import _signals, durations, errors, serialization
+from runtime._state import RunState
+from runtime.compensation import run_compensations
 from runtime.journal import MetadataOp, MetadataOpName, MetadataTarget, WaitpointRegistered
 from runtime.matching import validate_pattern
 from runtime.ratelimit import RateLimit
@@ -20,9 +22,6 @@ from runtime.steps import run_step
 from runtime.streams import StreamApi
 from runtime.waitables import OnTimeout, TokenHandle, Waitable
 from runtime.workflow import definition_of
-
-if TYPE_CHECKING:
-    from runtime.executor import Execution
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -51,7 +50,7 @@ class _Applied:
 
     __slots__ = ("_ex",)
 
-    def __init__(self, ex: Execution) -> None:
+    def __init__(self, ex: RunState) -> None:
         self._ex = ex
 
     def __await__(self) -> Generator[Any, None, None]:
@@ -61,7 +60,7 @@ class _Applied:
 class Metadata:
     """``ctx.metadata``: JSON values on the run (or its parent/root), applied exactly once."""
 
-    def __init__(self, ex: Execution, target: MetadataTarget = "self") -> None:
+    def __init__(self, ex: RunState, target: MetadataTarget = "self") -> None:
         self._ex = ex
         self._target: MetadataTarget = target
 
@@ -133,13 +132,13 @@ class Group:
         """Run this group's compensations now, newest first; outer ones are untouched."""
         if self._start is None:
             raise RuntimeError(f"group {self.name!r} is not entered")
-        await self._ctx._ex.run_compensations(self._start)
+        await run_compensations(self._ctx._ex, self._start)
 
 
 class Context:
     """The workflow body's handle on the engine. Everything here is deterministic on replay."""
 
-    def __init__(self, ex: Execution) -> None:
+    def __init__(self, ex: RunState) -> None:
         self._ex = ex
         facts = ex.facts
         self.run = RunInfo(
@@ -160,7 +159,7 @@ class Context:
 
     @property
     def is_cancelled(self) -> bool:
-        return self._ex.is_cancelled
+        return self._ex.cancel_request is not None
 
     # -------------------------------------------------------------- steps
 

@@ -98,7 +98,14 @@ _BY_NAME: dict[str, type[WorkflowError]] = {
 
 
 def serialize_error(err: BaseException) -> dict[str, Any]:
-    """The recorded form of ``err``: JSON-ready, with its cause chain."""
+    """The recorded form of ``err``: JSON-ready, with its cause chain.
+
+    An error rebuilt from a record (``deserialize_error``) is recorded as that record, so a
+    run that ends with a step's recorded error reports it the same live and on replay.
+    """
+    recorded = getattr(err, "recorded", None)
+    if isinstance(recorded, dict):
+        return dict(recorded)
     if isinstance(err, WorkflowError):
         code, category, data = err.code, str(err.category), err.data
         message = err.message

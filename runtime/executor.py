@@ -1,54 +1,51 @@
 """The executor: runs one workflow body against its journal.
 
-An :class:`Execution` drives one run. ``advance()`` runs the body until it completes, fails, or
-blocks on unresolved waitpoints (``waiting``). Each entry the body produces goes to the host's
-``record`` callback and is folded into the journal only once the host says it is durable, so the
-body never continues past something that could be lost.
+An :class:`Execution` drives one run. The body runs on an event loop of its own (a
+:class:`~runtime.bodyloop.BodyLoop`); ``advance()``, a coroutine on the host loop, runs that
+loop's ready handles in slices and otherwise waits for something to become ready. Everything
+that does real work (a step, a commit, a thread job) runs on the host loop and is handed back to
+the body; each entry is folded into the journal once the host says it is durable, so the body
+never continues past something that could be lost.
 
-After ``waiting`` the host either keeps the execution (a *warm* run: the coroutine stays suspended
-and ``resolve()`` + ``advance()`` continue it without replay) or calls ``close()`` (a *cold* run:
-the body is unwound with an internal signal, and a later execution replays it from the top).
+``advance()`` returns when the body ends, or when it is *parked*: nothing is ready, no host work
+and no body timer is pending, and the body is blocked on at least one unresolved ctx waitpoint.
+Nothing the engine can see could then move it but a resolution, so this is known, not guessed.
+A body blocked on something else that nothing will finish (a foreign future) fails with
+``NON_DURABLE_AWAIT`` after ``limits.deadlock_timeout``.
+
+After ``waiting`` the host either keeps the execution (a *warm* run: the body stays suspended
+on its loop, and ``resolve()`` + ``advance()`` continue it without replay) or calls ``close()``
+(a *cold* run: the body is unwound with an internal signal, and a later execution replays it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import os
 from typing import Any
 
 from runtime import _signals, errors, serialization
-from runtime.determinism import DeterministicRandom
+from runtime._state import RunState
+from runtime.bodyloop import BodyLoop, new_body_loop
+from runtime.compensation import run_compensations
+from runtime.context import Context
 from runtime.facts import HostServices, Outcome, RunFacts
-from runtime.journal import (
-    CompensationRan,
-    Entry,
-    Journal,
-    MetadataOp,
-    WaitpointRegistered,
-    WaitpointResolved,
-)
-from runtime.retry import RetryPolicy
+from runtime.journal import CompensationRan, Journal, WaitpointResolved
 from runtime.status import RunStatus
 from runtime.workflow import WorkflowDefinition
 
-# Loop turns with no executor activity before a body blocked on waitpoints counts as parked.
-# Sibling branches (gather, parallel) hand results up through a few task wake-ups; this is only
-# paid when a run parks, never per step.
-_IDLE_TURNS = 8
-
-
-@dataclass(slots=True)
-class Compensable:
-    step_id: str
-    output: Any
-    fn: Callable[[Any], Any]
+# How long close() lets a body unwind from the Suspended signal before cancelling it, and then
+# how long it waits for the cancelled body before leaving it behind.
+_CLOSE_GRACE = 5.0
+_CLOSE_HARD_STOP = 1.0
 
 
 class Execution:
-    """One run's body, its journal and its host. Not thread-safe; one asyncio loop."""
+    """One run's body, its journal and its host. Not thread-safe; one host loop."""
+
+    __slots__ = (
+        "_driving", "_given_up", "_hard_stop", "_loop", "_state", "_task", "compute_used",
+    )
 
     def __init__(
         self,
@@ -58,306 +55,289 @@ class Execution:
         journal: Journal,
         host: HostServices,
     ) -> None:
-        self.definition = definition
-        self.input = input
-        self.facts = facts
-        self.journal = journal
-        self.host = host
-        self.random = DeterministicRandom(facts.run_id)
-        self.clock_at = facts.started_at
-        self.default_retry: RetryPolicy | None = definition.retry
-        self.seen_steps: set[str] = set()
-        self.consumed_steps: set[str] = set()
-        self.step_position = 0
-        self.counters: dict[str, int] = {}
-        self.metadata_index = 0
-        self.compensable: list[Compensable] = []
-        self.divergences: list[dict[str, Any]] = []
-        self.streams_seen: set[str] = set()
-        self.inflight: set[asyncio.Future[Any]] = set()
-        self.pending: dict[str, WaitpointRegistered] = {}
+        self._state = RunState(definition, input, facts, journal, host)
         self.compute_used = facts.compute_used
-        self._pending_meta: list[MetadataOp] = []
-        self._blocked: dict[str, asyncio.Future[WaitpointResolved]] = {}
-        self._busy = 0
-        self._activity = 0
-        self._idle_probe_at: int | None = None
-        self._idle: asyncio.Event | None = None
+        self._loop: BodyLoop | None = None
         self._task: asyncio.Task[Outcome] | None = None
-        self._closed = False
-        self._cancel: tuple[str | None, bool] | None = None
-        self._timed_out = False
+        self._driving = False
+        self._hard_stop = False
+        self._given_up: Outcome | None = None  # a body that would not unwind from a deadlock
 
     # ----------------------------------------------------------------- host-facing API
 
     @property
+    def definition(self) -> WorkflowDefinition:
+        return self._state.definition
+
+    @property
+    def facts(self) -> RunFacts:
+        return self._state.facts
+
+    @property
+    def journal(self) -> Journal:
+        return self._state.journal
+
+    @property
+    def host(self) -> HostServices:
+        return self._state.host
+
+    @property
     def done(self) -> bool:
-        return self._task is not None and self._task.done()
+        return self._given_up is not None or (self._task is not None and self._task.done())
 
     @property
     def is_cancelled(self) -> bool:
-        return self._cancel is not None
+        return self._state.cancel_request is not None
 
     async def advance(self) -> Outcome:
-        """Run the body until it ends or blocks on waitpoints; return where it stands."""
-        if self._closed:
+        """Run the body until it ends or parks on waitpoints; return where it stands."""
+        state = self._state
+        if state.closed:
             raise RuntimeError("advance() on a closed execution")
-        loop = asyncio.get_running_loop()
-        self._idle = idle = asyncio.Event()
-        started = loop.time()
-        budget = self._arm_budget(loop)
+        if self._given_up is not None:
+            return self._given_up
+        if self._driving:
+            raise RuntimeError("advance() while another advance() drives this execution")
+        host = asyncio.get_running_loop()
+        loop = self._body_loop(host)
+        started = host.time()
+        budget = self._arm_budget(host)
         if self._task is None:
-            self._task = loop.create_task(self._main(), name=f"body:{self.facts.run_id}")
-        else:
-            self._check_idle()
+            self._task = loop.create_task(self._main(), name=f"body:{state.facts.run_id}")
+            loop.main = self._task
+        self._driving = True
         try:
-            while True:
-                idle_wait = loop.create_task(idle.wait(), name=f"idle:{self.facts.run_id}")
-                try:
-                    await asyncio.wait(
-                        {self._task, idle_wait}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    idle_wait.cancel()
-                if self._task.done() or self._parked():
-                    break
-                # A resolution landed between the idle probe and here (the host applies
-                # deliveries at once while we advance): the body is moving again, so saying
-                # WAITING now would park a run nobody drives. Wait for the next idle point.
-                self._idle = idle = asyncio.Event()
-                self._check_idle()
+            parked = await self._drive(loop, park=True, until=None)
         finally:
-            self._idle = None  # a parked execution holds no event (it may stay warm for long)
+            self._driving = False
             if budget is not None:
                 budget.cancel()
-            self.compute_used += loop.time() - started
-        if self._task.done():
-            return self._task.result()
+            self.compute_used += host.time() - started
+        if not parked:
+            return await self._result(loop)
         return Outcome(
             status=RunStatus.WAITING,
-            waiting_on=tuple(self.pending.values()),
+            waiting_on=tuple(state.pending.values()),
             divergence=self._divergence(),
             compute_used=self.compute_used,
         )
 
     def resolve(self, resolution: WaitpointResolved) -> None:
-        """Deliver a resolution the host has already made durable."""
-        self.journal.apply(resolution)
-        self.pending.pop(resolution.wp_id, None)
-        fut = self._blocked.get(resolution.wp_id)
-        if fut is not None and not fut.done():
-            fut.set_result(resolution)
-            self._activity += 1  # an idle probe in flight must start over
+        """Deliver a resolution the host has already made durable (wakes a waiting driver)."""
+        self._state.resolve(resolution)
 
     def cancel(self, reason: str | None = None, *, compensate: bool = True) -> None:
         """Cancel the run: the in-flight step is cancelled and the body unwinds at its next
-        await. Call ``advance()`` afterwards to run compensations and get the outcome."""
-        if self._cancel is None:
-            self._cancel = (reason, compensate)
-        self._interrupt(lambda: _signals.RunCancelled(reason))
+        ctx await. Call ``advance()`` afterwards to run compensations and get the outcome."""
+        state = self._state
+        if state.cancel_request is None:
+            state.cancel_request = (reason, compensate)
+        state.interrupt(lambda: _signals.RunCancelled(reason))
 
     async def close(self) -> None:
         """Unwind a parked body (park cold). Nothing it does afterwards is recorded."""
-        self._closed = True
-        task = self._task
-        if task is None or task.done():
+        state = self._state
+        state.closed = True
+        task, loop = self._task, self._loop
+        if task is None or loop is None or self.done:
+            if loop is not None:
+                loop.mark_closed()
             return
-        self._interrupt(_signals.Suspended)
-        done, _ = await asyncio.wait({task}, timeout=5.0)
-        if not done:  # a body that keeps swallowing the signal: stop it the hard way
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        state.interrupt(_signals.Suspended)
+        host = asyncio.get_running_loop()
+        if self._driving:  # an advance() in progress drives the body: let it unwind there
+            ended: asyncio.Future[None] = host.create_future()
 
-    # ----------------------------------------------------------------- for ctx operations
+            def on_end(_: object) -> None:
+                if not ended.done():
+                    ended.set_result(None)
 
-    def check_live(self) -> None:
-        """Raise the right internal signal if the body must not start anything new."""
-        if self._closed:
-            raise _signals.Suspended()
-        if self._cancel is not None:
-            raise _signals.RunCancelled(self._cancel[0])
-        if self._timed_out:
-            raise _signals.WorkflowTimedOut(self.definition.timeout or 0.0)
-
-    def next_index(self, key: str) -> int:
-        n = self.counters.get(key, 0)
-        self.counters[key] = n + 1
-        return n
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock_at, UTC)
-
-    def advance_clock(self, at: float) -> None:
-        if at > self.clock_at:
-            self.clock_at = at
-
-    def busy_begin(self) -> None:
-        self._busy += 1
-        self._activity += 1
-
-    def busy_end(self) -> None:
-        self._busy -= 1
-        self._activity += 1
-        self._check_idle()
-
-    def interrupt_signal(self) -> BaseException | None:
-        """The signal that explains why an in-flight operation was cancelled, if any."""
-        if self._closed:
-            return _signals.Suspended()
-        if self._cancel is not None:
-            return _signals.RunCancelled(self._cancel[0])
-        if self._timed_out:
-            return _signals.WorkflowTimedOut(self.definition.timeout or 0.0)
-        return None
-
-    async def record(self, entry: Entry) -> None:
-        """Make ``entry`` durable through the host, then fold it into the journal."""
-        limit = self.host.limits.max_journal_entries
-        if limit is not None and self.journal.size >= limit:
-            raise errors.FatalError(
-                f"run {self.facts.run_id} reached limits.max_journal_entries={limit}",
-                code="JOURNAL_LIMIT",
-                data={"limit": limit},
-            )
-        if self._pending_meta:
-            await self._flush_metadata()
-        await self._record_now(entry)
-
-    async def _record_now(self, entry: Entry) -> None:
-        self.busy_begin()
+            task.add_done_callback(on_end)
+            await asyncio.wait({ended}, timeout=_CLOSE_GRACE)
+            loop.mark_closed()
+            return
+        self._driving = True
         try:
-            resolutions = await self.host.record(entry)
-        except _signals.InternalSignal:
-            raise
-        except BaseException as exc:
-            raise _signals.HostFailure(exc) from exc
+            await self._drive(loop, park=False, until=host.time() + _CLOSE_GRACE)
+            if not task.done():  # a body that keeps swallowing the signal: stop it the hard way
+                self._hard_stop = True
+                task.cancel()
+                await self._drive(loop, park=False, until=host.time() + _CLOSE_HARD_STOP)
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: nothing a closed body does is reported
         finally:
-            self.busy_end()
-        self.journal.apply(entry)
-        for resolution in resolutions:
-            self.resolve(resolution)
+            self._driving = False
+            loop.mark_closed()
 
-    def queue_metadata(self, op: MetadataOp) -> None:
-        self._pending_meta.append(op)
+    # ----------------------------------------------------------------- the driver
 
-    async def _flush_metadata(self) -> None:
-        ops, self._pending_meta = self._pending_meta, []
-        for op in ops:
-            await self._record_now(op)
+    def _body_loop(self, host: asyncio.AbstractEventLoop) -> BodyLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = self._state.loop = new_body_loop(host, self._state.facts.run_id)
+        elif loop.host is not host:
+            if loop.jobs or loop.timers:
+                raise RuntimeError("an execution with host work in flight moved to another loop")
+            loop.host = host
+        return loop
 
-    async def flush_metadata(self) -> None:
-        if self._pending_meta:
-            await self._flush_metadata()
+    async def _drive(self, loop: BodyLoop, *, park: bool, until: float | None) -> bool:
+        """Run the body loop until the main task ends (False) or the body parks (True).
 
-    async def wait_on(
-        self, wp_id: str, make: Callable[[], WaitpointRegistered]
-    ) -> WaitpointResolved:
-        """Register waitpoint ``wp_id`` (once, durably) and wait for its resolution."""
-        resolution = self.journal.resolutions.get(wp_id)
-        if resolution is None:
-            self.check_live()
-            if wp_id not in self.journal.registrations:
-                await self.record(make())
-            resolution = self.journal.resolutions.get(wp_id)
-        if resolution is None:
-            resolution = await self._block(wp_id)
-        self.advance_clock(resolution.resolved_at)
-        return resolution
+        With ``park=False`` (close) the body is driven until it ends or ``until`` passes.
+        """
+        task = self._task
+        assert task is not None
+        state = self._state
+        host = loop.host
+        while True:
+            if loop.has_ready:
+                loop.run_slice()
+            if task.done():
+                await self._settle(loop)
+                return False
+            if until is not None and host.time() >= until:
+                return False
+            if loop.has_ready:
+                await asyncio.sleep(0)  # a long burst: let the host loop take a turn
+                continue
+            if loop.jobs or loop.timers:
+                await self._wait(loop, until)
+                continue
+            if park and state.blocked:
+                return True  # parked: only a resolution can move the body now
+            if until is not None:
+                await self._wait(loop, until)
+                continue
+            # Blocked on nothing the engine knows about. Give it deadlock_timeout to move.
+            moved = await self._wait(loop, host.time() + state.host.limits.deadlock_timeout)
+            if not moved and self._deadlocked(loop, task):
+                return False
 
-    async def register(self, reg: WaitpointRegistered) -> WaitpointRegistered:
-        """Record a waitpoint without waiting on it (tokens, detached children)."""
-        existing = self.journal.registrations.get(reg.wp_id)
-        if existing is not None:
-            return existing
-        self.check_live()
-        await self.record(reg)
-        return self.journal.registrations[reg.wp_id]
+    async def _wait(self, loop: BodyLoop, until: float | None) -> bool:
+        """Wait until the body loop has something to do; False if ``until`` passed first."""
+        waiter = loop.waiter()
+        if until is None:
+            await waiter
+            return True
+        timeout = until - loop.host.time()
+        if timeout > 0 and not waiter.done():
+            await asyncio.wait({waiter}, timeout=timeout)
+        if waiter.done():
+            return True
+        loop.wake()  # drop the waiter
+        return False
 
-    async def _block(self, wp_id: str) -> WaitpointResolved:
-        await self.flush_metadata()  # what the body set before parking is visible while parked
-        fut: asyncio.Future[WaitpointResolved] = asyncio.get_running_loop().create_future()
-        self._blocked[wp_id] = fut
-        self.pending[wp_id] = self.journal.registrations[wp_id]
-        self._activity += 1
-        self._check_idle()
-        try:
-            return await fut
-        finally:
-            self._blocked.pop(wp_id, None)
-            self.pending.pop(wp_id, None)
-            self._activity += 1
+    async def _settle(self, loop: BodyLoop) -> None:
+        """The main task ended: stop what branches it left behind, and wait for their commits."""
+        state = self._state
+        state.finished = True
+        for job in list(state.jobs):
+            job.stop()
+        committing = [job.task for job in state.jobs if job.task is not None]
+        if committing:
+            await asyncio.wait(committing)
 
-    # ----------------------------------------------------------------- compensation
+    def _deadlocked(self, loop: BodyLoop, task: asyncio.Task[Outcome]) -> bool:
+        """Fail the run NON_DURABLE_AWAIT; True if the body already ignored that once."""
+        state = self._state
+        if state.deadlock is not None:
+            error = errors.error_dict("NON_DURABLE_AWAIT", state.deadlock, name="NonDurableAwait")
+            self._given_up = self._outcome(RunStatus.FAILED, error=error)
+            state.finished = True  # left behind on its loop: nothing it does is recorded
+            return True
+        state.deadlock = _stuck_report(loop, state.host.limits.deadlock_timeout)
+        task.cancel()  # the body unwinds with CancelledError, mapped to the error in _main
+        return False
 
-    async def run_compensations(self, from_index: int = 0) -> list[CompensationRan]:
-        """Run registered compensations from ``from_index`` on, newest first, once each."""
-        batch = self.compensable[from_index:]
-        del self.compensable[from_index:]
-        reports: list[CompensationRan] = []
-        for item in reversed(batch):
-            done = self.journal.compensations.get(item.step_id)
-            if done is None:
-                done = await self._run_one_compensation(item)
-            reports.append(done)
-        return reports
+    async def _result(self, loop: BodyLoop) -> Outcome:
+        if self._given_up is not None:
+            return self._given_up
+        task = self._task
+        assert task is not None and task.done()
+        if task.cancelled():
+            error = errors.error_dict("INTERNAL", "the workflow body was cancelled by the engine")
+            return self._outcome(RunStatus.FAILED, error=error)
+        exc = task.exception()
+        if exc is None:
+            return task.result()
+        if isinstance(exc, _signals.HostFailure):
+            raise exc
+        error = errors.error_dict("INTERNAL", f"the executor failed: {exc!r}")
+        return self._outcome(RunStatus.FAILED, error=error)
 
-    async def _run_one_compensation(self, item: Compensable) -> CompensationRan:
-        from runtime.steps import call_fn  # steps imports this module
-
-        error: dict[str, Any] | None = None
-        try:
-            await call_fn(self, item.fn, (item.output,), timeout=None, step_id=item.step_id)
-        except _signals.InternalSignal:
-            raise
-        except Exception as exc:
-            error = errors.serialize_error(exc)
-        entry = CompensationRan(
-            step_id=item.step_id,
-            status="err" if error else "ok",
-            error=error,
-            finished_at=self.host.clock.now(),
-        )
-        await self._record_now(entry)
-        return entry
-
-    # ----------------------------------------------------------------- internals
+    # ----------------------------------------------------------------- the body's main task
 
     async def _main(self) -> Outcome:
-        from runtime.context import Context  # context imports this module
-
+        state = self._state
         try:
-            output = await self.definition.fn(self.input, Context(self))
-            # The body may have swallowed a signal (except BaseException) and returned anyway.
-            self.check_live()
-            output = serialization.round_trip(
-                output, what="workflow output", max_bytes=self.host.limits.max_payload_bytes
-            )
-            await self.flush_metadata()
-            return self._outcome(RunStatus.COMPLETED, output=output)
-        except _signals.Suspended:
-            return self._outcome(RunStatus.WAITING)
+            try:
+                output = await state.definition.fn(state.input, Context(state))
+                # The body may have swallowed a signal (except BaseException) and returned.
+                state.check_live()
+                output = serialization.round_trip(
+                    output, what="workflow output", max_bytes=state.host.limits.max_payload_bytes
+                )
+                await state.flush_metadata()
+                return self._outcome(RunStatus.COMPLETED, output=output)
+            except BaseException as exc:  # user code fails only its own run
+                return await self._ended_by(exc)
         except _signals.HostFailure:
             raise
-        except _signals.RunCancelled as sig:
-            compensate = self._cancel[1] if self._cancel else True
-            comps = await self.run_compensations() if compensate else []
+        except _signals.InternalSignal as sig:
+            # A signal while compensating (a second cancel, a close): stop there. What ran is
+            # in the journal; a replay skips it.
+            return self._signal_outcome(sig, [])
+
+    async def _ended_by(self, exc: BaseException) -> Outcome:
+        state = self._state
+        if isinstance(exc, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if self._hard_stop:
+                raise exc
+            if task is not None and task.cancelling():
+                task.uncancel()  # ours (a deadlock): the compensations below still await
+        # Our own state wins over what the body raised: it may have swallowed a signal.
+        signal = exc if isinstance(exc, _signals.InternalSignal) else state.signal()
+        if isinstance(signal, _signals.HostFailure):
+            raise signal
+        if signal is not None and not isinstance(signal, _signals.NonDurableAwait):
+            return await self._signalled(signal)
+        if signal is not None:
+            error = errors.error_dict("NON_DURABLE_AWAIT", signal.detail, name="NonDurableAwait")
+        else:
+            error = errors.serialize_error(exc)
+        if not state.compensable:
+            await state.flush_metadata()
+            return self._outcome(RunStatus.FAILED, error=error)
+        comps = await run_compensations(state)
+        return self._outcome(_compensation_status(comps), error=error, compensations=comps)
+
+    async def _signalled(self, sig: _signals.InternalSignal) -> Outcome:
+        state = self._state
+        comps: list[CompensationRan] = []
+        if isinstance(sig, _signals.RunCancelled):
+            if state.cancel_request is None or state.cancel_request[1]:
+                comps = await run_compensations(state)
+        elif isinstance(sig, _signals.CompensateRequested | _signals.WorkflowTimedOut):
+            comps = await run_compensations(state)
+        return self._signal_outcome(sig, comps)
+
+    def _signal_outcome(
+        self, sig: _signals.InternalSignal, comps: list[CompensationRan]
+    ) -> Outcome:
+        if isinstance(sig, _signals.RunCancelled):
             error = errors.error_dict("CANCELLED", str(sig), name="RunCancelled")
             return self._outcome(RunStatus.CANCELLED, error=error, compensations=comps)
-        except _signals.CompensateRequested:
-            comps = await self.run_compensations()
+        if isinstance(sig, _signals.CompensateRequested):
             return self._outcome(_compensation_status(comps), compensations=comps)
-        except _signals.WorkflowTimedOut as sig:
-            comps = await self.run_compensations()
+        if isinstance(sig, _signals.WorkflowTimedOut):
             error = errors.error_dict("WORKFLOW_TIMEOUT", str(sig), name="WorkflowTimedOut")
             return self._outcome(RunStatus.TIMED_OUT, error=error, compensations=comps)
-        except Exception as exc:
-            error = errors.serialize_error(exc)
-            if not self.compensable:
-                await self.flush_metadata()
-                return self._outcome(RunStatus.FAILED, error=error)
-            comps = await self.run_compensations()
-            return self._outcome(_compensation_status(comps), error=error, compensations=comps)
+        if isinstance(sig, _signals.NonDurableAwait):
+            error = errors.error_dict("NON_DURABLE_AWAIT", sig.detail, name="NonDurableAwait")
+            return self._outcome(RunStatus.FAILED, error=error, compensations=comps)
+        return self._outcome(RunStatus.WAITING)  # Suspended: closed, or stopped by the host
 
     def _outcome(
         self,
@@ -377,60 +357,32 @@ class Execution:
         )
 
     def _divergence(self) -> tuple[dict[str, Any], ...]:
-        found = list(self.divergences)
+        state = self._state
+        found = list(state.divergences)
         # consumed_steps only ever holds ids that are in the journal, so equal sizes mean
         # every recorded step was reached: O(1) on the common path.
-        if len(self.consumed_steps) != len(self.journal.steps):
-            unreached = sorted(set(self.journal.steps) - self.consumed_steps)
+        if len(state.consumed_steps) != len(state.journal.steps):
+            unreached = sorted(set(state.journal.steps) - state.consumed_steps)
             found.append({"kind": "unreached", "step_ids": unreached})
         return tuple(found)
 
-    def _interrupt(self, make: Callable[[], BaseException]) -> None:
-        for fut in list(self._blocked.values()):
-            if not fut.done():
-                fut.set_exception(make())
-        for task in list(self.inflight):
-            task.cancel()
+    # ----------------------------------------------------------------- compute budget
 
-    def _arm_budget(self, loop: asyncio.AbstractEventLoop) -> asyncio.TimerHandle | None:
-        budget = self.definition.timeout
+    def _arm_budget(self, host: asyncio.AbstractEventLoop) -> asyncio.TimerHandle | None:
+        budget = self._state.definition.timeout
         if budget is None:
             return None
         remaining = budget - self.compute_used
         if remaining <= 0:
-            self._timed_out = True
+            self._state.timed_out = True
             return None
-        return loop.call_later(remaining, self._on_budget_exceeded)
+        return host.call_later(remaining, self._on_budget_exceeded)
 
     def _on_budget_exceeded(self) -> None:
-        self._timed_out = True
-        budget = self.definition.timeout or 0.0
-        self._interrupt(lambda: _signals.WorkflowTimedOut(budget))
-
-    def _parked(self) -> bool:
-        """The body is blocked on waitpoints none of which has been resolved yet."""
-        return (
-            self._busy == 0
-            and bool(self._blocked)
-            and not any(fut.done() for fut in self._blocked.values())
-        )
-
-    def _check_idle(self) -> None:
-        if self._busy == 0 and self._blocked and self._idle_probe_at is None:
-            self._idle_probe_at = self._activity
-            asyncio.get_running_loop().call_soon(self._idle_probe, _IDLE_TURNS)
-
-    def _idle_probe(self, turns: int) -> None:
-        if self._busy or not self._blocked or self._activity != self._idle_probe_at:
-            self._idle_probe_at = None
-            self._check_idle()
-            return
-        if turns:
-            asyncio.get_running_loop().call_soon(self._idle_probe, turns - 1)
-            return
-        self._idle_probe_at = None
-        if self._idle is not None:
-            self._idle.set()
+        state = self._state
+        state.timed_out = True
+        budget = state.definition.timeout or 0.0
+        state.interrupt(lambda: _signals.WorkflowTimedOut(budget))
 
 
 def _compensation_status(comps: list[CompensationRan]) -> RunStatus:
@@ -438,3 +390,60 @@ def _compensation_status(comps: list[CompensationRan]) -> RunStatus:
         return RunStatus.COMPENSATION_FAILED
     return RunStatus.COMPENSATED
 
+
+# ----------------------------------------------------------------- naming a stuck body
+
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
+_RUNTIME_DIR = os.path.dirname(__file__)
+
+
+def _stuck_report(loop: BodyLoop, timeout: float) -> str:
+    """Say where each stuck body task waits and on what: file:line, function, awaited object."""
+    places: list[str] = []
+    for task in asyncio.all_tasks(loop):
+        place = _where_stuck(task)
+        if place is not None:
+            places.append(place)
+    where = "; ".join(sorted(places)) or "an awaitable the engine cannot see"
+    return (
+        f"the workflow body was blocked for {timeout:g}s on something that is not a ctx "
+        f"operation and that nothing will complete: {where}. A body may only await ctx "
+        "operations, its own tasks, and asyncio timers; do other waiting inside a step"
+    )
+
+
+def _where_stuck(task: asyncio.Task[Any]) -> str | None:
+    """The innermost frame of user code in ``task``'s await chain, and what it awaits."""
+    coro: Any = task.get_coro()
+    user: tuple[str, int, str, Any] | None = None
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        awaited = getattr(coro, "cr_await", None)
+        if awaited is None:
+            awaited = getattr(coro, "gi_yieldfrom", None)
+        if frame is not None and not _is_library(frame.f_code.co_filename):
+            user = (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name, awaited)
+        if awaited is None or not (hasattr(awaited, "cr_frame") or hasattr(awaited, "gi_frame")):
+            if user is None:
+                return None
+            break
+        coro = awaited
+    assert user is not None
+    filename, line, function, awaited = user
+    if isinstance(awaited, asyncio.Task | asyncio.Future) and _is_ours(awaited):
+        return None  # a task of the body, gather or a waitpoint: not the stuck end itself
+    return f"{filename}:{line} in {function}() awaits {_short_repr(awaited)}"
+
+
+def _is_library(filename: str) -> bool:
+    return filename.startswith((_ASYNCIO_DIR, _RUNTIME_DIR))
+
+
+def _is_ours(fut: asyncio.Future[Any]) -> bool:
+    # Tasks and gathers are composition: the stuck end is further down, in another task.
+    return isinstance(fut, asyncio.Task) or type(fut).__name__ == "_GatheringFuture"
+
+
+def _short_repr(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -34,8 +34,12 @@ class RunFacts:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """``deadlock_timeout``: seconds a body may stay blocked on something that is neither a ctx
+    waitpoint, a timer nor host work before the run fails ``NON_DURABLE_AWAIT``."""
+
     max_payload_bytes: int | None = 2_097_152
     max_journal_entries: int | None = 100_000
+    deadlock_timeout: float = 2.0
 
 
 class ProcessRunner(Protocol):

@@ -125,8 +125,10 @@ class Journal:
             self.apply(entry)
 
     def apply(self, entry: Entry) -> None:
-        """Fold one entry in. Re-applying an entry already folded in changes nothing."""
-        self.size += 1
+        """Fold one entry in. Re-applying an entry already folded in changes nothing.
+
+        Raises ``TypeError`` for anything that is not an ``Entry``.
+        """
         if isinstance(entry, StepAttempt):
             current = self.steps.get(entry.step_id)
             if current is None or entry.attempt >= current.attempt:
@@ -144,8 +146,11 @@ class Journal:
             chunks = self.streams.setdefault(entry.stream_id, [])
             if entry.seq == len(chunks):
                 chunks.append(entry)
-        else:
+        elif isinstance(entry, CompensationRan):
             self.compensations.setdefault(entry.step_id, entry)
+        else:
+            raise TypeError(f"unknown journal entry {entry!r}")
+        self.size += 1
 
     def stream_completed(self, stream_id: str) -> bool:
         chunks = self.streams.get(stream_id)

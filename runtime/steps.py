@@ -1,22 +1,24 @@
-"""``ctx.step``: attempts, retries as durable waitpoints, timeouts, threads and processes."""
+"""``ctx.step``: attempts, retries as durable waitpoints, timeouts, threads and processes.
+
+The body decides which attempt to run (or returns the recorded result on replay); the attempt
+itself runs on the host loop in one hop: the rate limit, the call, the JSON round-trip and the
+commit of its ``StepAttempt``, which the journal holds before the body sees the result.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import inspect
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from runtime import _signals, durations, errors, serialization
+from runtime import _signals, calls, durations, errors, serialization
+from runtime._state import Compensable, HostJob, RunState
 from runtime.journal import StepAttempt, WaitpointRegistered
 from runtime.ratelimit import RateLimit
 from runtime.retry import DEFAULT_POLICY, RetryPolicy, next_delay
 from runtime.status import WaitpointKind
-
-if TYPE_CHECKING:
-    from runtime.executor import Execution
 
 
 class StepContext:
@@ -55,109 +57,8 @@ def current_step() -> StepContext:
     return step
 
 
-def _is_module_level(fn: Callable[..., Any]) -> bool:
-    qualname = getattr(fn, "__qualname__", "")
-    return bool(qualname) and "<" not in qualname and "." not in qualname
-
-
-async def call_fn(
-    ex: Execution,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    *,
-    timeout: float | None,
-    step_id: str,
-    runtime: str = "inline",
-) -> Any:
-    """Call ``fn(*args)``: async inline, sync in a worker thread, or in the process pool.
-
-    The call runs in its own task so that a cancel can stop it; a timed-out async call is
-    cancelled, a timed-out sync call keeps its thread but its late result is discarded.
-    """
-    loop = asyncio.get_running_loop()
-    if runtime != "process" and _is_async(fn):
-        return await _call_inline(ex, fn(*args), timeout, step_id)
-    if runtime == "process":
-        runner = ex.host.process_runner
-        if runner is None:
-            raise errors.FatalError(
-                f"step {step_id!r} asked for runtime='process' but the host has no process pool "
-                "(set runtime.process_workers > 0)",
-                code="PROCESS_RUNTIME_UNAVAILABLE",
-            )
-        if not _is_module_level(fn):
-            raise errors.FatalError(
-                f"step {step_id!r}: runtime='process' needs a module-level function, "
-                f"got {getattr(fn, '__qualname__', fn)!r}",
-                code="INVALID_STEP",
-            )
-        fut: asyncio.Future[Any] = asyncio.ensure_future(runner.run(fn, args))
-    else:
-        call = contextvars.copy_context().run
-        fut = loop.run_in_executor(ex.host.thread_pool, partial(call, fn, *args))
-    ex.inflight.add(fut)
-    try:
-        if timeout is not None:
-            done, _ = await asyncio.wait({fut}, timeout=timeout)
-            if not done:
-                fut.cancel()
-                raise errors.StepTimeoutError(
-                    f"step {step_id!r} timed out after {timeout:g}s", data={"timeout": timeout}
-                )
-        result = await fut
-        if inspect.isawaitable(result):  # a sync callable that returned a coroutine
-            result = await result
-        return result
-    except asyncio.CancelledError:
-        signal = ex.interrupt_signal()
-        if signal is not None:
-            raise signal from None
-        raise
-    finally:
-        ex.inflight.discard(fut)
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or (
-        isinstance(fn, partial) and inspect.iscoroutinefunction(fn.func)
-    )
-
-
-async def _call_inline(
-    ex: Execution, coro: Awaitable[Any], timeout: float | None, step_id: str
-) -> Any:
-    """Await an async step body in the current task (no task per step: this is the hot path).
-
-    The current task is registered as in flight, so a cancel reaches the step's await; it is
-    only registered while the step body runs, never while the result is being committed.
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    ex.inflight.add(task)
-    try:
-        if timeout is None:
-            return await coro
-        try:
-            async with asyncio.timeout(timeout):
-                return await coro
-        except TimeoutError:
-            if ex.interrupt_signal() is not None:
-                raise
-            raise errors.StepTimeoutError(
-                f"step {step_id!r} timed out after {timeout:g}s", data={"timeout": timeout}
-            ) from None
-    except asyncio.CancelledError:
-        signal = ex.interrupt_signal()
-        if signal is None:
-            raise
-        task.uncancel()  # the cancel was ours: turn it into the run-level signal
-        raise signal from None
-    finally:
-        ex.inflight.discard(task)
-
-
 async def run_step(
-    ex: Execution,
+    ex: RunState,
     step_id: str,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
@@ -208,22 +109,29 @@ async def run_step(
         elif rec.status == "ok":
             ex.advance_clock(rec.finished_at)
             if compensate is not None:
-                from runtime.executor import Compensable
-
                 ex.compensable.append(Compensable(step_id, rec.output, compensate))
             return rec.output
         elif rec.retry_at is None:
             ex.advance_clock(rec.finished_at)
-            if live_error is not None:
+            if isinstance(live_error, Exception):
                 raise live_error
+            # Replay raises the recorded error; so does a live attempt that failed with a
+            # BaseException (SystemExit, a stray CancelledError): the body sees the same both ways.
             raise errors.deserialize_error(rec.error or {})
         else:
             # The backoff is a durable DATETIME waitpoint, so a restart resumes it on time.
             wp_id = f"retry:{step_id}:{rec.attempt}"
             await ex.wait_on(wp_id, partial(_backoff_waitpoint, wp_id, rec))
             attempt = rec.attempt + 1
-        rec, live_error = await _attempt(
-            ex, step_id, position, attempt, fn, args, policy, timeout_s, rate_limit, runtime
+        ex.check_live()
+        held = ex.host.gate()
+        if held is not None:
+            await ex.on_host(_hold, held)
+            ex.check_live()
+        # The attempt and the commit of its record: the step's one hop to the host.
+        rec, live_error = await ex.on_host(
+            _attempt_on_host, ex, step_id, position, attempt, fn, args, policy, timeout_s,
+            rate_limit, runtime or "inline",
         )
 
 
@@ -237,8 +145,13 @@ def _backoff_waitpoint(wp_id: str, failed: StepAttempt) -> WaitpointRegistered:
     )
 
 
-async def _attempt(
-    ex: Execution,
+async def _hold(job: HostJob, held: Awaitable[None]) -> None:
+    await held
+
+
+async def _attempt_on_host(
+    job: HostJob,
+    ex: RunState,
     step_id: str,
     position: int,
     attempt: int,
@@ -247,17 +160,11 @@ async def _attempt(
     policy: RetryPolicy,
     timeout: float | None,
     rate_limit: RateLimit | None,
-    runtime: str | None,
+    runtime: str,
 ) -> tuple[StepAttempt, BaseException | None]:
-    ex.check_live()
-    held = ex.host.gate()
-    if held is not None:
-        await held
-        ex.check_live()
+    """On the host: one attempt and the commit of its record (the step's one hop)."""
     clock = ex.host.clock
-    runtime_name = runtime or "inline"
-    token = _CURRENT.set(StepContext(step_id, attempt, ex.facts.run_id))
-    ex.busy_begin()
+    _CURRENT.set(StepContext(step_id, attempt, ex.facts.run_id))  # this task's own context
     started = clock.now()
     output: Any = None
     error: dict[str, Any] | None = None
@@ -266,20 +173,23 @@ async def _attempt(
     try:
         if rate_limit is not None:
             await _acquire(ex, step_id, rate_limit)
-        value = await call_fn(ex, fn, args, timeout=timeout, step_id=step_id, runtime=runtime_name)
+        value = await calls.call(ex.host, fn, args, timeout=timeout, step_id=step_id,
+                                 runtime=runtime)
         output = serialization.round_trip(
             value, what=f"step {step_id!r}", max_bytes=ex.host.limits.max_payload_bytes
         )
+    except asyncio.CancelledError as exc:
+        if job.stopped:
+            raise  # ours (cancel, close, budget, or the body stopped waiting): no record
+        failure = exc  # raised by the step function itself
+        error = errors.serialize_error(exc)
     except _signals.InternalSignal:
         raise
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit and friends fail only this step
         failure = exc
         error = errors.serialize_error(exc)
-    finally:
-        _CURRENT.reset(token)
-        ex.busy_end()
     finished = clock.now()
-    if failure is not None:
+    if isinstance(failure, Exception):
         delay = next_delay(policy, attempt, failure)
         retry_at = finished + delay if delay is not None else None
     entry = StepAttempt(
@@ -291,15 +201,15 @@ async def _attempt(
         error=error,
         started_at=started,
         finished_at=finished,
-        runtime=runtime_name,
+        runtime=runtime,
         retry_at=retry_at,
     )
-    await ex.record(entry)
-    ex.consumed_steps.add(step_id)
+    job.hold()  # from here the outcome must become durable, whatever the body does
+    await ex.record_on_host(entry)
     return entry, failure
 
 
-async def _acquire(ex: Execution, step_id: str, spec: RateLimit) -> None:
+async def _acquire(ex: RunState, step_id: str, spec: RateLimit) -> None:
     limiter = ex.host.rate_limiter
     if limiter is None:
         raise errors.FatalError(

@@ -1,16 +1,18 @@
-"""``ctx.stream``: drain a source, record each chunk durably and publish it live."""
+"""``ctx.stream``: drain a source, record each chunk durably and publish it live.
+
+The source is iterated on the host loop (it is I/O), in one host job with the commits of its
+chunks; the body waits for the assembled result.
+"""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runtime import errors, serialization
+from runtime._state import HostJob, RunState
 from runtime.journal import StreamChunk, StreamEncoding
-
-if TYPE_CHECKING:
-    from runtime.executor import Execution
 
 Source = AsyncIterable[Any] | Callable[[], AsyncIterable[Any]]
 
@@ -36,7 +38,7 @@ def _assemble(encoding: StreamEncoding, chunks: list[Any]) -> Any:
 
 
 async def run_stream(
-    ex: Execution, stream_id: str, source: Source, encoding: StreamEncoding
+    ex: RunState, stream_id: str, source: Source, encoding: StreamEncoding
 ) -> Any:
     if stream_id in ex.streams_seen:
         raise errors.FatalError(
@@ -50,26 +52,36 @@ async def run_stream(
         # Completed before: never iterate the source again (it may bill or have side effects).
         return _assemble(encoding, [c.chunk for c in recorded if not c.final])
     ex.check_live()
+    return await ex.on_host(_drain, ex, stream_id, source, encoding, len(recorded))
+
+
+async def _drain(
+    job: HostJob, ex: RunState, stream_id: str, source: Source, encoding: StreamEncoding,
+    recorded: int,
+) -> Any:
+    """On the host: iterate the source, committing each chunk not recorded before a crash."""
     iterable = source() if callable(source) else source
     chunks: list[Any] = []
     seq = 0
-    ex.busy_begin()  # awaiting the source is work in progress, not a park
-    try:
-        async for item in iterable:
-            value = _encode(stream_id, encoding, item)
-            chunks.append(value)
-            if seq >= len(recorded):  # chunks recorded before a crash are kept as they are
-                now = ex.host.clock.now()
-                await _emit(ex, StreamChunk(stream_id, seq, encoding, value, False, now))
-            seq += 1
-    finally:
-        ex.busy_end()
-    await _emit(ex, StreamChunk(stream_id, seq, encoding, None, True, ex.host.clock.now()))
+    async for item in iterable:
+        value = _encode(stream_id, encoding, item)
+        chunks.append(value)
+        if seq >= recorded:  # chunks recorded before a crash are kept as they are
+            now = ex.host.clock.now()
+            await _emit(job, ex, StreamChunk(stream_id, seq, encoding, value, False, now))
+        seq += 1
+    await _emit(job, ex, StreamChunk(stream_id, seq, encoding, None, True, ex.host.clock.now()))
     return _assemble(encoding, chunks)
 
 
-async def _emit(ex: Execution, chunk: StreamChunk) -> None:
-    await ex.record(chunk)
+async def _emit(job: HostJob, ex: RunState, chunk: StreamChunk) -> None:
+    interruptible = job.interruptible
+    job.hold()  # a commit under way is never cancelled
+    try:
+        await ex.record_on_host(chunk)
+    finally:
+        job.interruptible = interruptible
+    ex.check_live()  # a cancel that came during the commit: stop draining here
     if ex.host.publish is not None:
         ex.host.publish(chunk)
 
@@ -77,7 +89,7 @@ async def _emit(ex: Execution, chunk: StreamChunk) -> None:
 class StreamApi:
     """``await ctx.stream(id, source)``, or ``.text`` / ``.json`` / ``.bytes`` for typed chunks."""
 
-    def __init__(self, ex: Execution) -> None:
+    def __init__(self, ex: RunState) -> None:
         self._ex = ex
 
     async def __call__(self, stream_id: str, source: Source) -> list[Any]:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Generator
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from runtime import errors
+from runtime._state import RunState
 from runtime.journal import WaitpointRegistered, WaitpointResolved
 from runtime.status import ResolutionSource, WaitpointKind
-
-if TYPE_CHECKING:
-    from runtime.executor import Execution
 
 OnTimeout = Literal["none", "raise"]
 
@@ -20,7 +18,7 @@ def _registration(
     wp_id: str,
     kind: WaitpointKind,
     meta: dict[str, Any],
-    ex: Execution,
+    ex: RunState,
     timeout: float | None,
     lookback: float | None,
     since: float | None = None,
@@ -44,7 +42,7 @@ class Waitable:
 
     def __init__(
         self,
-        ex: Execution,
+        ex: RunState,
         kind: WaitpointKind,
         prefix: str,
         meta: dict[str, Any],
@@ -126,7 +124,7 @@ class Waitable:
 class TokenHandle:
     """A MANUAL waitpoint: someone outside completes ``id`` with a payload."""
 
-    def __init__(self, ex: Execution, token_id: str, on_timeout: OnTimeout) -> None:
+    def __init__(self, ex: RunState, token_id: str, on_timeout: OnTimeout) -> None:
         self._ex = ex
         self.id = token_id
         self.wp_id = f"token:{token_id}"

@@ -4,8 +4,10 @@ reports WAITING. The actor parks the run and commits ``waiting``; the body then 
 one advancing it: its next steps are recorded, its end is not, and the run stays ``waiting``
 with a resolved waitpoint until the daemon restarts.
 
-Cause: ``Execution.resolve`` wakes the blocked future without counting it as activity, so the
-pending idle probe (``_IDLE_TURNS`` loop turns) can finish before the woken body runs.
+Cause, then: ``Execution.resolve`` woke the blocked future without counting it as activity, so
+the pending idle probe (``_IDLE_TURNS`` quiet loop turns) could finish before the woken body ran.
+The probe is gone (the body runs on its own loop, and a resolution makes it ready, which the
+driver sees); the test stays, over a range of delivery delays.
 """
 
 from __future__ import annotations
