@@ -152,6 +152,12 @@ class RunActor:
             self._advancing = execution
             try:
                 outcome = await execution.advance()
+            except asyncio.CancelledError:
+                # Shutdown gave up on the run after its grace: stop its body and its step
+                # here; nothing it does later may be recorded (recovery runs the step again).
+                execution.host.record = _parked
+                await execution.close()
+                raise
             finally:
                 self._advancing = None
             if outcome.divergence:

@@ -37,4 +37,4 @@ class Settings:
     @property
     def limits(self) -> Limits:
         """The limits every execution runs under."""
-        return Limits(self.max_payload_bytes, self.max_journal_entries)
+        return Limits(self.max_payload_bytes, self.max_journal_entries, self.deadlock_timeout)

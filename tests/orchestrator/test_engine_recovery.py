@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 from typing import cast
 
-import pytest
-
 import storage
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.settings import Settings
@@ -80,13 +78,6 @@ async def test_resolution_committed_but_never_delivered_resumes_the_run_on_start
         assert (done["status"], done["output"]) == ("completed", 5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: at shutdown the supervisor cancels the actor of a run whose step "
-    "outlives shutdown_grace, but nothing closes the run's Execution, so its body task "
-    "(body:<run_id>) keeps running user code after Engine.close() and records the step into "
-    "storage, with no actor owning the run",
-)
 async def test_close_stops_the_body_of_a_step_that_outlives_the_grace(
     store: FaultyStorage, settings: Settings
 ) -> None:
