@@ -171,7 +171,7 @@ class Context:
         retry: RetryPolicy | None = None,
         timeout: durations.Duration | None = None,
         compensate: Callable[[Any], Any] | None = None,
-        rate_limit: RateLimit | None = None,
+        rate_limit: RateLimit | Sequence[RateLimit] | None = None,
         runtime: str | None = None,
     ) -> Any:
         """Run ``fn(*args)`` once and return its recorded JSON result."""
@@ -374,6 +374,9 @@ class Context:
         res = await ex.wait_on(wp_id, make)
         if res.error is not None:
             code = str(res.error.get("code") or "CHILD_RUN_FAILED")
+            if code == "CONCURRENCY_DEADLOCK":  # the child could never start: not its failure
+                raise errors.FatalError(str(res.error.get("message")), code=code,
+                                        data=res.error.get("data"))
             raise errors.ChildRunError(
                 f"child run {child_run_id} ({workflow_id}) failed: {res.error.get('message')}",
                 code=code,

@@ -44,7 +44,7 @@ class Execution:
     """One run's body, its journal and its host. Not thread-safe; one host loop."""
 
     __slots__ = (
-        "_driving", "_given_up", "_hard_stop", "_loop", "_state", "_task", "compute_used",
+        "_cancel_code", "_driving", "_given_up", "_hard_stop", "_loop", "_state", "_task", "compute_used",
     )
 
     def __init__(
@@ -62,6 +62,7 @@ class Execution:
         self._driving = False
         self._hard_stop = False
         self._given_up: Outcome | None = None  # a body that would not unwind from a deadlock
+        self._cancel_code = "CANCELLED"
 
     # ----------------------------------------------------------------- host-facing API
 
@@ -126,12 +127,17 @@ class Execution:
         """Deliver a resolution the host has already made durable (wakes a waiting driver)."""
         self._state.resolve(resolution)
 
-    def cancel(self, reason: str | None = None, *, compensate: bool = True) -> None:
+    def cancel(
+        self, reason: str | None = None, *, compensate: bool = True, code: str = "CANCELLED"
+    ) -> None:
         """Cancel the run: the in-flight step is cancelled and the body unwinds at its next
-        ctx await. Call ``advance()`` afterwards to run compensations and get the outcome."""
+        ctx await. Call ``advance()`` afterwards to run compensations and get the outcome,
+        ``cancelled`` with error ``code`` (``CONCURRENCY_REPLACED`` when a newcomer replaced
+        the run)."""
         state = self._state
         if state.cancel_request is None:
             state.cancel_request = (reason, compensate)
+            self._cancel_code = code
         state.interrupt(lambda: _signals.RunCancelled(reason))
 
     async def close(self) -> None:
@@ -327,7 +333,7 @@ class Execution:
         self, sig: _signals.InternalSignal, comps: list[CompensationRan]
     ) -> Outcome:
         if isinstance(sig, _signals.RunCancelled):
-            error = errors.error_dict("CANCELLED", str(sig), name="RunCancelled")
+            error = errors.error_dict(self._cancel_code, str(sig), name="RunCancelled")
             return self._outcome(RunStatus.CANCELLED, error=error, compensations=comps)
         if isinstance(sig, _signals.CompensateRequested):
             return self._outcome(_compensation_status(comps), compensations=comps)

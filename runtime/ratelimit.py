@@ -5,7 +5,7 @@ The daemon shares one limiter among all runs; the test harness gets its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -44,44 +44,88 @@ class RateLimit:
         return self.key(run_input) if callable(self.key) else self.key
 
 
+@dataclass(frozen=True, slots=True)
+class Take:
+    """``units`` from bucket ``key`` (``limit`` units refilled over ``window`` seconds)."""
+
+    key: str
+    limit: int
+    window: float
+    units: int = 1
+    on_limit: OnLimit = "queue"
+
+
 class RateLimiter(Protocol):
-    async def acquire(
-        self, key: str, limit: int, window: float, units: int, on_limit: OnLimit
-    ) -> None:
-        """Take ``units`` from bucket ``key``; wait (``queue``) or raise ``RateLimitExceeded``."""
+    async def acquire_all(self, takes: Sequence[Take]) -> None:
+        """Take every one of ``takes`` or none: when one bucket is short, nothing is taken and
+        the caller waits until all have room (``queue``), or ``RateLimitExceeded`` is raised
+        when a short bucket says ``fail``."""
         ...
 
 
+class Buckets:
+    """Token buckets by key: ``(tokens, at)`` refilled continuously at ``limit / window`` a
+    second by the wall clock; shared by the in-memory limiter and the daemon's stored one."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, tuple[float, float]] = {}
+
+    def _level(self, take: Take, now: float) -> float:
+        tokens, at = self.state.get(take.key, (float(take.limit), now))
+        rate = take.limit / take.window
+        return min(float(take.limit), tokens + max(0.0, now - at) * rate)
+
+    def try_take(self, takes: Sequence[Take], now: float) -> tuple[float, list[Take]]:
+        """Take all and return ``(0, [])``; or take nothing and return the seconds until
+        every bucket would have room, with the takes that are short now."""
+        levels = [self._level(take, now) for take in takes]
+        wait, short = 0.0, []
+        for take, level in zip(takes, levels, strict=True):
+            if level < take.units:
+                short.append(take)
+                wait = max(wait, (take.units - level) / (take.limit / take.window))
+        if short:
+            return wait, short
+        for take, level in zip(takes, levels, strict=True):
+            self.state[take.key] = (level - take.units, now)
+        return 0.0, []
+
+    def load(self, key: str, tokens: float, at: float) -> None:
+        """A bucket's stored state (read once, before its first take)."""
+        self.state.setdefault(key, (tokens, at))
+
+
+async def acquire_all(
+    buckets: Buckets, takes: Sequence[Take], clock: Clock,
+    after_take: Callable[[Sequence[Take]], Awaitable[None]] | None = None,
+) -> None:
+    """Take all of ``takes`` from ``buckets``, waiting (``queue``) or raising (``fail``)."""
+    while True:
+        wait, short = buckets.try_take(takes, clock.now())
+        if not short:
+            if after_take is not None:
+                await after_take(takes)
+            return
+        failing = [t for t in short if t.on_limit == "fail"]
+        if failing:
+            raise exceeded(failing[0], wait)
+        await clock.sleep(wait)
+
+
+def exceeded(take: Take, wait: float) -> errors.RateLimitExceeded:
+    return errors.RateLimitExceeded(
+        f"rate limit {take.key!r} ({take.limit} per {take.window:g}s) exceeded",
+        retry_after=wait,
+        data={"key": take.key, "limit": take.limit, "window": take.window},
+    )
+
+
 class TokenBucketLimiter:
-    """Token buckets in memory, refilled continuously at ``limit / window`` units a second."""
+    """Token buckets in memory (``runtime.testing``; the daemon persists its buckets)."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at monotonic)
+        self._buckets = Buckets()
 
-    def _take(self, key: str, limit: int, window: float, units: int) -> float:
-        """Take the units and return 0, or return the seconds until they would be there."""
-        now = self._clock.monotonic()
-        tokens, at = self._buckets.get(key, (float(limit), now))
-        rate = limit / window
-        tokens = min(float(limit), tokens + (now - at) * rate)
-        if tokens >= units:
-            self._buckets[key] = (tokens - units, now)
-            return 0.0
-        self._buckets[key] = (tokens, now)
-        return (units - tokens) / rate
-
-    async def acquire(
-        self, key: str, limit: int, window: float, units: int, on_limit: OnLimit
-    ) -> None:
-        while True:
-            wait = self._take(key, limit, window, units)
-            if wait == 0.0:
-                return
-            if on_limit == "fail":
-                raise errors.RateLimitExceeded(
-                    f"rate limit {key!r} ({limit} per {window:g}s) exceeded",
-                    retry_after=wait,
-                    data={"key": key, "limit": limit, "window": window},
-                )
-            await self._clock.sleep(wait)
+    async def acquire_all(self, takes: Sequence[Take]) -> None:
+        await acquire_all(self._buckets, takes, self._clock)

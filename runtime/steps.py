@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
 from runtime import _signals, calls, durations, errors, serialization
 from runtime._state import Compensable, HostJob, RunState
 from runtime.journal import StepAttempt, WaitpointRegistered
-from runtime.ratelimit import RateLimit
+from runtime.ratelimit import RateLimit, Take
 from runtime.retry import DEFAULT_POLICY, RetryPolicy, next_delay
 from runtime.status import WaitpointKind
 
@@ -66,10 +66,11 @@ async def run_step(
     retry: RetryPolicy | None,
     timeout: durations.Duration | None,
     compensate: Callable[[Any], Any] | None,
-    rate_limit: RateLimit | None,
+    rate_limit: RateLimit | Sequence[RateLimit] | None,
     runtime: str | None,
 ) -> Any:
     """Return the step's recorded result, running attempts until one is recorded as final."""
+    limits = _rate_limits(step_id, rate_limit)
     if not isinstance(step_id, str) or not step_id:
         raise ValueError(f"step_id must be a non-empty string, got {step_id!r}")
     if not callable(fn):
@@ -131,7 +132,7 @@ async def run_step(
         # The attempt and the commit of its record: the step's one hop to the host.
         rec, live_error = await ex.on_host(
             _attempt_on_host, ex, step_id, position, attempt, fn, args, policy, timeout_s,
-            rate_limit, runtime or "inline",
+            limits, runtime or "inline",
         )
 
 
@@ -159,7 +160,7 @@ async def _attempt_on_host(
     args: tuple[Any, ...],
     policy: RetryPolicy,
     timeout: float | None,
-    rate_limit: RateLimit | None,
+    rate_limits: tuple[RateLimit, ...],
     runtime: str,
 ) -> tuple[StepAttempt, BaseException | None]:
     """On the host: one attempt and the commit of its record (the step's one hop)."""
@@ -171,8 +172,8 @@ async def _attempt_on_host(
     failure: BaseException | None = None
     retry_at: float | None = None
     try:
-        if rate_limit is not None:
-            await _acquire(ex, step_id, rate_limit)
+        if rate_limits:
+            await _acquire(ex, step_id, rate_limits)
         value = await calls.call(ex.host, fn, args, timeout=timeout, step_id=step_id,
                                  runtime=runtime)
         output = serialization.round_trip(
@@ -209,17 +210,30 @@ async def _attempt_on_host(
     return entry, failure
 
 
-async def _acquire(ex: RunState, step_id: str, spec: RateLimit) -> None:
+def _rate_limits(
+    step_id: str, value: RateLimit | Sequence[RateLimit] | None
+) -> tuple[RateLimit, ...]:
+    if value is None:
+        return ()
+    specs = (value,) if isinstance(value, RateLimit) else tuple(value)
+    for spec in specs:
+        if not isinstance(spec, RateLimit):
+            raise TypeError(
+                f"step {step_id!r}: rate_limit must be a RateLimit or a list of them, got {spec!r}"
+            )
+    return specs
+
+
+async def _acquire(ex: RunState, step_id: str, specs: tuple[RateLimit, ...]) -> None:
+    """Take every bucket of ``specs`` or none (a partial take is given back)."""
     limiter = ex.host.rate_limiter
     if limiter is None:
         raise errors.FatalError(
             f"step {step_id!r} declares rate_limit but the host provides no rate limiter",
             code="RATE_LIMITER_MISSING",
         )
-    await limiter.acquire(
-        spec.resolve_key(ex.input),
-        spec.limit,
-        durations.to_seconds(spec.window),
-        spec.units,
-        spec.on_limit,
-    )
+    await limiter.acquire_all([
+        Take(spec.resolve_key(ex.input), spec.limit, durations.to_seconds(spec.window),
+             spec.units, spec.on_limit)
+        for spec in specs
+    ])

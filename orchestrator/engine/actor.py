@@ -228,7 +228,7 @@ class RunActor:
         if isinstance(message, Resolve):
             execution.resolve(message.resolution)
         else:
-            execution.cancel(message.reason, compensate=message.compensate)
+            execution.cancel(message.reason, compensate=message.compensate, code=message.code)
 
     async def _finish(
         self, run: storage.RunRecord, outcome: Outcome, execution: Execution | None

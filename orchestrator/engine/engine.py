@@ -33,6 +33,7 @@ from orchestrator.engine import bridge, replay
 from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import plan_for
 from orchestrator.engine.messages import Cancel, Resolve
+from orchestrator.engine.ratelimits import StoredRateLimiter
 from orchestrator.engine.settings import Settings
 from orchestrator.engine.supervisor import Supervisor
 from orchestrator.engine.timers import Timers
@@ -40,7 +41,6 @@ from runtime import matching
 from runtime.clock import Clock, SystemClock
 from runtime.facts import ProcessRunner
 from runtime.flow import KeyResolutionError
-from runtime.ratelimit import TokenBucketLimiter
 from runtime.workflow import Registry
 from storage.instruments import NO_INSTRUMENT, Instrument
 
@@ -112,7 +112,7 @@ class Engine(service.ServiceMethods):
             registry=registry,
             clock=self.clock,
             settings=self.settings,
-            rate_limiter=TokenBucketLimiter(self.clock),
+            rate_limiter=StoredRateLimiter(storage_, self.clock),
             thread_pool=thread_pool,
             process_runner=process_runner,
             timer_stored=self._timer_stored,
