@@ -25,7 +25,7 @@ from runtime import workflow
 from runtime.flow import Concurrency, Debounce, Throttle
 from runtime.workflow import WorkflowDefinition
 from tests.orchestrator import flow_workflows as fw
-from tests.orchestrator.conftest import GRACE, open_engine, reach
+from tests.orchestrator.conftest import GRACE, open_engine, reach, until
 
 REACH_TIMEOUT = 5.0
 
@@ -444,6 +444,24 @@ async def test_invoke_deadlock_counts_the_slots_of_every_ancestor(db_path: Path)
     assert mid["error"]["code"] == "CONCURRENCY_DEADLOCK"
 
 
+async def test_child_queued_behind_another_run_starts_when_the_slot_frees(
+    db_path: Path,
+) -> None:
+    s = Concurrency(1, scope="single")
+    parent = fw.define("parent", fw.invoker_uncaught)
+    child = fw.define("child", fw.quick, concurrency=s)
+    other = fw.define("other", fw.held, concurrency=s)
+    async with flow_engine(db_path, parent, child, other) as engine:
+        await hold(engine, "other", "holder")
+        await engine.submit("parent", {"child": "child", "child_input": 3}, run_id="p")
+        await reached(engine, "p", "waiting")
+        (kid,) = [r for r in (await engine.list())["runs"] if r["parent_run_id"] == "p"]
+        assert (await engine.get(kid["run_id"]))["pending"]["concurrency"]["group"] == "single"
+        await finish(engine, "holder")
+        done = await engine.wait("p", timeout=5)
+    assert (done["status"], done["output"]) == ("completed", 3)
+
+
 async def test_invoking_a_child_into_a_group_with_room_runs_it(db_path: Path) -> None:
     s = Concurrency(2, scope="pair")
     parent = fw.define("parent", fw.invoker_uncaught, concurrency=s)
@@ -512,6 +530,30 @@ async def test_throttled_run_holds_no_concurrency_slot(db_path: Path) -> None:
         assert groups["both"] == {"holders": 1, "queued": 0, "limit": 1}
         await finish(engine, "b1")
         assert await status(engine, "a2") == "pending"
+
+
+async def test_queued_run_whose_turn_comes_in_a_full_window_gives_the_slot_back(
+    db_path: Path,
+) -> None:
+    """One slot, two starts per hour: the third run is queued while the window still has
+    room; by its turn the window is full, so it waits for the window holding no slot."""
+    both = fw.define("both", fw.held, concurrency=Concurrency(1), throttle=Throttle(2, "1h"))
+    async with flow_engine(db_path, both) as engine:
+        await hold(engine, "both", "r1")
+        await engine.submit("both", {}, run_id="r2")
+        await engine.submit("both", {}, run_id="r3")
+        assert "concurrency" in (await engine.get("r3"))["pending"]
+        await finish(engine, "r1")
+        await reached(engine, "r2", "waiting")
+        await finish(engine, "r2")
+
+        async def throttled() -> bool:
+            return "throttled_until" in (await engine.get("r3"))["pending"]
+
+        await until(throttled, "r3 waits for the window")
+        assert "concurrency" not in (await engine.get("r3"))["pending"]
+        assert (await engine.stats())["flow"]["groups"] == {}
+    assert fw.STARTED == ["r1", "r2"]
 
 
 async def test_throttle_window_survives_a_restart(db_path: Path) -> None:
