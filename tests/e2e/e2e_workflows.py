@@ -150,3 +150,55 @@ async def streaming(input: dict[str, Any], ctx: Context) -> str:
 async def reserve_wait(input: Any, ctx: Context) -> Any:
     await ctx.step("reserve", _reserve, compensate=_release)
     return await ctx.wait_for_signal("go")
+
+
+# --- user code that only its own run may suffer from (structure issue) ---------------------------
+
+
+@workflow(id="e2e-busy-sibling", description="One branch waits on ctx, the other on asyncio.")
+async def busy_sibling(input: Any, ctx: Context) -> Any:
+    async def other() -> Any:
+        await asyncio.sleep(0.05)  # not a ctx operation: the run must keep running
+        return await ctx.step("after", lambda: "x".upper())
+
+    return await asyncio.gather(ctx.wait_for_event(input["type"]), other())
+
+
+@workflow(id="e2e-wait-for-timeout", description="asyncio.wait_for around a ctx wait times out.")
+async def wait_for_timeout(input: Any, ctx: Context) -> str:
+    try:
+        await asyncio.wait_for(ctx.wait_for_event(input["type"]), timeout=0.3)
+    except TimeoutError:
+        return await ctx.step("went-on", lambda: "timed out")
+    return "event"
+
+
+@workflow(id="e2e-system-exit", description="The body calls sys.exit(3) (a library might).")
+async def system_exit(input: Any, ctx: Context) -> None:
+    await ctx.step("before", lambda: 1)
+    raise SystemExit(3)
+
+
+def _interrupt() -> None:
+    raise KeyboardInterrupt("step interrupted")
+
+
+@workflow(id="e2e-step-interrupt", description="A step raises KeyboardInterrupt.")
+async def step_interrupt(input: Any, ctx: Context) -> None:
+    await ctx.step("interrupted", _interrupt)
+
+
+@workflow(id="e2e-foreign-await", description="Waits on an asyncio.Event nobody sets.")
+async def foreign_await(input: Any, ctx: Context) -> None:
+    await ctx.step("before", lambda: 1)
+    never = asyncio.Event()
+    await never.wait()
+
+
+@workflow(id="e2e-tagged", description="Branches on ctx.run.tags (replay must see them too).")
+async def tagged(input: Any, ctx: Context) -> dict[str, Any]:
+    if "vip" in ctx.run.tags:
+        await ctx.step("vip-step", lambda: "VIP")
+    else:
+        await ctx.step("plain-step", lambda: "plain")
+    return {"number": ctx.run.number, "attempt": ctx.run.attempt}
