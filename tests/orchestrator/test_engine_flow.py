@@ -204,12 +204,6 @@ async def test_cancel_in_progress_newcomer_cancels_the_holder_after_its_compensa
         await finish(engine, "other-key")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: the actor drops Cancel.code (RunActor._apply calls "
-    "Execution.cancel(reason, compensate=...) and the executor records code CANCELLED), so a "
-    "run replaced by cancel-in-progress ends with code CANCELLED, not CONCURRENCY_REPLACED",
-)
 async def test_cancel_in_progress_holder_ends_with_code_concurrency_replaced(
     db_path: Path,
 ) -> None:
@@ -410,12 +404,6 @@ async def test_invoking_a_child_into_a_group_the_parent_holds_full_fails_at_once
         assert [r["run_id"] for r in (await engine.list())["runs"]] == ["p"]  # no child
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: runtime.context.Context.invoke raises ChildRunError for every failed "
-    "invoke waitpoint, so the CONCURRENCY_DEADLOCK refusal (recorded with name FatalError by "
-    "RunActor._invoke) is not the FatalError SPEC §2a promises; `except FatalError` misses it",
-)
 async def test_concurrency_deadlock_is_a_fatal_error_in_the_parent(db_path: Path) -> None:
     s = Concurrency(1, scope="single")
     parent = fw.define("parent", fw.invoker, concurrency=s)
@@ -425,6 +413,7 @@ async def test_concurrency_deadlock_is_a_fatal_error_in_the_parent(db_path: Path
         done = await engine.wait("p", timeout=5)
     assert done["status"] == "completed", done["error"]
     assert done["output"]["fatal"] == "CONCURRENCY_DEADLOCK"
+    assert "single" in done["output"]["message"]  # names the group
 
 
 async def test_invoke_deadlock_counts_the_slots_of_every_ancestor(db_path: Path) -> None:
