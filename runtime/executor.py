@@ -44,7 +44,8 @@ class Execution:
     """One run's body, its journal and its host. Not thread-safe; one host loop."""
 
     __slots__ = (
-        "_cancel_code", "_driving", "_given_up", "_hard_stop", "_loop", "_state", "_task", "compute_used",
+        "_cancel_code", "_driving", "_given_up", "_hard_stop", "_loop", "_state", "_task",
+        "compute_used",
     )
 
     def __init__(

@@ -9,6 +9,7 @@ again.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -70,10 +71,9 @@ def resolve_key(key: Key, run_input: Any, where: str) -> str | None:
     if isinstance(value, str):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            return orjson.dumps(value).decode()
-        except orjson.JSONEncodeError as exc:  # nan, inf
-            raise KeyResolutionError(where, f"key {value!r} is not a JSON number") from exc
+        if isinstance(value, float) and not math.isfinite(value):
+            raise KeyResolutionError(where, f"key {value!r} is not a JSON number")
+        return orjson.dumps(value).decode()
     raise KeyResolutionError(where, f"key must be a string or a number, got {value!r}")
 
 

@@ -139,7 +139,7 @@ def workflow(
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise ValueError(f"{where}: retry must be a RetryPolicy, got {retry!r}")
     timeout_s = _seconds(where, "timeout", timeout)
-    limits = _concurrency(where, concurrency)
+    limits = _concurrency(id, concurrency)
     if throttle is not None:
         if not isinstance(throttle, Throttle):
             raise ValueError(f"{where}: throttle must be a Throttle, got {throttle!r}")
@@ -202,8 +202,9 @@ def _seconds(where: str, option: str, value: durations.Duration | None) -> float
 
 
 def _concurrency(
-    where: str, value: Concurrency | Sequence[Concurrency] | None
+    workflow_id: str, value: Concurrency | Sequence[Concurrency] | None
 ) -> tuple[Concurrency, ...]:
+    where = f"workflow {workflow_id!r}"
     if value is None:
         return ()
     items = (value,) if isinstance(value, Concurrency) else value
@@ -212,18 +213,18 @@ def _concurrency(
             f"{where}: concurrency must be a Concurrency or a list of them, got {value!r}"
         )
     limits = tuple(items)
-    seen: dict[tuple[str | None, bool], int] = {}
+    seen: dict[tuple[str, bool], int] = {}
     for i, limit in enumerate(limits):
         if not isinstance(limit, Concurrency):
             raise ValueError(f"{where}: concurrency[{i}] must be a Concurrency, got {limit!r}")
         limit.check(f"{where}: concurrency[{i}]")
         # Groups are (scope, key): two keyed (or two unkeyed) limits in one scope would share
         # their groups' names. A second one needs a scope of its own.
-        kind = (limit.scope, limit.key is None)
+        kind = (limit.scope or workflow_id, limit.key is None)
         if kind in seen:
             raise ValueError(
                 f"{where}: concurrency[{i}] has the same scope as concurrency[{seen[kind]}] "
-                f"({limit.scope or 'the workflow id'!r}, {'un' if limit.key is None else ''}"
+                f"({kind[0]!r}, {'un' if limit.key is None else ''}"
                 "keyed); give it a scope= of its own"
             )
         seen[kind] = i

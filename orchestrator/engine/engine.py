@@ -31,7 +31,7 @@ from orchestrator.api import errors, protocol, service, views
 from orchestrator.api.service import JSONDict
 from orchestrator.engine import bridge, replay
 from orchestrator.engine.flow.admission import Admission
-from orchestrator.engine.flow.plan import plan_for
+from orchestrator.engine.flow.plan import Plan, plan_for
 from orchestrator.engine.messages import Cancel, Resolve
 from orchestrator.engine.ratelimits import StoredRateLimiter
 from orchestrator.engine.settings import Settings
@@ -41,7 +41,7 @@ from runtime import matching
 from runtime.clock import Clock, SystemClock
 from runtime.facts import ProcessRunner
 from runtime.flow import KeyResolutionError
-from runtime.workflow import Registry
+from runtime.workflow import Registry, WorkflowDefinition
 from storage.instruments import NO_INSTRUMENT, Instrument
 
 log = structlog.get_logger("wf")
@@ -312,13 +312,20 @@ class Engine(service.ServiceMethods):
             plan = plan_for(definition, run_input)
         except KeyResolutionError as exc:
             raise errors.ValidationFailed(r.workflow_id, str(exc)) from exc
-        if plan.debounce is not None and r.run_id is None:
+        if plan.debounce is None or r.run_id is not None or r.idempotency_key is not None:
+            return await self._create(r, definition, run_input, plan)
+        async with self.admission.debounce_guard(r.workflow_id, plan.debounce):
             target = self.admission.debounce_target(r.workflow_id, plan.debounce)
-            if target is not None and r.idempotency_key is None:
+            if target is not None:
                 moved = await self.admission.collapse(target, definition, run_input)
                 if moved is not None:
                     log.info("run.debounced", run_id=moved.run_id, workflow_id=r.workflow_id)
                     return {**views.run(moved), "debounced": True}
+            return await self._create(r, definition, run_input, plan)
+
+    async def _create(
+        self, r: service.Submit, definition: WorkflowDefinition, run_input: Any, plan: Plan
+    ) -> JSONDict:
         now = self.clock.now()
         delay = _seconds(r.delay) or 0.0
         if definition.debounce is not None:

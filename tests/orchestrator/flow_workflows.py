@@ -62,7 +62,7 @@ def define(
         id=id,
         fn=fn,
         version="1",
-        concurrency=_concurrency(where, concurrency),
+        concurrency=_concurrency(id, concurrency),
         throttle=throttle,
         debounce=debounce,
         start_timeout=start_timeout,

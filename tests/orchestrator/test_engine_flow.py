@@ -558,13 +558,6 @@ async def test_throttle_window_survives_a_restart(db_path: Path) -> None:
     assert fw.STARTED == ["first"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: Admission._delay stores the window's next opening as the throttled "
-    "run's start but records nothing in the window, so every run throttled on one key gets the "
-    "same start time (and `get` reports it); when it fires they race, one starts, the others "
-    "are re-delayed, and they start in no particular order instead of submission order",
-)
 async def test_runs_throttled_on_one_key_are_given_successive_start_times(
     db_path: Path,
 ) -> None:
@@ -634,13 +627,6 @@ async def test_max_wait_caps_how_far_collapsed_submissions_push_the_start(
     assert done["started_at"] >= cap
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: Engine._submit looks up the pending debounced run "
-    "(Admission.debounce_target) before it awaits storage.create_run, and registers the new run "
-    "(Admission.debounced) only after, so submissions of one key that arrive together each "
-    "find none and each create a run: five concurrent submits start five runs",
-)
 async def test_concurrent_submissions_with_one_debounce_key_collapse_into_one_run(
     db_path: Path,
 ) -> None:
@@ -685,20 +671,12 @@ async def test_submission_after_the_debounced_run_started_starts_a_new_debounce(
         await finish(engine, second["run_id"])
 
 
-UNKEYED_DEBOUNCE_FORGOTTEN = pytest.mark.xfail(
-    strict=True,
-    reason="product bug: Plan.to_json (orchestrator/engine/flow/plan.py) stores no flow when "
-    "a run's only option is an unkeyed debounce (its key is '', which the emptiness test reads "
-    "as nothing), so Admission.rebuild cannot restore the pending debounced run after a "
-    "restart (the next submission inside the period creates a second run) and why_pending "
-    "reports it as delayed_until instead of debounced_until",
-)
 
 
 @pytest.mark.parametrize(
     ("mode", "key"),
     [("trailing", "tenant"), ("leading", "tenant"),
-     pytest.param("trailing", None, marks=UNKEYED_DEBOUNCE_FORGOTTEN, id="trailing-unkeyed")],
+     pytest.param("trailing", None, id="trailing-unkeyed")],
 )
 async def test_restart_inside_the_debounce_period_neither_loses_nor_doubles_the_run(
     db_path: Path, mode: str, key: str | None
@@ -875,7 +853,6 @@ async def test_get_of_a_pending_run_says_why_it_waits(db_path: Path) -> None:
         await finish(engine, "holder")
 
 
-@UNKEYED_DEBOUNCE_FORGOTTEN
 async def test_get_of_an_unkeyed_debounced_run_says_debounced(db_path: Path) -> None:
     calm = fw.define("calm", fw.quick, debounce=Debounce("1h"))
     async with flow_engine(db_path, calm) as engine:
@@ -931,7 +908,7 @@ def _lambda_key(i: Any) -> Any:
         ({"concurrency": [Concurrency(1, scope="s"), Concurrency(2, scope="s")]},
          "concurrency", "'s'"),
         ({"concurrency": [Concurrency(1, key=_lambda_key), Concurrency(2, key="k")]},
-         "concurrency", "workflow id"),
+         "concurrency", "give it a scope= of its own"),
         ({"throttle": Throttle(0, "1s")}, "limit", "0"),
         ({"throttle": Throttle(1, -1)}, "period", "-1"),
         ({"throttle": Throttle(1, "0s")}, "period", "'0s'"),
@@ -956,24 +933,12 @@ def test_bad_option_at_registration_is_a_value_error_naming_workflow_option_and_
     assert value in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: runtime.workflow._concurrency compares the declared scope= values, not "
-    "the scopes they resolve to, so scope=<the workflow id> beside a limit with no scope is two "
-    "unkeyed limits on one group; it is accepted and plan.Limits keeps only the smaller one",
-)
 def test_explicit_scope_equal_to_the_workflow_id_is_the_same_scope_as_none() -> None:
     with pytest.raises(ValueError, match="flow-same-scope"):
         workflow(id="flow-same-scope",
                  concurrency=[Concurrency(1), Concurrency(5, scope="flow-same-scope")])
 
 
-NON_FINITE_KEY_ACCEPTED = pytest.mark.xfail(
-    strict=True,
-    reason="product bug: runtime.flow.resolve_key relies on orjson.dumps raising for nan and "
-    "inf, but orjson encodes them as null: the submit is accepted and the run stored under the "
-    "key 'null', shared by every nan/inf key",
-)
 
 
 def _raises(run_input: Any) -> Any:
@@ -987,12 +952,12 @@ def _raises(run_input: Any) -> Any:
         ({"concurrency": [Concurrency(2), Concurrency(1, key=lambda i: ["a"])]},
          "concurrency[1]", "['a']"),
         pytest.param({"concurrency": Concurrency(1, key=lambda i: math.nan)}, "concurrency[0]",
-                     "nan", marks=NON_FINITE_KEY_ACCEPTED, id="nan"),
+                     "nan", id="nan"),
         ({"concurrency": Concurrency(1, key=lambda i: True)}, "concurrency[0]", "True"),
         ({"throttle": Throttle(1, "1s", key=lambda i: {"a": 1})}, "throttle", "{'a': 1}"),
         ({"debounce": Debounce("1s", key=_raises)}, "debounce", "KeyError"),
         pytest.param({"debounce": Debounce("1s", key=lambda i: math.inf)}, "debounce", "inf",
-                     marks=NON_FINITE_KEY_ACCEPTED, id="inf"),
+                     id="inf"),
     ],
     ids=["raises", "list", "nan", "bool", "dict", "debounce-raises", "inf"],
 )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any
 
 import structlog
@@ -75,6 +75,7 @@ class Admission:
         self._debounced: dict[tuple[str, str], storage.RunRecord] = {}
         self._throttled: dict[str, float] = {}  # run id -> start time the throttle gave it
         self._busy: set[str] = set()  # a decision about the run is being committed
+        self._debounce_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ start-up
@@ -86,20 +87,13 @@ class Admission:
         if periods:
             since = self._clock.now() - max(periods)
             for key, at in await self._storage.throttle_starts(since):
-                spec = self._throttle_spec(key)
-                if spec is not None:
-                    self.windows.record(key, spec, at)
+                self.windows.record(key, at)
         for run in runs:
             plan = plan_of(run)
             if run.status in _HOLDING and plan.groups:
                 self.gate.hold(run.run_id, plan.groups)
             elif run.status is storage.RunStatus.PENDING and plan.debounce is not None:
                 self._debounced[(run.workflow_id, plan.debounce)] = run
-
-    def _throttle_spec(self, window: str) -> Any:
-        workflow_id = window.split("\x1f", 1)[0]
-        definition = self._registry.get(workflow_id)
-        return None if definition is None else definition.throttle
 
     # ------------------------------------------------------------------ runs that are due
 
@@ -125,9 +119,9 @@ class Admission:
             self._start_run(run)
             return run
         if plan.throttle is not None and definition.throttle is not None:
-            at = self.windows.next_start(plan.throttle, definition.throttle, now)
+            at = self.windows.next_start(plan.throttle, definition.throttle, now, run.run_id)
             if at > now:
-                return await self._delay(run, at)
+                return await self._delay(run, at, plan.throttle)
         if not plan.groups:
             self._begin(run, plan, definition)
             return run
@@ -155,7 +149,7 @@ class Admission:
         self._queued.pop(run.run_id, None)
         self._throttled.pop(run.run_id, None)
         if plan.throttle is not None and definition.throttle is not None:
-            self.windows.record(plan.throttle, definition.throttle, self._clock.now())
+            self.windows.record(plan.throttle, self._clock.now(), run.run_id)
         self._start_run(run)
 
     def _start_entries(self, entries: Iterable[Entry]) -> None:
@@ -168,10 +162,10 @@ class Admission:
             plan = plan_of(run)
             throttle = None if definition is None else definition.throttle
             if plan.throttle is not None and throttle is not None:
-                at = self.windows.next_start(plan.throttle, throttle, now)
+                at = self.windows.next_start(plan.throttle, throttle, now, run.run_id)
                 if at > now:  # its turn came, but the throttle says later: give the slot back
                     self._start_entries(self.gate.release(run.run_id))
-                    self._spawn(self._delay(run, at))
+                    self._spawn(self._delay(run, at, plan.throttle))
                     continue
             if run.expires_at is not None and now >= run.expires_at:
                 self._start_entries(self.gate.release(run.run_id))
@@ -194,8 +188,11 @@ class Admission:
                 self.gate.remove(run_id)
                 self._spawn(self._end(queued, "CONCURRENCY_REPLACED", reason))
 
-    async def _delay(self, run: storage.RunRecord, at: float) -> storage.RunRecord:
-        """Wait ``pending`` for ``at`` with a durable start timer, holding no slot."""
+    async def _delay(self, run: storage.RunRecord, at: float, window: str) -> storage.RunRecord:
+        """Wait ``pending`` for ``at`` with a durable start timer, holding no slot. The start
+        is reserved in the throttle window now, so the next run gets the next turn (runs
+        throttled on one key start in submission order, one turn apart)."""
+        self.windows.reserve(window, run.run_id, at)
         self._throttled[run.run_id] = at
         self._busy.add(run.run_id)
         try:
@@ -212,6 +209,10 @@ class Admission:
         self._busy.add(run.run_id)
         self.gate.remove(run.run_id)
         self._queued.pop(run.run_id, None)
+        if self._throttled.pop(run.run_id, None) is not None:
+            throttle = plan_of(run).throttle
+            if throttle is not None:
+                self.windows.release(throttle, run.run_id)
         try:
             error = rt_errors.error_dict(code, message, name="RunCancelled")
             ended = await self._storage.execute(
@@ -284,6 +285,23 @@ class Admission:
         return ended.is_terminal
 
     # ------------------------------------------------------------------ debounce
+
+    @contextlib.asynccontextmanager
+    async def debounce_guard(self, workflow_id: str, key: str) -> AsyncIterator[None]:
+        """Hold while deciding between collapsing into a key's pending run and creating it:
+        concurrent submissions of one key make one run."""
+        name = (workflow_id, key)
+        lock, users = self._debounce_locks.get(name, (asyncio.Lock(), 0))
+        self._debounce_locks[name] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._debounce_locks[name]
+            if users == 1:
+                del self._debounce_locks[name]
+            else:
+                self._debounce_locks[name] = (lock, users - 1)
 
     def debounce_target(self, workflow_id: str, key: str) -> storage.RunRecord | None:
         """The pending run a submission with this debounce key collapses into, if any."""

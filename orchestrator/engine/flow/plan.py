@@ -36,7 +36,7 @@ class Plan:
     debounce: str | None = None
 
     def to_json(self) -> dict[str, Any] | None:
-        if not (self.groups or self.throttle or self.debounce):
+        if not self.groups and self.throttle is None and self.debounce is None:
             return None
         return {
             "groups": [list(g) for g in self.groups],
