@@ -330,10 +330,9 @@ WORKLOADS = {"W1": w1, "W1c": w1c, "W2": w2, "W2small": w2, "W3": w3, "W4": w4, 
 
 async def run_cell(side: str, workload: str, params: dict[str, Any]) -> dict[str, Any]:
     """One (side, workload) cell in a fresh temporary directory on the local disk."""
-    from orchestrator import logs
+    from orchestrator import Orchestrator, logs
     from orchestrator.client import Client
     from orchestrator.config import load_config
-    from orchestrator.engine.engine import Orchestrator
 
     with tempfile.TemporaryDirectory(prefix="wfbench-") as tmp:
         cfg_path = write_config(Path(tmp))
@@ -355,7 +354,7 @@ async def run_cell(side: str, workload: str, params: dict[str, Any]) -> dict[str
         else:
             cfg = load_config(cfg_path)
             logs.configure_logging(cfg.logging)
-            async with Orchestrator(cfg) as orch:
+            async with Orchestrator(cfg, configure_logging=False) as orch:
                 result = await fn(orch, params, None)
         result["synchronous"] = SYNCHRONOUS
         result["pid"] = os.getpid()
