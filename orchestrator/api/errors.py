@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from storage import errors as storage_errors
 
@@ -219,22 +219,29 @@ def from_wire(code: str, message: str, data: dict[str, Any] | None = None) -> Se
     return err
 
 
-@contextlib.contextmanager
-def from_storage() -> Iterator[None]:
+def raise_from_storage(exc: storage_errors.StorageError) -> NoReturn:
     """The one storage → service translation: a storage error reaches the caller with the
     code that says whose fault it is, never as ``INTERNAL`` (the original stays as
-    ``__cause__``)."""
+    ``__cause__``); one this table does not know is re-raised as it is."""
+    if isinstance(exc, storage_errors.StorageFull):
+        raise StorageFull(str(exc)) from exc
+    if isinstance(exc, storage_errors.StorageBusy):
+        raise StorageBusy(str(exc)) from exc
+    if isinstance(exc, storage_errors.TokenConflict):
+        raise TokenConflict(exc.token_id) from exc
+    if isinstance(exc, storage_errors.NotFound):
+        raise NotFound(exc.kind, exc.key) from exc
+    if isinstance(exc, storage_errors.InvalidOperation):
+        raise Rejected(exc.message, exc.data) from exc
+    if isinstance(exc, storage_errors.StorageClosed):
+        raise ShuttingDown() from exc
+    raise exc
+
+
+@contextlib.contextmanager
+def from_storage() -> Iterator[None]:
+    """:func:`raise_from_storage` around a block."""
     try:
         yield
-    except storage_errors.StorageFull as exc:
-        raise StorageFull(str(exc)) from exc
-    except storage_errors.StorageBusy as exc:
-        raise StorageBusy(str(exc)) from exc
-    except storage_errors.TokenConflict as exc:
-        raise TokenConflict(exc.token_id) from exc
-    except storage_errors.NotFound as exc:
-        raise NotFound(exc.kind, exc.key) from exc
-    except storage_errors.InvalidOperation as exc:
-        raise Rejected(exc.message, exc.data) from exc
-    except storage_errors.StorageClosed as exc:
-        raise ShuttingDown() from exc
+    except storage_errors.StorageError as exc:
+        raise_from_storage(exc)

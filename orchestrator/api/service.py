@@ -327,10 +327,11 @@ BY_METHOD: dict[str, type[Request[Any]]] = {r.method: r for r in REQUESTS}
 
 
 class Service(Protocol):
-    """What a front end serves: the engine in process, or the client over the socket."""
+    """What a front end serves (the socket server, later HTTP): the engine in process."""
 
-    async def call(self, request: Request[R]) -> R:
-        """Serve one request; raise a ``ServiceError`` subclass on failure."""
+    async def dispatch(self, request: Request[R]) -> R:
+        """Serve one request already validated by ``protocol.parse_params``; raise a
+        ``ServiceError`` subclass on failure."""
         ...
 
     def open_stream(self, request: StreamRequest) -> AsyncIterator[JSONDict]:

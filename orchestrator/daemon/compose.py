@@ -158,5 +158,8 @@ class Orchestrator(service.ServiceMethods):
     async def call(self, request: service.Request[R]) -> R:
         return await self.engine.call(request)
 
+    async def dispatch(self, request: service.Request[R]) -> R:
+        return await self.engine.dispatch(request)
+
     def open_stream(self, request: service.StreamRequest) -> AsyncIterator[JSONDict]:
         return self.engine.open_stream(request)

@@ -381,7 +381,7 @@ class SocketServer:
             if isinstance(call, service.StreamRequest):
                 await self._serve_stream(conn, req_id, spec, self._service.open_stream(call))
             else:
-                result = await self._service.call(call)
+                result = await self._service.dispatch(call)
                 line = protocol.reply_line(req_id, result)
                 await conn.send(line)
             self._requests_served += 1

@@ -255,12 +255,18 @@ class Engine(service.ServiceMethods):
     # ------------------------------------------------------------------ the service
 
     async def call(self, request: service.Request[R]) -> R:
-        request = protocol.normalize(request)
+        """Serve a request built in process: validated as one from the wire would be."""
+        return await self.dispatch(protocol.normalize(request))
+
+    async def dispatch(self, request: service.Request[R]) -> R:
+        """Serve a request already validated (by ``protocol.parse_params``)."""
         handler = _HANDLERS.get(type(request))
         if handler is None:
             raise errors.MethodNotFound(request.method)
-        with errors.from_storage():
+        try:
             result: R = await handler(self, request)
+        except storage.StorageError as exc:
+            errors.raise_from_storage(exc)
         return result
 
     async def open_stream(self, request: service.StreamRequest) -> AsyncIterator[JSONDict]:
