@@ -12,7 +12,7 @@ from runtime.errors import (
     TokenConflictError,
     WorkflowError,
 )
-from runtime.flow import Concurrency, Debounce, Throttle
+from runtime.flow import Batch, CancelOn, Concurrency, Debounce, OnEvent, Throttle
 from runtime.ratelimit import RateLimit
 from runtime.retry import RetryPolicy
 from runtime.status import RunStatus
@@ -20,11 +20,13 @@ from runtime.steps import StepContext, current_step
 from runtime.workflow import Schedule, workflow
 
 __all__ = [
-    "ChildRunError",
+    "Batch",
+    "CancelOn",    "ChildRunError",
     "Concurrency",
     "Context",
     "Debounce",
     "FatalError",
+    "OnEvent",
     "RateLimit",
     "RateLimitExceeded",
     "RetryPolicy",

@@ -156,3 +156,107 @@ class Debounce:
     @property
     def max_wait_seconds(self) -> float | None:
         return None if self.max_wait is None else durations.to_seconds(self.max_wait)
+
+
+# --- triggers and cancel rules (SPEC §2a, second half) --------------------------------------------
+
+
+def _check_event_type(where: str, event_type: Any) -> None:
+    if not isinstance(event_type, str) or not event_type or event_type == "*":
+        raise ValueError(f"{where}.type must be a non-empty event type, got {event_type!r}")
+    if "*" in event_type[:-1]:
+        raise ValueError(
+            f"{where}.type may end with '*' (any suffix) and have no other '*', "
+            f"got {event_type!r}"
+        )
+
+
+def type_matches(rule: str, event_type: str) -> bool:
+    """``order.*`` matches any type starting with ``order.``; anything else matches itself."""
+    if rule.endswith("*"):
+        return event_type.startswith(rule[:-1])
+    return rule == event_type
+
+
+def _check_json_pattern(where: str, name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}.{name} must be a JSON object (dict), got {value!r}")
+    try:
+        orjson.dumps(value)
+    except TypeError as exc:
+        raise ValueError(f"{where}.{name} is not JSON: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Matching events accumulate per key; one run starts with input ``{"events": [...]}``
+    (oldest first) when ``max_size`` are in, or ``timeout`` after the first."""
+
+    max_size: int
+    timeout: durations.Duration
+    key: Key = None
+
+    def check(self, where: str) -> None:
+        _positive_int(where, "max_size", self.max_size)
+        _duration(where, "timeout", self.timeout)
+        _check_key(where, self.key)
+
+    @property
+    def timeout_seconds(self) -> float:
+        return durations.to_seconds(self.timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class OnEvent:
+    """A run starts for every event of ``type`` (``order.*``: any suffix) whose payload
+    ``match`` is a deep subset of; its input is the payload, its id derived from the event's."""
+
+    type: str
+    match: dict[str, Any] | None = None
+    batch: Batch | None = None
+
+    def check(self, where: str) -> None:
+        _check_event_type(where, self.type)
+        _check_json_pattern(where, "match", self.match)
+        if self.batch is not None:
+            if not isinstance(self.batch, Batch):
+                raise ValueError(f"{where}.batch must be a Batch, got {self.batch!r}")
+            self.batch.check(f"{where}.batch")
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOn:
+    """An event of ``type`` cancels every non-terminal run of the workflow whose stored
+    ``match`` (a JSON object, or a callable of the run's input called once at submit) is a
+    deep subset of the event's payload (no match: every run)."""
+
+    type: str
+    match: dict[str, Any] | Callable[[Any], Any] | None = None
+    compensate: bool = True
+
+    def check(self, where: str) -> None:
+        _check_event_type(where, self.type)
+        if not callable(self.match):
+            _check_json_pattern(where, "match", self.match)
+        if not isinstance(self.compensate, bool):
+            raise ValueError(f"{where}.compensate must be a bool, got {self.compensate!r}")
+
+    def resolve(self, run_input: Any, where: str) -> dict[str, Any] | None:
+        """The stored pattern for a run with ``run_input``."""
+        if not callable(self.match):
+            return self.match
+        try:
+            value = self.match(run_input)
+        except Exception as exc:
+            raise KeyResolutionError(
+                where, f"match callable raised {type(exc).__name__}: {exc}"
+            ) from exc
+        if value is not None and not isinstance(value, dict):
+            raise KeyResolutionError(where, f"match must be a JSON object, got {value!r}")
+        try:
+            orjson.dumps(value)
+        except TypeError as exc:
+            raise KeyResolutionError(where, f"match is not JSON: {exc}") from exc
+        return value

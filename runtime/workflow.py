@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from runtime import durations
-from runtime.flow import Concurrency, Debounce, Throttle
+from runtime.flow import CancelOn, Concurrency, Debounce, OnEvent, Throttle
 from runtime.retry import RetryPolicy
 
 WorkflowFn = Callable[[Any, Any], Awaitable[Any]]
@@ -59,6 +59,8 @@ class WorkflowDefinition:
     throttle: Throttle | None = None
     debounce: Debounce | None = None
     start_timeout: float | None = None
+    on_event: tuple[OnEvent, ...] = ()
+    cancel_on: tuple[CancelOn, ...] = ()
     schedules: tuple[Schedule, ...] = ()
     tags: tuple[str, ...] = ()
     description: str | None = None
@@ -122,6 +124,8 @@ def workflow(
     throttle: Throttle | None = None,
     debounce: Debounce | None = None,
     start_timeout: durations.Duration | None = None,
+    on_event: OnEvent | Sequence[OnEvent] | None = None,
+    cancel_on: CancelOn | Sequence[CancelOn] | None = None,
     schedule: Schedule | Sequence[Schedule] | None = None,
     tags: Sequence[str] = (),
     description: str | None = None,
@@ -151,6 +155,8 @@ def workflow(
     start_timeout_s = _seconds(where, "start_timeout", start_timeout)
     if start_timeout_s is not None and start_timeout_s <= 0:
         raise ValueError(f"{where}: start_timeout must be positive, got {start_timeout!r}")
+    triggers = _options(where, "on_event", OnEvent, on_event)
+    cancels = _options(where, "cancel_on", CancelOn, cancel_on)
     schedules: tuple[Schedule, ...]
     if schedule is None:
         schedules = ()
@@ -179,6 +185,8 @@ def workflow(
             throttle=throttle,
             debounce=debounce,
             start_timeout=start_timeout_s,
+            on_event=triggers,
+            cancel_on=cancels,
             schedules=schedules,
             tags=tuple(tags),
             description=description or (inspect.getdoc(fn) or None),
@@ -199,6 +207,21 @@ def _seconds(where: str, option: str, value: durations.Duration | None) -> float
         return durations.to_seconds(value)
     except ValueError as exc:
         raise ValueError(f"{where}: {option}: {exc}") from None
+
+
+def _options(where: str, option: str, kind: type[Any], value: Any) -> tuple[Any, ...]:
+    """One option object or a list of them, each checked."""
+    if value is None:
+        return ()
+    items = (value,) if isinstance(value, kind) else value
+    if isinstance(items, str) or not isinstance(items, Sequence):
+        raise ValueError(f"{where}: {option} must be a {kind.__name__} or a list, got {value!r}")
+    out = tuple(items)
+    for i, item in enumerate(out):
+        if not isinstance(item, kind):
+            raise ValueError(f"{where}: {option}[{i}] must be a {kind.__name__}, got {item!r}")
+        item.check(f"{where}: {option}[{i}]")
+    return out
 
 
 def _concurrency(

@@ -51,9 +51,23 @@ class WaitpointRegistered:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelMatch:
+    """A run whose cancel rule an event matched."""
+
+    run_id: str
+    compensate: bool
+
+
+@dataclass(frozen=True, slots=True)
 class EventRecorded:
     inserted: bool
     resolved: tuple[records.WaitpointRecord, ...]
+    started: tuple[records.RunRecord, ...] = ()
+    """Runs the event's triggers created (re-sent events create none)."""
+    batched: tuple[tuple[str, str, int], ...] = ()
+    """``(workflow_id, batch_key, events waiting)`` for every batch the event joined."""
+    cancel: tuple[CancelMatch, ...] = ()
+    """Runs not yet ended whose cancel rule matches the event (the caller cancels them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +92,27 @@ class FiredTimer:
 
 
 # --- runs --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRule:
+    """A run's cancel_on rule, stored with the run: ``event_type`` is the type (a prefix when
+    ``wildcard``), ``match`` the resolved pattern."""
+
+    event_type: str
+    wildcard: bool
+    match: JSON
+    compensate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """The event joins the batch ``(workflow_id, batch_key)``; a batch's first event arms a
+    ``batch`` timer at its ``received_at + timeout``."""
+
+    workflow_id: str
+    batch_key: str
+    timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +141,7 @@ class CreateRun(WriteOp[RunCreated]):
     expires_at: float | None = None
     error: JSON = None
     finished_at: float | None = None
+    cancel_on: tuple[CancelRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,15 +318,33 @@ class ResolveWaitpoint(WriteOp[bool]):
 
 @dataclass(frozen=True, slots=True)
 class RecordEvent(WriteOp[EventRecorded]):
-    """Store the event and resolve every waiting EVENT waitpoint of its type whose ``match`` is
-    None or accepted by ``matches`` (source ``live``), oldest registration first. A re-sent
-    ``event_id`` is a no-op: ``inserted`` False, nothing resolved."""
+    """Store the event and, in the same transaction: resolve every waiting EVENT waitpoint of
+    its type whose ``match`` is None or accepted by ``matches`` (source ``live``), oldest
+    registration first; create the runs of ``start`` (its triggers; idempotent by run id); add
+    it to the batches of ``batch``; and, with ``cancel``, report the runs whose cancel rules it
+    matches. A re-sent ``event_id`` is a no-op: ``inserted`` False, nothing else done."""
 
     event_id: str
     type: str
     payload: JSON
     received_at: float
     matches: records.Matcher
+    start: tuple[CreateRun, ...] = ()
+    batch: tuple[BatchItem, ...] = ()
+    cancel: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FlushBatch(WriteOp[RunCreated]):
+    """Start a batch's run: delete the batch's events ``event_ids`` and create ``run`` (its
+    input holds them), idempotent by run id; the batch's timer moves to its next first event's
+    ``received_at + timeout``, or goes when none is left."""
+
+    workflow_id: str
+    batch_key: str
+    event_ids: tuple[str, ...]
+    run: CreateRun
+    timeout: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,6 +103,13 @@ class Storage(Protocol):
         after ``since``, oldest start first (the throttle windows, rebuilt at start)."""
         ...
 
+    async def pending_batches(
+        self, workflow_id: str | None = None, batch_key: str | None = None
+    ) -> list[records.PendingBatch]:
+        """Events waiting for batch triggers' runs, per ``(workflow_id, batch_key)`` (only that
+        one when both are given), each oldest first."""
+        ...
+
     async def load_journal(self, run_id: str) -> records.Journal:
         """The run and everything recorded for it, from one consistent snapshot: steps and their
         attempts (by position, attempt), waitpoints (registration order), compensations (in the

@@ -88,6 +88,7 @@ class TimerKind(StrEnum):
     RETRY = "retry"
     START = "start"
     EXPIRE = "expire"
+    BATCH = "batch"
     SCHEDULE = "schedule"
 
 
@@ -245,6 +246,22 @@ class ScheduleRecord:
     next_fire_at: float | None
     last_fire_at: float | None
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchedEvent:
+    event_id: str
+    payload: JSON
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    """Events waiting for a batch trigger's run, oldest first."""
+
+    workflow_id: str
+    batch_key: str
+    events: tuple[BatchedEvent, ...]
 
 
 @dataclass(frozen=True, slots=True)

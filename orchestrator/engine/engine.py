@@ -29,7 +29,7 @@ import storage
 from orchestrator import logs
 from orchestrator.api import errors, protocol, service, views
 from orchestrator.api.service import JSONDict
-from orchestrator.engine import bridge, replay
+from orchestrator.engine import bridge, replay, triggers
 from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import Plan, plan_for
 from orchestrator.engine.messages import Cancel, Resolve
@@ -120,6 +120,7 @@ class Engine(service.ServiceMethods):
             flow=self.admission,
             instrument=instrument,
         )
+        self.triggers = triggers.Triggers(registry)
         self.timers = Timers(
             storage_, self.clock, self.supervisor.deliver, self._on_fatal, instrument,
             on_run_timer=self._run_timer,
@@ -159,6 +160,10 @@ class Engine(service.ServiceMethods):
         return self.supervisor.knows(run_id)
 
     def _run_timer(self, timer: storage.TimerRecord) -> None:
+        if timer.kind is storage.TimerKind.BATCH and isinstance(timer.payload, list):
+            workflow_id, key = timer.payload
+            self.admission.spawn(self._flush_batch(workflow_id, key, timed_out=True))
+            return
         if timer.run_id is None:
             return
         if timer.kind is storage.TimerKind.START:
@@ -220,6 +225,7 @@ class Engine(service.ServiceMethods):
                 await self.admission.offer(run)
             self.instrument.reached("recovery.scan")
         self.admission.pump()  # a limit raised by the deploy starts queued runs at once
+        await self._flush_full_batches()
         return len(to_start)
 
     async def close(self) -> None:
@@ -306,18 +312,8 @@ class Engine(service.ServiceMethods):
         definition = self.registry.get(r.workflow_id)
         if definition is None:
             raise errors.NotFound("workflow", r.workflow_id)
-        run_input = r.input
-        if definition.input_validator is not None:
-            try:
-                run_input = definition.input_validator(run_input)
-            except Exception as exc:
-                reason = str(exc) or type(exc).__name__
-                raise errors.ValidationFailed(r.workflow_id, reason) from exc
-        self._check_size("input", run_input)
-        try:
-            plan = plan_for(definition, run_input)
-        except KeyResolutionError as exc:
-            raise errors.ValidationFailed(r.workflow_id, str(exc)) from exc
+        run_input = self._accepted_input(definition, r.input)
+        plan = self._plan(definition, run_input)
         if plan.debounce is None or r.run_id is not None or r.idempotency_key is not None:
             return await self._create(r, definition, run_input, plan)
         async with self.admission.debounce_guard(r.workflow_id, plan.debounce):
@@ -329,44 +325,88 @@ class Engine(service.ServiceMethods):
                     return {**views.run(moved), "debounced": True}
             return await self._create(r, definition, run_input, plan)
 
-    async def _create(
-        self, r: service.Submit, definition: WorkflowDefinition, run_input: Any, plan: Plan
-    ) -> JSONDict:
+    def _accepted_input(self, definition: WorkflowDefinition, run_input: Any) -> Any:
+        """The input as the workflow's validator returns it; ``VALIDATION`` if it refuses."""
+        if definition.input_validator is not None:
+            try:
+                run_input = definition.input_validator(run_input)
+            except Exception as exc:
+                reason = str(exc) or type(exc).__name__
+                raise errors.ValidationFailed(definition.id, reason) from exc
+        self._check_size("input", run_input)
+        return run_input
+
+    @staticmethod
+    def _plan(definition: WorkflowDefinition, run_input: Any) -> Plan:
+        try:
+            return plan_for(definition, run_input)
+        except KeyResolutionError as exc:
+            raise errors.ValidationFailed(definition.id, str(exc)) from exc
+
+    def _run_op(
+        self,
+        definition: WorkflowDefinition,
+        run_input: Any,
+        plan: Plan,
+        *,
+        run_id: str,
+        triggered_by: str,
+        tags: tuple[str, ...] = (),
+        priority: int = 0,
+        delay: float = 0.0,
+        ttl: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> storage.CreateRun:
+        """The ``CreateRun`` of a new run of ``definition`` (submitted, triggered, batched or
+        scheduled): its flow plan, cancel rules, start and expiry decided now, once."""
         now = self.clock.now()
-        delay = _seconds(r.delay) or 0.0
         if definition.debounce is not None:
             delay = max(delay, definition.debounce.period_seconds)
         due = now + delay
-        ttl = _seconds(r.ttl) if r.ttl is not None else definition.start_timeout
-        op = storage.CreateRun(
-            run_id=r.run_id or new_run_id(),
-            workflow_id=r.workflow_id,
+        ttl = ttl if ttl is not None else definition.start_timeout
+        try:
+            cancel_on = triggers.cancel_rules(definition, run_input)
+        except KeyResolutionError as exc:
+            raise errors.ValidationFailed(definition.id, str(exc)) from exc
+        return storage.CreateRun(
+            run_id=run_id,
+            workflow_id=definition.id,
             created_at=now,
             input=run_input,
             workflow_version=definition.version,
-            tags=tuple(r.tags) or definition.tags,
-            priority=r.priority,
-            idempotency_key=r.idempotency_key,
+            tags=tags or definition.tags,
+            priority=priority,
+            idempotency_key=idempotency_key,
             scheduled_at=due if delay else None,
-            triggered_by="api",
+            triggered_by=triggered_by,
             flow=plan.to_json(),
             throttle_key=plan.throttle,
             expires_at=due + ttl if ttl is not None else None,
+            cancel_on=cancel_on,
+        )
+
+    async def _create(
+        self, r: service.Submit, definition: WorkflowDefinition, run_input: Any, plan: Plan
+    ) -> JSONDict:
+        op = self._run_op(
+            definition, run_input, plan, run_id=r.run_id or new_run_id(), triggered_by="api",
+            tags=tuple(r.tags), priority=r.priority, delay=_seconds(r.delay) or 0.0,
+            ttl=_seconds(r.ttl), idempotency_key=r.idempotency_key,
         )
         created = await self.storage.create_run(op)
         run = created.run
         if not created.created:
             return views.run(run)
         log.info("run.submitted", run_id=run.run_id, workflow_id=r.workflow_id,
-                 delay=delay or None)
+                 delay=_seconds(r.delay))
         if plan.debounce is not None:
             self.admission.debounced(run, plan.debounce)
-        if op.expires_at is not None:
-            self.timers.notify(op.expires_at)
-        if op.scheduled_at is None:
+        if run.expires_at is not None:
+            self.timers.notify(run.expires_at)
+        if run.scheduled_at is None:
             run = await self.admission.offer(run)
         else:
-            self.timers.notify(op.scheduled_at)
+            self.timers.notify(run.scheduled_at)
         out = views.run(run)
         if plan.debounce is not None:
             out["debounced"] = False
@@ -425,12 +465,25 @@ class Engine(service.ServiceMethods):
         run = await self._run_or_404(r.run_id)
         if run.is_terminal:
             raise errors.RunNotActive(r.run_id, str(run.status), "cancel")
-        if run.status is storage.RunStatus.PENDING and await self.admission.cancel_unstarted(
-            run, r.reason
-        ):
+        if not await self._cancel_run(r.run_id, r.reason, r.compensate, run):
             return views.run(await self._run_or_404(r.run_id))
-        self.supervisor.deliver(r.run_id, Cancel(r.reason, r.compensate))
         return views.run(await self._wait_for(r.run_id, self.settings.shutdown_grace))
+
+    async def _cancel_run(
+        self, run_id: str, reason: str | None, compensate: bool,
+        run: storage.RunRecord | None = None,
+    ) -> bool:
+        """Cancel a run that has not ended: one that never started ends at once (it never
+        runs); a started one is cancelled by its actor. False if it had already ended."""
+        run = run or await self.storage.get_run(run_id)
+        if run is None or run.is_terminal:
+            return False
+        if run.status is storage.RunStatus.PENDING and await self.admission.cancel_unstarted(
+            run, reason
+        ):
+            return True
+        self.supervisor.deliver(run_id, Cancel(reason, compensate))
+        return True
 
     @handles(service.Pause)
     async def _pause(self, r: service.Pause) -> JSONDict:
@@ -483,20 +536,110 @@ class Engine(service.ServiceMethods):
     async def _send_event(self, r: service.SendEvent) -> JSONDict:
         self._check_accepting()
         self._check_size("payload", r.payload)
+        event_id = r.event_id or f"evt_{secrets.token_hex(8)}"
+        start: list[storage.CreateRun] = []
+        batch: list[storage.BatchItem] = []
+        for fired in self.triggers.fired_by(r.type, r.payload, matching.matches):
+            definition = fired.definition
+            if fired.rule.batch is not None:
+                try:
+                    key = triggers.batch_key(fired, r.payload)
+                except KeyResolutionError as exc:
+                    raise errors.ValidationFailed(definition.id, str(exc)) from exc
+                batch.append(storage.BatchItem(definition.id, key,
+                                               fired.rule.batch.timeout_seconds))
+                self.timers.notify(self.clock.now() + fired.rule.batch.timeout_seconds)
+                continue
+            run_input = self._accepted_input(definition, r.payload)
+            start.append(self._run_op(
+                definition, run_input, self._plan(definition, run_input),
+                run_id=triggers.run_id_for_event(definition.id, fired.index, event_id),
+                triggered_by="event",
+            ))
         op = storage.RecordEvent(
-            event_id=r.event_id or f"evt_{secrets.token_hex(8)}",
+            event_id=event_id,
             type=r.type,
             payload=r.payload,
             received_at=self.clock.now(),
             matches=matching.matches,
+            start=tuple(start),
+            batch=tuple(batch),
+            cancel=self.triggers.cancel_rules,
         )
         result = await self.storage.record_event(op)
         self.instrument.reached("event.committed")
         for wp in result.resolved:
             self.supervisor.deliver(wp.run_id, Resolve(bridge.resolution(wp)))
-        log.info("event.received", event_type=r.type, event_id=op.event_id,
-                 resolved=len(result.resolved), duplicate=not result.inserted)
-        return {"event_id": op.event_id, "resolved": len(result.resolved)}
+        for run in result.started:
+            log.info("run.submitted", run_id=run.run_id, workflow_id=run.workflow_id,
+                     triggered_by="event", event_id=event_id)
+            self._launch(run)
+        for workflow_id, key, waiting in result.batched:
+            self._batch_joined(workflow_id, key, waiting)
+        cancelled = 0
+        for match in result.cancel:
+            reason = f"cancelled by event {r.type!r} ({event_id})"
+            if await self._cancel_run(match.run_id, reason, match.compensate):
+                cancelled += 1
+        log.info("event.received", event_type=r.type, event_id=event_id,
+                 resolved=len(result.resolved), started=len(result.started),
+                 cancelled=cancelled, duplicate=not result.inserted)
+        return {"event_id": event_id, "resolved": len(result.resolved),
+                "started": [run.run_id for run in result.started], "cancelled": cancelled}
+
+    def _launch(self, run: storage.RunRecord) -> None:
+        """A new run committed by someone other than ``submit`` (a trigger, a batch, a
+        schedule): admission starts it now, or when it is due."""
+        if run.expires_at is not None:
+            self.timers.notify(run.expires_at)
+        self.admission.admit_new(run)
+
+    # ------------------------------------------------------------------ batches
+
+    def _batch_joined(self, workflow_id: str, key: str, waiting: int) -> None:
+        definition = self.registry.get(workflow_id)
+        rule = None if definition is None else triggers.batch_rule(definition, key)
+        if rule is not None and rule.batch is not None and waiting >= rule.batch.max_size:
+            self.admission.spawn(self._flush_batch(workflow_id, key, timed_out=False))
+
+    async def _flush_batch(self, workflow_id: str, key: str, *, timed_out: bool) -> None:
+        """Start the batch's runs: one per ``max_size`` events, and with ``timed_out`` one for
+        what is left. Idempotent (the run id is derived from the batch's first event)."""
+        definition = self.registry.get(workflow_id)
+        rule = None if definition is None else triggers.batch_rule(definition, key)
+        if definition is None or rule is None or rule.batch is None:
+            log.warning("batch.orphaned", workflow_id=workflow_id, batch_key=key)
+            return
+        while True:
+            pending = await self.storage.pending_batches(workflow_id, key)
+            events = pending[0].events if pending else ()
+            if events:  # the batch's timer is due its first event's received_at + timeout
+                self.timers.notify(events[0].received_at + rule.batch.timeout_seconds)
+            if not events or (len(events) < rule.batch.max_size and not timed_out):
+                return
+            taken = events[: rule.batch.max_size]
+            run_input = {"events": [e.payload for e in taken]}
+            op = self._run_op(
+                definition, run_input, self._plan(definition, run_input),
+                run_id=triggers.run_id_for_batch(workflow_id, key, taken[0].event_id),
+                triggered_by="event",
+            )
+            created = await self.storage.execute(storage.FlushBatch(
+                workflow_id, key, tuple(e.event_id for e in taken), op,
+                rule.batch.timeout_seconds,
+            ))
+            if created.created:
+                log.info("run.submitted", run_id=op.run_id, workflow_id=workflow_id,
+                         triggered_by="event", batch_size=len(taken))
+                self._launch(created.run)
+            if len(taken) < rule.batch.max_size:
+                return
+
+    async def _flush_full_batches(self) -> None:
+        """At start: batches that filled up before a crash start their runs now (those that
+        timed out while the daemon was down have their overdue timers)."""
+        for batch in await self.storage.pending_batches():
+            self._batch_joined(batch.workflow_id, batch.batch_key, len(batch.events))
 
     @handles(service.Signal)
     async def _signal(self, r: service.Signal) -> JSONDict:

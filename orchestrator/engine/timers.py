@@ -110,6 +110,8 @@ class Timers:
     def _dispatch(self, item: storage.FiredTimer) -> None:
         timer = item.timer
         if timer.run_id is None:
+            if self._on_run_timer is not None:
+                self._on_run_timer(timer)  # a timer of no run (a batch's timeout)
             return
         if item.waitpoint is not None:
             self._deliver(timer.run_id, Resolve(bridge.resolution(item.waitpoint)))

@@ -76,6 +76,13 @@ def create_run(conn: Conn, op: ops.CreateRun) -> ops.RunCreated:
         )
     if op.status is records.RunStatus.PENDING:
         _start_timers(conn, op.run_id, op.created_at, op.scheduled_at, op.expires_at)
+        if op.cancel_on:
+            conn.executemany(
+                "INSERT OR REPLACE INTO run_cancel_on (run_id, event_type, wildcard, match, "
+                "compensate) VALUES (?, ?, ?, ?, ?)",
+                [(op.run_id, r.event_type, int(r.wildcard), dumps(r.match), int(r.compensate))
+                 for r in op.cancel_on],
+            )
     run = records.RunRecord(
         run_id=op.run_id,
         number=int(cur.lastrowid or 0),
@@ -128,6 +135,7 @@ def _close_run(conn: Conn, run_id: str) -> None:
         "UPDATE waitpoints SET status = 'cancelled' WHERE run_id = ? AND status = 'waiting'",
         (run_id,),
     )
+    conn.execute("DELETE FROM run_cancel_on WHERE run_id = ?", (run_id,))
 
 
 def end_pending(conn: Conn, op: ops.EndPending) -> records.RunRecord | None:
@@ -511,12 +519,16 @@ def resolve_waitpoint(conn: Conn, op: ops.ResolveWaitpoint) -> bool:
 
 
 def record_event(conn: Conn, op: ops.RecordEvent) -> ops.EventRecorded:
+    payload_text = dumps(op.payload)
     cur = conn.execute(
         "INSERT OR IGNORE INTO events (event_id, type, payload, received_at) VALUES (?, ?, ?, ?)",
-        (op.event_id, op.type, dumps(op.payload), op.received_at),
+        (op.event_id, op.type, payload_text, op.received_at),
     )
     if cur.rowcount == 0:
         return ops.EventRecorded(inserted=False, resolved=())
+    started = tuple(r.run for r in map(lambda c: create_run(conn, c), op.start) if r.created)
+    batched = tuple(_add_to_batch(conn, op, item, payload_text) for item in op.batch)
+    cancel = _cancel_matches(conn, op) if op.cancel else ()
     waiting = conn.execute(
         f"SELECT {rows.WAITPOINT_COLUMNS} FROM waitpoints "
         "WHERE event_type = ? AND status = 'waiting' ORDER BY registered_at, rowid",
@@ -544,7 +556,68 @@ def record_event(conn: Conn, op: ops.RecordEvent) -> ops.EventRecorded:
                 wp, op.received_at, ResolutionSource.LIVE, op.payload, matched_event_id=op.event_id
             )
         )
-    return ops.EventRecorded(inserted=True, resolved=tuple(resolved))
+    return ops.EventRecorded(
+        inserted=True, resolved=tuple(resolved), started=started, batched=batched, cancel=cancel
+    )
+
+
+def _batch_timer(workflow_id: str, batch_key: str) -> str:
+    return f"batch:{workflow_id}\x1f{batch_key}"
+
+
+def _add_to_batch(
+    conn: Conn, op: ops.RecordEvent, item: ops.BatchItem, payload_text: str | None
+) -> tuple[str, str, int]:
+    conn.execute(
+        "INSERT OR IGNORE INTO event_batches (workflow_id, batch_key, event_id, payload, "
+        "received_at) VALUES (?, ?, ?, ?, ?)",
+        (item.workflow_id, item.batch_key, op.event_id, payload_text, op.received_at),
+    )
+    (count,) = conn.execute(
+        "SELECT count(*) FROM event_batches WHERE workflow_id = ? AND batch_key = ?",
+        (item.workflow_id, item.batch_key),
+    ).fetchone()
+    if count == 1:
+        _upsert_timer(conn, _batch_timer(item.workflow_id, item.batch_key), TimerKind.BATCH,
+                      op.received_at + item.timeout, op.received_at, None, None,
+                      [item.workflow_id, item.batch_key])
+    return (item.workflow_id, item.batch_key, int(count))
+
+
+def _cancel_matches(conn: Conn, op: ops.RecordEvent) -> tuple[ops.CancelMatch, ...]:
+    found = conn.execute(
+        "SELECT run_id, match, compensate FROM run_cancel_on WHERE event_type = ? AND wildcard = 0 "
+        "UNION ALL SELECT run_id, match, compensate FROM run_cancel_on WHERE wildcard = 1 "
+        "AND substr(?, 1, length(event_type)) = event_type",
+        (op.type, op.type),
+    ).fetchall()
+    out: dict[str, ops.CancelMatch] = {}
+    for run_id, match_text, compensate in found:
+        match = rows.loads(match_text)
+        if match is None or op.matches(match, op.payload):
+            out.setdefault(run_id, ops.CancelMatch(run_id, bool(compensate)))
+    return tuple(out.values())
+
+
+def flush_batch(conn: Conn, op: ops.FlushBatch) -> ops.RunCreated:
+    created = create_run(conn, op.run)
+    if created.created:
+        conn.executemany(
+            "DELETE FROM event_batches WHERE workflow_id = ? AND batch_key = ? AND event_id = ?",
+            [(op.workflow_id, op.batch_key, e) for e in op.event_ids],
+        )
+    first = conn.execute(
+        "SELECT received_at FROM event_batches WHERE workflow_id = ? AND batch_key = ? "
+        "ORDER BY received_at, event_id LIMIT 1",
+        (op.workflow_id, op.batch_key),
+    ).fetchone()
+    timer_id = _batch_timer(op.workflow_id, op.batch_key)
+    if first is None:
+        conn.execute("DELETE FROM timers WHERE timer_id = ?", (timer_id,))
+    else:
+        _upsert_timer(conn, timer_id, TimerKind.BATCH, first[0] + op.timeout, op.run.created_at,
+                      None, None, [op.workflow_id, op.batch_key])
+    return created
 
 
 def send_signal(conn: Conn, op: ops.SendSignal) -> ops.SignalSent:
@@ -686,6 +759,7 @@ APPLY: dict[type[Any], Apply] = {
     ops.UpdateRun: update_run,
     ops.ReschedulePending: reschedule_pending,
     ops.EndPending: end_pending,
+    ops.FlushBatch: flush_batch,
     ops.CreateChildRun: create_child_run,
     ops.RecordStepAttempt: record_step_attempt,
     ops.RecordCompensation: record_compensation,

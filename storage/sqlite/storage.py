@@ -218,6 +218,24 @@ class SQLiteStorage:
         )
         return [(str(key), float(at)) for key, at in found]
 
+    async def pending_batches(
+        self, workflow_id: str | None = None, batch_key: str | None = None
+    ) -> list[records.PendingBatch]:
+        sql = ("SELECT workflow_id, batch_key, event_id, payload, received_at FROM event_batches"
+               "{} ORDER BY workflow_id, batch_key, received_at, event_id")
+        if workflow_id is not None and batch_key is not None:
+            found = await self._fetch(sql.format(" WHERE workflow_id = ? AND batch_key = ?"),
+                                      (workflow_id, batch_key))
+        else:
+            found = await self._fetch(sql.format(""))
+        batches: dict[tuple[str, str], list[records.BatchedEvent]] = {}
+        for wf, key, event_id, payload, at in found:
+            batches.setdefault((wf, key), []).append(
+                records.BatchedEvent(event_id, rows.loads(payload), at)
+            )
+        return [records.PendingBatch(wf, key, tuple(events))
+                for (wf, key), events in batches.items()]
+
     async def load_journal(self, run_id: str) -> records.Journal:
         key = (run_id,)
         with translate_errors():

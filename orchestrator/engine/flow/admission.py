@@ -422,6 +422,11 @@ class Admission:
 
     # ------------------------------------------------------------------ tasks
 
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a decision of the engine's as an owned task (failures are logged; the stored
+        state lets recovery or a timer take it up again)."""
+        self._spawn(coro)
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro, name="admission")
         self._tasks.add(task)
