@@ -144,7 +144,8 @@ async def _replay(c: Client, engine: Engine) -> None:
 async def _send_event(c: Client, engine: Engine) -> None:
     await c.submit("event", {"type": "paid"}, run_id="ev")
     await reach(engine, "ev", "waiting")
-    assert await c.send_event("paid", {"n": 1}, event_id="e1") == {"event_id": "e1", "resolved": 1}
+    assert await c.send_event("paid", {"n": 1}, event_id="e1") == {
+        "event_id": "e1", "resolved": 1, "started": [], "cancelled": 0}
     assert (await c.wait("ev"))["output"] == {"n": 1}
     assert await c.send_event("paid", {"n": 2}, event_id="e1") == {"event_id": "e1", "resolved": 0}
     sent = await c.send_event("other", None)
