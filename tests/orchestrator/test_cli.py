@@ -176,7 +176,8 @@ async def test_event_signal_token(server: SocketServer, capsys, engine: Engine) 
     code, out, _ = await wf(
         capsys, server, "event", "send", "paid", "--payload", '{"n": 1}', "--id", "e1", "--json"
     )
-    assert code == 0 and orjson.loads(out) == {"event_id": "e1", "resolved": 1, "started": [], "cancelled": 0}
+    assert code == 0 and orjson.loads(out) == {
+        "event_id": "e1", "resolved": 1, "started": [], "cancelled": 0}
     assert (await engine.wait("E"))["output"] == {"n": 1}
     code, out, _ = await wf(capsys, server, "signal", "S", "finish", "--payload", "7")
     assert code == 0 and "delivered: yes" in out

@@ -147,7 +147,8 @@ async def _send_event(c: Client, engine: Engine) -> None:
     assert await c.send_event("paid", {"n": 1}, event_id="e1") == {
         "event_id": "e1", "resolved": 1, "started": [], "cancelled": 0}
     assert (await c.wait("ev"))["output"] == {"n": 1}
-    assert await c.send_event("paid", {"n": 2}, event_id="e1") == {"event_id": "e1", "resolved": 0}
+    assert await c.send_event("paid", {"n": 2}, event_id="e1") == {
+        "event_id": "e1", "resolved": 0, "started": [], "cancelled": 0}
     sent = await c.send_event("other", None)
     assert sent["resolved"] == 0 and sent["event_id"]
 
