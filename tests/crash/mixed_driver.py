@@ -182,9 +182,14 @@ class MixedRound:
             env={mw.LEDGER_ENV: str(self.ledger), **(env or {})})
         self.report = RoundReport(seed, runs)
         self.inputs: dict[str, dict[str, Any]] = {}
+        self.limited: set[str] = set()  # runs of the flow-controlled twin workflow
         for i in range(runs):
             key = f"k{i}"
-            self.inputs[f"s{seed}-r{i}"] = {"key": key, "plan": make_plan(self.rng, scale)}
+            run_id = f"s{seed}-r{i}"
+            self.inputs[run_id] = {"key": key, "plan": make_plan(self.rng, scale)}
+            if self.rng.random() < 0.3:
+                self.inputs[run_id]["group"] = f"g{i % 3}"
+                self.limited.add(run_id)
         self.children: dict[str, dict[str, Any]] = {}
         self.parent_of: dict[str, str] = {}
         for run_id, inp in self.inputs.items():
@@ -350,7 +355,8 @@ class MixedRound:
             self.submits[run_id] = req
             self.last_send = time.time()
             try:
-                await c.submit(mw.PARENT, self.inputs[run_id], run_id=run_id)
+                workflow = mw.LIMITED if run_id in self.limited else mw.PARENT
+                await c.submit(workflow, self.inputs[run_id], run_id=run_id)
                 req.state = "acked"
                 self.acks_left -= 1
                 if self.acks_left == 0:
@@ -507,6 +513,28 @@ class MixedRound:
         for run_id, key in set(lines) - expected:
             self.violation(f"ledger lines for {run_id} {key} with no recorded step: "
                            f"{lines[(run_id, key)]}")
+        self._check_limits(rows)
+
+    def _check_limits(self, rows: list[tuple[str, str, int, int]]) -> None:
+        """A flow-controlled run holds its group's slot from its first ledger line to its
+        last: no group may ever show more than its limit of such spans at once."""
+        spans: dict[str, list[int]] = {}
+        for n, (run_id, _key, _attempt, _inc) in enumerate(rows):
+            if run_id in self.limited:
+                spans.setdefault(run_id, [n, n])[1] = n
+        by_group: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for run_id, (first, last) in spans.items():
+            by_group[self.inputs[run_id]["group"]].append((first, last))
+        for group, group_spans in by_group.items():
+            edges = sorted([(a, 1) for a, _ in group_spans] + [(b, -1) for _, b in group_spans],
+                           key=lambda e: (e[0], -e[1]))
+            held = peak = 0
+            for _, change in edges:
+                held += change
+                peak = max(peak, held)
+            if peak > mw.LIMIT:
+                self.violation(f"group {group}: {peak} runs held a slot at once "
+                               f"(limit {mw.LIMIT})")
 
     def _check_step(self, run_id: str, step: dict[str, Any],
                     lines: list[tuple[int, int]]) -> None:

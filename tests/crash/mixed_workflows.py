@@ -16,13 +16,23 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from runtime import Context, FatalError, RetryableError, RetryPolicy, current_step, workflow
+from runtime import (
+    Concurrency,
+    Context,
+    FatalError,
+    RetryableError,
+    RetryPolicy,
+    current_step,
+    workflow,
+)
 from tests.ledger import append_durably
 
 LEDGER_ENV = "WF_MIXED_LEDGER"
 EVENT_TYPE = "mix.go"
 SIGNAL = "mix.sig"
 PARENT = "mix-plan"
+LIMITED = "mix-plan-limited"  # the same body under a concurrency limit per group
+LIMIT = 2
 CHILD = "mix-child"
 
 Op = list[Any]  # ["step"] | ["sleep", s] | ["event"] | ["signal"] | ["token"]
@@ -128,6 +138,11 @@ async def run_plan(input: dict[str, Any], ctx: Context, child_wf: str | None) ->
 
 @workflow(id=PARENT)
 async def mix_plan(input: dict[str, Any], ctx: Context) -> list[Any]:
+    return await run_plan(input, ctx, CHILD)
+
+
+@workflow(id=LIMITED, concurrency=Concurrency(LIMIT, key=lambda i: i["group"]))
+async def mix_plan_limited(input: dict[str, Any], ctx: Context) -> list[Any]:
     return await run_plan(input, ctx, CHILD)
 
 
