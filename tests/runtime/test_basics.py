@@ -116,7 +116,7 @@ def test_workflow_rejects_sync_functions_and_bad_options() -> None:
     with pytest.raises(ValueError, match="'forever'"):
         workflow(id="basics-timeout", timeout="forever")
     # A Schedule is checked when @workflow registers it, so the error names the workflow.
-    with pytest.raises(ValueError, match="'basics-sched'.*exactly one"):
+    with pytest.raises(ValueError, match=r"'basics-sched'.*exactly one"):
         workflow(id="basics-sched", schedule=Schedule(cron="* * * * *", every="1m"))
-    with pytest.raises(ValueError, match="'basics-sched'.*cron.*'every tuesday'"):
+    with pytest.raises(ValueError, match=r"'basics-sched'.*cron.*'every tuesday'"):
         workflow(id="basics-sched", schedule=Schedule(cron="every tuesday"))
