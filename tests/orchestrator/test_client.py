@@ -12,7 +12,7 @@ import pytest
 
 import storage
 from orchestrator import logs
-from orchestrator.api import errors, service
+from orchestrator.api import errors, protocol, service
 from orchestrator.client import Client, DaemonUnreachable, RemoteError
 from orchestrator.daemon.server import SocketServer
 from orchestrator.engine.engine import Engine
@@ -197,6 +197,10 @@ async def _schedule_create(c: Client, engine: Engine) -> None:
     made = await c.schedule_create("tick", "echo", every="1h", input={"a": 1}, jitter="1s")
     assert (made["rule"], made["input"], made["source"]) == ("every 3600s", {"a": 1}, "api")
     await _expect_code("INVALID_PARAMS", c.schedule_create("bad", "echo", cron="0 0 30 2 *"))
+    with pytest.raises(errors.InvalidParams) as info:  # checked by the wire schema
+        protocol.parse_params(protocol.METHODS["schedule_create"],
+                              {"name": "bad", "workflow_id": "echo", "jitter": "soon"})
+    assert info.value.data["field"] == "jitter"
     await _expect_code("NOT_FOUND", c.schedule_create("x", "nope", every=60))
 
 
