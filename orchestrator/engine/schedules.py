@@ -121,10 +121,18 @@ class Schedules:
                                       storage.ScheduleSource.CODE))
             log.info("schedule.updated" if current is not None else "schedule.added",
                      schedule=name, workflow_id=definition.id, rule=spec.describe())
+        touched = {op.name for op in batch if isinstance(op, storage.UpsertSchedule)}
         for name, current in stored.items():
             if current.source is storage.ScheduleSource.CODE and name not in declared:
                 batch.append(storage.DeleteSchedule(name))
                 log.info("schedule.removed", schedule=name, workflow_id=current.workflow_id)
+            elif (name not in touched and not current.paused
+                  and current.next_fire_at is not None):
+                # The row is the truth: a timer leased by a fire that a crash cut short would
+                # otherwise wait out its lease; placed again, an overdue one fires at start.
+                batch.append(storage.UpsertTimer(
+                    storage.ops.schedule_timer_id(name), storage.TimerKind.SCHEDULE,
+                    current.next_fire_at, now, payload={"schedule": name}))
         if batch:
             await self._storage.commit(batch)
 

@@ -376,6 +376,24 @@ async def test_a_fire_whose_commit_failed_fires_again_once(
         assert (await schedule(engine, "job"))["next_fire_at"] == at(hour(2))
 
 
+async def test_a_fire_lost_to_a_crash_after_its_timer_fired_happens_at_the_next_start(
+    db_path: Path, clock: ManualClock
+) -> None:
+    """The timer was claimed (leased), the fire never committed: the next start places the
+    timer from the schedule's row again, so the fire does not wait out the lease."""
+    wf = define("job", schedule=Schedule(cron=HOURLY))
+    async with sched_engine(db_path, clock, wf, faulty=True) as engine:
+        cast(FaultyStorage, engine.storage).fail(
+            "execute", storage.StorageFull("disk full"),
+            when=lambda op: isinstance(op, storage.FireSchedule))
+        await tick(engine, clock, hour(1))
+        assert await sched_runs(engine) == []
+    clock.set(at(hour(1)) + 1)
+    async with sched_engine(db_path, clock, wf) as engine:
+        assert await sched_runs(engine) == [sched_id("job", 1)]
+        assert (await schedule(engine, "job"))["missed"] == 0
+
+
 async def test_cancel_other_cut_short_by_a_crash_is_finished_at_start(
     db_path: Path, clock: ManualClock
 ) -> None:
