@@ -424,25 +424,6 @@ def _instant(where: str, at: Any, zone: ZoneInfo) -> float:
     return moment.timestamp()
 
 
-__all__ = [
-    "OVERLAPS",
-    "Declared",
-    "Schedule",
-    "ScheduleError",
-    "ScheduleSpec",
-    "check_cron",
-    "check_name",
-    "declare",
-    "default_name",
-    "iso",
-    "jitter_for",
-    "local_to_utc",
-    "make_spec",
-    "next_fire",
-    "run_id",
-]
-
-
 @dataclass(frozen=True, slots=True)
 class Declared:
     """A schedule declared in code: its name and checked spec."""
@@ -476,3 +457,22 @@ def declare(workflow_id: str, value: Any) -> tuple[Declared, ...]:
         seen.add(name)
         found.append(Declared(name, item.spec(at)))
     return tuple(found)
+
+
+__all__ = [
+    "OVERLAPS",
+    "Declared",
+    "Schedule",
+    "ScheduleError",
+    "ScheduleSpec",
+    "check_cron",
+    "check_name",
+    "declare",
+    "default_name",
+    "iso",
+    "jitter_for",
+    "local_to_utc",
+    "make_spec",
+    "next_fire",
+    "run_id",
+]
