@@ -14,7 +14,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-import storage
 from orchestrator import logs
 from orchestrator.client import cli, tables
 from orchestrator.daemon.server import SocketServer
