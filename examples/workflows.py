@@ -6,9 +6,10 @@ Each one shows one part of the SDK; the README's tour drives them from a second 
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 from typing import Any
 
-from runtime import Context, FatalError, RetryPolicy, workflow
+from runtime import Context, FatalError, RetryPolicy, Schedule, workflow
 
 # --- greeting: steps and a durable sleep ------------------------------------------------------
 
@@ -111,3 +112,19 @@ async def payment_watch(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
         return {"order_id": order_id, "paid": False}
     receipt = await ctx.step("receipt", lambda: f"receipt for {order_id}: {payment['amount']}")
     return {"order_id": order_id, "paid": True, "receipt": receipt}
+
+
+# --- scheduled: a cron schedule in a time zone --------------------------------------------------
+
+
+@workflow(
+    id="nightly-report",
+    description="Count yesterday's orders and store a report, every night at 03:00 Paris time.",
+    schedule=Schedule(cron="0 3 * * *", timezone="Europe/Paris", name="nightly-report",
+                      input={"report": "orders"}, overlap="skip"),
+)
+async def nightly_report(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    # The run id carries the due time (sched:nightly-report:<UTC>); ctx.now() replays as recorded.
+    day = (ctx.now() - timedelta(days=1)).date().isoformat()
+    count = await ctx.step("count", lambda: random.randint(0, 500))
+    return {"report": input["report"], "day": day, "orders": count}

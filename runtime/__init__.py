@@ -15,9 +15,10 @@ from runtime.errors import (
 from runtime.flow import Batch, CancelOn, Concurrency, Debounce, OnEvent, Throttle
 from runtime.ratelimit import RateLimit
 from runtime.retry import RetryPolicy
+from runtime.schedules import Schedule
 from runtime.status import RunStatus
 from runtime.steps import StepContext, current_step
-from runtime.workflow import Schedule, workflow
+from runtime.workflow import workflow
 
 __all__ = [
     "Batch",

@@ -6,46 +6,18 @@ import hashlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from runtime import durations
 from runtime.flow import CancelOn, Concurrency, Debounce, OnEvent, Throttle
 from runtime.retry import RetryPolicy
+from runtime.schedules import Declared, declare
+from runtime.schedules import (
+    Schedule as Schedule,  # re-exported: `from runtime.workflow import Schedule`
+)
 
 WorkflowFn = Callable[[Any, Any], Awaitable[Any]]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    """Exactly one of ``cron``, ``every`` or ``at``."""
-
-    cron: str | None = None
-    every: durations.Duration | None = None
-    at: datetime | str | None = None
-    timezone: str = "UTC"
-    input: Any = None
-    overlap: Literal["skip", "queue", "allow"] = "skip"
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        given = [n for n in ("cron", "every", "at") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"Schedule needs exactly one of cron=, every=, at= (got {given or 'none'})"
-            )
-        if self.every is not None and durations.to_seconds(self.every) <= 0:
-            raise ValueError(f"Schedule.every must be positive, got {self.every!r}")
-        if self.cron is not None:
-            from croniter import croniter  # imported lazily: only schedules need it
-
-            if not croniter.is_valid(self.cron):
-                raise ValueError(f"Schedule.cron {self.cron!r} is not a valid cron expression")
-        if self.overlap not in ("skip", "queue", "allow"):
-            raise ValueError(
-                f"Schedule.overlap must be 'skip', 'queue' or 'allow', got {self.overlap!r}"
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +33,8 @@ class WorkflowDefinition:
     start_timeout: float | None = None
     on_event: tuple[OnEvent, ...] = ()
     cancel_on: tuple[CancelOn, ...] = ()
-    schedules: tuple[Schedule, ...] = ()
+    schedules: tuple[Declared, ...] = ()
+    """The schedules declared in code, named and checked (``runtime.schedules``)."""
     tags: tuple[str, ...] = ()
     description: str | None = None
     input_validator: Callable[[Any], Any] | None = None
@@ -81,7 +54,22 @@ class Registry:
                 f"workflow id {definition.id!r} registered twice: "
                 f"at {existing.origin} and at {definition.origin}"
             )
+        self._check_schedule_names(definition)
         self._by_id[definition.id] = definition
+
+    def _check_schedule_names(self, definition: WorkflowDefinition) -> None:
+        # A schedule's name is its identity in storage and in its runs' ids: one owner only.
+        if not definition.schedules:
+            return
+        for other in self._by_id.values():
+            if other.id == definition.id:
+                continue
+            taken = {s.name for s in other.schedules} & {s.name for s in definition.schedules}
+            if taken:
+                raise ValueError(
+                    f"workflow {definition.id!r}: schedule name {sorted(taken)[0]!r} is "
+                    f"already used by workflow {other.id!r} (at {other.origin})"
+                )
 
     def get(self, workflow_id: str) -> WorkflowDefinition | None:
         return self._by_id.get(workflow_id)
@@ -157,19 +145,7 @@ def workflow(
         raise ValueError(f"{where}: start_timeout must be positive, got {start_timeout!r}")
     triggers = _options(where, "on_event", OnEvent, on_event)
     cancels = _options(where, "cancel_on", CancelOn, cancel_on)
-    schedules: tuple[Schedule, ...]
-    if schedule is None:
-        schedules = ()
-    elif isinstance(schedule, Schedule):
-        schedules = (schedule,)
-    else:
-        schedules = tuple(schedule)
-    if schedules:
-        # Not enforced by this build yet: refusing beats accepting and ignoring (SPEC §2).
-        raise ValueError(
-            f"{where}: schedule= is not enforced by this build yet; remove it (declared "
-            f"{schedules[0]!r})"
-        )
+    schedules = declare(id, schedule)
 
     def decorate(fn: F) -> F:
         is_async = inspect.iscoroutinefunction(fn)  # kept out of the `if`: it would narrow F

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from storage import records
 from storage.records import JSON
@@ -406,19 +406,93 @@ class ClaimDueTimers(WriteOp[tuple[FiredTimer, ...]]):
     limit: int = 1000
 
 
+def schedule_timer_id(name: str) -> str:
+    """The timer that wakes the engine for schedule ``name``'s next fire."""
+    return f"schedule:{name}"
+
+
 @dataclass(frozen=True, slots=True)
-class UpsertSchedule(WriteOp[None]):
+class UpsertSchedule(WriteOp[records.ScheduleRecord]):
+    """Insert schedule ``name`` or replace its definition (workflow, spec, source, next due
+    and fire times; ``paused`` when given). Its fire counters and last fire are kept
+    (``last_fire_at`` replaces the stored one only when given). Its timer
+    ``schedule:<name>`` is placed at ``next_fire_at`` in the same transaction, or deleted when
+    there is none or the schedule is paused. ``next_due_at`` defaults to ``next_fire_at``.
+    Returns the stored schedule."""
+
     name: str
     workflow_id: str
     spec: JSON
     updated_at: float
     next_fire_at: float | None = None
     last_fire_at: float | None = None
+    source: records.ScheduleSource = records.ScheduleSource.API
+    next_due_at: float | None = None
+    paused: bool | Unset = UNSET
 
 
 @dataclass(frozen=True, slots=True)
 class DeleteSchedule(WriteOp[bool]):
+    """Delete the schedule and its timer; False when there was none. Its runs stay."""
+
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PauseSchedule(WriteOp[records.ScheduleRecord]):
+    """Pause (its timer is deleted: nothing fires) or resume the schedule (its next due and
+    fire times are set and its timer placed). Unknown schedule → ``NotFound``."""
+
+    name: str
+    paused: bool
+    at: float
+    next_due_at: float | None = None
+    next_fire_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleFired:
+    schedule: records.ScheduleRecord | None
+    """The schedule after this fire; None when it does not exist."""
+    run: records.RunRecord | None
+    """The fire's run (created now, or found under its run id); None when no run was made."""
+    created: bool
+    """A run was inserted by this fire."""
+    dropped: bool
+    """The overlap policy dropped the fire (counted in ``skipped``)."""
+    stale: bool
+    """Nothing was done: the schedule is paused, gone, or its next due time is no longer the
+    one this fire was computed from (another fire, a resume or an update came first)."""
+    previous: records.RunRecord | None
+    """The run of the fire before this one, when it has not ended."""
+
+
+DropIf = Literal["never", "active", "waiting"]
+
+
+@dataclass(frozen=True, slots=True)
+class FireSchedule(WriteOp[ScheduleFired]):
+    """One fire of schedule ``name``, in one transaction: the run is created (or found under
+    its deterministic run id, so a fire done again after a crash makes no second run), the fire
+    is recorded (last fire = ``due_at``, last run id, ``fired`` + 1, ``missed`` added) and,
+    unless ``expect_next_due`` is ``UNSET`` (a manual trigger), the schedule moves on to
+    ``next_due_at`` / ``next_fire_at`` with its timer.
+
+    ``drop_if`` applies the overlap policy to the previous fire's run: ``active`` drops this
+    fire while that run has not ended (``skip``), ``waiting`` while it has not even started
+    (``buffer_one``); a dropped fire creates no run and counts in ``skipped``, and the schedule
+    still moves on. A fire computed from a ``next_due_at`` that is no longer stored, or for a
+    paused schedule, does nothing (``stale``). Unknown schedule: ``schedule`` is None."""
+
+    name: str
+    at: float
+    due_at: float
+    run: CreateRun
+    drop_if: DropIf = "never"
+    expect_next_due: float | Unset = UNSET
+    next_due_at: float | None = None
+    next_fire_at: float | None = None
+    missed: int = 0
 
 
 @dataclass(frozen=True, slots=True)

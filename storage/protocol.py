@@ -160,6 +160,10 @@ class Storage(Protocol):
         """Every schedule, by name."""
         ...
 
+    async def get_schedule(self, name: str) -> records.ScheduleRecord | None:
+        """One schedule, or None."""
+        ...
+
     async def get_rate_limit(self, key: str) -> records.RateLimitState | None:
         """The stored token-bucket state for ``key``, or None."""
         ...

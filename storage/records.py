@@ -238,14 +238,35 @@ class TimerRecord:
     created_at: float
 
 
+class ScheduleSource(StrEnum):
+    CODE = "code"
+    """Declared with ``@workflow(schedule=...)``: reconciled with the code at start."""
+    API = "api"
+    """Created with ``schedule_create``: kept until ``schedule_delete``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ScheduleRecord:
     name: str
     workflow_id: str
     spec: JSON
+    """The rule, time zone, input, overlap and jitter, as ``runtime.schedules`` stores them."""
     next_fire_at: float | None
+    """When the next fire happens (its due time plus jitter); its timer is due then."""
     last_fire_at: float | None
+    """The due time of the last fire (the time in its run id)."""
     updated_at: float
+    source: ScheduleSource = ScheduleSource.API
+    paused: bool = False
+    next_due_at: float | None = None
+    """The next due time (the time in the next run's id); None: it fires no more."""
+    last_run_id: str | None = None
+    fired: int = 0
+    skipped: int = 0
+    """Fires the overlap policy dropped."""
+    missed: int = 0
+    """Due times that passed while no daemon ran, collapsed into the fire after them."""
+    created_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

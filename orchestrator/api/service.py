@@ -38,6 +38,8 @@ TERMINAL_STATUSES = frozenset(
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
 RETRY_MODES = ("resume", "retrigger")
+SCHEDULE_OVERLAPS = ("skip", "buffer_one", "buffer_all", "cancel_other", "allow")
+"""``runtime.schedules.OVERLAPS`` (not imported: a client never loads cron or zone code)."""
 
 
 def opt(
@@ -267,6 +269,78 @@ class Schedules(Request[JSONDict]):
     cli = ("schedules",)
 
 
+# --- schedules ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleCreate(Request[JSONDict]):
+    """Create a schedule. Exactly one of ``cron``, ``every``, ``at``; it starts ``workflow_id``
+    with ``input`` until ``schedule_delete`` (creating an existing name replaces its rule,
+    keeping its counters). Returns the schedule."""
+
+    method = "schedule_create"
+    cli = ("schedule", "create")
+    name: str = req(metavar="NAME")
+    workflow_id: str = req(flag="--workflow", help="the workflow each fire starts")
+    cron: str | None = opt(help="cron expression, e.g. '0 3 * * *'")
+    every: float | str | None = opt(type="duration", help="fire every D, e.g. 1h")
+    at: float | str | None = opt(type="time", help="fire once at TIME (ISO-8601 or epoch)")
+    timezone: str = opt("UTC", help="IANA zone the cron expression is read in")
+    input: JSON = opt(flag="--input", help="the runs' JSON input or @file")
+    overlap: str = opt("skip", choices=SCHEDULE_OVERLAPS,
+                       help="what a fire does while the previous run has not ended")
+    jitter: float | str | None = opt(type="duration", help="delay each fire by up to D")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleDelete(Request[JSONDict]):
+    """Delete a schedule. ``{"deleted": true}``; its runs stay."""
+
+    method = "schedule_delete"
+    cli = ("schedule", "delete")
+    name: str = req(metavar="NAME")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulePause(Request[JSONDict]):
+    """Pause a schedule. Nothing fires until ``schedule_resume``; returns the schedule."""
+
+    method = "schedule_pause"
+    cli = ("schedule", "pause")
+    name: str = req(metavar="NAME")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleResume(Request[JSONDict]):
+    """Resume a paused schedule. It fires from its next due time on (fires due while paused
+    are not made up); returns the schedule."""
+
+    method = "schedule_resume"
+    cli = ("schedule", "resume")
+    name: str = req(metavar="NAME")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleTrigger(Request[JSONDict]):
+    """Fire a schedule now. Also while paused; ``{"runs": [run record]}``."""
+
+    method = "schedule_trigger"
+    cli = ("schedule", "trigger")
+    name: str = req(metavar="NAME")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleBackfill(Request[JSONDict]):
+    """Start a run for every due time of a schedule in ``[start, end]``. Idempotent (one run
+    per due time); ``{"runs": [run record, ...]}`` in due order."""
+
+    method = "schedule_backfill"
+    cli = ("schedule", "backfill")
+    name: str = req(metavar="NAME")
+    start: float | str = req(type="time", flag="--start", help="first time (ISO-8601 or epoch)")
+    end: float | str = req(type="time", flag="--end", help="last time, included")
+
+
 @dataclass(frozen=True, slots=True)
 class Stats(Request[JSONDict]):
     """Show daemon counters. Server, storage, actors, timers."""
@@ -316,6 +390,8 @@ REQUESTS: tuple[type[Request[Any]], ...] = (
     Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Reschedule, Replay,
     SendEvent, Signal, CompleteToken,
     Workflows, Schedules, Stats,
+    ScheduleCreate, ScheduleDelete, SchedulePause, ScheduleResume, ScheduleTrigger,
+    ScheduleBackfill,
     Tail, Watch, Stream,
 )
 """Every method, in the order the CLI lists them."""
@@ -398,6 +474,12 @@ class ServiceMethods:
     complete_token = method(CompleteToken)
     workflows = method(Workflows)
     schedules = method(Schedules)
+    schedule_create = method(ScheduleCreate)
+    schedule_delete = method(ScheduleDelete)
+    schedule_pause = method(SchedulePause)
+    schedule_resume = method(ScheduleResume)
+    schedule_trigger = method(ScheduleTrigger)
+    schedule_backfill = method(ScheduleBackfill)
     stats = method(Stats)
     tail = stream_method(Tail)
     watch = stream_method(Watch)

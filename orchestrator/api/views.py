@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from storage import records
@@ -117,5 +118,37 @@ def run_detail(journal: records.Journal) -> JSONDict:
 
 
 def schedule(record: records.ScheduleRecord) -> JSONDict:
-    return {"name": record.name, "workflow_id": record.workflow_id, "spec": record.spec,
-            "next_fire_at": record.next_fire_at, "last_fire_at": record.last_fire_at}
+    """A schedule as ``schedules`` lists it: its rule (``cron 0 3 * * *``, ``every 3600s``,
+    ``at <time>``), zone, next fire (None while paused), last fire and counters."""
+    spec = record.spec if isinstance(record.spec, dict) else {}
+    return {
+        "name": record.name,
+        "workflow_id": record.workflow_id,
+        "rule": _rule(spec),
+        "timezone": spec.get("timezone") or "UTC",
+        "next_fire_at": None if record.paused else record.next_fire_at,
+        "last_fire_at": record.last_fire_at,
+        "paused": record.paused,
+        "skipped": record.skipped,
+        "missed": record.missed,
+        "fired": record.fired,
+        "overlap": spec.get("overlap") or "skip",
+        "jitter": spec.get("jitter") or None,
+        "input": spec.get("input"),
+        "source": str(record.source),
+        "next_due_at": None if record.paused else record.next_due_at,
+        "last_run_id": record.last_run_id,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+
+
+def _rule(spec: dict[str, Any]) -> str:
+    if spec.get("cron") is not None:
+        return f"cron {spec['cron']}"
+    if spec.get("every") is not None:
+        return f"every {spec['every']:g}s"
+    if spec.get("at") is not None:
+        at = datetime.fromtimestamp(float(spec["at"]), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"at {at}"
+    return "-"

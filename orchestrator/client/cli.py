@@ -106,7 +106,9 @@ _HUMAN: Final[dict[str, Callable[[Any], str]]] = {
     "resume": tables.format_run,
     "retry": tables.format_run,
     "workflows": lambda r: tables.format_list(r.get("workflows", []), "no workflows"),
-    "schedules": lambda r: tables.format_list(r.get("schedules", []), "no schedules"),
+    "schedules": lambda r: tables.format_schedules(r.get("schedules", [])),
+    "schedule_trigger": lambda r: tables.format_runs(r.get("runs", [])),
+    "schedule_backfill": lambda r: tables.format_runs(r.get("runs", [])),
 }
 _JSON_DEFAULTS: Final = {("submit", "input"): "{}"}
 _EXIT_BY_RUN: Final = frozenset({"wait"})  # exit 1 unless the run ended completed

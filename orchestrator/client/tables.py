@@ -20,6 +20,7 @@ __all__ = [
     "format_result",
     "format_run_detail",
     "format_runs",
+    "format_schedules",
     "iso_time",
     "table",
 ]
@@ -242,6 +243,29 @@ def format_list(items: Sequence[Any], empty: str) -> str:
         for item in items
     ]
     return table(tuple(columns), rows)
+
+
+def format_schedules(items: Sequence[Mapping[str, Any]]) -> str:
+    """``wf schedules``: name, workflow, rule, zone, next and last fire, paused, counters."""
+    if not items:
+        return "no schedules"
+    rows = [
+        (
+            s.get("name"),
+            s.get("workflow_id"),
+            s.get("rule"),
+            s.get("timezone"),
+            iso_time(s.get("next_fire_at")),
+            iso_time(s.get("last_fire_at")),
+            bool(s.get("paused")),
+            s.get("skipped", 0),
+            s.get("missed", 0),
+        )
+        for s in items
+    ]
+    headers = ("name", "workflow", "rule", "timezone", "next_fire", "last_fire", "paused",
+               "skipped", "missed")
+    return table(headers, rows)
 
 
 _LOG_SKIP = frozenset({"timestamp", "level", "event"})

@@ -34,6 +34,7 @@ from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import Plan, plan_for
 from orchestrator.engine.messages import Cancel, Resolve
 from orchestrator.engine.ratelimits import StoredRateLimiter
+from orchestrator.engine.schedules import Schedules
 from orchestrator.engine.settings import Settings
 from orchestrator.engine.supervisor import Supervisor
 from orchestrator.engine.timers import Timers
@@ -121,9 +122,18 @@ class Engine(service.ServiceMethods):
             instrument=instrument,
         )
         self.triggers = triggers.Triggers(registry)
+        self.scheduling = Schedules(
+            storage_=storage_,
+            clock=self.clock,
+            registry=registry,
+            admission=self.admission,
+            cancel=self._cancel_for_schedule,
+            timer_stored=self._timer_stored,
+            max_payload_bytes=self.settings.max_payload_bytes,
+        )
         self.timers = Timers(
             storage_, self.clock, self.supervisor.deliver, self._on_fatal, instrument,
-            on_run_timer=self._run_timer,
+            on_run_timer=self._run_timer, on_schedule_timer=self.scheduling.on_timer,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -139,8 +149,10 @@ class Engine(service.ServiceMethods):
         """Recover every run that was moving, fire overdue timers, arm the timer task."""
         self._fatal = asyncio.get_running_loop().create_future()
         self.storage.failed.add_done_callback(self._on_storage_failed)
+        await self.scheduling.reconcile()
         recovered = await self._recover()
-        fired = await self.timers.fire_due()
+        await self.scheduling.after_recovery()
+        fired = await self.timers.fire_due()  # schedules missed while down fire here, collapsed
         self.timers.start()
         self.instrument.reached("timers.armed")
         self._accepting = True
@@ -170,6 +182,12 @@ class Engine(service.ServiceMethods):
             self.admission.on_start_timer(timer.run_id)
         else:
             self.admission.on_expire_timer(timer.run_id)
+
+    async def _cancel_for_schedule(
+        self, run: storage.RunRecord, reason: str, code: str
+    ) -> None:
+        """``cancel_other``: cancel a schedule's earlier run with error ``code``."""
+        await self._cancel_run(run.run_id, reason, True, run, code=code)
 
     def _ended_unstarted(self, run: storage.RunRecord) -> None:
         """A run that never started ended (expired, cancelled while queued, replaced)."""
@@ -232,6 +250,7 @@ class Engine(service.ServiceMethods):
         """Stop the timers and the actors (in-flight steps get ``shutdown_grace``)."""
         self._accepting = False
         await self.timers.stop()
+        await self.scheduling.close()
         await self.admission.close()
         await self.supervisor.shutdown(self.settings.shutdown_grace)
         for waiters in self._finish_waiters.values():
@@ -471,7 +490,7 @@ class Engine(service.ServiceMethods):
 
     async def _cancel_run(
         self, run_id: str, reason: str | None, compensate: bool,
-        run: storage.RunRecord | None = None,
+        run: storage.RunRecord | None = None, *, code: str = "CANCELLED",
     ) -> bool:
         """Cancel a run that has not ended: one that never started ends at once (it never
         runs); a started one is cancelled by its actor. False if it had already ended."""
@@ -479,10 +498,10 @@ class Engine(service.ServiceMethods):
         if run is None or run.is_terminal:
             return False
         if run.status is storage.RunStatus.PENDING and await self.admission.cancel_unstarted(
-            run, reason
+            run, reason, code=code
         ):
             return True
-        self.supervisor.deliver(run_id, Cancel(reason, compensate))
+        self.supervisor.deliver(run_id, Cancel(reason, compensate, code=code))
         return True
 
     @handles(service.Pause)
@@ -682,7 +701,37 @@ class Engine(service.ServiceMethods):
 
     @handles(service.Schedules)
     async def _schedules(self, r: service.Schedules) -> JSONDict:
-        return {"schedules": [views.schedule(s) for s in await self.storage.list_schedules()]}
+        return await self.scheduling.list()
+
+    @handles(service.ScheduleCreate)
+    async def _schedule_create(self, r: service.ScheduleCreate) -> JSONDict:
+        self._check_accepting()
+        return await self.scheduling.create(r)
+
+    @handles(service.ScheduleDelete)
+    async def _schedule_delete(self, r: service.ScheduleDelete) -> JSONDict:
+        self._check_accepting()
+        return await self.scheduling.delete(r)
+
+    @handles(service.SchedulePause)
+    async def _schedule_pause(self, r: service.SchedulePause) -> JSONDict:
+        self._check_accepting()
+        return await self.scheduling.pause(r)
+
+    @handles(service.ScheduleResume)
+    async def _schedule_resume(self, r: service.ScheduleResume) -> JSONDict:
+        self._check_accepting()
+        return await self.scheduling.resume(r)
+
+    @handles(service.ScheduleTrigger)
+    async def _schedule_trigger(self, r: service.ScheduleTrigger) -> JSONDict:
+        self._check_accepting()
+        return await self.scheduling.trigger(r)
+
+    @handles(service.ScheduleBackfill)
+    async def _schedule_backfill(self, r: service.ScheduleBackfill) -> JSONDict:
+        self._check_accepting()
+        return await self.scheduling.backfill(r)
 
     @handles(service.Stats)
     async def _stats(self, r: service.Stats) -> JSONDict:

@@ -1,4 +1,4 @@
-"""The timer facility: sleeps, waitpoint timeouts, retry backoffs and delayed starts.
+"""The timer facility: sleeps, waitpoint timeouts, retry backoffs, delayed starts, schedules.
 
 Timers live in storage with absolute wall-clock due times. One task waits for the earliest one
 with an asyncio timer (no polling loop), re-reads the wall clock when it wakes, and fires what is
@@ -52,11 +52,13 @@ class Timers:
         on_fatal: Callable[[BaseException], None],
         instrument: Instrument = NO_INSTRUMENT,
         on_run_timer: Callable[[storage.TimerRecord], None] | None = None,
+        on_schedule_timer: Callable[[storage.TimerRecord], None] | None = None,
     ) -> None:
         self._storage = storage_
         self._clock = clock
         self._deliver = deliver
         self._on_run_timer = on_run_timer
+        self._on_schedule_timer = on_schedule_timer
         self._on_fatal = on_fatal
         self._instrument = instrument
         self._wake = asyncio.Event()
@@ -109,6 +111,10 @@ class Timers:
 
     def _dispatch(self, item: storage.FiredTimer) -> None:
         timer = item.timer
+        if timer.kind is storage.TimerKind.SCHEDULE:
+            if self._on_schedule_timer is not None:
+                self._on_schedule_timer(timer)
+            return
         if timer.run_id is None:
             if self._on_run_timer is not None:
                 self._on_run_timer(timer)  # a timer of no run (a batch's timeout)

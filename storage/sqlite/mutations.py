@@ -22,6 +22,8 @@ from storage.sqlite.rows import dumps
 Conn = sqlite3.Connection
 
 _WAITING = WaitpointStatus.WAITING.value
+SCHEDULE_LEASE = 10.0
+"""Seconds after a schedule's timer fired before it fires again if the fire was not recorded."""
 
 # --- runs --------------------------------------------------------------------------------------
 
@@ -700,6 +702,12 @@ def fire_timer(conn: Conn, op: ops.FireTimer) -> ops.FiredTimer | None:
     timer = rows.timer_from_row(row)
     if timer.due_at > op.fired_at:
         return None
+    if timer.kind is TimerKind.SCHEDULE:
+        # Kept, a lease later: the fire itself (FireSchedule) moves it to the next due time in
+        # the transaction that records the fire; if that never commits, it fires again.
+        conn.execute("UPDATE timers SET due_at = ? WHERE timer_id = ?",
+                     (op.fired_at + SCHEDULE_LEASE, op.timer_id))
+        return ops.FiredTimer(timer, None)
     conn.execute("DELETE FROM timers WHERE timer_id = ?", (op.timer_id,))
     waitpoint = None
     if timer.run_id is not None and timer.wp_id is not None:
@@ -719,28 +727,6 @@ def claim_due_timers(conn: Conn, op: ops.ClaimDueTimers) -> tuple[ops.FiredTimer
     ).fetchall()
     fired = (fire_timer(conn, ops.FireTimer(timer_id, op.before)) for (timer_id,) in due)
     return tuple(f for f in fired if f is not None)
-
-
-def upsert_schedule(conn: Conn, op: ops.UpsertSchedule) -> None:
-    conn.execute(
-        "INSERT INTO schedules (name, workflow_id, spec, next_fire_at, last_fire_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-        "workflow_id = excluded.workflow_id, spec = excluded.spec, "
-        "next_fire_at = excluded.next_fire_at, last_fire_at = excluded.last_fire_at, "
-        "updated_at = excluded.updated_at",
-        (
-            op.name,
-            op.workflow_id,
-            dumps(op.spec) or "null",
-            op.next_fire_at,
-            op.last_fire_at,
-            op.updated_at,
-        ),
-    )
-
-
-def delete_schedule(conn: Conn, op: ops.DeleteSchedule) -> bool:
-    return conn.execute("DELETE FROM schedules WHERE name = ?", (op.name,)).rowcount == 1
 
 
 def put_rate_limit(conn: Conn, op: ops.PutRateLimit) -> None:
@@ -774,8 +760,6 @@ APPLY: dict[type[Any], Apply] = {
     ops.DeleteTimer: delete_timer,
     ops.FireTimer: fire_timer,
     ops.ClaimDueTimers: claim_due_timers,
-    ops.UpsertSchedule: upsert_schedule,
-    ops.DeleteSchedule: delete_schedule,
     ops.PutRateLimit: put_rate_limit,
 }
-"""Op type → the function that applies it."""
+"""Op type → the function that applies it (schedules' ops: ``storage.sqlite.schedules``)."""

@@ -170,7 +170,10 @@ def timer_from_row(r: Row) -> records.TimerRecord:
     )
 
 
-SCHEDULE_COLUMNS = "name, workflow_id, spec, next_fire_at, last_fire_at, updated_at"
+SCHEDULE_COLUMNS = (
+    "name, workflow_id, spec, next_fire_at, last_fire_at, updated_at, source, paused, "
+    "next_due_at, last_run_id, fired, skipped, missed, created_at"
+)
 
 
 def schedule_from_row(r: Row) -> records.ScheduleRecord:
@@ -181,6 +184,14 @@ def schedule_from_row(r: Row) -> records.ScheduleRecord:
         next_fire_at=r[3],
         last_fire_at=r[4],
         updated_at=r[5],
+        source=records.ScheduleSource(r[6]),
+        paused=bool(r[7]),
+        next_due_at=r[8],
+        last_run_id=r[9],
+        fired=r[10],
+        skipped=r[11],
+        missed=r[12],
+        created_at=r[13],
     )
 
 

@@ -372,6 +372,12 @@ class SQLiteStorage:
         found = await self._fetch(f"SELECT {rows.SCHEDULE_COLUMNS} FROM schedules ORDER BY name")
         return [rows.schedule_from_row(r) for r in found]
 
+    async def get_schedule(self, name: str) -> records.ScheduleRecord | None:
+        found = await self._fetch(
+            f"SELECT {rows.SCHEDULE_COLUMNS} FROM schedules WHERE name = ?", (name,)
+        )
+        return rows.schedule_from_row(found[0]) if found else None
+
     async def get_rate_limit(self, key: str) -> records.RateLimitState | None:
         found = await self._fetch(
             "SELECT key, tokens, updated_at FROM rate_limits WHERE key = ?", (key,)

@@ -14,7 +14,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-import storage
 from orchestrator import logs
 from orchestrator.client import cli, tables
 from orchestrator.daemon.server import SocketServer
@@ -194,11 +193,13 @@ async def test_event_signal_token(server: SocketServer, capsys, engine: Engine) 
 async def test_listing_commands(server: SocketServer, capsys, engine: Engine) -> None:
     code, out, _ = await wf(capsys, server, "workflows")
     assert code == 0 and "ID" in out and "strict" in out
-    await engine.storage.execute(
-        storage.UpsertSchedule("nightly", "echo", {"cron": "0 3 * * *"}, 1.0, next_fire_at=2.0)
-    )
+    await engine.schedule_create("nightly", "echo", cron="0 3 * * *")
     code, out, _ = await wf(capsys, server, "schedules", "--json")
     assert orjson.loads(out)["schedules"][0]["workflow_id"] == "echo"
+    code, out, _ = await wf(capsys, server, "schedules")
+    assert code == 0 and out.split()[:9] == [
+        "NAME", "WORKFLOW", "RULE", "TIMEZONE", "NEXT_FIRE", "LAST_FIRE", "PAUSED", "SKIPPED",
+        "MISSED"]
     await engine.wait((await engine.submit("echo", None))["run_id"])
     code, out, _ = await wf(capsys, server, "stats")
     assert code == 0 and "runs.completed: 1" in out

@@ -12,7 +12,7 @@ import pytest
 
 import storage
 from orchestrator import logs
-from orchestrator.api import errors, service
+from orchestrator.api import errors, protocol, service
 from orchestrator.client import Client, DaemonUnreachable, RemoteError
 from orchestrator.daemon.server import SocketServer
 from orchestrator.engine.engine import Engine
@@ -184,13 +184,66 @@ async def _workflows(c: Client, engine: Engine) -> None:
 @case(service.Schedules)
 async def _schedules(c: Client, engine: Engine) -> None:
     assert await c.schedules() == {"schedules": []}
-    await engine.storage.execute(
-        storage.UpsertSchedule("nightly", "echo", {"cron": "0 3 * * *"}, 1.0, next_fire_at=2.0)
-    )
-    assert (await c.schedules())["schedules"] == [
-        {"name": "nightly", "workflow_id": "echo", "spec": {"cron": "0 3 * * *"},
-         "next_fire_at": 2.0, "last_fire_at": None}
-    ]
+    await c.schedule_create("nightly", "echo", cron="0 3 * * *", timezone="Europe/Paris")
+    (listed,) = (await c.schedules())["schedules"]
+    assert {k: listed[k] for k in ("name", "workflow_id", "rule", "timezone", "last_fire_at",
+                                   "paused", "skipped", "missed")} == {
+        "name": "nightly", "workflow_id": "echo", "rule": "cron 0 3 * * *",
+        "timezone": "Europe/Paris", "last_fire_at": None, "paused": False, "skipped": 0,
+        "missed": 0}
+    assert listed["next_fire_at"] > engine.clock.now()
+
+
+@case(service.ScheduleCreate)
+async def _schedule_create(c: Client, engine: Engine) -> None:
+    made = await c.schedule_create("tick", "echo", every="1h", input={"a": 1}, jitter="1s")
+    assert (made["rule"], made["input"], made["source"]) == ("every 3600s", {"a": 1}, "api")
+    await _expect_code("INVALID_PARAMS", c.schedule_create("bad", "echo", cron="0 0 30 2 *"))
+    with pytest.raises(errors.InvalidParams) as info:  # checked by the wire schema
+        protocol.parse_params(protocol.METHODS["schedule_create"],
+                              {"name": "bad", "workflow_id": "echo", "jitter": "soon"})
+    assert info.value.data["field"] == "jitter"
+    await _expect_code("NOT_FOUND", c.schedule_create("x", "nope", every=60))
+
+
+@case(service.ScheduleDelete)
+async def _schedule_delete(c: Client, engine: Engine) -> None:
+    await c.schedule_create("tick", "echo", every="1h")
+    assert await c.schedule_delete("tick") == {"deleted": True}
+    await _expect_code("NOT_FOUND", c.schedule_delete("tick"))
+
+
+@case(service.SchedulePause)
+async def _schedule_pause(c: Client, engine: Engine) -> None:
+    await c.schedule_create("tick", "echo", every="1h")
+    paused = await c.schedule_pause("tick")
+    assert paused["paused"] is True and paused["next_fire_at"] is None
+
+
+@case(service.ScheduleResume)
+async def _schedule_resume(c: Client, engine: Engine) -> None:
+    await c.schedule_create("tick", "echo", every="1h")
+    await c.schedule_pause("tick")
+    resumed = await c.schedule_resume("tick")
+    assert resumed["paused"] is False and resumed["next_fire_at"] is not None
+
+
+@case(service.ScheduleTrigger)
+async def _schedule_trigger(c: Client, engine: Engine) -> None:
+    await c.schedule_create("tick", "echo", every="1h", input={"a": 2})
+    (run,) = (await c.schedule_trigger("tick"))["runs"]
+    assert run["run_id"].startswith("sched:tick:") and run["triggered_by"] == "schedule"
+    assert (await c.wait(run["run_id"]))["output"] == {"echo": {"a": 2}}
+
+
+@case(service.ScheduleBackfill)
+async def _schedule_backfill(c: Client, engine: Engine) -> None:
+    await c.schedule_create("daily", "echo", cron="0 3 * * *", overlap="allow")
+    runs = (await c.schedule_backfill("daily", start="2026-01-01T03:00:00Z",
+                                      end="2026-01-03T03:00:00Z"))["runs"]
+    assert [r["run_id"] for r in runs] == [
+        f"sched:daily:2026-01-0{d}T03:00:00Z" for d in (1, 2, 3)]
+    await _expect_code("INVALID_PARAMS", c.schedule_backfill("daily", start=10, end=5))
 
 
 @case(service.Stats)

@@ -12,7 +12,8 @@ from orchestrator.engine.settings import Settings
 from runtime.workflow import REGISTRY, Registry
 from tests.orchestrator.conftest import open_engine
 
-EXAMPLES = ("greeting", "order-saga", "approval", "score-item", "fan-out", "payment-watch")
+EXAMPLES = ("greeting", "order-saga", "approval", "score-item", "fan-out", "payment-watch",
+            "nightly-report")
 
 
 def examples_registry() -> Registry:
@@ -43,6 +44,7 @@ async def test_every_example_replays_without_divergence(tmp_path: Path) -> None:
             await engine.submit("order-saga", {"id": 2, "fail_shipping": True}),
             await engine.submit("fan-out", {"items": ["a", "b", "c"]}),
             await engine.submit("payment-watch", {"order_id": 7}),
+            (await engine.schedule_trigger("nightly-report"))["runs"][0],
             await engine.submit("approval", {"timeout": "1h"}),
         ]
         ids = [r["run_id"] for r in runs]
@@ -52,7 +54,7 @@ async def test_every_example_replays_without_divergence(tmp_path: Path) -> None:
         ended = {i: await engine.wait(i, timeout=10) for i in ids}
         statuses = [ended[i]["status"] for i in ids]
         assert statuses == ["completed", "completed", "compensated", "completed", "completed",
-                            "completed"], ended
+                            "completed", "completed"], ended
         saga = await engine.get(ids[2])  # FatalError: one attempt, then compensations
         assert [c["step_id"] for c in saga["compensations"]] == ["charge", "reserve"]
         children = [r["run_id"] for r in (await engine.list(workflow_id="score-item"))["runs"]]

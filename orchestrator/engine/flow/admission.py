@@ -273,15 +273,18 @@ class Admission:
         if self.gate.holds(run.run_id):
             self._start_entries(self.gate.release(run.run_id))
 
-    async def cancel_unstarted(self, run: storage.RunRecord, reason: str | None) -> bool:
+    async def cancel_unstarted(
+        self, run: storage.RunRecord, reason: str | None, *, code: str = "CANCELLED"
+    ) -> bool:
         """Cancel a pending run that has not started (queued, delayed, debounced): it never
-        runs. False when it has started (the caller cancels it through its actor)."""
+        runs (its error has ``code``). False when it has started (the caller cancels it
+        through its actor)."""
         if self._is_started(run.run_id) or self.gate.holds(run.run_id):
             return False
         plan = plan_of(run)
         if plan.debounce is not None:
             self._debounced.pop((run.workflow_id, plan.debounce), None)
-        ended = await self._end(run, "CANCELLED", reason or "run cancelled")
+        ended = await self._end(run, code, reason or "run cancelled")
         return ended.is_terminal
 
     # ------------------------------------------------------------------ debounce

@@ -20,6 +20,13 @@ GroupId = tuple[str, str | None]
 """``(scope, key)``; ``key`` is None for an unkeyed limit."""
 
 SEP = "\x1f"
+SCHEDULE_SCOPE = "schedule:"
+
+
+def schedule_group(name: str) -> GroupId:
+    """The group every run of schedule ``name`` joins unless its overlap is ``allow``: limit 1,
+    so buffered fires wait their turn in the gate like any queued run (no second queue)."""
+    return (f"{SCHEDULE_SCOPE}{name}", None)
 
 
 def group_name(group: GroupId) -> str:
@@ -95,7 +102,10 @@ class Limits:
     def limit(self, group: GroupId) -> int | None:
         """The group's limit; None when no registered workflow declares it any more."""
         scope, key = group
-        return self._by_kind.get((scope, key is not None))
+        found = self._by_kind.get((scope, key is not None))
+        if found is None and key is None and scope.startswith(SCHEDULE_SCOPE):
+            return 1  # a schedule's own group (schedule_group): one of its runs at a time
+        return found
 
     def strategy(self, workflow_id: str, group: GroupId) -> Strategy:
         """The strategy ``workflow_id`` declared for ``group`` (``queue`` if it declares none)."""
