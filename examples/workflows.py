@@ -9,7 +9,16 @@ import random
 from datetime import timedelta
 from typing import Any
 
-from runtime import Context, FatalError, RetryPolicy, Schedule, workflow
+from runtime import (
+    Batch,
+    CancelOn,
+    Context,
+    FatalError,
+    OnEvent,
+    RetryPolicy,
+    Schedule,
+    workflow,
+)
 
 # --- greeting: steps and a durable sleep ------------------------------------------------------
 
@@ -128,3 +137,45 @@ async def nightly_report(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
     day = (ctx.now() - timedelta(days=1)).date().isoformat()
     count = await ctx.step("count", lambda: random.randint(0, 500))
     return {"report": input["report"], "day": day, "orders": count}
+
+
+# --- event triggers: a run per event, cancelled by a later one ----------------------------------
+
+
+async def _send_email(user_id: str, template: str) -> str:
+    return f"{template} mail sent to {user_id}"
+
+
+@workflow(
+    id="welcome",
+    description="Started by user.signed_up: a welcome mail now, a follow-up three days later; "
+    "a user.deleted event for the same user cancels it.",
+    on_event=OnEvent("user.signed_up"),
+    cancel_on=[CancelOn("user.deleted", match=lambda i: {"user_id": i["user_id"]})],
+)
+async def welcome(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    # The input is the event's payload; the run id is derived from the event's id.
+    user_id = input["user_id"]
+    sent = await ctx.step("welcome", _send_email, user_id, "welcome")
+    await ctx.sleep(input.get("follow_up_after", "3d"))
+    follow_up = await ctx.step("follow-up", _send_email, user_id, "follow-up")
+    return {"user_id": user_id, "sent": [sent, follow_up]}
+
+
+# --- event batches: one run per 10 clicks on a page, or 30 s after the first --------------------
+
+
+def _summarise(events: list[dict[str, Any]]) -> dict[str, Any]:
+    users = sorted({str(e.get("user_id")) for e in events if e.get("user_id") is not None})
+    return {"page": events[0].get("page"), "clicks": len(events), "users": users}
+
+
+@workflow(
+    id="click-digest",
+    description="Summarise page.clicked events in batches of up to 10 per page (30 s at most).",
+    on_event=OnEvent("page.clicked", batch=Batch(10, "30s", key=lambda p: p["page"])),
+)
+async def click_digest(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    # input == {"events": [payload, ...]}, oldest first, all of one page.
+    summary: dict[str, Any] = await ctx.step("summarise", _summarise, input["events"])
+    return summary
