@@ -774,6 +774,12 @@ async def test_cancel_survives_a_crash_right_after_the_event_is_committed(
 # --- options checked at registration --------------------------------------------------------------
 
 
+def wrong(value: Any) -> Any:
+    """A value of the wrong type, passed on purpose (the check is at run time)."""
+    return value
+
+
+
 @pytest.mark.parametrize(
     ("options", "names"),
     [
@@ -781,21 +787,22 @@ async def test_cancel_survives_a_crash_right_after_the_event_is_committed(
         ({"on_event": OnEvent("*")}, ("on_event[0].type", "'*'")),
         ({"on_event": OnEvent("")}, ("on_event[0].type", "''")),
         ({"on_event": [OnEvent("ok"), OnEvent("*.x")]}, ("on_event[1].type", "'*.x'")),
-        ({"on_event": OnEvent("x", match=["a"])}, ("on_event[0].match", "['a']")),
-        ({"on_event": OnEvent("x", match=lambda p: {})}, ("on_event[0].match", "lambda")),
+        ({"on_event": OnEvent("x", match=wrong(["a"]))}, ("on_event[0].match", "['a']")),
+        ({"on_event": OnEvent("x", match=wrong(lambda p: {}))}, ("on_event[0].match", "lambda")),
         ({"on_event": OnEvent("x", match={"t": {1, 2}})}, ("on_event[0].match", "JSON")),
         ({"on_event": OnEvent("x", batch=Batch(0, "1s"))}, ("batch.max_size", "0")),
         ({"on_event": OnEvent("x", batch=Batch(True, "1s"))}, ("batch.max_size", "True")),
         ({"on_event": OnEvent("x", batch=Batch(2, "0s"))}, ("batch.timeout", "'0s'")),
         ({"on_event": OnEvent("x", batch=Batch(2, "soon"))}, ("batch.timeout", "soon")),
-        ({"on_event": OnEvent("x", batch=Batch(2, 1, key=["k"]))}, ("batch.key", "['k']")),
-        ({"on_event": OnEvent("x", batch=(2, 1))}, ("on_event[0].batch", "(2, 1)")),
+        ({"on_event": OnEvent("x", batch=Batch(2, 1, key=wrong(["k"])))}, ("batch.key", "['k']")),
+        ({"on_event": OnEvent("x", batch=wrong((2, 1)))}, ("on_event[0].batch", "(2, 1)")),
         ({"on_event": "user.created"}, ("on_event", "'user.created'")),
         ({"cancel_on": CancelOn("a*b")}, ("cancel_on[0].type", "'a*b'")),
         ({"cancel_on": CancelOn("*")}, ("cancel_on[0].type", "'*'")),
-        ({"cancel_on": CancelOn("x", match=5)}, ("cancel_on[0].match", "5")),
-        ({"cancel_on": CancelOn("x", compensate="yes")}, ("cancel_on[0].compensate", "'yes'")),
-        ({"cancel_on": CancelOn("x", compensate=1)}, ("cancel_on[0].compensate", "1")),
+        ({"cancel_on": CancelOn("x", match=wrong(5))}, ("cancel_on[0].match", "5")),
+        ({"cancel_on": CancelOn("x", compensate=wrong("yes"))},
+         ("cancel_on[0].compensate", "'yes'")),
+        ({"cancel_on": CancelOn("x", compensate=wrong(1))}, ("cancel_on[0].compensate", "1")),
         ({"cancel_on": [CancelOn("x"), OnEvent("y")]}, ("cancel_on[1]", "OnEvent")),
     ],
 )
