@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runtime import Concurrency, Context, workflow
+from runtime import Concurrency, Context, OnEvent, workflow
 
 
 async def _noop(i: int) -> int:
@@ -62,3 +62,9 @@ async def bench_long_wait(input: dict[str, Any], ctx: Context) -> list[float]:
         await ctx.wait_for_event(f"{input['type']}.{r}")
         out.append(float(await ctx.step(f"resumed{r}", _now)))
     return out
+
+
+@workflow(id="bench-triggered", on_event=OnEvent("bench.w8"),
+          description="W8: started by each bench.w8 event; one trivial step.")
+async def bench_triggered(input: dict[str, Any], ctx: Context) -> int:
+    return int(await ctx.step("noop", _noop, int(input["i"])))

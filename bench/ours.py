@@ -325,7 +325,61 @@ async def w5(svc: Any, p: dict[str, Any], daemon: Daemon | None) -> dict[str, An
     return out
 
 
-WORKLOADS = {"W1": w1, "W1c": w1c, "W2": w2, "W2small": w2, "W3": w3, "W4": w4, "W5": w5}
+async def w8(svc: Any, p: dict[str, Any], daemon: Daemon | None) -> dict[str, Any]:
+    """Event triggers: ``n`` events of a type that ``bench-triggered`` is started by, sent by
+    ``clients`` concurrent clients (each with up to ``in_flight`` sends outstanding on its
+    connection; embedded: tasks on the one orchestrator). Latency is the run's ``started_at``
+    minus the client's wall-clock send time (same host clock), and minus the event's received
+    time (the run's ``created_at``, set in the event's transaction)."""
+    from orchestrator.client import Client
+
+    n, clients, in_flight = p["n"], p["clients"], p["in_flight"]
+    await warm_up(svc)
+    conns = ([await Client.open(daemon.socket) for _ in range(clients)] if daemon is not None
+             else [svc] * clients)
+    sent: list[float] = [0.0] * n
+    run_ids: list[str] = [""] * n
+    done = 0
+
+    async def send(c: Any, i: int) -> None:
+        nonlocal done
+        sent[i] = time.time()
+        reply = await c.send_event("bench.w8", {"i": i}, event_id=f"w8-{i}")
+        (run_ids[i],) = reply["started"]
+        done += 1
+
+    async def one_client(k: int) -> None:
+        await gather_limited([send(conns[k], i) for i in range(k, n, clients)], in_flight)
+
+    try:
+        t0 = time.time()
+        async with progress("W8 events sent", lambda: f"{done}/{n}"):
+            await asyncio.gather(*(one_client(k) for k in range(clients)))
+        send_s = time.time() - t0
+        runs = await wait_all(svc, run_ids, "W8")
+    finally:
+        if daemon is not None:
+            for c in conns:
+                await c.close()
+    starts = [float(r["started_at"]) for r in runs]
+    if sorted(int(r["output"]) for r in runs) != list(range(n)):
+        raise RuntimeError("W8: the runs' outputs are not the events sent")
+    last_start = max(starts)
+    return {
+        "n": n, "clients": clients, "in_flight_per_client": in_flight,
+        "send_seconds": round(send_s, 3), "events_per_s": round(n / send_s, 1),
+        "runs_started_per_s": round(n / (last_start - t0), 1),
+        "send_to_start": summary_ms([s - sent[i] for i, s in enumerate(starts)]),
+        "received_to_start": summary_ms(
+            [s - float(r["created_at"]) for s, r in zip(starts, runs, strict=True)]),
+        "all_completed_s": round(max(float(r["finished_at"]) for r in runs) - t0, 3),
+        "latency_basis": "run started_at minus the client's send time (send_to_start) or "
+                         "minus the event's received time = run created_at (received_to_start)",
+    }
+
+
+WORKLOADS = {"W1": w1, "W1c": w1c, "W2": w2, "W2small": w2, "W3": w3, "W4": w4, "W5": w5,
+             "W8": w8}
 
 
 async def run_cell(side: str, workload: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from bench.common import say
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
 SIDES = ("ours-daemon", "ours-embedded", "dbos-default", "dbos-tuned")
-WORKLOADS = ("W1", "W1c", "W2", "W2small", "W3", "W4", "W5", "W6")
+WORKLOADS = ("W1", "W1c", "W2", "W2small", "W3", "W4", "W5", "W6", "W8")
 TUNED_POLL_S = 0.05
 
 # Which sides run which workload. W5 is about the daemon process (RSS, restart); DBOS-tuned only
@@ -47,6 +47,7 @@ MATRIX: dict[str, tuple[str, ...]] = {
     "W3": SIDES,
     "W4": ("ours-daemon", "ours-embedded", "dbos-default"),
     "W5": ("ours-daemon", "dbos-default"),
+    "W8": ("ours-daemon", "ours-embedded"),  # event triggers: DBOS has no event-started runs
 }
 
 
@@ -78,6 +79,8 @@ def params_for(side: str, workload: str, args: argparse.Namespace) -> dict[str, 
         if dbos:
             return {"n": n(2000)}
         return {"n": n(100000 if args.full else 20000)}
+    if workload == "W8":
+        return {"n": n(10000), "clients": 4, "in_flight": 100}
     raise ValueError(workload)
 
 
@@ -205,9 +208,14 @@ METRICS: list[tuple[str, str, tuple[str, ...], str, bool]] = [
     ("W5 park rate runs/s", "W5", ("parks_per_s",), "", True),
     ("W5 restart-to-ready", "W5", ("restart_to_ready_s",), " s", False),
     ("W5 drain runs/s", "W5", ("drain_runs_per_s",), "", True),
+    ("W8 trigger: runs started/s (4 clients)", "W8", ("runs_started_per_s",), "", True),
+    ("W8 event sent→run started p50", "W8", ("send_to_start", "p50_ms"), " ms", False),
+    ("W8 event sent→run started p99", "W8", ("send_to_start", "p99_ms"), " ms", False),
+    ("W8 all runs completed", "W8", ("all_completed_s",), " s", False),
 ]
 
-N_PATH = {"W1": ("n",), "W1c": ("n",), "W2": ("n",), "W2small": ("n",), "W3": ("n",), "W5": ("n",)}
+N_PATH = {"W1": ("n",), "W1c": ("n",), "W2": ("n",), "W2small": ("n",), "W3": ("n",), "W5": ("n",),
+          "W8": ("n",)}
 
 
 def _cell(cells: dict[str, Any], wl: str, side: str) -> dict[str, Any] | None:
