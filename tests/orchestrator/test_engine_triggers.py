@@ -732,6 +732,28 @@ async def test_event_that_starts_a_run_does_not_cancel_that_run(db_path: Path) -
 
 
 @pytest.mark.xfail(strict=True, reason=(
+    "product bug: a run keeps one cancel rule per event type: run_cancel_on's primary key is "
+    "(run_id, event_type) and storage.create_run inserts with INSERT OR REPLACE, so of two "
+    "CancelOn rules on one type (different matches) only the last survives "
+    "(storage/sqlite/migrations/0003_triggers.sql, storage/sqlite/mutations.py create_run)"))
+async def test_two_cancel_rules_on_one_type_each_cancel(db_path: Path) -> None:
+    """Closing either the user's account or the org's cancels the run."""
+    either = tw.define("sync-member", tw.held, cancel_on=[
+        CancelOn("account.closed", match=lambda i: {"user_id": i["user_id"]}),
+        CancelOn("account.closed", match=lambda i: {"org_id": i["org_id"]}),
+    ])
+    async with trigger_engine(db_path, either) as engine:
+        await engine.submit("sync-member", {"user_id": "u1", "org_id": "o1"}, run_id="by-user")
+        await engine.submit("sync-member", {"user_id": "u2", "org_id": "o2"}, run_id="by-org")
+        for run_id in ("by-user", "by-org"):
+            await reached(engine, run_id, "waiting")
+        assert (await engine.send_event("account.closed", {"org_id": "o2"}))["cancelled"] == 1
+        assert (await engine.send_event("account.closed", {"user_id": "u1"}))["cancelled"] == 1
+        for run_id in ("by-user", "by-org"):
+            assert (await engine.wait(run_id, timeout=REACH_TIMEOUT))["status"] == "cancelled"
+
+
+@pytest.mark.xfail(strict=True, reason=(
     "product bug: a child run started by ctx.invoke gets no cancel rules: the actor builds its "
     "storage.CreateRun without cancel_on= (orchestrator/engine/actor.py, child run creation), "
     "so no run_cancel_on row exists and a matching event never cancels it"))
