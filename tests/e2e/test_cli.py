@@ -179,7 +179,7 @@ async def test_event_send_command(daemon: Daemon, client: Client) -> None:
     assert "event_id: e1" in proc.stdout
     assert (await client.wait(run["run_id"], timeout=10))["output"] == {"payload": {"k": 1}}
     again = await wf_json(daemon, "event", "send", "cli.evt", "--payload", "{}", "--id", "e1")
-    assert again == {"event_id": "e1", "resolved": 0}
+    assert again == {"event_id": "e1", "resolved": 0, "started": [], "cancelled": 0}
 
 
 async def test_signal_command(daemon: Daemon, client: Client) -> None:

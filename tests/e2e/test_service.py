@@ -216,7 +216,7 @@ async def test_send_event_broadcasts_to_every_matching_waiting_run(client: Clien
     for r in runs:
         await wait_status(client, r["run_id"], "waiting")
     result = await client.send_event("order.paid", {"order": 1, "amount": 5}, event_id="ev-1")
-    assert result == {"event_id": "ev-1", "resolved": 3}
+    assert result == {"event_id": "ev-1", "resolved": 3, "started": [], "cancelled": 0}
     for r in runs[:3]:
         done = await client.wait(r["run_id"], timeout=10)
         assert done["status"] == "completed"
@@ -233,7 +233,7 @@ async def test_resending_an_event_id_is_a_no_op(client: Client) -> None:
     second = await client.submit("e2e-event", {"type": "dup"})
     await wait_status(client, second["run_id"], "waiting")
     again = await client.send_event("dup", {"v": 2}, event_id="same")
-    assert again == {"event_id": "same", "resolved": 0}
+    assert again == {"event_id": "same", "resolved": 0, "started": [], "cancelled": 0}
     assert (await client.get(second["run_id"]))["status"] == "waiting"
     assert (await client.get(first["run_id"]))["output"] == {"payload": {"v": 1}}
     await client.cancel(second["run_id"])
