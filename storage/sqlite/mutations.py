@@ -132,7 +132,7 @@ def _close_run(conn: Conn, run_id: str) -> None:
 
 def end_pending(conn: Conn, op: ops.EndPending) -> records.RunRecord | None:
     cur = conn.execute(
-        "UPDATE runs SET status = ?, error = ?, finished_at = ?, updated_at = ? "
+        "UPDATE runs SET status = ?, error = ?, finished_at = ?, updated_at = ?, paused = 0 "
         "WHERE run_id = ? AND status = 'pending' AND started_at IS NULL",
         (op.status.value, dumps(op.error), op.at, op.at, op.run_id),
     )
@@ -189,6 +189,8 @@ def update_run(conn: Conn, op: ops.UpdateRun) -> None:
             params.append(encode(value))
     if op.status is records.RunStatus.RUNNING:
         sets.append("needs_resume = 0")
+    elif op.status is not ops.UNSET and op.status in records.TERMINAL_STATUSES:
+        sets.append("paused = 0")  # an ended run is no longer paused (a cancelled paused run)
     if op.add_compute_seconds:
         sets.append("compute_seconds = compute_seconds + ?")
         params.append(op.add_compute_seconds)
