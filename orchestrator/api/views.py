@@ -119,3 +119,14 @@ def run_detail(journal: records.Journal) -> JSONDict:
 def schedule(record: records.ScheduleRecord) -> JSONDict:
     return {"name": record.name, "workflow_id": record.workflow_id, "spec": record.spec,
             "next_fire_at": record.next_fire_at, "last_fire_at": record.last_fire_at}
+
+
+def archives(found: Sequence[records.ArchiveRecord]) -> list[JSONDict]:
+    """A retried run's previous attempts (``get``'s ``previous_attempts``): how each ended,
+    and what the retry set aside from its journal."""
+    return [
+        {"attempt": a.attempt, "retry": a.seq, "mode": a.mode, "retried_at": a.archived_at,
+         "status": str(a.status), "output": a.output, "error": a.error,
+         "started_at": a.started_at, "finished_at": a.finished_at, "journal": a.journal}
+        for a in found
+    ]
