@@ -206,12 +206,20 @@ class Engine(service.ServiceMethods):
         to_start: list[tuple[storage.RunRecord, bool]] = []  # (run, already started)
         cancels: list[storage.RunRecord] = []
         ended: list[storage.RunRecord] = []
+        held: list[storage.RunRecord] = []
         for run in runs:
             if run.cancel_requested is not None:
                 cancels.append(run)
                 continue
             if run.status is storage.RunStatus.PAUSED:
                 continue  # resolutions that came are recorded: the resume acts on them
+            if run.paused and run.status is storage.RunStatus.RUNNING:
+                # Paused while a step was in flight, then stopped: held where it stopped. The
+                # step runs again after the resume (at-least-once), as after any crash.
+                ops.append(storage.UpdateRun(run.run_id, at=now,
+                                             status=storage.RunStatus.PAUSED))
+                held.append(run)
+                continue
             if self.holds.blocks_start(run) is not None:
                 self.admission.hold(run)  # pending, and paused: it does not start
                 continue
@@ -251,6 +259,8 @@ class Engine(service.ServiceMethods):
         for run in ended:
             self.holds.forget(run.run_id)
             self.supervisor.publish_state(run.run_id, "failed", run.workflow_id)
+        for run in held:
+            self.supervisor.publish_state(run.run_id, "paused", run.workflow_id)
         for run in cancels:
             await self.ops.honour_cancel(run)
         for run, started in to_start:

@@ -146,7 +146,9 @@ class RunOperations:
             return await self.pause_workflow(workflow_id)
         assert run_id is not None
         run = await self.pause_run(await self._run_or_404(run_id))
-        if run.status in (_RUN_STATUS.RUNNING, _RUN_STATUS.WAITING):
+        if not run.is_terminal and run.status is not _RUN_STATUS.PAUSED and (
+            self._supervisor.has_actor(run_id)
+        ):
             # Running: held once its in-flight step is recorded. Answer then (or after the
             # grace); the pause is durable either way.
             run = await self._wait_status(run_id, _RUN_STATUS.PAUSED,
