@@ -148,13 +148,15 @@ class ReschedulePending(WriteOp[records.RunRecord]):
 @dataclass(frozen=True, slots=True)
 class EndPending(WriteOp["records.RunRecord | None"]):
     """End a run that never started (expired, cancelled while queued or delayed, replaced):
-    ``status`` (terminal) and ``error`` are recorded, its timers deleted. Returns the ended run,
+    ``status`` (terminal) and ``error`` are recorded, its timers deleted; a child's parent
+    wait on it resolves with ``parent_error`` in the same transaction. Returns the ended run,
     or None when the run is not ``pending`` any more or has started (nothing is changed)."""
 
     run_id: str
     at: float
     status: records.RunStatus
     error: JSON = None
+    parent_error: JSON = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +362,9 @@ class ResolveWaitpoint(WriteOp[bool]):
     payload: JSON = None
     error: JSON = None
     matched_event_id: str | None = None
+    child_run_id: str | None = None
+    """A child's end: resolve only if the waitpoint waits on this child (a parent retried
+    from scratch waits on new children under the same waitpoint ids)."""
 
 
 @dataclass(frozen=True, slots=True)

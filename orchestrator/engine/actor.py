@@ -339,7 +339,7 @@ class RunActor:
             ops.append(
                 storage.ResolveWaitpoint(
                     run.parent_run_id, run.parent_wp_id, now, storage.ResolutionSource.LIVE,
-                    payload=payload, error=error,
+                    payload=payload, error=error, child_run_id=self.run_id,
                 )
             )
             parent_resolution = rj.WaitpointResolved(
@@ -520,15 +520,7 @@ class RunActor:
 def _child_result(run: storage.RunRecord, outcome: Outcome) -> tuple[Any, dict[str, Any] | None]:
     if outcome.status is RunStatus.COMPLETED:
         return outcome.output, None
-    original = outcome.error or {}
-    code = original.get("code") or str(outcome.status).upper()
-    return None, {
-        "code": code,
-        "message": original.get("message") or f"child run ended {outcome.status}",
-        "status": str(outcome.status),
-        "child_run_id": run.run_id,
-        "error": original or None,
-    }
+    return None, bridge.child_error(run.run_id, str(outcome.status), outcome.error)
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:

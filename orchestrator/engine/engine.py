@@ -189,6 +189,17 @@ class Engine(service.ServiceMethods):
         """A run that never started ended (expired, cancelled while queued, replaced)."""
         self.supervisor.publish_state(run.run_id, str(run.status), run.workflow_id)
         self._on_finished(run)
+        if run.parent_run_id is not None and run.parent_wp_id is not None:
+            self.ops.spawn(self._resume_parent(run), f"resume:{run.parent_run_id}")
+
+    async def _resume_parent(self, child: storage.RunRecord) -> None:
+        """A child that never started ended, resolving its parent's wait: wake the parent."""
+        assert child.parent_run_id is not None and child.parent_wp_id is not None
+        wp = await self.storage.get_waitpoint(child.parent_run_id, child.parent_wp_id)
+        if wp is not None and not wp.is_waiting and (wp.meta or {}).get(
+            "child_run_id"
+        ) == child.run_id:
+            self.supervisor.deliver(child.parent_run_id, Resolve(bridge.resolution(wp)))
 
     async def _recover(self) -> int:
         """Restart every run that was moving when the daemon stopped. Paused runs stay as

@@ -151,8 +151,8 @@ class RunOperations:
         ):
             # Running: held once its in-flight step is recorded. Answer then (or after the
             # grace); the pause is durable either way.
-            run = await self._wait_status(run_id, _RUN_STATUS.PAUSED,
-                                          self._settings.shutdown_grace)
+            run = await self._wait_until(run_id, lambda r: r.status is _RUN_STATUS.PAUSED,
+                                         self._settings.shutdown_grace)
         return views.run(run)
 
     async def pause_run(self, run: storage.RunRecord) -> storage.RunRecord:
@@ -198,8 +198,12 @@ class RunOperations:
         if workflow_id is not None:
             return await self.resume_workflow(workflow_id)
         assert run_id is not None
-        return views.run(await self.resume_run(await self._run_or_404(run_id),
-                                               start_delayed=True))
+        run = await self.resume_run(await self._run_or_404(run_id), start_delayed=True)
+        if run.status is _RUN_STATUS.PAUSED:
+            # Held mid-body: its actor commits "running" as the held branches go on.
+            run = await self._wait_until(run_id, lambda r: r.status is not _RUN_STATUS.PAUSED,
+                                         self._settings.shutdown_grace)
+        return views.run(run)
 
     async def resume_run(
         self, run: storage.RunRecord, *, start_delayed: bool = False
@@ -319,15 +323,15 @@ class RunOperations:
 
     # ------------------------------------------------------------------ helpers
 
-    async def _wait_status(
-        self, run_id: str, status: storage.RunStatus, timeout: float
+    async def _wait_until(
+        self, run_id: str, done: Callable[[storage.RunRecord], bool], timeout: float
     ) -> storage.RunRecord:
-        """The run once it has ``status`` or has ended, or as it stands after ``timeout``."""
+        """The run once ``done(run)`` or it has ended, or as it stands after ``timeout``."""
         queue = self._supervisor.listen_state(run_id)
         try:
             run = await self._run_or_404(run_id)
             deadline = asyncio.get_running_loop().time() + timeout
-            while run.status is not status and not run.is_terminal:
+            while not done(run) and not run.is_terminal:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
@@ -337,6 +341,10 @@ class RunOperations:
             return run
         finally:
             self._supervisor.unlisten_state(run_id, queue)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run ``coro`` as a task this object owns (cancelled at close)."""
+        self._spawn(coro, name)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)

@@ -139,7 +139,16 @@ def end_pending(conn: Conn, op: ops.EndPending) -> records.RunRecord | None:
     if cur.rowcount == 0:
         return None
     _close_run(conn, op.run_id)
-    return rows.run_from_row(conn.execute(_SELECT_RUN, (op.run_id,)).fetchone())
+    run = rows.run_from_row(conn.execute(_SELECT_RUN, (op.run_id,)).fetchone())
+    if run.parent_run_id is not None and run.parent_wp_id is not None:
+        # The parent waits on this child: it never ran, but it ended (a child that ends by
+        # its actor resolves this in the transaction of its end, likewise).
+        resolve_waitpoint(conn, ops.ResolveWaitpoint(
+            run.parent_run_id, run.parent_wp_id, op.at, ResolutionSource.LIVE,
+            error=op.parent_error or {"code": "CANCELLED", "status": run.status.value,
+                                      "child_run_id": run.run_id},
+            child_run_id=run.run_id))
+    return run
 
 
 def reschedule_pending(conn: Conn, op: ops.ReschedulePending) -> records.RunRecord:
@@ -500,6 +509,12 @@ def _take_from_lookback(
 
 
 def resolve_waitpoint(conn: Conn, op: ops.ResolveWaitpoint) -> bool:
+    if op.child_run_id is not None and conn.execute(
+        "SELECT 1 FROM waitpoints WHERE run_id = ? AND wp_id = ? "
+        "AND json_extract(meta, '$.child_run_id') = ?",
+        (op.run_id, op.wp_id, op.child_run_id),
+    ).fetchone() is None:
+        return False
     return _resolve(
         conn,
         op.run_id,

@@ -132,6 +132,16 @@ async def test_cancel_of_a_parent_cancels_its_children_and_theirs(engine: Engine
     assert [grandchild] == ew.COMPENSATED
 
 
+async def test_cancel_of_a_child_that_never_started_resumes_its_parent(engine: Engine) -> None:
+    await engine.pause(workflow_id="echo")
+    await engine.submit("parent", {"child": "echo"}, run_id="P")
+    child = "P-echo-0"
+    assert (await reached(engine, child, "pending"))["started_at"] is None
+    assert (await engine.cancel(child))["status"] == "cancelled"
+    done = await ended(engine, "P")
+    assert (done["status"], done["output"]) == ("completed", {"child_error": "CANCELLED"})
+
+
 async def test_cancel_of_an_ended_run_is_run_not_active_with_its_status(engine: Engine) -> None:
     await engine.submit("echo", 1, run_id="done")
     await ended(engine, "done")
@@ -173,8 +183,25 @@ async def test_pause_lets_the_step_in_flight_finish_then_holds_the_run(engine: E
     detail = await engine.get("h")
     assert [(s["step_id"], s["status"]) for s in detail["steps"]] == [("hold", "completed")]
     assert ew.CALLS["h:after"] == 0
-    assert (await engine.resume("h"))["status"] in ("paused", "running")
+    assert (await engine.resume("h"))["status"] in ("running", "completed")
     assert (await ended(engine, "h"))["status"] == "completed"
+    assert ew.CALLS["h:after"] == 1
+
+
+async def test_a_run_held_mid_body_stays_paused_through_a_shutdown(db_path: Path) -> None:
+    async with life(db_path) as engine:
+        await engine.submit("hold-then-step", None, run_id="h")
+        await asyncio.wait_for(ew.gate("h").started.wait(), REACH_TIMEOUT)
+        pausing = asyncio.ensure_future(engine.pause("h"))
+        await reach_paused_flag(engine, "h")
+        ew.gate("h").release.set()
+        assert (await pausing)["status"] == "paused"  # held at the gate of 'after'
+    async with life(db_path) as engine:
+        assert await status(engine, "h") == "paused"
+        await engine.resume("h")
+        assert (await ended(engine, "h"))["output"] == "done"
+        steps = (await engine.get("h"))["steps"]
+    assert [(s["step_id"], s["attempt"]) for s in steps] == [("hold", 1), ("after", 1)]
     assert ew.CALLS["h:after"] == 1
 
 

@@ -187,3 +187,24 @@ async def test_list_runs_filters_by_creation_time_and_may_return_all(
     found = await storage.list_runs(since=1.0, until=4.0, limit=None)
     assert [r.run_id for r in found] == ["r3", "r2", "r1"]
     assert len(await storage.list_runs(limit=None)) == 5
+
+
+async def test_a_child_resolves_only_the_parent_wait_that_waits_on_it(
+    storage: st.Storage,
+) -> None:
+    await make_run(storage, "p")
+    await storage.execute(st.CreateChildRun(
+        st.CreateRun(run_id="new", workflow_id="c", created_at=2.0, parent_run_id="p",
+                     parent_wp_id="invoke:c:0"),
+        st.RegisterWaitpoint("p", "invoke:c:0", st.WaitpointKind.RUN, 2.0,
+                             meta={"child_run_id": "new"})))
+    # An older child under the same wait id (the parent was retried from scratch) ends: no.
+    assert not await storage.execute(st.ResolveWaitpoint(
+        "p", "invoke:c:0", 3.0, st.ResolutionSource.LIVE, child_run_id="old"))
+    # The child ends without ever starting: its parent's wait resolves with the error given.
+    ended = await storage.execute(st.EndPending("new", 4.0, st.RunStatus.CANCELLED,
+                                                parent_error={"code": "CANCELLED"}))
+    assert ended is not None
+    wp = await storage.get_waitpoint("p", "invoke:c:0")
+    assert wp is not None and (wp.status, wp.error) == ("resolved", {"code": "CANCELLED"})
+    assert (await get(storage, "p")).needs_resume

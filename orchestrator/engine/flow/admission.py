@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 import storage
+from orchestrator.engine import bridge
 from orchestrator.engine.flow.concurrency import Entry, Gate, fairness_key
 from orchestrator.engine.flow.plan import EMPTY, GroupId, Limits, Plan, group_name
 from orchestrator.engine.flow.throttle import Windows
@@ -229,7 +230,8 @@ class Admission:
             error = rt_errors.error_dict(code, message, name="RunCancelled")
             ended = await self._storage.execute(
                 storage.EndPending(run.run_id, self._clock.now(),
-                                   storage.RunStatus.CANCELLED, error)
+                                   storage.RunStatus.CANCELLED, error,
+                                   parent_error=bridge.child_error(run.run_id, "cancelled", error))
             )
         finally:
             self._busy.discard(run.run_id)
