@@ -623,6 +623,11 @@ class Engine(service.ServiceMethods):
             "actors": self.supervisor.stats().to_dict(),
             "scheduler": self.timers.stats().to_dict(),
             "flow": self.admission.stats(),
+            "operations": {
+                "paused_runs": self.holds.paused_runs,
+                "paused_workflows": sorted(self.holds.workflows),
+                "change_followers": self.supervisor.changes.followers,
+            },
         }
 
     # ------------------------------------------------------------------ feeds

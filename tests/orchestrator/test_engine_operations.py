@@ -321,6 +321,7 @@ async def test_a_paused_workflow_holds_new_runs_pending_while_running_ones_go_on
         for run_id in ("new", "newer"):
             assert (await engine.get(run_id))["pending"] == {"paused_workflow": True}
         assert ew.BODY_ENTRIES["new"] == ew.BODY_ENTRIES["newer"] == 0
+        assert (await engine.stats())["operations"]["paused_workflows"] == ["wait-then-step"]
         assert await engine.resume(workflow_id="wait-then-step") == {
             "workflow_id": "wait-then-step", "paused": False}
         for run_id in ("new", "newer"):
