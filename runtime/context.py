@@ -349,8 +349,11 @@ class Context:
         prefix = f"invoke:{workflow_id}"
         n = ex.next_index(prefix)
         wp_id = f"{prefix}:{n}"
-        # Deterministic child id: re-creating it after a crash finds the same child.
+        # Deterministic child id: re-creating it after a crash finds the same child. A run
+        # retried from scratch (attempt 2, 3, ...) invokes new children, not its old ones.
         child_run_id = f"{ex.facts.run_id}-{workflow_id}-{n}"
+        if ex.facts.attempt > 1:
+            child_run_id += f"@{ex.facts.attempt}"
         child_input = serialization.round_trip(input, what=f"input of child {workflow_id!r}")
 
         def make() -> WaitpointRegistered:

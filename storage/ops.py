@@ -184,13 +184,15 @@ class ReschedulePending(WriteOp[records.RunRecord]):
 @dataclass(frozen=True, slots=True)
 class EndPending(WriteOp["records.RunRecord | None"]):
     """End a run that never started (expired, cancelled while queued or delayed, replaced):
-    ``status`` (terminal) and ``error`` are recorded, its timers deleted. Returns the ended run,
+    ``status`` (terminal) and ``error`` are recorded, its timers deleted; a child's parent
+    wait on it resolves with ``parent_error`` in the same transaction. Returns the ended run,
     or None when the run is not ``pending`` any more or has started (nothing is changed)."""
 
     run_id: str
     at: float
     status: records.RunStatus
     error: JSON = None
+    parent_error: JSON = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +202,88 @@ class CreateChildRun(WriteOp[ChildRunCreated]):
 
     child: CreateRun
     invoke: RegisterWaitpoint | None
+
+
+# --- operator interventions (cancel, pause, resume, retry) --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunRetried:
+    runs: tuple[records.RunRecord, ...]
+    """The retried run first, then the children retried with it (``resume``), all ``pending``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCancel(WriteOp[records.RunRecord]):
+    """Record an acknowledged cancel on the run (``cancel_requested``) so that whoever drives
+    it next (its actor, or recovery after a crash) carries it out. The first request wins; a
+    terminal run is left alone. Returns the run as stored. Unknown run → ``NotFound``."""
+
+    run_id: str
+    at: float
+    reason: str | None = None
+    compensate: bool = True
+    code: str = "CANCELLED"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestChildCancels(WriteOp[tuple[records.RunRecord, ...]]):
+    """Record a cancel request on every non-terminal, non-detached child of ``parent_run_id``
+    that has none yet (the parent was cancelled: SPEC §3). Returns those children."""
+
+    parent_run_id: str
+    at: float
+    reason: str | None = None
+    compensate: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPause(WriteOp[records.RunRecord]):
+    """Set the run's ``paused`` flag; a ``waiting`` (parked) run becomes ``paused`` at once.
+    Returns the run as stored; a terminal run is left alone. Unknown run → ``NotFound``."""
+
+    run_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRun(WriteOp[records.RunRecord]):
+    """Clear the run's ``paused`` flag. A run whose status is ``paused`` takes ``status``
+    (``waiting`` also sets ``needs_resume``, so recovery restarts it); UNSET leaves the status
+    to the run's live actor. Returns the run as stored. Unknown run → ``NotFound``; a run that
+    is not paused → ``InvalidOperation`` (``data.status``)."""
+
+    run_id: str
+    at: float
+    status: records.RunStatus | Unset = UNSET
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRun(WriteOp[RunRetried]):
+    """Make a run that ended without completing ``pending`` again, its previous end and the
+    entries taken out of its journal kept in ``run_archive``.
+
+    ``retrigger``: the whole journal is archived and the run starts over as attempt + 1.
+    ``resume``: completed steps stay; a step whose final attempt failed gets one more attempt
+    (a resolved ``retry:STEP:N`` backoff waitpoint is added for it); a step whose compensation
+    ran is undone, so it is archived with its compensation and runs again; a failed
+    compensation is archived so it may run again; waits the end cancelled are waiting again
+    (timers re-armed); a child that ended without completing is retried the same way, and a
+    child that completed resolves its parent's wait. Unknown run → ``NotFound``; a run that is
+    not terminal, or completed → ``InvalidOperation`` (``data.status``)."""
+
+    run_id: str
+    at: float
+    mode: str = "resume"
+
+
+@dataclass(frozen=True, slots=True)
+class SetWorkflowPaused(WriteOp[bool]):
+    """Add (``paused``) or remove a workflow id in the paused workflows; True if it changed."""
+
+    workflow_id: str
+    paused: bool
+    at: float
 
 
 # --- journal -----------------------------------------------------------------------------------
@@ -314,6 +398,9 @@ class ResolveWaitpoint(WriteOp[bool]):
     payload: JSON = None
     error: JSON = None
     matched_event_id: str | None = None
+    child_run_id: str | None = None
+    """A child's end: resolve only if the waitpoint waits on this child (a parent retried
+    from scratch waits on new children under the same waitpoint ids)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,9 +89,20 @@ class Storage(Protocol):
         status: records.RunStatus | None = None,
         workflow_id: str | None = None,
         tag: str | None = None,
-        limit: int = 100,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = 100,
     ) -> list[records.RunRecord]:
-        """Runs matching every given filter, newest first (by ``created_at``, then number)."""
+        """Runs matching every given filter (``since <= created_at < until``), newest first
+        (by ``created_at``, then number); ``limit`` None: all of them."""
+        ...
+
+    async def paused_workflows(self) -> list[str]:
+        """The ids of the paused workflows (``pause {workflow_id}``), sorted."""
+        ...
+
+    async def run_archives(self, run_id: str) -> list[records.ArchiveRecord]:
+        """What each ``retry`` of the run set aside, oldest first (empty if never retried)."""
         ...
 
     async def non_terminal_runs(self) -> list[records.RunRecord]:

@@ -136,6 +136,12 @@ class RunRecord:
     "debounce": key}`` (keys already resolved), or None."""
     throttle_key: str | None = None
     expires_at: float | None = None
+    cancel_requested: JSON = None
+    """The first acknowledged cancel not yet carried out: ``{"reason", "compensate", "code",
+    "at"}``, or None. Honoured by the actor that next drives the run, and by recovery."""
+    paused: bool = False
+    """``pause {run_id}`` is in force: a pending run is not started, a running one is held
+    before its next step, a parked one is ``paused``."""
 
     @property
     def is_terminal(self) -> bool:
@@ -310,6 +316,24 @@ class RateLimitState:
     key: str
     tokens: float
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveRecord:
+    """What one ``retry`` of a run set aside: the run's end before it, and the journal entries
+    the retry took out (``journal``: ``{"steps", "waitpoints", "compensations", ...}``)."""
+
+    run_id: str
+    seq: int
+    attempt: int
+    mode: str
+    archived_at: float
+    status: RunStatus
+    output: JSON
+    error: JSON
+    started_at: float | None
+    finished_at: float | None
+    journal: JSON
 
 
 @dataclass(frozen=True, slots=True)

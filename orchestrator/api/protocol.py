@@ -20,6 +20,7 @@ stream iterator is closed before its end.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ __all__ = [
     "CANCEL_METHOD",
     "DEFAULT_MAX_REQUEST_BYTES",
     "METHODS",
+    "RUN_FILTER",
     "ErrorCode",
     "MethodSpec",
     "Param",
@@ -52,6 +54,7 @@ __all__ = [
     "parse_request",
     "reply_line",
     "request_line",
+    "validate_filter",
     "validate_params",
 ]
 
@@ -260,6 +263,17 @@ def _check_time(v: Any) -> tuple[bool, Any]:
     return False, v
 
 
+def _check_moment(v: Any) -> tuple[bool, Any]:
+    """A time as ``_check_time`` takes it, or a duration meaning that long ago ("1h")."""
+    ok, at = _check_time(v)
+    if ok or not isinstance(v, str):
+        return ok, at
+    try:
+        return True, time.time() - durations.to_seconds(v)
+    except ValueError:
+        return False, v
+
+
 def _check_duration(v: Any) -> tuple[bool, Any]:
     if isinstance(v, bool) or not isinstance(v, int | float | str):
         return False, v
@@ -278,6 +292,7 @@ _CHECKERS: Final[dict[str, Callable[[Any], tuple[bool, Any]]]] = {
     "str_list": _check_str_list,
     "duration": _check_duration,
     "time": _check_time,
+    "moment": _check_moment,
 }
 _EXPECTED: Final = {
     "str": "a string",
@@ -288,6 +303,7 @@ _EXPECTED: Final = {
     "str_list": "a list of strings",
     "duration": "a duration (seconds or a string such as '10s')",
     "time": "a time (epoch seconds or ISO-8601 such as '2026-12-24T18:00:00Z')",
+    "moment": "a time (epoch seconds or ISO-8601) or a duration ago (e.g. '1h')",
 }
 
 
@@ -365,6 +381,33 @@ def validate_params(spec: MethodSpec, params: Mapping[str, Any]) -> dict[str, An
             continue
         kwargs[param.name] = param.check(value)
     return kwargs
+
+
+RUN_FILTER: Final = (
+    Param("status", "str", choices=service.RUN_STATUSES),
+    Param("workflow_id", "str"),
+    Param("tag", "str"),
+    Param("since", "moment"),
+    Param("until", "moment"),
+)
+"""The fields of a run filter (``bulk``'s ``filter``): every one optional, null is absent."""
+
+
+def validate_filter(value: Mapping[str, Any], *, field: str = "filter") -> dict[str, Any]:
+    """Check a run filter; ``InvalidParams`` names the field as ``filter.<name>``. Returns the
+    given fields, converted (``since``/``until`` as epoch seconds)."""
+    known = {p.name for p in RUN_FILTER}
+    for name in value:
+        if name not in known:
+            expected = "one of " + ", ".join(sorted(known))
+            raise errors.InvalidParams(f"{field}.{name}", f"a filter field ({expected})",
+                                       "unknown name")
+    out: dict[str, Any] = {}
+    for param in RUN_FILTER:
+        if value.get(param.name) is not None:
+            named = dataclasses.replace(param, name=f"{field}.{param.name}")
+            out[param.name] = named.check(value[param.name])
+    return out
 
 
 def parse_params(spec: MethodSpec, params: Mapping[str, Any]) -> service.Request[Any]:

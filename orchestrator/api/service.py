@@ -40,6 +40,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 RETRY_MODES = ("resume", "retrigger")
 SCHEDULE_OVERLAPS = ("skip", "buffer_one", "buffer_all", "cancel_other", "allow")
 """``runtime.schedules.OVERLAPS`` (not imported: a client never loads cron or zone code)."""
+BULK_ACTIONS = ("cancel", "pause", "resume", "retry")
 
 
 def opt(
@@ -61,9 +62,16 @@ def opt(
 
 
 def req(*, type: str | None = None, metavar: str | None = None, help: str = "",
-        flag: str | None = None) -> Any:
+        flag: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
     """A required parameter (positional in Python and, unless ``flag`` is given, in the CLI)."""
-    return field(metadata={"type": type, "metavar": metavar, "help": help, "flag": flag})
+    return field(metadata={"type": type, "metavar": metavar, "help": help, "flag": flag,
+                           "choices": choices})
+
+
+def arg(*, metavar: str | None = None, help: str = "") -> Any:
+    """An optional parameter that is positional in Python and in the CLI (``pause RUN`` or
+    ``pause --workflow W``): None when left out."""
+    return field(default=None, metadata={"metavar": metavar, "help": help, "positional": True})
 
 
 class Request(Generic[R]):
@@ -141,6 +149,10 @@ class List(Request[JSONDict]):
     status: str | None = opt(choices=RUN_STATUSES)
     workflow_id: str | None = opt(flag="--workflow")
     tag: str | None = opt()
+    since: float | str | None = opt(
+        type="moment", help="created at or after: TIME, or D ago (e.g. 1h)"
+    )
+    until: float | str | None = opt(type="moment", help="created before: TIME, or D ago")
     limit: int = opt(100, minimum=1)
 
 
@@ -167,20 +179,25 @@ class Cancel(Request[JSONDict]):
 
 @dataclass(frozen=True, slots=True)
 class Pause(Request[JSONDict]):
-    """Pause a run. It is held after its in-flight step; returns its record."""
+    """Pause a run, or a workflow. A run is held after its in-flight step (a pending one is not
+    started); returns its record. A workflow's new and queued runs stay pending:
+    ``{"workflow_id", "paused": true}``."""
 
     method = "pause"
     cli = ("pause",)
-    run_id: str = req(metavar="RUN")
+    run_id: str | None = arg(metavar="RUN")
+    workflow_id: str | None = opt(flag="--workflow", help="pause the workflow W")
 
 
 @dataclass(frozen=True, slots=True)
 class Resume(Request[JSONDict]):
-    """Resume a paused run. Returns its record."""
+    """Resume a paused run (a delayed run: start it now), or a paused workflow. Returns the
+    run's record, or ``{"workflow_id", "paused": false}``."""
 
     method = "resume"
     cli = ("resume",)
-    run_id: str = req(metavar="RUN")
+    run_id: str | None = arg(metavar="RUN")
+    workflow_id: str | None = opt(flag="--workflow", help="resume the workflow W")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +208,22 @@ class Retry(Request[JSONDict]):
     cli = ("retry",)
     run_id: str = req(metavar="RUN")
     mode: str = opt("resume", choices=RETRY_MODES)
+
+
+@dataclass(frozen=True, slots=True)
+class Bulk(Request[JSONDict]):
+    """Apply an action to every run a filter selects. ``filter``: ``{status?, workflow_id?,
+    tag?, since?, until?}`` (``since``/``until``: created at, as for ``list``); runs the action
+    does not apply to are skipped. ``{"matched", "eligible", "done"}``; with ``dry_run``
+    nothing is done. ``mode`` is for ``retry``, ``compensate``/``reason`` for ``cancel``."""
+
+    method = "bulk"
+    action: str = req(choices=BULK_ACTIONS)
+    filter: JSONDict = req()
+    dry_run: bool = opt(False)
+    mode: str = opt("resume", choices=RETRY_MODES)
+    compensate: bool = opt(True)
+    reason: str | None = opt()
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,13 +419,25 @@ class Stream(StreamRequest):
     follow: bool = opt(False, help="keep printing live chunks")
 
 
+@dataclass(frozen=True, slots=True)
+class Changes(StreamRequest):
+    """Follow every run's status changes. ``{"seq", "run_id", "workflow_id", "status",
+    "at"}`` each; with ``since`` (a ``seq`` seen before) the recent changes after it first.
+    Never ends by itself; lossy (a slow reader gets a ``lagged`` notice)."""
+
+    method = "changes"
+    cli = ("changes",)
+    lossy = True
+    since: int | None = opt(minimum=0, help="replay the recent changes after this seq")
+
+
 REQUESTS: tuple[type[Request[Any]], ...] = (
-    Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Reschedule, Replay,
+    Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Bulk, Reschedule, Replay,
     SendEvent, Signal, CompleteToken,
     Workflows, Schedules, Stats,
     ScheduleCreate, ScheduleDelete, SchedulePause, ScheduleResume, ScheduleTrigger,
     ScheduleBackfill,
-    Tail, Watch, Stream,
+    Tail, Watch, Stream, Changes,
 )
 """Every method, in the order the CLI lists them."""
 
@@ -467,6 +512,7 @@ class ServiceMethods:
     pause = method(Pause)
     resume = method(Resume)
     retry = method(Retry)
+    bulk = method(Bulk)
     reschedule = method(Reschedule)
     replay = method(Replay)
     send_event = method(SendEvent)
@@ -484,3 +530,4 @@ class ServiceMethods:
     tail = stream_method(Tail)
     watch = stream_method(Watch)
     stream = stream_method(Stream)
+    changes = stream_method(Changes)

@@ -152,3 +152,14 @@ def _rule(spec: dict[str, Any]) -> str:
         at = datetime.fromtimestamp(float(spec["at"]), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return f"at {at}"
     return "-"
+
+
+def archives(found: Sequence[records.ArchiveRecord]) -> list[JSONDict]:
+    """A retried run's previous attempts (``get``'s ``previous_attempts``): how each ended,
+    and what the retry set aside from its journal."""
+    return [
+        {"attempt": a.attempt, "retry": a.seq, "mode": a.mode, "retried_at": a.archived_at,
+         "status": str(a.status), "output": a.output, "error": a.error,
+         "started_at": a.started_at, "finished_at": a.finished_at, "journal": a.journal}
+        for a in found
+    ]

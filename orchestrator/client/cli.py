@@ -102,8 +102,8 @@ _HUMAN: Final[dict[str, Callable[[Any], str]]] = {
     "list": lambda r: tables.format_runs(r.get("runs", [])),
     "wait": tables.format_run,
     "cancel": tables.format_run,
-    "pause": tables.format_run,
-    "resume": tables.format_run,
+    "pause": lambda r: tables.format_run(r) if "run_id" in r else tables.format_result(r),
+    "resume": lambda r: tables.format_run(r) if "run_id" in r else tables.format_result(r),
     "retry": tables.format_run,
     "workflows": lambda r: tables.format_list(r.get("workflows", []), "no workflows"),
     "schedules": lambda r: tables.format_schedules(r.get("schedules", [])),
@@ -112,6 +112,8 @@ _HUMAN: Final[dict[str, Callable[[Any], str]]] = {
 }
 _JSON_DEFAULTS: Final = {("submit", "input"): "{}"}
 _EXIT_BY_RUN: Final = frozenset({"wait"})  # exit 1 unless the run ended completed
+_FILTERABLE: Final = frozenset(service.BULK_ACTIONS)  # RUN, or filters (a bulk request)
+_FILTER_FLAGS: Final = ("status", "tag", "since", "until")
 
 
 def _request_of(cls: type[service.Request[Any]], args: argparse.Namespace) -> Any:
@@ -126,7 +128,50 @@ def _request_of(cls: type[service.Request[Any]], args: argparse.Namespace) -> An
     return cls(**values)
 
 
+def _bulk_or_none(cls: type[service.Request[Any]], args: argparse.Namespace) -> Any:
+    """``wf cancel|pause|resume|retry`` with filters instead of a run id: the bulk request
+    (a dry run first, unless ``--yes``). None when the command names a run (or, for pause and
+    resume, only ``--workflow``: the workflow itself). Usage errors for neither."""
+    if cls.method not in _FILTERABLE or getattr(args, "run_id", None) is not None:
+        return None
+    flags = {name: getattr(args, f"filter_{name}", None) for name in _FILTER_FLAGS}
+    workflow = getattr(args, "filter_workflow", None) or getattr(args, "workflow_id", None)
+    if not any(flags.values()) and not args.dry_run:
+        if cls.method in ("pause", "resume") and workflow is not None:
+            return None  # pause --workflow W: the workflow
+        raise UsageError(f"{cls.method}: give a RUN, or filters "
+                         "(--status --workflow --tag --since --until)")
+    found = {k: v for k, v in {**flags, "workflow_id": workflow}.items() if v is not None}
+    return service.Bulk(
+        cls.method, found, dry_run=args.dry_run,
+        mode=getattr(args, "mode", None) or "resume",
+        compensate=getattr(args, "compensate", True),
+        reason=getattr(args, "reason", None),
+    )
+
+
+async def _run_bulk(c: Client, request: service.Bulk, args: argparse.Namespace) -> int:
+    if not request.dry_run and not args.yes:
+        preview = await c.call(dataclasses.replace(request, dry_run=True))
+        if not preview.get("eligible"):
+            _emit(args, preview, lambda r: tables.format_bulk(r, request.action))
+            return EXIT_OK
+        question = (f"{request.action} {preview['eligible']} runs "
+                    f"({preview['matched']} match {orjson.dumps(request.filter).decode()})? "
+                    "[y/N] ")
+        print(question, end="", file=sys.stderr, flush=True)
+        answer = sys.stdin.readline().strip().lower()
+        if answer not in ("y", "yes"):
+            print("aborted: nothing was done", file=sys.stderr, flush=True)
+            return EXIT_FAILED
+    result = await c.call(request)
+    _emit(args, result, lambda r: tables.format_bulk(r, request.action))
+    return EXIT_OK
+
+
 async def _run_request(c: Client, request: Any, args: argparse.Namespace) -> int:
+    if isinstance(request, service.Bulk):
+        return await _run_bulk(c, request, args)
     if isinstance(request, service.StreamRequest):
         return await _print_stream(c, request, args)
     result = await c.call(request)
@@ -146,6 +191,8 @@ async def _print_stream(c: Client, request: service.StreamRequest, args: argpars
     async for record in c.open_stream(request):
         if args.json:
             _print_json(record)
+        elif request.method == "changes":
+            print(tables.format_change(record), flush=True)
         elif record.get("type") == "lagged":
             print(tables.format_log_record(record), file=sys.stderr, flush=True)
         else:
@@ -218,6 +265,13 @@ def _add_field(p: argparse.ArgumentParser, cls: type[service.Request[Any]],
     kind = _wire_type(cls, f)
     required = f.default is dataclasses.MISSING
     help_ = f.metadata.get("help") or None
+    if f.metadata.get("positional") or (
+        required and not f.metadata.get("flag") and cls.method in _FILTERABLE
+    ):
+        # Optional in the CLI: these commands take filters instead of a run id.
+        p.add_argument(f.name, nargs="?", metavar=f.metadata.get("metavar") or f.name.upper(),
+                       help=help_)
+        return
     if required and not f.metadata.get("flag"):
         p.add_argument(f.name, metavar=f.metadata.get("metavar") or f.name.upper(), help=help_)
         return
@@ -279,7 +333,26 @@ def build_parser() -> argparse.ArgumentParser:
             _add_field(p, cls, f)
         if cls is service.Submit:
             p.add_argument("--wait", action="store_true", help="wait for the run to end")
+        if cls.method in _FILTERABLE:
+            _add_filters(p, cls)
     return parser
+
+
+def _add_filters(p: argparse.ArgumentParser, cls: type[service.Request[Any]]) -> None:
+    """``--status --workflow --tag --since --until`` instead of a run id, ``--dry-run``,
+    ``--yes``."""
+    group = p.add_argument_group("instead of RUN, every run matching")
+    group.add_argument("--status", dest="filter_status", choices=service.RUN_STATUSES)
+    if not any(f.name == "workflow_id" for f in dataclasses.fields(cls)):  # type: ignore[arg-type]
+        group.add_argument("--workflow", dest="filter_workflow", metavar="W")
+    group.add_argument("--tag", dest="filter_tag", metavar="T")
+    group.add_argument("--since", dest="filter_since", metavar="TIME",
+                       help="created at or after TIME (ISO-8601, epoch seconds, or D ago: 1h)")
+    group.add_argument("--until", dest="filter_until", metavar="TIME",
+                       help="created before TIME")
+    group.add_argument("--dry-run", action="store_true",
+                       help="print how many runs match; change nothing")
+    group.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
 
 
 # --- entry point ---------------------------------------------------------------------------------
@@ -335,8 +408,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _run_daemon(args)
     try:
         path = resolve_socket(args)
-        request = _request_of(args.request, args)  # bad JSON arguments: usage errors
-    except UsageError as exc:
+        request = _bulk_or_none(args.request, args) or _request_of(args.request, args)
+    except UsageError as exc:  # bad JSON arguments, a command with neither RUN nor filters
         return _fail(EXIT_USAGE, str(exc))
     try:
         return asyncio.run(_call(path, request, args))

@@ -147,7 +147,22 @@ def format_run(run: Mapping[str, Any]) -> str:
             lines.append(f"{key + ':':<14} {cell(run.get(key))}")
     if run.get("error") is not None:
         lines.append(f"{'error:':<14} {format_error(run['error'])}")
+    if (run.get("attempt") or 1) > 1:
+        lines.append(f"{'attempt:':<14} {run['attempt']}")
+    if run.get("paused") and run.get("status") != "paused":
+        lines.append(f"{'paused:':<14} yes (held before its next step)")
+    if run.get("cancel_requested") and run.get("status") not in _ENDED:
+        lines.append(f"{'cancelling:':<14} {cell(run['cancel_requested'].get('reason'))}")
+    pending = run.get("pending")
+    if pending:
+        why = ", ".join(f"{k}={iso_time(v) if _is_time_key(k) else cell(v)}"
+                        for k, v in pending.items())
+        lines.append(f"{'pending:':<14} {why}")
     return "\n".join(lines)
+
+
+_ENDED = frozenset({"completed", "failed", "cancelled", "compensated", "compensation_failed",
+                    "timed_out"})
 
 
 def format_run_detail(run: Mapping[str, Any]) -> str:
@@ -206,6 +221,18 @@ def format_run_detail(run: Mapping[str, Any]) -> str:
     metadata = run.get("metadata") or {}
     parts.append("\nmetadata:")
     parts.append(_indent(format_mapping(metadata)) if metadata else "  (none)")
+    previous = run.get("previous_attempts") or []
+    if previous:
+        prev_rows = [
+            (p.get("retry"), p.get("attempt"), p.get("mode"), p.get("status"),
+             iso_time(p.get("retried_at")),
+             format_error(p["error"]) if p.get("error") else None)
+            for p in previous
+        ]
+        parts.append("\nretries (what each one set aside):")
+        parts.append(
+            _indent(table(("retry", "attempt", "mode", "ended", "retried", "error"), prev_rows))
+        )
     return "\n".join(parts)
 
 
@@ -266,6 +293,26 @@ def format_schedules(items: Sequence[Mapping[str, Any]]) -> str:
     headers = ("name", "workflow", "rule", "timezone", "next_fire", "last_fire", "paused",
                "skipped", "missed")
     return table(headers, rows)
+
+
+def format_bulk(result: Mapping[str, Any], action: str) -> str:
+    """``wf cancel|pause|resume|retry`` with filters: what matched and what was done."""
+    matched, eligible = result.get("matched", 0), result.get("eligible", 0)
+    if result.get("dry_run"):
+        return f"{matched} runs match; {action} would apply to {eligible} (dry run)"
+    return f"{matched} runs match; {action} applied to {result.get('done', 0)} of {eligible}"
+
+
+def format_change(change: Mapping[str, Any]) -> str:
+    """One ``wf changes`` line: ``seq time run_id workflow status``."""
+    kind = change.get("type")
+    if kind == "lagged":
+        return (f"... {change.get('dropped')} changes dropped (reader too slow); "
+                f"--since {change.get('since')} replays the recent ones")
+    if kind == "gap":
+        return f"... changes before seq {change.get('oldest')} are no longer kept"
+    return (f"{change.get('seq')} {iso_time(change.get('at'))} {change.get('run_id')} "
+            f"{change.get('workflow_id')} {change.get('status')}")
 
 
 _LOG_SKIP = frozenset({"timestamp", "level", "event"})

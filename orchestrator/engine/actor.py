@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 import structlog
@@ -24,6 +24,7 @@ from orchestrator.engine.messages import Cancel, Message, Resolve
 from orchestrator.engine.ports import RunHost
 from runtime import errors as rt_errors
 from runtime import journal as rj
+from runtime._signals import Suspended
 from runtime.executor import Execution
 from runtime.facts import Outcome
 from runtime.flow import KeyResolutionError
@@ -61,6 +62,13 @@ class RunActor:
         self._advancing: Execution | None = None  # set only while advance() runs
         self._execution: Execution | None = None  # the one this actor drives
         self.finishing = False  # set before the final commit (Supervisor.is_live)
+        self._cancel: Cancel | None = None  # the cancel applied to the body, if any
+        # A pause holds the body's branches at the step gate (see held): they wait on
+        # _release; _holding says "paused" was committed for it and "running" is still due.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._release: asyncio.Future[None] | None = None
+        self._holding = False
+        self._status_lock = asyncio.Lock()
 
     def post(self, message: Message | None) -> None:
         if message is None:
@@ -75,6 +83,7 @@ class RunActor:
     # ------------------------------------------------------------------ the actor's life
 
     async def drive(self) -> None:
+        self._loop = asyncio.get_running_loop()
         warm = self.host.take_warm(self.run_id)
         execution: Execution | None = None
         if warm is not None:
@@ -91,8 +100,18 @@ class RunActor:
             if execution is not None:
                 await execution.close()
             return
+        cancelling = any(isinstance(m, Cancel) for m in self.mailbox)
+        if run.cancel_requested is not None and not cancelling:
+            # Acknowledged before a crash (or before the run had an actor): carry it out now.
+            self.mailbox.appendleft(Cancel.requested(run.cancel_requested))
+            cancelling = True
+        if not cancelling and self.host.holds_start(run):
+            # Paused (the run, or its workflow) while it waited for this actor: not started.
+            self.host.held_back(run)
+            return
         self.log = self.log.bind(workflow_id=run.workflow_id)
         now = self.host.clock.now()
+        fresh = run.status is storage.RunStatus.PENDING and run.started_at is None
         started = run.started_at if run.started_at is not None else now
         # "running", the start time, clearing the resume flag and (for a recovered run) the
         # recovery count ride along with the run's next commit instead of costing one of their
@@ -109,20 +128,17 @@ class RunActor:
         ]
         run = dataclasses.replace(run, started_at=started)
         if execution is None:
-            execution = await self._cold_execution(run)
+            execution = await self._cold_execution(run, fresh)
             if execution is None:
                 return
-            self.log.info(
-                "run.started" if run.status is storage.RunStatus.PENDING else "run.resumed",
-                replay=run.status is not storage.RunStatus.PENDING,
-            )
+            self.log.info("run.started" if fresh else "run.resumed", replay=not fresh)
         else:
             self.log.info("run.resumed", replay=False)
         self.run = run
         self._execution = execution
         await self._advance_until_parked(execution)
 
-    async def _cold_execution(self, run: storage.RunRecord) -> Execution | None:
+    async def _cold_execution(self, run: storage.RunRecord, fresh: bool) -> Execution | None:
         definition = self.host.registry.get(run.workflow_id)
         if definition is None:
             error = rt_errors.error_dict(
@@ -132,7 +148,6 @@ class RunActor:
             )
             await self._finish(run, Outcome(status=RunStatus.FAILED, error=error), None)
             return None
-        fresh = run.status is storage.RunStatus.PENDING
         # A run that never started has recorded nothing: skip the journal reads.
         journal = rj.Journal() if fresh else bridge.runtime_journal(
             await self.host.storage.load_journal(self.run_id)
@@ -178,27 +193,40 @@ class RunActor:
                 # commit, as it would clear the resume flag, and a resolution committed while
                 # we replayed may be in the mailbox still. A crash now must find it flagged.
                 self._prefix = [_keep_resume_flag(op) for op in self._prefix]
+            # A paused run parks "paused": it stays parked, and what resolves meanwhile is
+            # kept for the resume (the supervisor holds the deliveries).
+            paused = self.host.paused(self.run_id)
+            parked = storage.RunStatus.PAUSED if paused else storage.RunStatus.WAITING
             await self._commit(
                 storage.UpdateRun(
                     self.run_id,
                     at=self.host.clock.now(),
-                    status=storage.RunStatus.WAITING,
+                    status=parked,
                     add_compute_seconds=compute,
                 )
             )
+            while paused != self.host.paused(self.run_id):
+                # Paused or resumed while that was being committed: the last word is theirs.
+                paused = not paused
+                parked = storage.RunStatus.PAUSED if paused else storage.RunStatus.WAITING
+                await self._commit(
+                    storage.UpdateRun(self.run_id, at=self.host.clock.now(), status=parked)
+                )
+            self._holding = False  # whatever a hold committed, the parked status is the last
             if self.mailbox:  # a delivery arrived while "waiting" was being committed
                 continue
             self.log.info(
-                "run.waiting", waitpoints=[w.wp_id for w in outcome.waiting_on]
+                "run.paused" if paused else "run.waiting",
+                waitpoints=[w.wp_id for w in outcome.waiting_on],
             )
-            self.host.publish_state(self.run_id, "waiting")
+            self.host.publish_state(self.run_id, str(parked), run.workflow_id)
             # Let go of this actor (its task, logger, mailbox): the next actor to resume the
             # run points the execution at itself. A parked body records nothing.
             execution.host.record = _parked
             self.host.park(
                 self.run_id,
                 execution,
-                dataclasses.replace(run, status=storage.RunStatus.WAITING, recoveries=0),
+                dataclasses.replace(run, status=parked, recoveries=0),
             )
             return
 
@@ -223,12 +251,62 @@ class RunActor:
         while self.mailbox:
             self._apply(execution, self.mailbox.popleft())
 
-    @staticmethod
-    def _apply(execution: Execution, message: Message) -> None:
+    def _apply(self, execution: Execution, message: Message) -> None:
         if isinstance(message, Resolve):
             execution.resolve(message.resolution)
         else:
+            if self._cancel is None:
+                self._cancel = message
             execution.cancel(message.reason, compensate=message.compensate, code=message.code)
+
+    # ------------------------------------------------------------------ pause
+
+    def held(self) -> Awaitable[None] | None:
+        """The step gate of a paused run: an awaitable that holds the branch (None: go on).
+        A cancelled run is never held: its compensations must run."""
+        execution = self._execution
+        if execution is None or execution.is_cancelled or self._loop is None:
+            return None
+        return self._hold()
+
+    async def _hold(self) -> None:
+        """A host job of the body, run before a new step while the run is paused: the first
+        branch to get here commits ``paused`` (every step before it is recorded); all wait
+        for the resume, and the first to go on commits ``running``."""
+        assert self._loop is not None
+        run = self.run
+        workflow_id = run.workflow_id if run is not None else None
+        async with self._status_lock:
+            if not self.host.paused(self.run_id):
+                return  # resumed before this branch got here
+            if self._release is None or self._release.done():
+                self._release = self._loop.create_future()
+                self._release.add_done_callback(_retrieve)
+            release = self._release
+            if not self._holding:
+                self._holding = True
+                await asyncio.shield(self._commit(storage.UpdateRun(
+                    self.run_id, at=self.host.clock.now(), status=storage.RunStatus.PAUSED)))
+                self.log.info("run.paused", held_before="step")
+                self.host.publish_state(self.run_id, "paused", workflow_id)
+        await release
+        async with self._status_lock:
+            if self._holding:
+                self._holding = False
+                await asyncio.shield(self._commit(storage.UpdateRun(
+                    self.run_id, at=self.host.clock.now(), status=storage.RunStatus.RUNNING)))
+                self.log.info("run.resumed", replay=False)
+                self.host.publish_state(self.run_id, "running", workflow_id)
+
+    def release(self) -> None:
+        """The pause was lifted: the held branches go on."""
+        if self._release is not None and not self._release.done():
+            self._release.set_result(None)
+
+    def abandon_hold(self) -> None:
+        """Shutdown: held branches stop where they are (the run stays ``paused``)."""
+        if self._release is not None and not self._release.done():
+            self._release.set_exception(Suspended())
 
     async def _finish(
         self, run: storage.RunRecord, outcome: Outcome, execution: Execution | None
@@ -248,19 +326,27 @@ class RunActor:
             )
         ]
         parent_resolution: rj.WaitpointResolved | None = None
+        child_cancel: Cancel | None = None
+        if outcome.status is RunStatus.CANCELLED:
+            # Its non-detached children are cancelled too, durably: the requests commit with
+            # this end, so a crash before they are carried out leaves them to recovery.
+            compensate = self._cancel.compensate if self._cancel is not None else True
+            child_cancel = Cancel(f"parent run {self.run_id} was cancelled", compensate)
+            ops.append(storage.RequestChildCancels(
+                self.run_id, now, child_cancel.reason, child_cancel.compensate))
         if run.parent_run_id is not None and run.parent_wp_id is not None:
             payload, error = _child_result(run, outcome)
             ops.append(
                 storage.ResolveWaitpoint(
                     run.parent_run_id, run.parent_wp_id, now, storage.ResolutionSource.LIVE,
-                    payload=payload, error=error,
+                    payload=payload, error=error, child_run_id=self.run_id,
                 )
             )
             parent_resolution = rj.WaitpointResolved(
                 run.parent_wp_id, WaitpointKind.RUN, now, ResolutionSource.LIVE, payload, error
             )
         results = await self._commit_many(ops)
-        if parent_resolution is not None and run.parent_run_id is not None and results[1]:
+        if parent_resolution is not None and run.parent_run_id is not None and results[-1]:
             self.host.deliver(run.parent_run_id, Resolve(parent_resolution))
         fields: dict[str, Any] = {"status": str(status)}
         if outcome.error:
@@ -270,19 +356,14 @@ class RunActor:
             RunStatus.CANCELLED: "run.cancelled",
         }.get(outcome.status, "run.failed")
         self.log.info(event, **fields)
-        if outcome.status is RunStatus.CANCELLED and execution is not None:
-            self._cancel_children(execution)
+        if child_cancel is not None:
+            for child in results[1]:
+                self.host.cancel_child(child, child_cancel)
         final = dataclasses.replace(
             run, status=status, output=outcome.output, error=outcome.error, finished_at=now,
             updated_at=now, diverged=bool(outcome.divergence),
         )
         self.host.run_finished(final)
-
-    def _cancel_children(self, execution: Execution) -> None:
-        for reg in execution.journal.registrations.values():
-            pending = reg.wp_id not in execution.journal.resolutions
-            if reg.kind is WaitpointKind.RUN and not reg.meta.get("detach") and pending:
-                self.host.deliver(reg.meta["child_run_id"], Cancel("parent cancelled", True))
 
     # ------------------------------------------------------------------ the host callback
 
@@ -292,6 +373,11 @@ class RunActor:
             return await self.host.storage.commit(ops)
         prefix, self._prefix = self._prefix, []
         results = await self.host.storage.commit([*prefix, *ops])
+        if any(isinstance(op, storage.UpdateRun) and op.status is storage.RunStatus.RUNNING
+               for op in prefix):
+            run = self.run or self._known
+            self.host.publish_state(self.run_id, "running",
+                                    run.workflow_id if run is not None else None)
         return results[len(prefix):]
 
     async def _commit(self, op: storage.WriteOp[R]) -> R:
@@ -421,6 +507,7 @@ class RunActor:
         if created.created:
             self.log.info("run.submitted", child_run_id=child.run_id,
                           child_workflow_id=child.workflow_id)
+            self.host.publish_state(child.run_id, "pending", child.workflow_id)
             self.host.admit(created.run)
         if detach:
             return (rj.WaitpointResolved(entry.wp_id, entry.kind, now, ResolutionSource.LIVE),)
@@ -433,15 +520,12 @@ class RunActor:
 def _child_result(run: storage.RunRecord, outcome: Outcome) -> tuple[Any, dict[str, Any] | None]:
     if outcome.status is RunStatus.COMPLETED:
         return outcome.output, None
-    original = outcome.error or {}
-    code = original.get("code") or str(outcome.status).upper()
-    return None, {
-        "code": code,
-        "message": original.get("message") or f"child run ended {outcome.status}",
-        "status": str(outcome.status),
-        "child_run_id": run.run_id,
-        "error": original or None,
-    }
+    return None, bridge.child_error(run.run_id, str(outcome.status), outcome.error)
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # an abandoned hold nobody waits on any more: not worth a warning
 
 
 def _keep_resume_flag(op: storage.WriteOp[Any]) -> storage.WriteOp[Any]:

@@ -8,6 +8,8 @@ replay sees exactly what a live resume sees.
 
 from __future__ import annotations
 
+from typing import Any
+
 import storage
 from runtime import journal as rj
 from runtime import matching
@@ -166,6 +168,20 @@ def runtime_journal(record: storage.Journal) -> rj.Journal:
     journal.metadata = dict(record.metadata)
     journal.metadata_ops = record.metadata_ops
     return journal
+
+
+def child_error(
+    child_run_id: str, status: str, error: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a parent's invoke wait resolves with when its child ends without completing."""
+    original = error or {}
+    return {
+        "code": original.get("code") or status.upper(),
+        "message": original.get("message") or f"child run ended {status}",
+        "status": status,
+        "child_run_id": child_run_id,
+        "error": original or None,
+    }
 
 
 def run_facts(run: storage.RunRecord, definition: WorkflowDefinition) -> RunFacts:

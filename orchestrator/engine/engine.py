@@ -32,7 +32,9 @@ from orchestrator.api.service import JSONDict
 from orchestrator.engine import bridge, replay, triggers
 from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import Plan, plan_for
+from orchestrator.engine.holds import Holds
 from orchestrator.engine.messages import Cancel, Resolve
+from orchestrator.engine.operations import RunOperations
 from orchestrator.engine.ratelimits import StoredRateLimiter
 from orchestrator.engine.schedules import Schedules
 from orchestrator.engine.settings import Settings
@@ -98,6 +100,7 @@ class Engine(service.ServiceMethods):
         self._finish_waiters: dict[str, list[asyncio.Future[storage.RunRecord]]] = {}
         self._accepting = False
         self._fatal: asyncio.Future[BaseException] | None = None
+        self.holds = Holds()
         self.admission = Admission(
             storage_=storage_,
             clock=self.clock,
@@ -107,6 +110,7 @@ class Engine(service.ServiceMethods):
             is_started=self._is_started,
             timer_stored=self._timer_stored,
             on_finished=self._ended_unstarted,
+            holds=self.holds,
         )
         self.supervisor = Supervisor(
             storage_=storage_,
@@ -119,6 +123,9 @@ class Engine(service.ServiceMethods):
             timer_stored=self._timer_stored,
             on_finished=self._on_finished,
             flow=self.admission,
+            holds=self.holds,
+            on_held_back=self.admission.hold,
+            on_cancel_child=self._cancel_child,
             instrument=instrument,
         )
         self.triggers = triggers.Triggers(registry)
@@ -130,6 +137,15 @@ class Engine(service.ServiceMethods):
             cancel=self._cancel_for_schedule,
             timer_stored=self._timer_stored,
             max_payload_bytes=self.settings.max_payload_bytes,
+        )
+        self.ops = RunOperations(
+            storage_=storage_,
+            clock=self.clock,
+            registry=registry,
+            settings=self.settings,
+            supervisor=self.supervisor,
+            admission=self.admission,
+            wait_for=self._wait_for,
         )
         self.timers = Timers(
             storage_, self.clock, self.supervisor.deliver, self._on_fatal, instrument,
@@ -166,7 +182,10 @@ class Engine(service.ServiceMethods):
         self.supervisor.deliver(run.run_id, known=run, resuming=run.recoveries > 0)
 
     def _cancel_started(self, run_id: str, cancel: Cancel) -> None:
-        self.supervisor.deliver(run_id, cancel)
+        self.ops.cancel_soon(run_id, cancel)
+
+    def _cancel_child(self, child: storage.RunRecord, cancel: Cancel) -> None:
+        self.ops.cancel_child(child, cancel)
 
     def _is_started(self, run_id: str) -> bool:
         return self.supervisor.knows(run_id)
@@ -191,18 +210,53 @@ class Engine(service.ServiceMethods):
 
     def _ended_unstarted(self, run: storage.RunRecord) -> None:
         """A run that never started ended (expired, cancelled while queued, replaced)."""
-        self.supervisor.publish_state(run.run_id, str(run.status))
+        self.supervisor.publish_state(run.run_id, str(run.status), run.workflow_id)
         self._on_finished(run)
+        if run.parent_run_id is not None and run.parent_wp_id is not None:
+            self.ops.spawn(self._resume_parent(run), f"resume:{run.parent_run_id}")
+
+    async def _resume_parent(self, child: storage.RunRecord) -> None:
+        """A child that never started ended, resolving its parent's wait: wake the parent."""
+        assert child.parent_run_id is not None and child.parent_wp_id is not None
+        wp = await self.storage.get_waitpoint(child.parent_run_id, child.parent_wp_id)
+        if wp is not None and not wp.is_waiting and (wp.meta or {}).get(
+            "child_run_id"
+        ) == child.run_id:
+            self.supervisor.deliver(child.parent_run_id, Resolve(bridge.resolution(wp)))
 
     async def _recover(self) -> int:
-        """Restart every run that was moving when the daemon stopped."""
+        """Restart every run that was moving when the daemon stopped. Paused runs stay as
+        they are (a running one is held again before its next step); a cancel that was
+        acknowledged is carried out."""
         now = self.clock.now()
         limit = self.settings.max_recoveries
         runs = await self.storage.non_terminal_runs()
+        self.holds.workflows.update(await self.storage.paused_workflows())
+        for run in runs:
+            if run.paused or run.status is storage.RunStatus.PAUSED:
+                self.holds.pause(run.run_id)
         await self.admission.rebuild(runs)
         ops: list[storage.WriteOp[Any]] = []
         to_start: list[tuple[storage.RunRecord, bool]] = []  # (run, already started)
+        cancels: list[storage.RunRecord] = []
+        ended: list[storage.RunRecord] = []
+        held: list[storage.RunRecord] = []
         for run in runs:
+            if run.cancel_requested is not None:
+                cancels.append(run)
+                continue
+            if run.status is storage.RunStatus.PAUSED:
+                continue  # resolutions that came are recorded: the resume acts on them
+            if run.paused and run.status is storage.RunStatus.RUNNING:
+                # Paused while a step was in flight, then stopped: held where it stopped. The
+                # step runs again after the resume (at-least-once), as after any crash.
+                ops.append(storage.UpdateRun(run.run_id, at=now,
+                                             status=storage.RunStatus.PAUSED))
+                held.append(run)
+                continue
+            if self.holds.blocks_start(run) is not None:
+                self.admission.hold(run)  # pending, and paused: it does not start
+                continue
             # A run still "pending" may have started and crashed before its first commit (its
             # "running" rides on that commit), so it counts recoveries like a running one.
             # A delayed run whose start time has passed may have lost its timer to a crash
@@ -228,6 +282,7 @@ class Engine(service.ServiceMethods):
                                                  error=error, finished_at=now))
                     log.error("run.failed", run_id=run.run_id, workflow_id=run.workflow_id,
                               error_code="RECOVERY_LIMIT")
+                    ended.append(run)
                     continue
                 ops.append(storage.UpdateRun(run.run_id, at=now, recoveries=run.recoveries + 1))
                 to_start.append((run, run.status is storage.RunStatus.RUNNING))
@@ -235,6 +290,13 @@ class Engine(service.ServiceMethods):
                 to_start.append((run, True))
         if ops:
             await self.storage.commit(ops)
+        for run in ended:
+            self.holds.forget(run.run_id)
+            self.supervisor.publish_state(run.run_id, "failed", run.workflow_id)
+        for run in held:
+            self.supervisor.publish_state(run.run_id, "paused", run.workflow_id)
+        for run in cancels:
+            await self.ops.honour_cancel(run)
         for run, started in to_start:
             if started or run.status is not storage.RunStatus.PENDING:
                 self.supervisor.deliver(run.run_id, resuming=True, priority=run.priority)
@@ -244,13 +306,14 @@ class Engine(service.ServiceMethods):
             self.instrument.reached("recovery.scan")
         self.admission.pump()  # a limit raised by the deploy starts queued runs at once
         await self._flush_full_batches()
-        return len(to_start)
+        return len(to_start) + len(cancels)
 
     async def close(self) -> None:
         """Stop the timers and the actors (in-flight steps get ``shutdown_grace``)."""
         self._accepting = False
         await self.timers.stop()
         await self.scheduling.close()
+        await self.ops.close()
         await self.admission.close()
         await self.supervisor.shutdown(self.settings.shutdown_grace)
         for waiters in self._finish_waiters.values():
@@ -272,6 +335,7 @@ class Engine(service.ServiceMethods):
             self._fatal.set_result(exc)
 
     def _on_finished(self, run: storage.RunRecord) -> None:
+        self.holds.forget(run.run_id)
         self.admission.ended(run)
         for fut in self._finish_waiters.pop(run.run_id, ()):
             if not fut.done():
@@ -418,6 +482,7 @@ class Engine(service.ServiceMethods):
             return views.run(run)
         log.info("run.submitted", run_id=run.run_id, workflow_id=r.workflow_id,
                  delay=_seconds(r.delay))
+        self.supervisor.publish_state(run.run_id, "pending", run.workflow_id)
         if plan.debounce is not None:
             self.admission.debounced(run, plan.debounce)
         if run.expires_at is not None:
@@ -441,6 +506,10 @@ class Engine(service.ServiceMethods):
         run = journal.run
         if run.status is storage.RunStatus.PENDING and not self.supervisor.knows(run.run_id):
             out["pending"] = self.admission.why_pending(run)
+        if run.attempt > 1 or run.started_at is not None:
+            archives = await self.storage.run_archives(r.run_id)
+            if archives:
+                out["previous_attempts"] = views.archives(archives)
         return out
 
     @handles(service.List)
@@ -449,6 +518,8 @@ class Engine(service.ServiceMethods):
             status=storage.RunStatus(r.status) if r.status else None,
             workflow_id=r.workflow_id,
             tag=r.tag,
+            since=_seconds(r.since),
+            until=_seconds(r.until),
             limit=r.limit,
         )
         return {"runs": views.runs(runs)}
@@ -478,15 +549,12 @@ class Engine(service.ServiceMethods):
                 if not waiters:
                     del self._finish_waiters[run_id]
 
+    # Run operations (cancel, pause, resume, retry, bulk): orchestrator.engine.operations.
+
     @handles(service.Cancel)
     async def _cancel(self, r: service.Cancel) -> JSONDict:
         self._check_accepting()
-        run = await self._run_or_404(r.run_id)
-        if run.is_terminal:
-            raise errors.RunNotActive(r.run_id, str(run.status), "cancel")
-        if not await self._cancel_run(r.run_id, r.reason, r.compensate, run):
-            return views.run(await self._run_or_404(r.run_id))
-        return views.run(await self._wait_for(r.run_id, self.settings.shutdown_grace))
+        return await self.ops.cancel(r)
 
     async def _cancel_run(
         self, run_id: str, reason: str | None, compensate: bool,
@@ -497,24 +565,29 @@ class Engine(service.ServiceMethods):
         run = run or await self.storage.get_run(run_id)
         if run is None or run.is_terminal:
             return False
-        if run.status is storage.RunStatus.PENDING and await self.admission.cancel_unstarted(
-            run, reason, code=code
-        ):
-            return True
-        self.supervisor.deliver(run_id, Cancel(reason, compensate, code=code))
+        await self.ops.cancel_run(run, reason, compensate, code)  # durable: stored first
         return True
 
     @handles(service.Pause)
     async def _pause(self, r: service.Pause) -> JSONDict:
-        raise errors.MethodNotFound("pause (not available in this version)")
+        self._check_accepting()
+        return await self.ops.pause(r)
 
     @handles(service.Resume)
     async def _resume(self, r: service.Resume) -> JSONDict:
-        run = await self._run_or_404(r.run_id)
-        if run.status is storage.RunStatus.PENDING and run.scheduled_at is not None:
-            # A delayed (or debounced, or throttled) run: it starts now.
-            return views.run(await self._move_pending(run, None))
-        raise errors.RunNotActive(r.run_id, str(run.status), "resume")
+        self._check_accepting()
+        return await self.ops.resume(r)
+
+    @handles(service.Retry)
+    async def _retry(self, r: service.Retry) -> JSONDict:
+        self._check_accepting()
+        return await self.ops.retry(r)
+
+    @handles(service.Bulk)
+    async def _bulk(self, r: service.Bulk) -> JSONDict:
+        if not r.dry_run:
+            self._check_accepting()
+        return await self.ops.bulk(r)
 
     @handles(service.Reschedule)
     async def _reschedule(self, r: service.Reschedule) -> JSONDict:
@@ -535,10 +608,6 @@ class Engine(service.ServiceMethods):
             return await self.admission.reschedule(run, at)
         except storage.InvalidOperation as exc:
             raise errors.RunNotActive(run.run_id, "running", "reschedule") from exc
-
-    @handles(service.Retry)
-    async def _retry(self, r: service.Retry) -> JSONDict:
-        raise errors.MethodNotFound("retry (not available in this version)")
 
     @handles(service.Replay)
     async def _replay(self, r: service.Replay) -> JSONDict:
@@ -611,6 +680,7 @@ class Engine(service.ServiceMethods):
         schedule): admission starts it now, or when it is due."""
         if run.expires_at is not None:
             self.timers.notify(run.expires_at)
+        self.supervisor.publish_state(run.run_id, "pending", run.workflow_id)
         self.admission.admit_new(run)
 
     # ------------------------------------------------------------------ batches
@@ -745,6 +815,11 @@ class Engine(service.ServiceMethods):
             "actors": self.supervisor.stats().to_dict(),
             "scheduler": self.timers.stats().to_dict(),
             "flow": self.admission.stats(),
+            "operations": {
+                "paused_runs": self.holds.paused_runs,
+                "paused_workflows": sorted(self.holds.workflows),
+                "change_followers": self.supervisor.changes.followers,
+            },
         }
 
     # ------------------------------------------------------------------ feeds
@@ -777,6 +852,11 @@ class Engine(service.ServiceMethods):
                 yield views.run(run)
         finally:
             self.supervisor.unlisten_state(r.run_id, queue)
+
+    @streams(service.Changes)
+    async def _changes(self, r: service.Changes) -> AsyncIterator[JSONDict]:
+        async for change in self.supervisor.changes.follow(r.since):
+            yield change
 
     @streams(service.Stream)
     async def _stream(self, r: service.Stream) -> AsyncIterator[JSONDict]:

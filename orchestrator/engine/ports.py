@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from orchestrator.engine.flow.plan import GroupId, Plan
-from orchestrator.engine.messages import Message
+from orchestrator.engine.messages import Cancel, Message
 from runtime.clock import Clock
 from runtime.facts import HostServices, RecordFn
 from runtime.workflow import Registry
@@ -82,8 +82,26 @@ class RunHost(Protocol):
         """The run parked: keep its execution warm or close it."""
         ...
 
-    def publish_state(self, run_id: str, status: str) -> None:
-        """Tell live watchers the run's status changed (after the commit)."""
+    def publish_state(self, run_id: str, status: str, workflow_id: str | None = None) -> None:
+        """Tell live watchers and the change feed the run's status changed (after the
+        commit)."""
+        ...
+
+    def paused(self, run_id: str) -> bool:
+        """``pause {run_id}`` is in force for the run (hold it before its next step, park it
+        ``paused``)."""
+        ...
+
+    def holds_start(self, run: RunRecord) -> bool:
+        """The pending ``run`` may not start now (it, or its workflow, is paused)."""
+        ...
+
+    def held_back(self, run: RunRecord) -> None:
+        """The pending ``run`` was not started because of a pause (admission keeps it)."""
+        ...
+
+    def cancel_child(self, child: RunRecord, cancel: Cancel) -> None:
+        """Carry out the cancel of a child whose cancel request was just committed."""
         ...
 
     def run_finished(self, run: RunRecord) -> None:

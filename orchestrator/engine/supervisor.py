@@ -11,8 +11,9 @@ started (``orchestrator.slots``). Parked executions are kept warm in LRU order u
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,10 @@ import structlog
 
 import storage
 from orchestrator.engine.actor import RunActor
+from orchestrator.engine.changes import ChangeFeed
 from orchestrator.engine.flow.plan import Plan, group_name
-from orchestrator.engine.messages import Message
+from orchestrator.engine.holds import Holds
+from orchestrator.engine.messages import Cancel, Message
 from orchestrator.engine.ports import FlowPort, TimerStored
 from orchestrator.engine.settings import Settings
 from orchestrator.engine.slots import SlotQueue, rank
@@ -84,9 +87,15 @@ class Supervisor:
         timer_stored: TimerStored,
         on_finished: Callable[[RunRecord], None],
         flow: FlowPort,
+        holds: Holds | None = None,
+        on_held_back: Callable[[RunRecord], None] | None = None,
+        on_cancel_child: Callable[[RunRecord, Cancel], None] | None = None,
         instrument: Instrument = NO_INSTRUMENT,
     ) -> None:
         self._flow = flow
+        self.holds = holds if holds is not None else Holds()
+        self._on_held_back = on_held_back
+        self._on_cancel_child = on_cancel_child
         self._storage = storage_
         self._registry = registry
         self._clock = clock
@@ -97,6 +106,7 @@ class Supervisor:
         self.timer_stored: TimerStored = timer_stored
         self._instrument = instrument
         self.streams = StreamHub()
+        self.changes = ChangeFeed(clock)
         self._slots = SlotQueue(settings.max_active_runs)
         # Runs waiting for a slot: what to start them with (no actor or task exists for them).
         self._queued: dict[str, _Queued] = {}
@@ -133,7 +143,7 @@ class Supervisor:
             process_runner=self._process_runner,
             thread_pool=self._thread_pool,
             publish=self.streams.publish_for(run_id),
-            gate=self.gate,
+            gate=functools.partial(self._gate, run_id),
             limits=self._limits,
         )
 
@@ -167,6 +177,14 @@ class Supervisor:
         ``resuming`` marks a run that already started (recovery); one with a message is too.
         Both decide the run's place in the queue for a slot (``orchestrator.slots``).
         """
+        if self.holds.is_paused(run_id) and not isinstance(message, Cancel):
+            # Paused: a resolution is recorded already and acted on at resume; nothing starts
+            # the run meanwhile (a cancel still goes through).
+            if message is not None:
+                self.holds.keep(run_id, message)
+            elif known is not None and run_id not in self._actors and run_id not in self._queued:
+                self.held_back(known)  # admission let a run start as it was being paused
+            return
         actor = self._actors.get(run_id)
         if actor is not None:
             actor.post(message)
@@ -265,10 +283,49 @@ class Supervisor:
     def accepting(self) -> bool:
         return self._accepting
 
-    def gate(self) -> None:
-        """Called by every body before a new step: during shutdown, stop there."""
+    def _gate(self, run_id: str) -> Awaitable[None] | None:
+        """Called by every body before a new step: during shutdown, stop there; while the run
+        is paused, hold it there (its actor commits ``paused``) until it is resumed."""
         if not self._accepting:
             raise Suspended()
+        if not self.holds.is_paused(run_id):
+            return None
+        actor = self._actors.get(run_id)
+        return None if actor is None else actor.held()
+
+    # ------------------------------------------------------------------ pauses
+
+    def paused(self, run_id: str) -> bool:
+        return self.holds.is_paused(run_id)
+
+    def holds_start(self, run: RunRecord) -> bool:
+        return self.holds.blocks_start(run) is not None
+
+    def held_back(self, run: RunRecord) -> None:
+        """A pending run was not started because of a pause: admission keeps it pending."""
+        if self._on_held_back is not None:
+            self._on_held_back(run)
+
+    def cancel_child(self, child: RunRecord, cancel: Cancel) -> None:
+        """A child of a cancelled run, its cancel already requested in storage: carry it out."""
+        if self._on_cancel_child is not None:
+            self._on_cancel_child(child, cancel)
+        else:
+            self.deliver(child.run_id, cancel)
+
+    def has_actor(self, run_id: str) -> bool:
+        return run_id in self._actors
+
+    def resume_held(self, run_id: str, kept: list[Message]) -> None:
+        """The run's pause was lifted (in ``holds`` and storage): move it again. A run held
+        mid-body by its actor goes on there; any other gets an actor (warm or replayed)."""
+        actor = self._actors.get(run_id)
+        for message in kept:
+            self.deliver(run_id, message, resuming=True)
+        if actor is not None:
+            actor.release()
+        elif not kept:
+            self.deliver(run_id, resuming=True)
 
     # ------------------------------------------------------------------ warm cache
 
@@ -292,10 +349,12 @@ class Supervisor:
 
     def run_finished(self, run: RunRecord) -> None:
         """The run's final record, as just committed by its actor."""
-        self.publish_state(run.run_id, str(run.status))
+        self.publish_state(run.run_id, str(run.status), run.workflow_id)
         self._on_finished(run)
 
-    def publish_state(self, run_id: str, status: str) -> None:
+    def publish_state(self, run_id: str, status: str, workflow_id: str | None = None) -> None:
+        """A status change of the run was committed: tell its watchers and the change feed."""
+        self.changes.publish(run_id, status, workflow_id)
         for queue in self._state_listeners.get(run_id, ()):
             queue.put_nowait(status)
 
@@ -318,6 +377,8 @@ class Supervisor:
         self._accepting = False
         self._queued.clear()  # never started: their runs are durable and recovery starts them
         self._slots.clear()
+        for actor in self._actors.values():
+            actor.abandon_hold()  # a run held by a pause stops at once: it stays paused
         tasks = [a.task for a in self._actors.values() if a.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)

@@ -142,14 +142,23 @@ def _close_run(conn: Conn, run_id: str) -> None:
 
 def end_pending(conn: Conn, op: ops.EndPending) -> records.RunRecord | None:
     cur = conn.execute(
-        "UPDATE runs SET status = ?, error = ?, finished_at = ?, updated_at = ? "
+        "UPDATE runs SET status = ?, error = ?, finished_at = ?, updated_at = ?, paused = 0 "
         "WHERE run_id = ? AND status = 'pending' AND started_at IS NULL",
         (op.status.value, dumps(op.error), op.at, op.at, op.run_id),
     )
     if cur.rowcount == 0:
         return None
     _close_run(conn, op.run_id)
-    return rows.run_from_row(conn.execute(_SELECT_RUN, (op.run_id,)).fetchone())
+    run = rows.run_from_row(conn.execute(_SELECT_RUN, (op.run_id,)).fetchone())
+    if run.parent_run_id is not None and run.parent_wp_id is not None:
+        # The parent waits on this child: it never ran, but it ended (a child that ends by
+        # its actor resolves this in the transaction of its end, likewise).
+        resolve_waitpoint(conn, ops.ResolveWaitpoint(
+            run.parent_run_id, run.parent_wp_id, op.at, ResolutionSource.LIVE,
+            error=op.parent_error or {"code": "CANCELLED", "status": run.status.value,
+                                      "child_run_id": run.run_id},
+            child_run_id=run.run_id))
+    return run
 
 
 def reschedule_pending(conn: Conn, op: ops.ReschedulePending) -> records.RunRecord:
@@ -199,6 +208,8 @@ def update_run(conn: Conn, op: ops.UpdateRun) -> None:
             params.append(encode(value))
     if op.status is records.RunStatus.RUNNING:
         sets.append("needs_resume = 0")
+    elif op.status is not ops.UNSET and op.status in records.TERMINAL_STATUSES:
+        sets.append("paused = 0")  # an ended run is no longer paused (a cancelled paused run)
     if op.add_compute_seconds:
         sets.append("compute_seconds = compute_seconds + ?")
         params.append(op.add_compute_seconds)
@@ -508,6 +519,12 @@ def _take_from_lookback(
 
 
 def resolve_waitpoint(conn: Conn, op: ops.ResolveWaitpoint) -> bool:
+    if op.child_run_id is not None and conn.execute(
+        "SELECT 1 FROM waitpoints WHERE run_id = ? AND wp_id = ? "
+        "AND json_extract(meta, '$.child_run_id') = ?",
+        (op.run_id, op.wp_id, op.child_run_id),
+    ).fetchone() is None:
+        return False
     return _resolve(
         conn,
         op.run_id,

@@ -32,7 +32,7 @@ RUN_COLUMNS = (
     "run_id, number, workflow_id, workflow_version, status, input, output, error, tags, "
     "priority, idempotency_key, parent_run_id, root_run_id, triggered_by, attempt, created_at, "
     "scheduled_at, started_at, finished_at, updated_at, diverged, recoveries, compute_seconds, "
-    "parent_wp_id, needs_resume, flow, throttle_key, expires_at"
+    "parent_wp_id, needs_resume, flow, throttle_key, expires_at, cancel_requested, paused"
 )
 
 
@@ -66,6 +66,8 @@ def run_from_row(r: Row) -> records.RunRecord:
         flow=loads(r[25]),
         throttle_key=r[26],
         expires_at=r[27],
+        cancel_requested=loads(r[28]),
+        paused=bool(r[29]),
     )
 
 
@@ -231,4 +233,26 @@ def token_from_row(r: Row) -> records.TokenRecord:
         wp_id=r[2],
         created_at=r[3],
         completed=r[4] != records.WaitpointStatus.WAITING.value,
+    )
+
+
+ARCHIVE_COLUMNS = (
+    "run_id, seq, attempt, mode, archived_at, status, output, error, started_at, finished_at, "
+    "journal"
+)
+
+
+def archive_from_row(r: Row) -> records.ArchiveRecord:
+    return records.ArchiveRecord(
+        run_id=r[0],
+        seq=r[1],
+        attempt=r[2],
+        mode=r[3],
+        archived_at=r[4],
+        status=records.RunStatus(r[5]),
+        output=loads(r[6]),
+        error=loads(r[7]),
+        started_at=r[8],
+        finished_at=r[9],
+        journal=loads(r[10]),
     )

@@ -197,10 +197,24 @@ class SQLiteStorage:
         status: records.RunStatus | None = None,
         workflow_id: str | None = None,
         tag: str | None = None,
-        limit: int = 100,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = 100,
     ) -> list[records.RunRecord]:
-        sql, params = list_runs_query(status=status, workflow_id=workflow_id, tag=tag, limit=limit)
+        sql, params = list_runs_query(status=status, workflow_id=workflow_id, tag=tag,
+                                      since=since, until=until, limit=limit)
         return [rows.run_from_row(r) for r in await self._fetch(sql, params)]
+
+    async def paused_workflows(self) -> list[str]:
+        found = await self._fetch("SELECT workflow_id FROM paused_workflows ORDER BY workflow_id")
+        return [str(r[0]) for r in found]
+
+    async def run_archives(self, run_id: str) -> list[records.ArchiveRecord]:
+        found = await self._fetch(
+            f"SELECT {rows.ARCHIVE_COLUMNS} FROM run_archive WHERE run_id = ? ORDER BY seq",
+            (run_id,),
+        )
+        return [rows.archive_from_row(r) for r in found]
 
     async def non_terminal_runs(self) -> list[records.RunRecord]:
         found = await self._fetch(
@@ -427,7 +441,9 @@ def list_runs_query(
     status: records.RunStatus | None,
     workflow_id: str | None,
     tag: str | None,
-    limit: int,
+    limit: int | None,
+    since: float | None = None,
+    until: float | None = None,
 ) -> tuple[str, list[Any]]:
     """SQL for ``list_runs``: newest first, driven by the most selective index available."""
     where: list[str] = []
@@ -443,10 +459,16 @@ def list_runs_query(
     if workflow_id is not None:
         where.append("runs.workflow_id = ?")
         params.append(workflow_id)
+    if since is not None:
+        where.append("runs.created_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("runs.created_at < ?")
+        params.append(until)
     cols = ", ".join(f"runs.{c.strip()}" for c in rows.RUN_COLUMNS.split(","))
     sql = f"SELECT {cols} FROM {source}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY runs.created_at DESC, runs.number DESC LIMIT ?"
-    params.append(limit)
+    params.append(-1 if limit is None else limit)
     return sql, params

@@ -8,6 +8,7 @@ through files whose paths come in the input (the daemon is another process): a s
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,51 @@ async def tagged(input: Any, ctx: Context) -> dict[str, Any]:
     else:
         await ctx.step("plain-step", lambda: "plain")
     return {"number": ctx.run.number, "attempt": ctx.run.attempt}
+
+
+# --- run operations (pause, cancel, retry) -------------------------------------------------------
+
+
+def _note(ledger: str, what: str) -> str:
+    with open(ledger, "a", encoding="utf-8") as fh:
+        fh.write(what + "\n")
+    return what
+
+
+async def _gated(marker: str, gate: str, ledger: str) -> str:
+    _touch(marker)
+    await _wait_for_file(gate)
+    return _note(ledger, "gated")
+
+
+@workflow(id="e2e-gated", description="Step 'gated' waits for input['gate'], then step 'after'.")
+async def gated(input: dict[str, Any], ctx: Context) -> str:
+    await ctx.step("gated", _gated, input["marker"], input["gate"], input["ledger"])
+    await ctx.step("after", _note, input["ledger"], "after")
+    return "done"
+
+
+def _flaky(fix: str, ledger: str) -> str:
+    if not Path(fix).exists():
+        raise FatalError("not fixed yet", code="E2E_FLAKY")
+    return _note(ledger, "flaky")
+
+
+@workflow(id="e2e-flaky", description="Step 'first', then 'flaky' fails until input['fix'].")
+async def flaky(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    await ctx.step("first", _note, input["ledger"], "first")
+    await ctx.step("flaky", _flaky, input["fix"], input["ledger"])
+    return {"attempt": ctx.run.attempt}
+
+
+async def _slow_release(gate: str, marker: str, output: Any) -> None:
+    _touch(marker)
+    await _wait_for_file(gate)
+
+
+@workflow(id="e2e-slow-undo",
+          description="Reserve, compensated slowly (until input['gate']), then wait for 'go'.")
+async def slow_undo(input: dict[str, Any], ctx: Context) -> Any:
+    gate, marker = input["gate"], input["marker"]
+    await ctx.step("reserve", _reserve, compensate=partial(_slow_release, gate, marker))
+    return await ctx.wait_for_signal("go")

@@ -30,6 +30,12 @@ STARTED_ORDER: list[str] = []
 COMPENSATED: list[str] = []
 """Run ids whose ``reserve`` step was compensated, in order."""
 
+CALLS: Counter[str] = Counter()
+"""How many times a counted step ran, by ``"<run id>:<step id>"``."""
+
+FIXED: set[str] = set()
+"""Run ids whose ``flaky`` step succeeds (it fails with code FLAKY until the test adds one)."""
+
 
 class Gate:
     """A step waits here: ``started`` is set when it gets in, it goes on once ``release`` is."""
@@ -52,6 +58,8 @@ def reset() -> None:
     BODY_ENTRIES.clear()
     STARTED_ORDER.clear()
     COMPENSATED.clear()
+    CALLS.clear()
+    FIXED.clear()
 
 
 def definition(
@@ -107,6 +115,17 @@ async def _hold(run_id: str) -> str:
 
 def _order(run_id: str) -> None:
     STARTED_ORDER.append(run_id)
+
+
+def _count(key: str) -> str:
+    CALLS[key] += 1
+    return key
+
+
+def _flaky(run_id: str) -> str:
+    if run_id not in FIXED:
+        raise FatalError("not fixed yet", code="FLAKY")
+    return "fixed"
 
 
 # --- workflows ------------------------------------------------------------------------------------
@@ -219,3 +238,41 @@ async def vip(input: Any, ctx: Context) -> str:
     else:
         lane = await ctx.step("normal-lane", lambda: "normal")
     return lane
+
+
+@definition("flaky")
+async def flaky(input: Any, ctx: Context) -> Any:
+    """'first' (counted), then 'flaky' fails FLAKY until the test fixes the run."""
+    await ctx.step("first", _count, f"{ctx.run.id}:first")
+    await ctx.step("flaky", _flaky, ctx.run.id)
+    return {"attempt": ctx.run.attempt}
+
+
+def _reserve_counted(run_id: str) -> str:
+    _count(f"{run_id}:reserve")
+    return _reserve(run_id)
+
+
+@definition("saga")
+async def saga(input: Any, ctx: Context) -> str:
+    """Reserves (counted, compensated), then 'flaky' fails until the test fixes the run."""
+    await ctx.step("reserve", _reserve_counted, ctx.run.id, compensate=_release)
+    await ctx.step("flaky", _flaky, ctx.run.id)
+    return "booked"
+
+
+@definition("hold-then-step")
+async def hold_then_step(input: Any, ctx: Context) -> str:
+    """Holds at its gate ('hold'), then 'after' (counted)."""
+    await ctx.step("hold", _hold, ctx.run.id)
+    await ctx.step("after", _count, f"{ctx.run.id}:after")
+    return "done"
+
+
+@definition("wait-then-step")
+async def wait_then_step(input: Any, ctx: Context) -> Any:
+    """Waits for the signal 'go', then 'after' (counted); returns the signal's payload."""
+    BODY_ENTRIES[ctx.run.id] += 1
+    payload = await ctx.wait_for_signal("go")
+    await ctx.step("after", _count, f"{ctx.run.id}:after")
+    return payload

@@ -148,11 +148,14 @@ async def test_runs_show_and_run_commands(server: SocketServer, capsys, engine: 
     code, out, _ = await wf(capsys, server, "show", "B")
     assert code == 0 and "signal:go" in out and "waiting" in out
 
-    for argv in (["pause", "B"], ["retry", "B", "--mode", "retrigger"]):
-        code, _, err = await wf(capsys, server, *argv)
-        assert code == 1 and "METHOD_NOT_FOUND" in err  # not in this version
+    code, out, _ = await wf(capsys, server, "pause", "B", "--json")
+    assert code == 0 and orjson.loads(out)["status"] == "paused"  # parked: paused at once
+    code, out, _ = await wf(capsys, server, "resume", "B", "--json")
+    assert code == 0 and orjson.loads(out)["status"] == "waiting"
+    code, _, err = await wf(capsys, server, "retry", "B", "--mode", "retrigger")
+    assert code == 1 and "RUN_NOT_ACTIVE" in err  # it has not ended
     code, _, err = await wf(capsys, server, "resume", "B")
-    assert code == 1 and "RUN_NOT_ACTIVE" in err  # only a delayed run can be resumed
+    assert code == 1 and "RUN_NOT_ACTIVE" in err  # not paused (nor a delayed run)
     code, out, _ = await wf(
         capsys, server, "cancel", "B", "--no-compensate", "--reason", "x", "--json"
     )

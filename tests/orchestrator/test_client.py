@@ -103,7 +103,15 @@ async def _cancel(c: Client, engine: Engine) -> None:
 @case(service.Pause)
 async def _pause(c: Client, engine: Engine) -> None:
     await _completed_echo(c)
-    await _expect_code("METHOD_NOT_FOUND", c.pause("done"))  # not in this version
+    await _expect_code("RUN_NOT_ACTIVE", c.pause("done"))
+    await c.submit("signal", None, run_id="s")
+    await reach(engine, "s", "waiting")
+    assert (await c.pause("s"))["status"] == "paused"
+    assert await c.pause(workflow_id="echo") == {"workflow_id": "echo", "paused": True}
+    assert (await c.submit("echo", 1, run_id="held"))["status"] == "pending"
+    assert (await c.get("held"))["pending"] == {"paused_workflow": True}
+    await _expect_code("INVALID_PARAMS", c.pause())
+    await _expect_code("NOT_FOUND", c.pause(workflow_id="nope"))
 
 
 @case(service.Resume)
@@ -129,7 +137,30 @@ async def _reschedule(c: Client, engine: Engine) -> None:
 @case(service.Retry)
 async def _retry(c: Client, engine: Engine) -> None:
     await _completed_echo(c)
-    await _expect_code("METHOD_NOT_FOUND", c.retry("done", mode="retrigger"))
+    await _expect_code("RUN_NOT_ACTIVE", c.retry("done", mode="retrigger"))
+    await c.submit("fail", None, run_id="f")
+    assert (await c.wait("f"))["status"] == "failed"
+    again = await c.retry("f", mode="retrigger")
+    assert again["attempt"] == 2
+    assert (await c.wait("f"))["status"] == "failed"
+    assert [p["attempt"] for p in (await c.get("f"))["previous_attempts"]] == [1]
+    await _expect_code("NOT_FOUND", c.retry("nope"))
+
+
+@case(service.Bulk)
+async def _bulk(c: Client, engine: Engine) -> None:
+    for n in range(3):
+        await c.submit("echo", n, run_id=f"later-{n}", delay="1h", tags=["bulk"])
+    await _completed_echo(c)
+    dry = await c.bulk("cancel", {"tag": "bulk"}, dry_run=True)
+    assert dry == {"matched": 3, "eligible": 3, "done": 0, "dry_run": True}
+    assert await c.bulk("cancel", {"workflow_id": "echo"}) == {
+        "matched": 4, "eligible": 3, "done": 3}
+    assert {r["status"] for r in (await c.list(tag="bulk"))["runs"]} == {"cancelled"}
+    with pytest.raises(RemoteError) as info:
+        await c.bulk("cancel", {"status": "sleepy"})
+    assert info.value.code == "INVALID_PARAMS" and info.value.data["field"] == "filter.status"
+    await _expect_code("INVALID_PARAMS", c.bulk("explode", {}))
 
 
 @case(service.Replay)
@@ -289,6 +320,25 @@ async def _stream(c: Client, engine: Engine) -> None:
     assert chunks[-1]["final"]
     assert set(chunks[0]) == {"stream_id", "seq", "encoding", "chunk", "final", "at"}
     await _expect_code("NOT_FOUND", _drain(c.stream("nope", "s")))
+
+
+@case(service.Changes)
+async def _changes(c: Client, engine: Engine) -> None:
+    async with contextlib.aclosing(c.changes(since=0)) as changes:
+        first = await anext(changes)
+        assert first["type"] == "gap"  # seq 0 is from before this daemon's life
+        await c.submit("echo", 1, run_id="ch")
+        seen = []
+        while not seen or seen[-1]["status"] != "completed":
+            change = await anext(changes)
+            if change["run_id"] == "ch":
+                seen.append(change)
+    assert [ch["status"] for ch in seen] == ["pending", "running", "completed"]
+    assert seen[0]["workflow_id"] == "echo"
+    seqs = [ch["seq"] for ch in seen]
+    assert seqs == sorted(seqs)
+    async with contextlib.aclosing(c.changes(since=seqs[0])) as again:
+        assert [(await anext(again))["seq"] for _ in range(2)] == seqs[1:]
 
 
 async def _drain(it: Any) -> None:

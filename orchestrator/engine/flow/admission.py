@@ -26,9 +26,11 @@ from typing import Any
 import structlog
 
 import storage
+from orchestrator.engine import bridge
 from orchestrator.engine.flow.concurrency import Entry, Gate, fairness_key
 from orchestrator.engine.flow.plan import EMPTY, GroupId, Limits, Plan, group_name
 from orchestrator.engine.flow.throttle import Windows
+from orchestrator.engine.holds import Holds
 from orchestrator.engine.messages import Cancel
 from runtime import errors as rt_errors
 from runtime.clock import Clock
@@ -59,8 +61,10 @@ class Admission:
         is_started: Callable[[str], bool],
         timer_stored: Callable[[float], None],
         on_finished: Finished,
+        holds: Holds | None = None,
     ) -> None:
         self._storage = storage_
+        self._holds = holds if holds is not None else Holds()
         self._clock = clock
         self._registry = registry
         self._start_run = start
@@ -74,6 +78,7 @@ class Admission:
         self._queued: dict[str, storage.RunRecord] = {}  # queued on a group: the record
         self._debounced: dict[tuple[str, str], storage.RunRecord] = {}
         self._throttled: dict[str, float] = {}  # run id -> start time the throttle gave it
+        self._held: dict[str, storage.RunRecord] = {}  # due, but kept pending by a pause
         self._busy: set[str] = set()  # a decision about the run is being committed
         self._debounce_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -99,6 +104,9 @@ class Admission:
 
     async def offer(self, run: storage.RunRecord) -> storage.RunRecord:
         """``run`` (pending, due now) starts, waits, or ends; returns its record as it stands."""
+        if self._holds.blocks_start(run) is not None:
+            self.hold(run)
+            return run
         if run.flow is None and run.expires_at is None:
             self._start_run(run)
             return run
@@ -158,6 +166,10 @@ class Admission:
             run = self._queued.pop(entry.run_id, None)
             if run is None:
                 continue
+            if self._holds.blocks_start(run) is not None:  # paused while it was queued
+                self._start_entries(self.gate.release(run.run_id))
+                self._held[run.run_id] = run
+                continue
             definition = self._registry.get(run.workflow_id)
             plan = plan_of(run)
             throttle = None if definition is None else definition.throttle
@@ -209,6 +221,7 @@ class Admission:
         self._busy.add(run.run_id)
         self.gate.remove(run.run_id)
         self._queued.pop(run.run_id, None)
+        self._held.pop(run.run_id, None)
         if self._throttled.pop(run.run_id, None) is not None:
             throttle = plan_of(run).throttle
             if throttle is not None:
@@ -217,7 +230,8 @@ class Admission:
             error = rt_errors.error_dict(code, message, name="RunCancelled")
             ended = await self._storage.execute(
                 storage.EndPending(run.run_id, self._clock.now(),
-                                   storage.RunStatus.CANCELLED, error)
+                                   storage.RunStatus.CANCELLED, error,
+                                   parent_error=bridge.child_error(run.run_id, "cancelled", error))
             )
         finally:
             self._busy.discard(run.run_id)
@@ -233,7 +247,9 @@ class Admission:
     def admit_new(self, run: storage.RunRecord) -> None:
         """A run created by another run (``ctx.invoke``): start, queue or delay it."""
         if run.scheduled_at is None:
-            if run.flow is None and run.expires_at is None:
+            if self._holds.blocks_start(run) is not None:
+                self.hold(run)
+            elif run.flow is None and run.expires_at is None:
                 self._start_run(run)
             else:
                 self._spawn(self.offer(run))
@@ -269,16 +285,66 @@ class Admission:
         self._start_entries(self.gate.pump())
 
     def ended(self, run: storage.RunRecord) -> None:
-        """``run`` reached a terminal status: its slots go to the next queued runs."""
+        """``run`` reached a terminal status: its slots go to the next queued runs, and it
+        waits for nothing any more (a run cancelled while queued leaves no entry behind)."""
+        self._held.pop(run.run_id, None)
+        self._queued.pop(run.run_id, None)
+        self.gate.remove(run.run_id)
         if self.gate.holds(run.run_id):
             self._start_entries(self.gate.release(run.run_id))
+
+    # ------------------------------------------------------------------ pauses
+
+    def hold(self, run: storage.RunRecord) -> None:
+        """Keep the pending ``run`` pending (it, or its workflow, is paused): it leaves the
+        queues and gives back any slot admission took for it; a delayed one is offered again
+        when its start timer fires. :meth:`release` offers it again."""
+        run_id = run.run_id
+        self.gate.remove(run_id)
+        self._queued.pop(run_id, None)
+        if self.gate.holds(run_id):  # let start, then held back by its actor: not started
+            self._start_entries(self.gate.release(run_id))
+        if run.scheduled_at is None or run.scheduled_at <= self._clock.now():
+            self._held[run_id] = run
+
+    def hold_workflow(self, workflow_id: str) -> None:
+        """The workflow was paused: its runs queued on a concurrency group stay pending."""
+        for run in [r for r in self._queued.values() if r.workflow_id == workflow_id]:
+            self.hold(run)
+
+    async def release(self, run: storage.RunRecord) -> storage.RunRecord:
+        """A pause that held the pending ``run`` was lifted: offer it again if it is due and
+        admission is not deciding or queueing it already."""
+        run_id = run.run_id
+        held = self._held.pop(run_id, None)
+        if held is None and (
+            run_id in self._busy or self._is_started(run_id) or self.gate.holds(run_id)
+            or self.gate.queued(run_id) is not None
+            or (run.scheduled_at is not None and run.scheduled_at > self._clock.now())
+        ):
+            return run
+        return await self.offer(run)
+
+    async def release_workflow(self, workflow_id: str) -> int:
+        """The workflow was resumed: offer its held runs again; how many there were."""
+        runs = [r for r in self._held.values() if r.workflow_id == workflow_id]
+        for run in runs:
+            await self.release(run)
+        return len(runs)
+
+    def forget(self, run_id: str) -> None:
+        """A pending run that its actor will end (a cancel of a run with a journal): it
+        leaves every queue."""
+        self._held.pop(run_id, None)
+        self._queued.pop(run_id, None)
+        self.gate.remove(run_id)
 
     async def cancel_unstarted(
         self, run: storage.RunRecord, reason: str | None, *, code: str = "CANCELLED"
     ) -> bool:
-        """Cancel a pending run that has not started (queued, delayed, debounced): it never
-        runs (its error has ``code``). False when it has started (the caller cancels it
-        through its actor)."""
+        """Cancel a pending run that has not started (queued, delayed, debounced, held by a
+        pause): it never runs (its error has ``code``). False when it has started (the
+        caller cancels it through its actor)."""
         if self._is_started(run.run_id) or self.gate.holds(run.run_id):
             return False
         plan = plan_of(run)
@@ -418,10 +484,15 @@ class Admission:
                 }
         if run.expires_at is not None:
             out["expires_at"] = run.expires_at
+        if self._holds.is_paused(run.run_id):
+            out["paused"] = True
+        if run.workflow_id in self._holds.workflows:
+            out["paused_workflow"] = True
         return out
 
     def stats(self) -> dict[str, Any]:
-        return {"groups": self.gate.stats(), "debounced": len(self._debounced)}
+        return {"groups": self.gate.stats(), "debounced": len(self._debounced),
+                "held": len(self._held)}
 
     # ------------------------------------------------------------------ tasks
 
