@@ -56,6 +56,8 @@ class CancelMatch:
 
     run_id: str
     compensate: bool
+    run: records.RunRecord
+    """The run as stored, with the event's cancel request on it (``cancel_requested``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,8 @@ class EventRecorded:
     batched: tuple[tuple[str, str, int], ...] = ()
     """``(workflow_id, batch_key, events waiting)`` for every batch the event joined."""
     cancel: tuple[CancelMatch, ...] = ()
-    """Runs not yet ended whose cancel rule matches the event (the caller cancels them)."""
+    """Runs not yet ended whose cancel rule matches the event: their cancel request is stored
+    in this transaction; the caller carries it out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,11 @@ class CancelRule:
     wildcard: bool
     match: JSON
     compensate: bool
+
+
+def batch_timer_id(workflow_id: str, batch_key: str) -> str:
+    """The id of a batch's ``batch`` timer."""
+    return f"batch:{workflow_id}\x1f{batch_key}"
 
 
 @dataclass(frozen=True, slots=True)

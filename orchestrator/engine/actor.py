@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import structlog
 
 import storage
-from orchestrator.engine import bridge
+from orchestrator.engine import bridge, triggers
 from orchestrator.engine.flow.plan import EMPTY, plan_for
 from orchestrator.engine.messages import Cancel, Message, Resolve
 from orchestrator.engine.ports import RunHost
@@ -460,9 +460,11 @@ class RunActor:
             except Exception as exc:
                 problem = rt_errors.error_dict("VALIDATION", f"child input rejected: {exc}")
         plan = EMPTY
+        cancel_on: tuple[storage.CancelRule, ...] = ()
         if problem is None and definition is not None:
             try:
                 plan = plan_for(definition, child_input)
+                cancel_on = triggers.cancel_rules(definition, child_input)
             except KeyResolutionError as exc:
                 problem = rt_errors.error_dict("VALIDATION", str(exc))
         if problem is None and plan.groups and run is not None:
@@ -497,6 +499,7 @@ class RunActor:
             flow=plan.to_json(),
             throttle_key=plan.throttle,
             expires_at=now + definition.start_timeout if definition.start_timeout else None,
+            cancel_on=cancel_on,
         )
         ops: list[storage.WriteOp[Any]] = [storage.CreateChildRun(child=child, invoke=register)]
         if detach:  # nothing will ever wait on it: resolve in the same transaction

@@ -636,7 +636,6 @@ class Engine(service.ServiceMethods):
                     raise errors.ValidationFailed(definition.id, str(exc)) from exc
                 batch.append(storage.BatchItem(definition.id, key,
                                                fired.rule.batch.timeout_seconds))
-                self.timers.notify(self.clock.now() + fired.rule.batch.timeout_seconds)
                 continue
             run_input = self._accepted_input(definition, r.payload)
             start.append(self._run_op(
@@ -662,12 +661,14 @@ class Engine(service.ServiceMethods):
             log.info("run.submitted", run_id=run.run_id, workflow_id=run.workflow_id,
                      triggered_by="event", event_id=event_id)
             self._launch(run)
+        for item in batch:  # after the commit: the batch's timer is stored now
+            self.timers.notify(op.received_at + item.timeout)
         for workflow_id, key, waiting in result.batched:
             self._batch_joined(workflow_id, key, waiting)
         cancelled = 0
         for match in result.cancel:
-            reason = f"cancelled by event {r.type!r} ({event_id})"
-            if await self._cancel_run(match.run_id, reason, match.compensate):
+            if match.run.cancel_requested is not None and not match.run.is_terminal:
+                await self.ops.honour_cancel(match.run)
                 cancelled += 1
         log.info("event.received", event_type=r.type, event_id=event_id,
                  resolved=len(result.resolved), started=len(result.started),
@@ -704,6 +705,9 @@ class Engine(service.ServiceMethods):
             events = pending[0].events if pending else ()
             if events:  # the batch's timer is due its first event's received_at + timeout
                 self.timers.notify(events[0].received_at + rule.batch.timeout_seconds)
+            elif timed_out:  # taken by a full batch already: the timer's lease ends here
+                await self.storage.execute(
+                    storage.DeleteTimer(storage.ops.batch_timer_id(workflow_id, key)))
             if not events or (len(events) < rule.batch.max_size and not timed_out):
                 return
             taken = events[: rule.batch.max_size]
@@ -725,10 +729,21 @@ class Engine(service.ServiceMethods):
                 return
 
     async def _flush_full_batches(self) -> None:
-        """At start: batches that filled up before a crash start their runs now (those that
-        timed out while the daemon was down have their overdue timers)."""
+        """At start: batches that filled up, or whose timeout passed, before the daemon
+        stopped start their runs now (a timer leased by a firing that never committed would
+        otherwise wait out its lease)."""
+        now = self.clock.now()
         for batch in await self.storage.pending_batches():
-            self._batch_joined(batch.workflow_id, batch.batch_key, len(batch.events))
+            definition = self.registry.get(batch.workflow_id)
+            rule = None if definition is None else triggers.batch_rule(definition, batch.batch_key)
+            if rule is None or rule.batch is None:
+                continue
+            due = batch.events[0].received_at + rule.batch.timeout_seconds
+            if due <= now:
+                self.admission.spawn(
+                    self._flush_batch(batch.workflow_id, batch.batch_key, timed_out=True))
+            else:
+                self._batch_joined(batch.workflow_id, batch.batch_key, len(batch.events))
 
     @handles(service.Signal)
     async def _signal(self, r: service.Signal) -> JSONDict:

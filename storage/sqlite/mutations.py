@@ -80,10 +80,10 @@ def create_run(conn: Conn, op: ops.CreateRun) -> ops.RunCreated:
         _start_timers(conn, op.run_id, op.created_at, op.scheduled_at, op.expires_at)
         if op.cancel_on:
             conn.executemany(
-                "INSERT OR REPLACE INTO run_cancel_on (run_id, event_type, wildcard, match, "
-                "compensate) VALUES (?, ?, ?, ?, ?)",
-                [(op.run_id, r.event_type, int(r.wildcard), dumps(r.match), int(r.compensate))
-                 for r in op.cancel_on],
+                "INSERT OR REPLACE INTO run_cancel_on (run_id, rule, event_type, wildcard, "
+                "match, compensate) VALUES (?, ?, ?, ?, ?, ?)",
+                [(op.run_id, i, r.event_type, int(r.wildcard), dumps(r.match), int(r.compensate))
+                 for i, r in enumerate(op.cancel_on)],
             )
     run = records.RunRecord(
         run_id=op.run_id,
@@ -545,9 +545,10 @@ def record_event(conn: Conn, op: ops.RecordEvent) -> ops.EventRecorded:
     )
     if cur.rowcount == 0:
         return ops.EventRecorded(inserted=False, resolved=())
+    # Cancel rules first: an event never cancels the runs it starts itself.
+    cancel = _cancel_matches(conn, op) if op.cancel else ()
     started = tuple(r.run for r in map(lambda c: create_run(conn, c), op.start) if r.created)
     batched = tuple(_add_to_batch(conn, op, item, payload_text) for item in op.batch)
-    cancel = _cancel_matches(conn, op) if op.cancel else ()
     waiting = conn.execute(
         f"SELECT {rows.WAITPOINT_COLUMNS} FROM waitpoints "
         "WHERE event_type = ? AND status = 'waiting' ORDER BY registered_at, rowid",
@@ -580,10 +581,6 @@ def record_event(conn: Conn, op: ops.RecordEvent) -> ops.EventRecorded:
     )
 
 
-def _batch_timer(workflow_id: str, batch_key: str) -> str:
-    return f"batch:{workflow_id}\x1f{batch_key}"
-
-
 def _add_to_batch(
     conn: Conn, op: ops.RecordEvent, item: ops.BatchItem, payload_text: str | None
 ) -> tuple[str, str, int]:
@@ -597,7 +594,7 @@ def _add_to_batch(
         (item.workflow_id, item.batch_key),
     ).fetchone()
     if count == 1:
-        _upsert_timer(conn, _batch_timer(item.workflow_id, item.batch_key), TimerKind.BATCH,
+        _upsert_timer(conn, ops.batch_timer_id(item.workflow_id, item.batch_key), TimerKind.BATCH,
                       op.received_at + item.timeout, op.received_at, None, None,
                       [item.workflow_id, item.batch_key])
     return (item.workflow_id, item.batch_key, int(count))
@@ -611,10 +608,22 @@ def _cancel_matches(conn: Conn, op: ops.RecordEvent) -> tuple[ops.CancelMatch, .
         (op.type, op.type),
     ).fetchall()
     out: dict[str, ops.CancelMatch] = {}
+    reason = f"cancelled by event {op.type!r} ({op.event_id})"
     for run_id, match_text, compensate in found:
         match = rows.loads(match_text)
-        if match is None or op.matches(match, op.payload):
-            out.setdefault(run_id, ops.CancelMatch(run_id, bool(compensate)))
+        if run_id in out or not (match is None or op.matches(match, op.payload)):
+            continue
+        # The cancel is stored with the event (SPEC §4: in its transaction): a crash before the
+        # runs are told loses nothing, recovery carries the request out.
+        request = {"reason": reason, "compensate": bool(compensate), "code": "CANCELLED",
+                   "at": op.received_at}
+        conn.execute(
+            "UPDATE runs SET cancel_requested = ?, updated_at = ? WHERE run_id = ? "
+            "AND cancel_requested IS NULL",
+            (dumps(request), op.received_at, run_id),
+        )
+        row = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
+        out[run_id] = ops.CancelMatch(run_id, bool(compensate), rows.run_from_row(row))
     return tuple(out.values())
 
 
@@ -630,7 +639,7 @@ def flush_batch(conn: Conn, op: ops.FlushBatch) -> ops.RunCreated:
         "ORDER BY received_at, event_id LIMIT 1",
         (op.workflow_id, op.batch_key),
     ).fetchone()
-    timer_id = _batch_timer(op.workflow_id, op.batch_key)
+    timer_id = ops.batch_timer_id(op.workflow_id, op.batch_key)
     if first is None:
         conn.execute("DELETE FROM timers WHERE timer_id = ?", (timer_id,))
     else:
@@ -719,9 +728,10 @@ def fire_timer(conn: Conn, op: ops.FireTimer) -> ops.FiredTimer | None:
     timer = rows.timer_from_row(row)
     if timer.due_at > op.fired_at:
         return None
-    if timer.kind is TimerKind.SCHEDULE:
-        # Kept, a lease later: the fire itself (FireSchedule) moves it to the next due time in
-        # the transaction that records the fire; if that never commits, it fires again.
+    if timer.kind in (TimerKind.SCHEDULE, TimerKind.BATCH):
+        # Kept, a lease later: the fire itself (FireSchedule, FlushBatch) moves it to the next
+        # due time in the transaction that records the fire; if that never commits, it fires
+        # again.
         conn.execute("UPDATE timers SET due_at = ? WHERE timer_id = ?",
                      (op.fired_at + SCHEDULE_LEASE, op.timer_id))
         return ops.FiredTimer(timer, None)

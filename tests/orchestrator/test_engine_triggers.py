@@ -482,11 +482,6 @@ async def test_partial_batch_due_during_downtime_starts_at_start_up(db_path: Pat
         await completed(engine, run["run_id"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: Engine._send_event wakes the timer task (timers.notify) for a batch's new "
-    "timeout before the event's transaction has stored that timer; the task reads "
-    "next_timer_due, finds no timer, and waits with no timeout (Timers._run: wait=None when no "
-    "timer is stored), so with no other timer stored a batch that never fills never starts"))
 async def test_lone_event_of_a_batch_starts_its_run_at_the_timeout(db_path: Path) -> None:
     """The event's commit is slowed a little (a slow fsync), as under load; no other timer
     is stored, so nothing else wakes the timer task."""
@@ -499,12 +494,6 @@ async def test_lone_event_of_a_batch_starts_its_run_at_the_timeout(db_path: Path
         await completed(engine, run["run_id"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: a batch's timeout timer is deleted by ClaimDueTimers in its own transaction "
-    "and the flush (pending_batches + FlushBatch) runs later in a spawned task; a kill -9 (or a "
-    "storage error in the flush) between the two leaves the partial batch with no timer, and "
-    "Engine._flush_full_batches only restarts full batches, so its events never start a run "
-    "(orchestrator/engine/engine.py _run_timer/_flush_batch, _flush_full_batches)"))
 async def test_partial_batch_whose_timeout_fired_just_before_a_crash_still_starts(
     db_path: Path,
 ) -> None:
@@ -513,7 +502,6 @@ async def test_partial_batch_whose_timeout_fired_just_before_a_crash_still_start
     crash = CrashAt("timer.fired")  # the firing is committed, the flush has not run
     async with trigger_engine(db_path, clicks, instrument=crash) as engine:
         await engine.send_event("page.clicked", {"i": 0})
-        engine.timers.notify(0.0)  # the event's own wake-up may come too early (xfail above)
         await until(lambda: crash.crashed, "the batch's timer firing")
         assert await runs_of(engine, "clicks") == []
     async with trigger_engine(db_path, clicks) as engine:
@@ -708,12 +696,6 @@ async def test_event_triggered_run_is_cancelled_by_a_later_event(db_path: Path) 
         assert (await engine.wait(run_id, timeout=REACH_TIMEOUT))["status"] == "cancelled"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: the event that starts a run also cancels it when the workflow's cancel_on "
-    "names the trigger's type ('latest wins'): storage.record_event creates the triggered runs "
-    "(with their run_cancel_on rows) before _cancel_matches reads run_cancel_on in the same "
-    "transaction, so the new run is reported for cancellation and never runs "
-    "(storage/sqlite/mutations.py record_event)"))
 async def test_event_that_starts_a_run_does_not_cancel_that_run(db_path: Path) -> None:
     """``on_event`` and ``cancel_on`` on one type: each update cancels the previous run for the
     same document and starts a new one."""
@@ -731,11 +713,6 @@ async def test_event_that_starts_a_run_does_not_cancel_that_run(db_path: Path) -
         await completed(engine, new)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: a run keeps one cancel rule per event type: run_cancel_on's primary key is "
-    "(run_id, event_type) and storage.create_run inserts with INSERT OR REPLACE, so of two "
-    "CancelOn rules on one type (different matches) only the last survives "
-    "(storage/sqlite/migrations/0003_triggers.sql, storage/sqlite/mutations.py create_run)"))
 async def test_two_cancel_rules_on_one_type_each_cancel(db_path: Path) -> None:
     """Closing either the user's account or the org's cancels the run."""
     either = tw.define("sync-member", tw.held, cancel_on=[
@@ -753,10 +730,6 @@ async def test_two_cancel_rules_on_one_type_each_cancel(db_path: Path) -> None:
             assert (await engine.wait(run_id, timeout=REACH_TIMEOUT))["status"] == "cancelled"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: a child run started by ctx.invoke gets no cancel rules: the actor builds its "
-    "storage.CreateRun without cancel_on= (orchestrator/engine/actor.py, child run creation), "
-    "so no run_cancel_on row exists and a matching event never cancels it"))
 async def test_cancel_rule_applies_to_a_child_run_started_by_invoke(db_path: Path) -> None:
     child = tw.define("sync-user", tw.held, cancel_on=DELETED)
     caller = tw.define("caller", tw.parent)
@@ -771,11 +744,6 @@ async def test_cancel_rule_applies_to_a_child_run_started_by_invoke(db_path: Pat
         assert kid_end["status"] == "cancelled"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: cancel_on is applied after the event's commit (Engine._send_event walks "
-    "result.cancel after storage.record_event), not in its transaction as SPEC §4 says; a crash "
-    "between the two loses the cancellation, and the client's retry of the event id is a no-op "
-    "(record_event returns before _cancel_matches), so the run is never cancelled"))
 async def test_cancel_survives_a_crash_right_after_the_event_is_committed(
     db_path: Path,
 ) -> None:

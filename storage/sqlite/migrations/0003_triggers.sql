@@ -15,11 +15,12 @@ CREATE INDEX event_batches_order ON event_batches (workflow_id, batch_key, recei
 -- a type starting with event_type) whose payload `match` is a subset of cancels the run.
 CREATE TABLE run_cancel_on (
     run_id     TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    rule       INTEGER NOT NULL,  -- the rule's index in the workflow's cancel_on list
     event_type TEXT NOT NULL,
     wildcard   INTEGER NOT NULL,
     match      TEXT,
     compensate INTEGER NOT NULL,
-    PRIMARY KEY (run_id, event_type)
+    PRIMARY KEY (run_id, rule)
 ) WITHOUT ROWID;
 CREATE INDEX run_cancel_on_type ON run_cancel_on (event_type);
 CREATE INDEX run_cancel_on_wildcards ON run_cancel_on (event_type) WHERE wildcard = 1;
