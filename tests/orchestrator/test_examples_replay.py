@@ -16,13 +16,24 @@ EXAMPLES = ("greeting", "order-saga", "approval", "score-item", "fan-out", "paym
             "nightly-report")
 
 
-def examples_registry() -> Registry:
+def _take_examples() -> Registry:
+    # Importing the examples registers them process-wide; nightly-report carries a live cron
+    # schedule that every later embedded engine in this pytest process would arm. Move them into
+    # a registry of their own.
     registry = Registry()
     for workflow_id in EXAMPLES:
         definition = REGISTRY.get(workflow_id)
         assert definition is not None, workflow_id
         registry.register(definition)
+        REGISTRY.unregister(workflow_id)
     return registry
+
+
+_EXAMPLES = _take_examples()
+
+
+def examples_registry() -> Registry:
+    return _EXAMPLES
 
 
 async def _token_of(engine: Engine, run_id: str) -> str:

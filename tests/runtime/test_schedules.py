@@ -3,6 +3,7 @@ jitter and the collapse of missed fires. Pure: no clock is read, every time is g
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,7 +22,7 @@ from runtime.schedules import (
     next_fire,
     run_id,
 )
-from runtime.workflow import Registry, WorkflowDefinition, definition_of
+from runtime.workflow import REGISTRY, Registry, WorkflowDefinition, definition_of
 
 
 def at(text: str) -> float:
@@ -70,6 +71,16 @@ def test_a_bad_schedule_is_refused_at_registration_naming_workflow_option_and_va
     assert "'sched-bad'" in message and f".{option}" in message and shown in message
 
 
+@pytest.fixture
+def scratch_ids() -> Iterator[None]:
+    # These workflows carry live schedules: left in the process-wide registry, every later
+    # embedded engine in this pytest process would arm their timers.
+    yield
+    for wf_id in ("sched-names-one", "sched-names-list"):
+        REGISTRY.unregister(wf_id)
+
+
+@pytest.mark.usefixtures("scratch_ids")
 def test_schedule_names_default_to_the_workflow_id_and_number_a_list_from_one() -> None:
     @workflow(id="sched-names-one", schedule=Schedule(cron="0 3 * * *"))
     async def one(input: Any, ctx: Any) -> None: ...
