@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import webbrowser
 from pathlib import Path
@@ -47,8 +48,7 @@ def run_dashboard(config_path: str | None, *, open_browser: bool) -> int:
     url = login_url(cfg, token)
     print(url, flush=True)
     if open_browser:
-        try:
+        # No browser here (a server): the printed URL is the way in.
+        with contextlib.suppress(webbrowser.Error):
             webbrowser.get().open(url)
-        except webbrowser.Error:
-            pass  # no browser here (a server): the printed URL is the way in
     return EXIT_OK
