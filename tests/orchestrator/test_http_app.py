@@ -228,3 +228,22 @@ def test_http_config(tmp_path: Path) -> None:
             load_config(conf)
     conf.write_text("")
     assert not load_config(conf).http.enabled
+
+
+def test_wf_dashboard_prints_the_login_url(tmp_path: Path, capsys, monkeypatch) -> None:
+    from orchestrator.client import cli
+
+    monkeypatch.chdir(tmp_path)
+    conf = tmp_path / "config.toml"
+    conf.write_text("")
+    assert cli.run(["--config", str(conf), "dashboard", "--no-open"]) == 2
+    assert "http.listen" in capsys.readouterr().err
+    conf.write_text('[http]\nlisten = "127.0.0.1:8490"\n')
+    assert cli.run(["--config", str(conf), "dashboard", "--no-open"]) == 3
+    assert "wf daemon" in capsys.readouterr().err  # no token file yet: the daemon never ran
+    token = load_or_create_token(tmp_path / "wf.db.http-token")
+    assert cli.run(["--config", str(conf), "dashboard", "--no-open"]) == 0
+    assert capsys.readouterr().out.strip() == f"http://127.0.0.1:8490/login?token={token}"
+    conf.write_text('[http]\nlisten = "[::]:9000"\ntoken = "a b"\n')
+    assert cli.run(["--config", str(conf), "dashboard", "--no-open"]) == 0
+    assert capsys.readouterr().out.strip() == "http://127.0.0.1:9000/login?token=a%20b"
