@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from orchestrator.api import service as api_service
 from orchestrator.http import dashboard, security
 from orchestrator.http.api import Api
-from orchestrator.http.metrics import CONTENT_TYPE, Metrics
+from orchestrator.http.metrics import CONTENT_TYPE, CountingMiddleware, Metrics
 from orchestrator.http.settings import HttpSettings
 
 Readiness = Callable[[], Awaitable[bool]]
@@ -114,4 +114,5 @@ def create_app(
         *dashboard.routes(service),
     ]
     return Starlette(routes=routes,
-                     middleware=[Middleware(security.SecurityMiddleware, settings=settings)])
+                     middleware=[Middleware(CountingMiddleware, metrics=metrics),
+                                 Middleware(security.SecurityMiddleware, settings=settings)])

@@ -16,6 +16,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.api.service import TERMINAL_STATUSES
 from runtime.clock import Clock, SystemClock
@@ -88,3 +89,35 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_AREAS: Final = ("api", "metrics", "healthz", "readyz", "login", "logout", "static")
+
+
+def area(path: str) -> str:
+    """A bounded label for a path: its first segment if known, else ``dashboard``."""
+    first = path.lstrip("/").partition("/")[0]
+    return first if first in _AREAS else "dashboard"
+
+
+class CountingMiddleware:
+    """``wf_http_requests_total{route, code}``: route is the path's area, never the path."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "/")
+        root = scope.get("root_path", "")
+        label = area(path[len(root):] if root and path.startswith(root) else path)
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.http_requests.labels(label, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)

@@ -173,6 +173,9 @@ async def test_metrics_parse_and_carry_no_run_ids(http: httpx.AsyncClient,
     assert families["wf_active_actors"].samples[0].value == 3
     assert "wf_db_bytes" not in families  # None: no sample
     assert families["wf_build_info"].samples[0].labels == {"version": "9.9"}
+    requests = {(s.labels["route"], s.labels["code"]): s.value
+                for s in families["wf_http_requests"].samples if s.name.endswith("_total")}
+    assert requests[("api", "200")] == 6
     for family in families.values():
         for sample in family.samples:
             assert not any(v.startswith("M") and v[1:].isdigit() for v in sample.labels.values())
