@@ -63,6 +63,13 @@ class HttpServer:
         self._server.force_exit = True  # open SSE streams never end by themselves
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(self._task, 5)
+        # force_exit leaves the responses still running (an SSE stream never ends by itself):
+        # cancel them here, so their streams close before the engine does.
+        left = [t for t in self._server.server_state.tasks if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=5)
         if self._sock is not None:
             self._sock.close()
         self._task = None
