@@ -10,6 +10,7 @@ per event, then ``event: end`` (or ``event: error``). REST aliases: ``GET/POST /
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
@@ -177,16 +178,63 @@ def sse_event(data: Any, event: str | None = None) -> bytes:
     return head + b"data: " + orjson.dumps(data, default=repr) + b"\n\n"
 
 
+SSE_BUFFER: Final = 1024
+"""Encoded events a stream may hold for a slow HTTP reader before it stops reading its source
+(a lossy source then drops and sends ``lagged``, as on the socket)."""
+
+
 async def sse(events: AsyncIterator[service.JSONDict]) -> AsyncIterator[bytes]:
-    """A stream's events as server-sent events; closing the response closes the stream."""
+    """A stream's events as server-sent events; closing the response closes the stream.
+
+    A pump task reads the source into a bounded buffer and the response sends everything
+    buffered as one chunk: a burst of events (a busy runs page) costs one HTTP write per loop
+    turn, not one per event, so an open dashboard does not slow the engine.
+    """
+    buffer: list[bytes] = []
+    ready = asyncio.Event()  # something to send, or the pump ended
+    room = asyncio.Event()  # the buffer has room
+    room.set()
     sent = 0
-    async with contextlib.aclosing(events):  # type: ignore[type-var]
+    tail: list[bytes] = []
+
+    async def pump() -> None:
+        nonlocal sent
         try:
-            yield b": stream open\n\n"  # headers and a first byte out at once
-            async for item in events:
-                yield sse_event(item)
-                sent += 1
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                async for item in events:
+                    await room.wait()
+                    buffer.append(sse_event(item))
+                    sent += 1
+                    if len(buffer) >= SSE_BUFFER:
+                        room.clear()
+                    ready.set()
+            tail.append(sse_event({"events": sent}, "end"))
         except errors.ServiceError as err:
-            yield sse_event(err.to_wire(), "error")
-            return
-    yield sse_event({"events": sent}, "end")
+            tail.append(sse_event(err.to_wire(), "error"))
+        except Exception as exc:  # logged; the reader gets an error event, not a trace
+            _log.error("http.stream_error", exc_info=exc)
+            tail.append(sse_event(errors.InternalError(type(exc).__name__).to_wire(), "error"))
+        finally:
+            ready.set()
+
+    task = asyncio.create_task(pump(), name="http:sse")
+    try:
+        yield b": stream open\n\n"  # headers and a first byte out at once
+        while True:
+            await ready.wait()
+            ready.clear()
+            if buffer:
+                chunk = b"".join(buffer)
+                buffer.clear()
+                room.set()
+                yield chunk
+            if task.done():
+                if buffer:
+                    yield b"".join(buffer)
+                if tail:
+                    yield tail[0]
+                return
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
