@@ -27,6 +27,7 @@ from orchestrator import config
 from orchestrator.api import protocol, service
 from orchestrator.client import tables
 from orchestrator.client.client import Client, DaemonUnreachable, RemoteError
+from orchestrator.client.dashboard import run_dashboard
 from runtime import durations
 
 __all__ = ["build_parser", "main", "run"]
@@ -323,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command(("daemon",), "run the daemon in the foreground").set_defaults(request=None)
+    dash = command(("dashboard",), "print the dashboard's login URL and open it in a browser")
+    dash.set_defaults(request=None)
+    dash.add_argument("--no-open", action="store_true", help="only print the URL")
     for cls in service.REQUESTS:
         if not cls.cli:
             continue
@@ -406,6 +410,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             setattr(args, name, default)
     if args.command == "daemon":
         return _run_daemon(args)
+    if args.command == "dashboard":
+        return run_dashboard(args.config, open_browser=not args.no_open)
     try:
         path = resolve_socket(args)
         request = _bulk_or_none(args.request, args) or _request_of(args.request, args)

@@ -24,6 +24,7 @@ import storage
 from orchestrator import logs
 from orchestrator.config import Config, ConfigError, load_config
 from orchestrator.daemon.compose import Hooks, Orchestrator
+from orchestrator.daemon.http import build_http
 from orchestrator.daemon.loader import WorkflowImportError
 from orchestrator.daemon.lockfile import DatabaseLocked
 from orchestrator.daemon.server import SocketInUse, SocketPathError, SocketServer
@@ -48,6 +49,10 @@ def _raise_fd_limit() -> int:
         except (ValueError, OSError):
             pass
     return int(soft)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def run_daemon(config_path: str | None, hooks: Hooks | None = None) -> int:
@@ -111,6 +116,16 @@ async def _serve(cfg: Config, hooks: Hooks) -> int:
         log.error("daemon.refused", reason=str(exc))
         await orch.close()
         return EXIT_REFUSED
+    try:
+        http = build_http(orch, server)
+        if http is not None:
+            await http.start()
+    except OSError as exc:  # the port is taken, or the token file cannot be written
+        log.error("daemon.refused", reason=f"http: {exc}")
+        server.stop_accepting()
+        await orch.close()
+        await server.close()
+        return EXIT_REFUSED
     log.info(
         "daemon.ready",
         socket=str(cfg.daemon.socket),
@@ -119,6 +134,7 @@ async def _serve(cfg: Config, hooks: Hooks) -> int:
         in_force=orch.storage.durability(),  # read back from SQLite, not the config
         event_loop=type(loop).__module__.split(".")[0],
         pid=os.getpid(),
+        http=f"http://{_url_host(http.host)}:{http.port}/" if http is not None else None,
     )
     stopping = loop.create_task(stop.wait(), name="signals")
     fatal = orch.fatal
@@ -131,6 +147,8 @@ async def _serve(cfg: Config, hooks: Hooks) -> int:
     stopping.cancel()
     log.info("daemon.stopping", grace=cfg.daemon.shutdown_grace)
     server.stop_accepting()
+    if http is not None:
+        await http.close()  # ends open event streams before the engine goes
     await orch.close()
     await server.close()
     log.info("daemon.stopped")
