@@ -117,7 +117,9 @@ def svg(detail: dict[str, Any], now: float) -> str:
     for i in range(5):  # a light scale: five ticks across the run
         x = LABEL_WIDTH + CHART_WIDTH * i / 4
         parts.append(f'<line class="axis" x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - ROW}"/>')
-        parts.append(f'<text x="{x + 2:.1f}" y="{height - 6}">+{span * i / 4:.3g}s</text>')
+        anchor = "end" if i == 4 else "start"  # the last label stays inside the chart
+        parts.append(f'<text x="{x + 2:.1f}" y="{height - 6}" text-anchor="{anchor}">'
+                     f'+{span * i / 4:.3g}s</text>')
     for i, bar in enumerate(rows):
         y = i * ROW + 4
         x = LABEL_WIDTH + (bar.start - start) * scale
