@@ -183,3 +183,53 @@ def test_timeline_bars_for_attempts_backoff_waits_and_compensations() -> None:
     drawn = timeline.svg(detail, now=120.0)
     assert drawn.count("<rect") == 6 and "boom" in drawn and drawn.startswith("<svg")
     assert "Nothing has run yet" in timeline.svg({"steps": []}, now=1.0)
+
+
+async def test_signal_token_and_replay_from_the_run_page(
+        browser: tuple[httpx.AsyncClient, str], engine: Engine) -> None:
+    c, csrf = browser
+    h = {"X-WF-CSRF": csrf}
+    await engine.submit("signal", None, run_id="s1")
+    await reach(engine, "s1", "waiting")
+    page = await c.get("/runs/s1")
+    assert 'id="send-signal"' in page.text and "the signal &#39;finish&#39;" in page.text
+    r = await c.post("/runs/s1/actions/signal", data={"name": "finish", "payload": "7"},
+                     headers=h)
+    assert "signal: delivered" in r.text
+    assert (await reach(engine, "s1", "completed"))["output"] == 7
+    replay = await c.post("/runs/s1/actions/replay", headers=h)
+    assert "without divergence" in replay.text
+    await engine.submit("token", None, run_id="t1")
+    await reach(engine, "t1", "waiting")
+    page = await c.get("/runs/t1")
+    token_id = (await engine.get("t1"))["waitpoints"][0]["token_id"]
+    assert token_id and 'id="complete-token"' in page.text and token_id in page.text
+    done = await c.post("/runs/t1/actions/token", headers=h,
+                        data={"token_id": token_id, "payload": '"yes"'})
+    assert "token: done" in done.text
+    assert (await reach(engine, "t1", "completed"))["output"] == "yes"
+
+
+async def test_bulk_action_counts_first_then_applies(
+        browser: tuple[httpx.AsyncClient, str], engine: Engine) -> None:
+    c, csrf = browser
+    h = {"X-WF-CSRF": csrf}
+    for i in range(2):
+        await engine.submit("event", {}, run_id=f"b{i}")
+        await reach(engine, f"b{i}", "waiting")
+    await engine.submit("echo", 1, run_id="e1")
+    await reach(engine, "e1", "completed")
+    listing = await c.get("/", params={"workflow_id": "event"})
+    assert 'id="bulk"' in listing.text and 'name="workflow_id" value="event"' in listing.text
+    form = {"workflow_id": "event", "action": "cancel", "dry_run": "true"}
+    assert (await c.post("/bulk", data=form)).status_code == 403
+    dry = await c.post("/bulk", data=form, headers=h)
+    assert "would apply to 2 of the 2 runs" in dry.text and "Cancel 2 runs" in dry.text
+    assert (await engine.get("b0"))["status"] == "waiting"
+    applied = await c.post("/bulk", data={**form, "dry_run": "false"}, headers=h)
+    assert "done on 2 runs" in applied.text
+    for i in range(2):
+        await reach(engine, f"b{i}", "cancelled")
+    assert (await engine.get("e1"))["status"] == "completed"
+    bad = await c.post("/bulk", data={"action": "explode"}, headers=h)
+    assert "flash error" in bad.text and "action" in bad.text

@@ -27,6 +27,7 @@ def routes(service: api.Service, *, live_interval: float | None = None) -> list[
         Route("/fragments/runs/{run_id}", pages.run_body, methods=["GET"]),
         Route("/runs/{run_id}/actions/{action}", pages.run_action, methods=["POST"]),
         Route("/runs/{run_id}/event", pages.send_event, methods=["POST"]),
+        Route("/bulk", pages.bulk, methods=["POST"]),
         Route("/workflows", pages.workflows_page, methods=["GET"]),
         Route("/schedules", pages.schedules_page, methods=["GET"]),
         Route("/schedules/{name}/{action}", pages.schedule_action, methods=["POST"]),

@@ -103,6 +103,8 @@ class Pages:
         waiting = [w for w in detail.get("waitpoints") or () if w.get("status") == "waiting"]
         return {"run": detail, "svg": timeline.svg(detail, now), "waiting": waiting,
                 "events": [w for w in waiting if w.get("kind") == "EVENT"],
+                "signals": [w for w in waiting if w.get("kind") == "SIGNAL"],
+                "tokens": [w for w in waiting if w.get("kind") == "MANUAL"],
                 "waits_for": [waits_for(w) for w in waiting],
                 "terminal": detail.get("status") in api.TERMINAL_STATUSES}
 
@@ -123,45 +125,73 @@ class Pages:
         return page(request, "_run_body.html", flash=flash, **context)
 
     async def run_action(self, request: Request) -> Response:
+        """cancel, pause, resume, retry, replay (a check), signal, token: the run's body again,
+        with a line saying what happened (or why not)."""
         run_id = request.path_params["run_id"]
         action = request.path_params["action"]
         try:
             form = await read_form(request)
-            if action == "cancel":
-                await self.service.dispatch(api.Cancel(
-                    run_id, compensate=form.get("compensate", "true") != "false",
-                    reason=form.get("reason") or "cancelled from the dashboard"))
-            elif action == "pause":
-                await self.service.dispatch(api.Pause(run_id))
-            elif action == "resume":
-                await self.service.dispatch(api.Resume(run_id))
-            elif action == "retry":
-                mode = form.get("mode", "resume")
-                await self.service.dispatch(protocol.parse_params(
-                    protocol.METHODS["retry"], {"run_id": run_id, "mode": mode}))
-            else:
-                raise errors.MethodNotFound(f"runs/{{run_id}}/actions/{action}")
-            flash = ("ok", f"{action}: done")
+            flash = ("ok", f"{action}: {await self.act(run_id, action, form)}")
         except errors.ServiceError as err:
             flash = ("error", f"{action}: {err.message}")
         return await self.run_body(request, flash)
 
+    async def act(self, run_id: str, action: str, form: dict[str, str]) -> str:
+        if action == "cancel":
+            await self.service.dispatch(api.Cancel(
+                run_id, compensate=form.get("compensate", "true") != "false",
+                reason=form.get("reason") or "cancelled from the dashboard"))
+        elif action == "pause":
+            await self.service.dispatch(api.Pause(run_id))
+        elif action == "resume":
+            await self.service.dispatch(api.Resume(run_id))
+        elif action == "retry":
+            await self.call("retry", run_id=run_id, mode=form.get("mode", "resume"))
+        elif action == "replay":
+            result = await self.service.dispatch(api.Replay(run_id))
+            if result.get("diverged"):
+                return f"diverges from the loaded code: {compact(result.get('detail'))}"
+            return "the loaded code replays this run's journal without divergence"
+        elif action == "signal":
+            result = await self.call("signal", run_id=run_id, name=form.get("name", ""),
+                                     payload=json_field(form, "payload"))
+            return "delivered" if result.get("delivered") else "queued in the run's inbox"
+        elif action == "token":
+            await self.call("complete_token", token_id=form.get("token_id", ""),
+                            payload=json_field(form, "payload"))
+        else:
+            raise errors.MethodNotFound(f"runs/{{run_id}}/actions/{action}")
+        return "done"
+
+    async def call(self, method: str, **params: Any) -> Any:
+        """A request validated as the wire's would be (bad form input names its field)."""
+        return await self.service.dispatch(protocol.parse_params(protocol.METHODS[method],
+                                                                 params))
+
     async def send_event(self, request: Request) -> Response:
         try:
             form = await read_form(request)
-            raw = form.get("payload", "").strip() or "null"
-            try:
-                payload = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise errors.InvalidParams("payload", "JSON", repr(raw[:40])) from exc
-            request_ = protocol.parse_params(protocol.METHODS["send_event"],
-                                             {"type": form.get("type", ""), "payload": payload})
-            result = await self.service.dispatch(request_)
+            result = await self.call("send_event", type=form.get("type", ""),
+                                     payload=json_field(form, "payload"))
             flash = ("ok", f"event {result.get('event_id')} sent: "
                            f"resolved {result.get('resolved')}")
         except errors.ServiceError as err:
             flash = ("error", f"send event: {err.message}")
         return await self.run_body(request, flash)
+
+    async def bulk(self, request: Request) -> Response:
+        """A bulk action on the list's filter: a dry run first (the count), whose answer holds
+        the button that applies it."""
+        try:
+            form = await read_form(request)
+            filter_ = {k: form[k] for k in FILTERS if form.get(k)}
+            dry_run = form.get("dry_run", "true") != "false"
+            result = await self.call("bulk", action=form.get("action", ""), filter=filter_,
+                                     dry_run=dry_run)
+            return page(request, "_bulk.html", action=form.get("action"), filter=filter_,
+                        dry_run=dry_run, result=result, error=None)
+        except errors.ServiceError as err:
+            return page(request, "_bulk.html", error=err.message)
 
     # --- workflows and schedules --------------------------------------------------------------
 
@@ -212,6 +242,14 @@ def waits_for(wp: dict[str, Any]) -> str:
     if kind == "RUN":
         return f"a child run to end{timeout}"
     return f"{kind}{timeout}"
+
+
+def json_field(form: dict[str, str], name: str) -> Any:
+    raw = form.get(name, "").strip() or "null"
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise errors.InvalidParams(name, "JSON", repr(raw[:40])) from exc
 
 
 def compact(value: Any) -> str:
