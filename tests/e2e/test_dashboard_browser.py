@@ -10,6 +10,7 @@ Without ``/usr/bin/chromium`` (or the playwright package) the tests skip, saying
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -86,6 +87,14 @@ async def browser(http_daemon: Daemon) -> AsyncIterator[Browser]:
             await chromium.close()
 
 
+async def live(page: Page) -> None:
+    """Wait until the page's server-sent-event stream is open (so no change is missed)."""
+    await page.wait_for_function(
+        "(() => { const el = document.querySelector('[sse-connect]');"
+        " const src = el && el['htmx-internal-data'] && el['htmx-internal-data'].sseEventSource;"
+        " return !!src && src.readyState === 1; })()")
+
+
 async def submit(api: httpx.AsyncClient, workflow: str, input: Any, run_id: str) -> None:
     r = await api.post("/api/v1/runs", json={"workflow_id": workflow, "input": input,
                                              "run_id": run_id})
@@ -112,9 +121,7 @@ async def test_list_shows_runs_live_and_a_cancel_click_cancels(
     await page.goto(f"{browser.base}/")
     await expect(page.locator('tr[data-run-id="b-cancel"]')).to_contain_text("waiting")
     # Live: a run submitted now appears and completes without a reload (SSE -> htmx).
-    await page.wait_for_function("document.querySelector('[sse-connect]') && "
-                                 "htmx.find('[sse-connect]')['htmx-internal-data'].sseEventSource"
-                                 ".readyState === 1")
+    await live(page)
     await submit(api, "e2e-echo", {"x": 1}, "b-live")
     await expect(page.locator('tr[data-run-id="b-live"]')).to_contain_text("completed")
     # "/" focuses the search box.
@@ -159,3 +166,36 @@ async def test_sending_the_event_from_the_form_resumes_the_waiting_run(
     await expect(page.locator("main")).to_contain_text("e2e-event")
     await page.goto(f"{browser.base}/schedules")
     await expect(page.locator("main")).to_contain_text("No schedules")
+
+
+async def test_timeline_of_a_retried_step_filters_live_run_page_and_shutdown(
+        browser: Browser, api: httpx.AsyncClient, http_daemon: Daemon, tmp_path: Path) -> None:
+    page = browser.page
+    await submit(api, "e2e-retried", {"counter": str(tmp_path / "calls")}, "b-retry")
+    await reach(api, "b-retry", "completed")
+    await page.goto(f"{browser.base}/runs/b-retry")
+    bars = page.locator("svg.timeline g.bar")
+    await expect(bars.and_(page.locator('[data-kind="failed"]'))).to_have_count(2)
+    await expect(bars.and_(page.locator('[data-kind="backoff"]'))).to_have_count(2)
+    await expect(bars.and_(page.locator('[data-kind="completed"]'))).to_have_count(2)
+    await expect(bars.and_(page.locator('[data-kind="sleep"]'))).to_have_count(1)
+    await expect(page.locator("#run-output")).to_contain_text("ok after 3")
+    # The run page follows its run live: an event sent elsewhere completes it on screen.
+    await submit(api, "e2e-event", {"type": "later"}, "b-follow")
+    await reach(api, "b-follow", "waiting")
+    await page.goto(f"{browser.base}/runs/b-follow")
+    await live(page)
+    r = await api.post("/api/v1/send_event", json={"type": "later", "payload": 1})
+    assert r.status_code == 200 and r.json()["resolved"] == 1
+    await expect(page.locator("#run-status")).to_have_text("completed")
+    # Filters are deep links.
+    await page.goto(f"{browser.base}/")
+    await page.select_option('select[name="workflow_id"]', "e2e-retried")
+    await page.get_by_role("button", name="Filter").click()
+    await page.wait_for_url("**/?*workflow_id=e2e-retried*")
+    await expect(page.locator("tr[data-run-id]")).to_have_count(1)
+    await expect(page.locator('tr[data-run-id="b-retry"]')).to_be_visible()
+    # SIGTERM with a live page open: the daemon still stops cleanly (its stream ends).
+    await live(page)
+    assert await asyncio.to_thread(http_daemon.stop) == 0
+    browser.errors.clear()  # the page's stream may log its lost connection

@@ -183,6 +183,14 @@ def test_timeline_bars_for_attempts_backoff_waits_and_compensations() -> None:
     drawn = timeline.svg(detail, now=120.0)
     assert drawn.count("<rect") == 6 and "boom" in drawn and drawn.startswith("<svg")
     assert "Nothing has run yet" in timeline.svg({"steps": []}, now=1.0)
+    # A backoff the runtime recorded as its durable waitpoint is drawn once, from that record.
+    detail["waitpoints"] = [{"waitpoint_id": "retry:pay:1", "kind": "DATETIME",
+                             "status": "resolved", "registered_at": 101.0,
+                             "resolved_at": 103.5, "due_at": 103.0}]
+    got = [(b.kind, b.label, b.start, b.end) for b in timeline.bars(detail, now=120.0)]
+    assert got[:3] == [("failed", "pay #1", 100.0, 101.0),
+                       ("backoff", "pay backoff", 101.0, 103.5),
+                       ("completed", "pay #2", 103.0, 104.0)]
 
 
 async def test_signal_token_and_replay_from_the_run_page(

@@ -47,8 +47,19 @@ def _wait_label(wp: dict[str, Any]) -> str:
     return f"wait {kind}"
 
 
+def _retry_of(wp: dict[str, Any]) -> str | None:
+    """The step a retry backoff waits for: the runtime names those ``retry:<step>:<attempt>``
+    (a durable DATETIME waitpoint, so a restart resumes the backoff on time)."""
+    wp_id = str(wp.get("waitpoint_id") or "")
+    if wp.get("kind") != "DATETIME" or not wp_id.startswith("retry:"):
+        return None
+    return wp_id[len("retry:"):].rpartition(":")[0] or None
+
+
 def bars(detail: dict[str, Any], now: float) -> list[Bar]:
     out: list[Bar] = []
+    waitpoints = list(detail.get("waitpoints") or ())
+    backed_off = {step for step in map(_retry_of, waitpoints) if step is not None}
     for step in detail.get("steps") or ():
         attempts = step.get("attempts") or [
             {"attempt": step.get("attempt"), "status": step.get("status"),
@@ -62,7 +73,8 @@ def bars(detail: dict[str, Any], now: float) -> list[Bar]:
             end = _num(attempt.get("finished_at"))
             status = str(attempt.get("status") or "running")
             label = f"{step.get('step_id')} #{attempt.get('attempt')}"
-            if previous_end is not None and start > previous_end:
+            if (previous_end is not None and start > previous_end
+                    and step.get("step_id") not in backed_off):  # no backoff waitpoint: the gap
                 out.append(Bar(f"{step.get('step_id')} backoff", "backoff", previous_end, start,
                                f"retry backoff {start - previous_end:.3f}s"))
             kind = status if status in ("completed", "failed") else "running"
@@ -71,7 +83,7 @@ def bars(detail: dict[str, Any], now: float) -> list[Bar]:
                 title += f" ({_short(attempt['error'])})"
             out.append(Bar(label, kind, start, end if end is not None else now, title))
             previous_end = end
-    for wp in detail.get("waitpoints") or ():
+    for wp in waitpoints:
         start = _num(wp.get("registered_at"))
         if start is None:
             continue
@@ -83,6 +95,9 @@ def bars(detail: dict[str, Any], now: float) -> list[Bar]:
         if status == "cancelled":
             kind = "cancelled"
         label = _wait_label(wp)
+        retry_of = _retry_of(wp)
+        if retry_of is not None:
+            kind, label = "backoff", f"{retry_of} backoff"
         out.append(Bar(label, kind, start, end, f"{label}: {status}"))
     for comp in detail.get("compensations") or ():
         at = _num(comp.get("finished_at"))
