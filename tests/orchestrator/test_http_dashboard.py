@@ -60,6 +60,8 @@ async def test_runs_page_lists_and_filters(browser: tuple[httpx.AsyncClient, str
     assert "run-wait" in only.text and "run-echo" not in only.text
     frag = await c.get("/fragments/runs", params={"workflow_id": "echo"})
     assert "run-echo" in frag.text and "run-wait" not in frag.text and "<html" not in frag.text
+    recent = await c.get("/", params={"since": "1h", "tag": "none-such"})
+    assert "No runs match" in recent.text and '<option value="1h" selected>' in recent.text
     bad = await c.get("/", params={"status": "nope"})
     assert bad.status_code == 200 and "status" in bad.text and 'class="flash error"' in bad.text
     # Without a search index the box finds a run by its id.
@@ -229,7 +231,7 @@ async def test_bulk_action_counts_first_then_applies(
     await reach(engine, "e1", "completed")
     listing = await c.get("/", params={"workflow_id": "event"})
     assert 'id="bulk"' in listing.text and 'name="workflow_id" value="event"' in listing.text
-    form = {"workflow_id": "event", "action": "cancel", "dry_run": "true"}
+    form = {"workflow_id": "event", "since": "1h", "action": "cancel", "dry_run": "true"}
     assert (await c.post("/bulk", data=form)).status_code == 403
     dry = await c.post("/bulk", data=form, headers=h)
     assert "would apply to 2 of the 2 runs" in dry.text and "Cancel 2 runs" in dry.text
@@ -241,3 +243,21 @@ async def test_bulk_action_counts_first_then_applies(
     assert (await engine.get("e1"))["status"] == "completed"
     bad = await c.post("/bulk", data={"action": "explode"}, headers=h)
     assert "flash error" in bad.text and "action" in bad.text
+
+
+async def test_dashboard_under_an_embedding_apps_prefix(engine: Engine) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    outer = Starlette(routes=[Mount("/wf", app=create_app(engine, HttpSettings(token=TOKEN)))])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url=BASE) as c:
+        await c.get("/wf/login", params={"token": TOKEN})
+        await engine.submit("echo", 1, run_id="m1")
+        page = await c.get("/wf/")
+        assert page.status_code == 200
+        for link in ('src="/wf/static/htmx.min.js"', 'href="/wf/runs/m1"',
+                     'sse-connect="/wf/live/runs"', 'hx-post="/wf/bulk"'):
+            assert link in page.text, link
+        assert (await c.get("/wf/static/app.js")).status_code == 200
+        run = await c.get("/wf/runs/m1")
+        assert 'hx-get="/wf/fragments/runs/m1"' in run.text

@@ -26,7 +26,9 @@ SCHEDULE_ACTIONS: Final = ("pause", "resume", "trigger")
 LIST_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(api.List))
 SEARCHABLE: Final = "search" in LIST_FIELDS
 """Full-text search is offered only when ``list`` takes ``search`` (the search index)."""
-FILTERS: Final = ("status", "workflow_id", "tag")
+FILTERS: Final = ("status", "workflow_id", "tag", "since")
+SINCE: Final = ("15m", "1h", "24h", "7d", "30d")
+"""The "created within" choices (``list``/``bulk`` read a duration as that long ago)."""
 MAX_FORM_BYTES: Final = 1 << 20
 
 
@@ -88,7 +90,7 @@ class Pages:
             data["error"] = (f"no run with id {search!r} (full-text search needs the search "
                              "index, which this daemon does not have)")
         workflows = await self.service.dispatch(api.Workflows())
-        return page(request, "runs.html", nav="runs", statuses=api.RUN_STATUSES,
+        return page(request, "runs.html", nav="runs", statuses=api.RUN_STATUSES, since=SINCE,
                     workflows=[w["id"] for w in workflows.get("workflows", [])],
                     search=search, searchable=SEARCHABLE, **data)
 
