@@ -1,13 +1,13 @@
 """The suspend path alone: a bare ``Execution`` driven with an instant async record callback.
 
 Not a test. Each run is W1's workflow (``bench-steps``, 10 sequential trivial steps) driven by
-``Execution.advance()`` on one host loop; ``record`` is an ``async def`` that returns at once,
-so what is timed is the executor's per-step cost: the body suspending on a step, the host doing
-the step and the record, the body resuming. Runs go one after another (no overlap), as in the
-body-loop cost comparison in docs/performance.md. Only uses APIs older than issue 15, so it runs
-against any commit since.
+``Execution.advance()`` on one host loop; ``record`` is an ``async def`` that returns at once
+(``--hop``: one loop turn later, as a commit does), so what is timed is the executor's per-step
+cost: the body suspending on a step, the host doing the step and the record, the body resuming.
+Runs go one after another (no overlap). Only uses APIs older than issue 15, so it runs against
+any commit since (docs/performance.md, "Body loop cost after issue 15").
 
-    .venv/bin/python -m bench.suspend_path [--runs 2000] [--steps 10] [--repeat 5] [--asyncio]
+    .venv/bin/python -m bench.suspend_path [--runs 2000] [--repeat 5] [--hop] [--asyncio]
 """
 
 from __future__ import annotations
@@ -30,10 +30,18 @@ async def _record(entry: Entry) -> Sequence[WaitpointResolved]:
     return ()
 
 
-async def drive(runs: int, steps: int) -> float:
+async def _record_hop(entry: Entry) -> Sequence[WaitpointResolved]:
+    """Durable one loop turn later, as a commit the writer thread hands back."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    loop.call_soon(fut.set_result, ())
+    return await fut  # type: ignore[no-any-return]
+
+
+async def drive(runs: int, steps: int, hop: bool = False) -> float:
     """Run ``runs`` executions one after another; return microseconds per step."""
     definition = definition_of(bench_steps)
-    host = HostServices(record=_record)
+    host = HostServices(record=_record_hop if hop else _record)
     started = time.perf_counter()
     for i in range(runs):
         facts = RunFacts(run_id=f"r{i}", workflow_id="bench-steps", workflow_version="1",
@@ -49,6 +57,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--hop", action="store_true",
+                        help="record suspends one loop turn (as a real commit), not instant")
     parser.add_argument("--asyncio", action="store_true", help="plain asyncio, not uvloop")
     args = parser.parse_args()
     if args.asyncio:
@@ -57,9 +67,10 @@ def main() -> None:
         import uvloop
 
         run = uvloop.run
-    per_step = [run(drive(args.runs, args.steps)) for _ in range(args.repeat)]
-    print(f"suspend path, {args.runs} runs x {args.steps} steps, one at a time: median "
-          f"{statistics.median(per_step):.1f} us/step, best {min(per_step):.1f}")
+    per_step = [run(drive(args.runs, args.steps, args.hop)) for _ in range(args.repeat)]
+    mode = "one-turn" if args.hop else "instant"
+    print(f"suspend path ({mode} record), {args.runs} runs x {args.steps} steps, one at a "
+          f"time: median {statistics.median(per_step):.1f} us/step, best {min(per_step):.1f}")
 
 
 if __name__ == "__main__":
