@@ -98,12 +98,14 @@ class BodyLoop(asyncio.AbstractEventLoop):
         self._running = True
         try:
             while self._ready and ran < SLICE_HANDLES:
-                batch, self._ready = self._ready, []
-                for i, handle in enumerate(batch):
-                    if ran >= SLICE_HANDLES:
-                        self._ready[:0] = batch[i:]
-                        break
-                    ran += 1
+                batch = self._ready
+                room = SLICE_HANDLES - ran
+                if len(batch) > room:  # the rest goes first next slice, before what this adds
+                    batch, self._ready = batch[:room], batch[room:]
+                else:
+                    self._ready = []
+                ran += len(batch)
+                for handle in batch:
                     if handle._cancelled:
                         continue
                     # What Handle._run does, without its frame: one less per step.
