@@ -231,7 +231,7 @@ class RunState:
         """
         loop = self.loop
         assert loop is not None
-        if not loop.is_running():
+        if not loop._running:
             # Body code outside a slice: a parked body let go of and closed by the garbage
             # collector (GeneratorExit) that tries to go on. Start nothing for it.
             raise _signals.Suspended()
@@ -282,24 +282,35 @@ class RunState:
         task = asyncio.current_task()
         assert task is not None
         handoff = _Handoff(task)
+        jobs = self.jobs
         while True:
             job.started = True
+            outcome: BaseException | None = None
+            value: Any = None
             if job.stopped:  # stopped before it started
                 if isinstance(work, Coroutine | Generator):
                     work.close()
-                outcome: Any = asyncio.CancelledError()
+                outcome = asyncio.CancelledError()
             else:
                 try:
-                    outcome = _Returned(await work)
+                    value = await work
                 except BaseException as exc:  # user code must not reach the host loop
                     outcome = exc
             loop.jobs -= 1
-            self.jobs.pop(job, None)
-            loop.defer_wake(True)  # host_work_done runs the body's next slice right here
-            try:
-                self._settle(job, outcome, task)
-            finally:
-                loop.defer_wake(False)
+            jobs.pop(job, None)
+            if outcome is None and not (job.stopped or job.done()):
+                # The step path: hand the value over. The body's wake-up is only queued on its
+                # loop (no driver wake): host_work_done runs it right here.
+                job.interruptible = False
+                loop._deferring = True
+                job.set_result(value)
+                loop._deferring = False
+            else:
+                loop._deferring = True  # as above
+                try:
+                    self._settle(job, _Returned(value) if outcome is None else outcome, task)
+                finally:
+                    loop._deferring = False
             handoff.next = None
             outer, self._handoff = self._handoff, handoff
             try:

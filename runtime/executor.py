@@ -116,6 +116,11 @@ class Execution:
                 budget.cancel()
             self.compute_used += host.time() - started
         if not parked:
+            if self._task is not None and self._task.done():
+                # The loop no longer needs its main task, and a task refers to its loop: drop
+                # the loop's end of that cycle, so an ended run is freed by reference counting
+                # and never reaches the cyclic collector (1000 runs at once pay for it per step).
+                loop.main = None
             return await self._result(loop)
         return Outcome(
             status=RunStatus.WAITING,

@@ -179,6 +179,9 @@ class RunActor:
                 self.log.warning("replay.divergence", detail=list(outcome.divergence))
             if outcome.status is not RunStatus.WAITING:
                 await self._finish(run, outcome, execution)
+                # The execution's host records through this actor (a bound method): let go of
+                # it, so an ended run is freed by reference counting, not the cyclic collector.
+                self._execution = None
                 return
             if self.mailbox:
                 continue
