@@ -106,6 +106,8 @@ async def run_step(
     live_error: BaseException | None = None
     while True:
         if rec is None:
+            if step_id not in ex.journal.reopened:
+                await ex.at_frontier({"step_id": step_id})
             attempt = 1
         elif rec.status == "ok":
             ex.advance_clock(rec.finished_at)

@@ -350,6 +350,9 @@ class Journal:
     completed_streams: frozenset[str]
     metadata_ops: int = 0
     """How many metadata ops this run has emitted and storage applied (highest index + 1)."""
+    reopened_steps: frozenset[str] = frozenset()
+    """Steps a ``retry --mode resume`` undid (their compensation ran): they run again wherever
+    the body reaches them, even before later recorded entries (no divergence)."""
 
     @property
     def entry_count(self) -> int:

@@ -176,7 +176,11 @@ class RunActor:
             finally:
                 self._advancing = None
             if outcome.divergence:
-                self.log.warning("replay.divergence", detail=list(outcome.divergence))
+                self.log.warning("replay.divergence", detail=list(outcome.divergence),
+                                 held=outcome.status is RunStatus.PAUSED)
+            if outcome.status is RunStatus.PAUSED:
+                await self._hold_diverged(outcome, execution, compute_before)
+                return
             if outcome.status is not RunStatus.WAITING:
                 await self._finish(run, outcome, execution)
                 return
@@ -229,6 +233,29 @@ class RunActor:
                 dataclasses.replace(run, status=parked, recoveries=0),
             )
             return
+
+    async def _hold_diverged(
+        self, outcome: Outcome, execution: Execution, compute_before: float
+    ) -> None:
+        """The replay left the journal (SPEC §3): hold the run ``paused`` with its pause flag
+        and code ``NONDETERMINISM``, never fail it. ``wf resume`` replays it again on whatever
+        code is loaded then. The execution is closed: a warm body would skip that replay."""
+        run = self.run
+        assert run is not None
+        now = self.host.clock.now()
+        self.host.hold(self.run_id)  # first: what resolves from here is kept for the resume
+        await self._commit_many([
+            storage.UpdateRun(
+                self.run_id, at=now, status=storage.RunStatus.PAUSED, error=outcome.error,
+                diverged=True, add_compute_seconds=execution.compute_used - compute_before,
+            ),
+            storage.RequestPause(self.run_id, now),
+        ])
+        execution.host.record = _parked
+        await execution.close()
+        self._execution = None
+        self.log.warning("run.held", code="NONDETERMINISM")
+        self.host.publish_state(self.run_id, "paused", run.workflow_id)
 
     async def fail_internal(self, cause: BaseException) -> None:
         """End the run ``failed`` with code ``INTERNAL`` after an engine error (SPEC §3: no
