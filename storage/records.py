@@ -163,6 +163,8 @@ class StepRecord:
     finished_at: float | None
     runtime: str | None
     retry_at: float | None = None
+    journal_seq: int | None = None
+    """The entry's run-wide sequence number (SPEC §3); None where the backend has none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +180,8 @@ class StepAttemptRecord:
     started_at: float | None
     finished_at: float | None
     retry_at: float | None = None
+    journal_seq: int | None = None
+    """The entry's run-wide sequence number (SPEC §3); None where the backend has none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +203,9 @@ class WaitpointRecord:
     error: JSON
     source: ResolutionSource | None
     matched_event_id: str | None
+    journal_seq: int | None = None
+    """The entry's run-wide sequence number (SPEC §3); None where the backend has none."""
+    resolved_journal_seq: int | None = None
 
     @property
     def is_waiting(self) -> bool:
@@ -300,6 +307,8 @@ class StreamChunk:
     chunk: JSON
     final: bool
     at: float
+    journal_seq: int | None = None
+    """The entry's run-wide sequence number (SPEC §3); None where the backend has none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +318,8 @@ class CompensationRecord:
     status: CompensationStatus
     error: JSON
     finished_at: float
+    journal_seq: int | None = None
+    """The entry's run-wide sequence number (SPEC §3); None where the backend has none."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -257,8 +257,9 @@ def upsert_steps_sql(rows_count: int) -> str:
 
 _ARCHIVE_EARLIER_ATTEMPT = (
     "INSERT OR REPLACE INTO step_attempts (run_no, step_id, attempt, status, output, error, "
-    "started_at, finished_at, retry_at) SELECT run_no, step_id, attempt, status, output, "
-    f"error, started_at, finished_at, retry_at FROM steps WHERE run_no = {_RUN_NO} "
+    "started_at, finished_at, retry_at, journal_seq) SELECT run_no, step_id, attempt, status, "
+    f"output, error, started_at, finished_at, retry_at, journal_seq FROM steps "
+    f"WHERE run_no = {_RUN_NO} "
     "AND step_id = ? AND attempt < ?"
 )
 

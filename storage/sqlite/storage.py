@@ -320,6 +320,7 @@ class SQLiteStorage:
                 s.started_at,
                 s.finished_at,
                 s.retry_at,
+                s.journal_seq,
             )
             for s in step_records
         )
