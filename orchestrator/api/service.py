@@ -247,6 +247,17 @@ class Replay(Request[JSONDict]):
     run_id: str = req(metavar="RUN")
 
 
+@dataclass(frozen=True, slots=True)
+class Export(Request[JSONDict]):
+    """Export runs (record + journal) as one versioned JSON document. ``{"format":
+    "wf-journal/1", "engine", "exported_at", "runs": [{"run", "entries", "metadata",
+    "metadata_ops"}]}``, entries in run-wide ``seq`` order; it holds inputs and outputs."""
+
+    method = "export"
+    cli = ("export",)
+    run_ids: tuple[str, ...] = req(metavar="RUN")
+
+
 # --- resolutions --------------------------------------------------------------------------------
 
 
@@ -432,7 +443,7 @@ class Changes(StreamRequest):
 
 
 REQUESTS: tuple[type[Request[Any]], ...] = (
-    Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Bulk, Reschedule, Replay,
+    Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Bulk, Reschedule, Replay, Export,
     SendEvent, Signal, CompleteToken,
     Workflows, Schedules, Stats,
     ScheduleCreate, ScheduleDelete, SchedulePause, ScheduleResume, ScheduleTrigger,
@@ -515,6 +526,7 @@ class ServiceMethods:
     bulk = method(Bulk)
     reschedule = method(Reschedule)
     replay = method(Replay)
+    export = method(Export)
     send_event = method(SendEvent)
     signal = method(Signal)
     complete_token = method(CompleteToken)

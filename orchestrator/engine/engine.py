@@ -29,7 +29,7 @@ import storage
 from orchestrator import logs
 from orchestrator.api import errors, protocol, service, views
 from orchestrator.api.service import JSONDict
-from orchestrator.engine import bridge, replay, triggers
+from orchestrator.engine import bridge, export, replay, triggers
 from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import Plan, plan_for
 from orchestrator.engine.holds import Holds
@@ -617,6 +617,12 @@ class Engine(service.ServiceMethods):
             raise errors.NotFound("workflow", run.workflow_id)
         record = await self.storage.load_journal(r.run_id)
         return await replay.check(definition, record)
+
+    @handles(service.Export)
+    async def _export(self, r: service.Export) -> JSONDict:
+        if not r.run_ids:
+            raise errors.InvalidParams("run_ids", "at least one run id", "an empty list")
+        return await export.export(self.storage, r.run_ids, self.clock.now())
 
     # ------------------------------------------------------------------ resolutions
 

@@ -171,6 +171,18 @@ async def _replay(c: Client, engine: Engine) -> None:
     }
 
 
+@case(service.Export)
+async def _export(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    doc = await c.export(("done",))
+    assert doc["format"] == "wf-journal/1"
+    (run,) = doc["runs"]
+    assert run["run"]["run_id"] == "done" and run["run"]["status"] == "completed"
+    assert [e["seq"] for e in run["entries"]] == list(range(1, len(run["entries"]) + 1))
+    await _expect_code("NOT_FOUND", c.export(("nope",)))
+    await _expect_code("INVALID_PARAMS", c.export(()))
+
+
 @case(service.SendEvent)
 async def _send_event(c: Client, engine: Engine) -> None:
     await c.submit("event", {"type": "paid"}, run_id="ev")
