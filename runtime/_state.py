@@ -45,6 +45,10 @@ from runtime.workflow import WorkflowDefinition
 
 T = TypeVar("T")
 
+PATCH_PREFIX = "patch:"
+"""Step ids of patch markers (``ctx.patched``): recorded as steps, so every backend, export
+and the journal's total order hold them with no new entry kind."""
+
 
 @dataclass(slots=True)
 class Compensable:
@@ -140,8 +144,8 @@ class RunState:
         "_handoff", "_pending_meta", "blocked", "cancel_request", "clock_at", "closed",
         "compensable", "consumed_steps", "consumed_wps", "counters", "deadlock", "default_retry",
         "definition", "divergences", "facts", "finished", "frontier", "held", "host",
-        "host_failure", "input", "jobs", "journal",
-        "loop", "metadata_index", "pending", "random", "seen_steps", "step_position",
+        "host_failure", "input", "jobs", "journal", "loop", "metadata_index", "patches",
+        "pending", "random", "seen_steps", "step_position",
         "streams_seen", "timed_out",
     )
 
@@ -172,8 +176,9 @@ class RunState:
         # held before new work until every branch consumed what it could of the journal, and
         # the divergence that holds the run (nothing new may run after it).
         self.consumed_wps: set[str] = set()
-        self.frontier: list[tuple[asyncio.Future[None], dict[str, Any]]] = []
+        self.frontier: list[tuple[asyncio.Future[bool], dict[str, Any]]] = []
         self.held: dict[str, Any] | None = None
+        self.patches: dict[str, bool] = {}  # ctx.patched answers, memoized per execution
         self.streams_seen: set[str] = set()
         # Waitpoints the body is blocked on (registration, and the body future it awaits).
         self.pending: dict[str, WaitpointRegistered] = {}
@@ -244,13 +249,18 @@ class RunState:
     def unconsumed(self) -> dict[str, list[str]]:
         """Which recorded entries the replay has not reached, by kind."""
         journal = self.journal
-        return {
-            "step_ids": sorted(set(journal.steps) - self.consumed_steps),
+        steps = sorted(set(journal.steps) - self.consumed_steps)
+        found = {
+            "step_ids": [s for s in steps if not s.startswith(PATCH_PREFIX)],
             "waitpoint_ids": sorted(
                 wp for wp in journal.registrations
                 if is_body_waitpoint(wp) and wp not in self.consumed_wps
             ),
         }
+        patches = [s[len(PATCH_PREFIX):] for s in steps if s.startswith(PATCH_PREFIX)]
+        if patches:  # markers the code never asked for (a patch removed too early)
+            found["patch_ids"] = patches
+        return found
 
     def diverge(self, detail: dict[str, Any]) -> _signals.Diverged:
         """Hold the run on ``detail``: every branch unwinds, nothing new runs."""
@@ -264,25 +274,38 @@ class RunState:
             self.frontier.clear()
         return _signals.Diverged(self.held)
 
-    async def at_frontier(self, what: dict[str, Any]) -> None:
+    async def at_frontier(self, what: dict[str, Any]) -> bool:
         """Before new work (a step never recorded, a new waitpoint): while recorded entries
         are unconsumed, wait until no branch can consume more (the executor decides then:
         the work goes on, or the run diverged with ``what`` inserted before recorded entries).
         Branches of a parallel body legitimately reach new work before a sibling consumed its
-        recorded entries, so the check is at quiescence, not at the call."""
+        recorded entries, so the check is at quiescence, not at the call.
+
+        True: at the frontier. False only for a ``{"patch": id}`` asked while the journal goes
+        on past this point (the run got here on old code): that branch takes the old path."""
         if not self.has_unconsumed():
-            return
+            return True
         loop = self.loop
         assert loop is not None
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[bool] = loop.create_future()
         self.frontier.append((fut, what))
-        await fut
+        at = await fut
         self.check_live()
+        return at
 
     def settle_frontier(self) -> None:
         """The body is quiescent with branches at the frontier: release them, or diverge."""
         waiting, self.frontier = self.frontier, []
         if self.has_unconsumed():
+            patches = [(fut, what) for fut, what in waiting if "patch" in what]
+            if patches:
+                # Recorded entries lie past these patch calls: the old path, which may consume
+                # them; the other branches wait for the next quiescence.
+                self.frontier = [(f, w) for f, w in waiting if "patch" not in w]
+                for fut, _ in patches:
+                    if not fut.done():
+                        fut.set_result(False)
+                return
             self.frontier = waiting
             self.diverge(
                 {"kind": "inserted", "new": waiting[0][1], "unconsumed": self.unconsumed()}
@@ -290,7 +313,7 @@ class RunState:
             return
         for fut, _ in waiting:
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(True)
 
     def reached_waitpoint(self, wp_id: str, make: Callable[[], WaitpointRegistered]) -> None:
         """A replay reached recorded waitpoint ``wp_id``: the code must mean the same wait."""

@@ -241,3 +241,38 @@ async def test_replay_check_of_a_foreign_file_names_the_file_and_the_problem(
                                        "--config", str(config))
         assert proc.returncode == 2, proc.stdout
         assert str(path) in proc.stderr and message in proc.stderr, proc.stderr
+
+
+# The right way to add the fraud check before "reserve": behind a patch.
+V2_PATCHED = V1.replace(
+    '    reserved = await ctx.step("reserve", note("reserve"))',
+    '    if await ctx.patched("fraud-check"):\n'
+    '        await ctx.step("fraud_check", note("fraud_check"))\n'
+    '    reserved = await ctx.step("reserve", note("reserve"))',
+)
+
+
+async def test_a_patched_change_keeps_parked_runs_on_the_old_path_across_restarts(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon(start=False)
+    deploy(daemon, "v1", V1)
+    daemon.start()
+    old = (await wf_json(daemon, "submit", "deploy.order", "--input", '{"order": 1}'))["run_id"]
+    await status_is(daemon, old, "waiting")
+    daemon.stop_cleanly()
+
+    deploy(daemon, "v2", V2_PATCHED)
+    daemon.start()
+    new = (await wf_json(daemon, "submit", "deploy.order", "--input", '{"order": 2}'))["run_id"]
+    await status_is(daemon, new, "waiting")
+    daemon.restart()  # the new run's marker is durable: it replays the new path
+    for order in (1, 2):
+        await wf_json(daemon, "event", "send", "order.paid", "--payload",
+                      orjson.dumps({"order": order, "amount": order}).decode())
+    assert (await status_is(daemon, old, "completed"))["diverged"] is False
+    shown = await status_is(daemon, new, "completed")
+    assert shown["diverged"] is False
+    assert [s["step_id"] for s in shown["steps"]] == [
+        "patch:fraud-check", "fraud_check", "reserve", "ship"]
+    assert ledger(daemon) == ["reserve", "fraud_check", "reserve", "ship", "ship"]
