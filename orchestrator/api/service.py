@@ -306,6 +306,18 @@ class Workflows(Request[JSONDict]):
 
 
 @dataclass(frozen=True, slots=True)
+class Versions(Request[JSONDict]):
+    """Workflow versions and patch ids still present on live (not ended) runs.
+    ``{"workflows": [{"workflow_id", "registered_version", "live_runs", "versions":
+    [{"version", "live_runs"}], "patches": [{"patch_id", "live_runs"}]}]}``: a version with no
+    live run is drained; a patch id no live run carries may have its old path removed."""
+
+    method = "versions"
+    cli = ("versions",)
+    workflow_id: str | None = opt(flag="--workflow", help="only this workflow")
+
+
+@dataclass(frozen=True, slots=True)
 class Schedules(Request[JSONDict]):
     """List schedules. ``{"schedules": [...]}`` with their next fire times."""
 
@@ -445,7 +457,7 @@ class Changes(StreamRequest):
 REQUESTS: tuple[type[Request[Any]], ...] = (
     Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Bulk, Reschedule, Replay, Export,
     SendEvent, Signal, CompleteToken,
-    Workflows, Schedules, Stats,
+    Workflows, Versions, Schedules, Stats,
     ScheduleCreate, ScheduleDelete, SchedulePause, ScheduleResume, ScheduleTrigger,
     ScheduleBackfill,
     Tail, Watch, Stream, Changes,
@@ -531,6 +543,7 @@ class ServiceMethods:
     signal = method(Signal)
     complete_token = method(CompleteToken)
     workflows = method(Workflows)
+    versions = method(Versions)
     schedules = method(Schedules)
     schedule_create = method(ScheduleCreate)
     schedule_delete = method(ScheduleDelete)

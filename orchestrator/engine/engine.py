@@ -29,7 +29,7 @@ import storage
 from orchestrator import logs
 from orchestrator.api import errors, protocol, service, views
 from orchestrator.api.service import JSONDict
-from orchestrator.engine import bridge, export, replay, triggers
+from orchestrator.engine import bridge, export, replay, triggers, versions
 from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import Plan, plan_for
 from orchestrator.engine.holds import Holds
@@ -789,6 +789,10 @@ class Engine(service.ServiceMethods):
                 for d in sorted(self.registry, key=lambda d: d.id)
             ]
         }
+
+    @handles(service.Versions)
+    async def _versions(self, r: service.Versions) -> JSONDict:
+        return await versions.versions(self.storage, self.registry, r.workflow_id)
 
     @handles(service.Schedules)
     async def _schedules(self, r: service.Schedules) -> JSONDict:

@@ -267,6 +267,9 @@ async def test_a_patched_change_keeps_parked_runs_on_the_old_path_across_restart
     new = (await wf_json(daemon, "submit", "deploy.order", "--input", '{"order": 2}'))["run_id"]
     await status_is(daemon, new, "waiting")
     daemon.restart()  # the new run's marker is durable: it replays the new path
+    (listed,) = (await wf_json(daemon, "versions", "--workflow", "deploy.order"))["workflows"]
+    assert listed["live_runs"] == 2 and len(listed["versions"]) == 2  # two source hashes
+    assert listed["patches"] == [{"patch_id": "fraud-check", "live_runs": 1}]
     for order in (1, 2):
         await wf_json(daemon, "event", "send", "order.paid", "--payload",
                       orjson.dumps({"order": order, "amount": order}).decode())

@@ -224,6 +224,18 @@ async def _workflows(c: Client, engine: Engine) -> None:
     assert set(listed[0]) == {"id", "version", "description", "tags", "timeout", "origin"}
 
 
+@case(service.Versions)
+async def _versions(c: Client, engine: Engine) -> None:
+    await c.submit("event", {"type": "paid"}, run_id="ev")
+    await reach(engine, "ev", "waiting")
+    (event,) = (await c.versions(workflow_id="event"))["workflows"]
+    version = engine.registry.get("event").version  # type: ignore[union-attr]
+    assert event == {"workflow_id": "event", "registered_version": version, "live_runs": 1,
+                     "versions": [{"version": version, "live_runs": 1}], "patches": []}
+    listed = (await c.versions())["workflows"]
+    assert {w["workflow_id"] for w in listed} >= {"event", "echo"}
+
+
 @case(service.Schedules)
 async def _schedules(c: Client, engine: Engine) -> None:
     assert await c.schedules() == {"schedules": []}
