@@ -142,6 +142,8 @@ class RunRecord:
     paused: bool = False
     """``pause {run_id}`` is in force: a pending run is not started, a running one is held
     before its next step, a parked one is ``paused``."""
+    version_pinned: bool = False
+    """The run resumes only on its ``workflow_version`` (an explicit ``version=``)."""
 
     @property
     def is_terminal(self) -> bool:

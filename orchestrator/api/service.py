@@ -128,6 +128,7 @@ class Submit(Request[JSONDict]):
     ttl: float | str | None = opt(
         type="duration", help="cancel (EXPIRED) if not started D after it is due"
     )
+    version: str | None = opt(help="start on this registered version (default: the newest)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,7 +172,9 @@ class Engine(service.ServiceMethods):
         self.timers.start()
         self.instrument.reached("timers.armed")
         self._accepting = True
-        log.info("orchestrator.started", recovered=recovered, timers_fired=fired)
+        resumed = await versions.resume_arrived_versions(self.storage, self.registry, self.ops)
+        log.info("orchestrator.started", recovered=recovered, timers_fired=fired,
+                 versions_arrived=resumed)
 
     def _timer_stored(self, due_at: float) -> None:
         self.timers.notify(due_at)
@@ -395,6 +397,12 @@ class Engine(service.ServiceMethods):
         definition = self.registry.get(r.workflow_id)
         if definition is None:
             raise errors.NotFound("workflow", r.workflow_id)
+        if r.version is not None:
+            definition = self.registry.get_version(r.workflow_id, r.version)
+            if definition is None:
+                raise errors.InvalidParams(
+                    "version", "one of " + ", ".join(self.registry.versions(r.workflow_id)),
+                    repr(r.version))
         run_input = self._accepted_input(definition, r.input)
         plan = self._plan(definition, run_input)
         if plan.debounce is None or r.run_id is not None or r.idempotency_key is not None:
@@ -457,6 +465,7 @@ class Engine(service.ServiceMethods):
             created_at=now,
             input=run_input,
             workflow_version=definition.version,
+            version_pinned=definition.pinned,
             tags=tags or definition.tags,
             priority=priority,
             idempotency_key=idempotency_key,

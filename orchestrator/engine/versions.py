@@ -5,7 +5,7 @@ live run carries may have its call removed, once deprecated."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol
 
 import storage
 from runtime._state import PATCH_PREFIX
@@ -47,3 +47,22 @@ async def versions(
             "patches": [{"patch_id": p, "live_runs": n} for p, n in sorted(patches.items())],
         })
     return {"workflows": out}
+
+
+class Resumer(Protocol):
+    async def resume_run(self, run: storage.RunRecord) -> storage.RunRecord: ...
+
+
+async def resume_arrived_versions(
+    store: storage.Storage, registry: Registry, ops: Resumer
+) -> int:
+    """At start: runs held ``VERSION_MISSING`` whose version this daemon registers move
+    again (SPEC §14: a run resumes when a daemon that has its version starts)."""
+    resumed = 0
+    for run in await store.list_runs(status=storage.RunStatus.PAUSED, limit=None):
+        code = run.error.get("code") if isinstance(run.error, dict) else None
+        if (code == "VERSION_MISSING" and run.version_pinned and run.workflow_version
+                and registry.get_version(run.workflow_id, run.workflow_version) is not None):
+            await ops.resume_run(run)
+            resumed += 1
+    return resumed

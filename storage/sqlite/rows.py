@@ -32,7 +32,8 @@ RUN_COLUMNS = (
     "run_id, number, workflow_id, workflow_version, status, input, output, error, tags, "
     "priority, idempotency_key, parent_run_id, root_run_id, triggered_by, attempt, created_at, "
     "scheduled_at, started_at, finished_at, updated_at, diverged, recoveries, compute_seconds, "
-    "parent_wp_id, needs_resume, flow, throttle_key, expires_at, cancel_requested, paused"
+    "parent_wp_id, needs_resume, flow, throttle_key, expires_at, cancel_requested, paused, "
+    "version_pinned"
 )
 
 
@@ -68,6 +69,7 @@ def run_from_row(r: Row) -> records.RunRecord:
         expires_at=r[27],
         cancel_requested=loads(r[28]),
         paused=bool(r[29]),
+        version_pinned=bool(r[30]),
     )
 
 

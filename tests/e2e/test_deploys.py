@@ -279,3 +279,74 @@ async def test_a_patched_change_keeps_parked_runs_on_the_old_path_across_restart
     assert [s["step_id"] for s in shown["steps"]] == [
         "patch:fraud-check", "fraud_check", "reserve", "ship"]
     assert ledger(daemon) == ["reserve", "fraud_check", "reserve", "ship", "ship"]
+
+
+PINNED_V1 = '''
+from runtime import workflow
+
+@workflow(id="deploy.pinned", version="1")
+async def pinned_v1(input, ctx):
+    got = await ctx.wait_for_event("go", match={"n": input["n"]})
+    return ["v1", got["x"]]
+'''
+
+# An incompatible rewrite beside the old version: a step before the wait.
+PINNED_V2_ONLY = '''
+from runtime import workflow
+
+@workflow(id="deploy.pinned", version="2")
+async def pinned_v2(input, ctx):
+    await ctx.step("prepare", lambda: "p")
+    got = await ctx.wait_for_event("go", match={"n": input["n"]})
+    return ["v2", got["x"]]
+'''
+
+PINNED_BOTH = PINNED_V1 + PINNED_V2_ONLY.replace("from runtime import workflow\n", "")
+
+
+async def go(daemon: Daemon, n: int) -> None:
+    await wf_json(daemon, "event", "send", "go", "--payload",
+                  orjson.dumps({"n": n, "x": n * 10}).decode())
+
+
+async def test_side_by_side_versions_pin_runs_and_a_missing_version_holds_them(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon(start=False)
+    deploy(daemon, "v1", PINNED_V1)
+    daemon.start()
+
+    async def submit(n: int, *flags: str) -> dict[str, Any]:
+        run: dict[str, Any] = await wf_json(daemon, "submit", "deploy.pinned", "--input",
+                                            orjson.dumps({"n": n}).decode(), *flags)
+        await status_is(daemon, run["run_id"], "waiting")
+        return run
+
+    a = await submit(1)
+    daemon.stop_cleanly()
+
+    deploy(daemon, "both", PINNED_BOTH)
+    daemon.start()
+    b = await submit(2)  # the newest version
+    c = await submit(3, "--version", "1")  # the old one, by name
+    assert (a["workflow_version"], b["workflow_version"], c["workflow_version"]) == (
+        "1", "2", "1")
+    bad = await asyncio.to_thread(daemon.cli, "submit", "deploy.pinned", "--version", "9")
+    assert bad.returncode == 1 and "INVALID_PARAMS" in bad.stderr and "1, 2" in bad.stderr
+    await go(daemon, 1)
+    await go(daemon, 2)
+    assert (await status_is(daemon, a["run_id"], "completed"))["output"] == ["v1", 10]
+    assert (await status_is(daemon, b["run_id"], "completed"))["output"] == ["v2", 20]
+    daemon.stop_cleanly()
+
+    deploy(daemon, "v2", PINNED_V2_ONLY)  # version 1 retired while c still runs on it
+    daemon.start()
+    await go(daemon, 3)
+    held = await status_is(daemon, c["run_id"], "paused")
+    assert held["error"]["code"] == "VERSION_MISSING"
+    assert held["error"]["data"]["registered"] == ["2"]
+    daemon.stop_cleanly()
+
+    deploy(daemon, "both-again", PINNED_BOTH)
+    daemon.start()  # a daemon that has version 1 moves it again by itself
+    assert (await status_is(daemon, c["run_id"], "completed"))["output"] == ["v1", 30]

@@ -6,6 +6,9 @@
 -- as state, not as ops: its ops are ordered by their own index (metadata_cursor).
 
 ALTER TABLE runs ADD COLUMN journal_seq INTEGER NOT NULL DEFAULT 0;
+-- 1: the run started on an explicit `version=` of its workflow and resumes only on that
+-- version (SPEC §14); 0: it resumes on whatever code is deployed (the source-hash default).
+ALTER TABLE runs ADD COLUMN version_pinned INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE steps ADD COLUMN journal_seq INTEGER;
 ALTER TABLE step_attempts ADD COLUMN journal_seq INTEGER;
 ALTER TABLE waitpoints ADD COLUMN journal_seq INTEGER;
