@@ -150,6 +150,8 @@ class CreateRun(WriteOp[RunCreated]):
     error: JSON = None
     finished_at: float | None = None
     cancel_on: tuple[CancelRule, ...] = ()
+    version_pinned: bool = False
+    """The run resumes only on ``workflow_version`` (an explicit ``version=``, SPEC §14)."""
 
 
 @dataclass(frozen=True, slots=True)

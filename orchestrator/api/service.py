@@ -128,6 +128,7 @@ class Submit(Request[JSONDict]):
     ttl: float | str | None = opt(
         type="duration", help="cancel (EXPIRED) if not started D after it is due"
     )
+    version: str | None = opt(help="start on this registered version (default: the newest)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +248,17 @@ class Replay(Request[JSONDict]):
     run_id: str = req(metavar="RUN")
 
 
+@dataclass(frozen=True, slots=True)
+class Export(Request[JSONDict]):
+    """Export runs (record + journal) as one versioned JSON document. ``{"format":
+    "wf-journal/1", "engine", "exported_at", "runs": [{"run", "entries", "metadata",
+    "metadata_ops"}]}``, entries in run-wide ``seq`` order; it holds inputs and outputs."""
+
+    method = "export"
+    cli = ("export",)
+    run_ids: tuple[str, ...] = req(metavar="RUN")
+
+
 # --- resolutions --------------------------------------------------------------------------------
 
 
@@ -292,6 +304,18 @@ class Workflows(Request[JSONDict]):
 
     method = "workflows"
     cli = ("workflows",)
+
+
+@dataclass(frozen=True, slots=True)
+class Versions(Request[JSONDict]):
+    """Workflow versions and patch ids still present on live (not ended) runs.
+    ``{"workflows": [{"workflow_id", "registered_version", "live_runs", "versions":
+    [{"version", "live_runs"}], "patches": [{"patch_id", "live_runs"}]}]}``: a version with no
+    live run is drained; a patch id no live run carries may have its old path removed."""
+
+    method = "versions"
+    cli = ("versions",)
+    workflow_id: str | None = opt(flag="--workflow", help="only this workflow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,9 +456,9 @@ class Changes(StreamRequest):
 
 
 REQUESTS: tuple[type[Request[Any]], ...] = (
-    Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Bulk, Reschedule, Replay,
+    Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Bulk, Reschedule, Replay, Export,
     SendEvent, Signal, CompleteToken,
-    Workflows, Schedules, Stats,
+    Workflows, Versions, Schedules, Stats,
     ScheduleCreate, ScheduleDelete, SchedulePause, ScheduleResume, ScheduleTrigger,
     ScheduleBackfill,
     Tail, Watch, Stream, Changes,
@@ -515,10 +539,12 @@ class ServiceMethods:
     bulk = method(Bulk)
     reschedule = method(Reschedule)
     replay = method(Replay)
+    export = method(Export)
     send_event = method(SendEvent)
     signal = method(Signal)
     complete_token = method(CompleteToken)
     workflows = method(Workflows)
+    versions = method(Versions)
     schedules = method(Schedules)
     schedule_create = method(ScheduleCreate)
     schedule_delete = method(ScheduleDelete)

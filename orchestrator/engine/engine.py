@@ -29,7 +29,7 @@ import storage
 from orchestrator import logs
 from orchestrator.api import errors, protocol, service, views
 from orchestrator.api.service import JSONDict
-from orchestrator.engine import bridge, replay, triggers
+from orchestrator.engine import bridge, export, replay, triggers, versions
 from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import Plan, plan_for
 from orchestrator.engine.holds import Holds
@@ -172,7 +172,9 @@ class Engine(service.ServiceMethods):
         self.timers.start()
         self.instrument.reached("timers.armed")
         self._accepting = True
-        log.info("orchestrator.started", recovered=recovered, timers_fired=fired)
+        resumed = await versions.resume_arrived_versions(self.storage, self.registry, self.ops)
+        log.info("orchestrator.started", recovered=recovered, timers_fired=fired,
+                 versions_arrived=resumed)
 
     def _timer_stored(self, due_at: float) -> None:
         self.timers.notify(due_at)
@@ -395,6 +397,12 @@ class Engine(service.ServiceMethods):
         definition = self.registry.get(r.workflow_id)
         if definition is None:
             raise errors.NotFound("workflow", r.workflow_id)
+        if r.version is not None:
+            definition = self.registry.get_version(r.workflow_id, r.version)
+            if definition is None:
+                raise errors.InvalidParams(
+                    "version", "one of " + ", ".join(self.registry.versions(r.workflow_id)),
+                    repr(r.version))
         run_input = self._accepted_input(definition, r.input)
         plan = self._plan(definition, run_input)
         if plan.debounce is None or r.run_id is not None or r.idempotency_key is not None:
@@ -457,6 +465,7 @@ class Engine(service.ServiceMethods):
             created_at=now,
             input=run_input,
             workflow_version=definition.version,
+            version_pinned=definition.pinned,
             tags=tags or definition.tags,
             priority=priority,
             idempotency_key=idempotency_key,
@@ -617,6 +626,12 @@ class Engine(service.ServiceMethods):
             raise errors.NotFound("workflow", run.workflow_id)
         record = await self.storage.load_journal(r.run_id)
         return await replay.check(definition, record)
+
+    @handles(service.Export)
+    async def _export(self, r: service.Export) -> JSONDict:
+        if not r.run_ids:
+            raise errors.InvalidParams("run_ids", "at least one run id", "an empty list")
+        return await export.export(self.storage, r.run_ids, self.clock.now())
 
     # ------------------------------------------------------------------ resolutions
 
@@ -783,6 +798,10 @@ class Engine(service.ServiceMethods):
                 for d in sorted(self.registry, key=lambda d: d.id)
             ]
         }
+
+    @handles(service.Versions)
+    async def _versions(self, r: service.Versions) -> JSONDict:
+        return await versions.versions(self.storage, self.registry, r.workflow_id)
 
     @handles(service.Schedules)
     async def _schedules(self, r: service.Schedules) -> JSONDict:

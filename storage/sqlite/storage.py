@@ -295,6 +295,16 @@ class SQLiteStorage:
                     "ORDER BY stream_id, seq",
                     key,
                 )
+                reopen_rows = await conn.execute_fetchall(
+                    "SELECT a.journal FROM run_archive a JOIN runs r ON r.run_id = a.run_id "
+                    "WHERE a.run_id = ? AND a.mode = 'resume' AND a.attempt = r.attempt",
+                    key,
+                )
+        reopened = frozenset(
+            step["step_id"]
+            for (journal,) in reopen_rows
+            for step in (rows.loads(journal) or {}).get("undone_steps", ())
+        )
         stream_chunks = tuple(rows.chunk_from_row(r) for r in chunk_rows)
         step_records = tuple(rows.step_from_row(r) for r in step_rows)
         # The latest attempt of each step lives in `steps`; earlier ones in `step_attempts`.
@@ -310,6 +320,7 @@ class SQLiteStorage:
                 s.started_at,
                 s.finished_at,
                 s.retry_at,
+                s.journal_seq,
             )
             for s in step_records
         )
@@ -324,6 +335,7 @@ class SQLiteStorage:
             stream_chunks=stream_chunks,
             completed_streams=frozenset(c.stream_id for c in stream_chunks if c.final),
             metadata_ops=cursor[0][0] + 1 if cursor else 0,
+            reopened_steps=reopened,
         )
 
     async def get_waitpoint(self, run_id: str, wp_id: str) -> records.WaitpointRecord | None:
