@@ -65,7 +65,7 @@ from storage.ops import (
     WriteBatch,
     WriteOp,
 )
-from storage.protocol import Storage
+from storage.protocol import SEARCH_MIN_CHARS, Storage
 from storage.records import (
     JSON,
     NON_TERMINAL_STATUSES,
@@ -114,6 +114,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "JSON",
     "NON_TERMINAL_STATUSES",
+    "SEARCH_MIN_CHARS",
     "TERMINAL_STATUSES",
     "UNSET",
     "AppendStreamChunk",

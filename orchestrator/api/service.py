@@ -153,6 +153,9 @@ class List(Request[JSONDict]):
         type="moment", help="created at or after: TIME, or D ago (e.g. 1h)"
     )
     until: float | str | None = opt(type="moment", help="created before: TIME, or D ago")
+    search: str | None = opt(
+        help="text in the run id, input, output, error, tags or metadata (3+ characters)"
+    )
     limit: int = opt(100, minimum=1)
 
 

@@ -514,12 +514,18 @@ class Engine(service.ServiceMethods):
 
     @handles(service.List)
     async def _list(self, r: service.List) -> JSONDict:
+        if r.search is not None and len(r.search) < storage.SEARCH_MIN_CHARS:
+            # The trigram index cannot answer shorter text; a scan would not stay fast at 1M runs.
+            raise errors.InvalidParams(
+                "search", f"at least {storage.SEARCH_MIN_CHARS} characters", repr(r.search)
+            )
         runs = await self.storage.list_runs(
             status=storage.RunStatus(r.status) if r.status else None,
             workflow_id=r.workflow_id,
             tag=r.tag,
             since=_seconds(r.since),
             until=_seconds(r.until),
+            search=r.search,
             limit=r.limit,
         )
         return {"runs": views.runs(runs)}

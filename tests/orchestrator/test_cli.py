@@ -303,3 +303,15 @@ def test_main_exits_with_the_code(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["submit"])
     assert info.value.code == 2
+
+
+async def test_runs_search(server: SocketServer, capsys, engine: Engine) -> None:
+    await engine.submit("echo", {"customer": "Grace Hopper"}, run_id="S1")
+    await engine.submit("echo", {"customer": "Alan Turing"}, run_id="S2")
+    await engine.wait("S1")
+    await engine.wait("S2")
+    code, out, _ = await wf(capsys, server, "runs", "--search", "hopper", "--json")
+    assert code == 0
+    assert [r["run_id"] for r in orjson.loads(out)["runs"]] == ["S1"]
+    code, _, err = await wf(capsys, server, "runs", "--search", "ho")
+    assert code != 0 and "search" in err and "3 characters" in err
