@@ -103,6 +103,16 @@ class Storage(Protocol):
         substring, at least 3 characters; ``ValueError`` if shorter)."""
         ...
 
+    async def count_prunable(
+        self,
+        statuses: tuple[records.RunStatus, ...],
+        before: float,
+        workflow_id: str | None = None,
+    ) -> int:
+        """How many runs ``PruneRuns(statuses, before, workflow_id)`` would delete in all
+        (roots and their descendants): the dry run of ``prune``."""
+        ...
+
     async def paused_workflows(self) -> list[str]:
         """The ids of the paused workflows (``pause {workflow_id}``), sorted."""
         ...

@@ -18,7 +18,7 @@ import aiosqlite
 
 from storage import errors, ops, protocol, records
 from storage.instruments import NO_INSTRUMENT, Instrument
-from storage.sqlite import pragmas, rows
+from storage.sqlite import pragmas, retention, rows
 from storage.sqlite.translate import translate_errors
 from storage.sqlite.writer import SetMaxPageCount, Writer, WriterStats
 
@@ -205,6 +205,15 @@ class SQLiteStorage:
         sql, params = list_runs_query(status=status, workflow_id=workflow_id, tag=tag,
                                       since=since, until=until, search=search, limit=limit)
         return [rows.run_from_row(r) for r in await self._fetch(sql, params)]
+
+    async def count_prunable(
+        self,
+        statuses: tuple[records.RunStatus, ...],
+        before: float,
+        workflow_id: str | None = None,
+    ) -> int:
+        sql, params = retention.count_prunable_sql(statuses, before, workflow_id)
+        return int((await self._fetch(sql, params))[0][0])
 
     async def paused_workflows(self) -> list[str]:
         found = await self._fetch("SELECT workflow_id FROM paused_workflows ORDER BY workflow_id")

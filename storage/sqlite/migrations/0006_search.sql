@@ -1,7 +1,11 @@
--- Full-text search over runs (SPEC §5 list(search=), §12) and the W3C trace context a run was
--- submitted with (§12 traces).
+-- Full-text search over runs (SPEC §5 list(search=), §12), the indices retention needs, and the
+-- W3C trace context a run was submitted with (§12 traces).
 
 ALTER TABLE runs ADD COLUMN traceparent TEXT;
+
+-- Retention: a root's descendants (pruned with it) and the oldest stored events.
+CREATE INDEX runs_root ON runs (root_run_id) WHERE root_run_id IS NOT NULL;
+CREATE INDEX events_received ON events (received_at);
 
 -- One document per run, rowid = runs.number: run id, workflow id, input, output, error, tags and
 -- every metadata key/value, separated by newlines. The trigram tokenizer makes any substring of
