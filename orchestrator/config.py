@@ -85,6 +85,16 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """Ages (seconds) after which ended runs and stored events are pruned; None: kept forever."""
+
+    completed: float | None = 30 * 86400.0
+    failed: float | None = 90 * 86400.0  # also compensated, compensation_failed, timed_out
+    cancelled: float | None = 90 * 86400.0
+    events: float | None = 7 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     daemon: DaemonConfig
     storage: StorageConfig
@@ -92,6 +102,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     base_dir: Path = field(default_factory=Path.cwd)
     source: Path | None = None  # the file it was loaded from
 
@@ -188,6 +199,16 @@ def _duration(key: str, value: Any, base: Path) -> float:
         raise _fail(key, value, "a duration such as '10s' or a number of seconds") from exc
 
 
+def _age(key: str, value: Any, base: Path) -> float | None:
+    """A retention age: a duration, or "" / 0 for keep forever."""
+    if value == "" or (not isinstance(value, bool) and value == 0):
+        return None
+    seconds = _duration(key, value, base)
+    if seconds < 0:
+        raise _fail(key, value, "a duration >= 0 ('' or 0: keep forever)")
+    return seconds
+
+
 _SECTIONS: Final[dict[str, tuple[type[Any], dict[str, tuple[_Checker, Any]]]]] = {
     # section -> (dataclass, {key: (checker, raw default)})
     "daemon": (
@@ -238,6 +259,15 @@ _SECTIONS: Final[dict[str, tuple[type[Any], dict[str, tuple[_Checker, Any]]]]] =
         {
             "max_payload_bytes": (_int(1), 2097152),
             "max_journal_entries": (_int(1), 100000),
+        },
+    ),
+    "retention": (
+        RetentionConfig,
+        {
+            "completed": (_age, "30d"),
+            "failed": (_age, "90d"),
+            "cancelled": (_age, "90d"),
+            "events": (_age, "7d"),
         },
     ),
 }
