@@ -626,6 +626,15 @@ class PruneEvents(WriteOp[int]):
 
 
 @dataclass(frozen=True, slots=True)
+class MergeSearchIndex(WriteOp[bool]):
+    """Merge the full-text index's segments, about ``pages`` pages of work; returns whether
+    there was work to do. FTS5 keeps a deleted row's postings as delete markers until their
+    segments merge, so pruned runs free their search pages only after this."""
+
+    pages: int
+
+
+@dataclass(frozen=True, slots=True)
 class IncrementalVacuum(WriteOp[int]):
     """Give up to ``pages`` free pages back to the file system (a no-op unless the file has
     ``auto_vacuum = INCREMENTAL``); returns the free pages left."""

@@ -121,6 +121,8 @@ class Retention:
 
     async def vacuum(self) -> None:
         """Shrink the file by the pages pruning freed, a few hundred pages per transaction."""
+        while await self._storage.execute(storage.MergeSearchIndex(VACUUM_PAGES)):
+            await asyncio.sleep(0)  # let other writers in between merges
         free = await self._storage.execute(storage.IncrementalVacuum(VACUUM_PAGES))
         while free > 0:
             await asyncio.sleep(0)

@@ -135,9 +135,18 @@ def incremental_vacuum(conn: Conn, op: ops.IncrementalVacuum) -> int:
     return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
 
+def merge_search_index(conn: Conn, op: ops.MergeSearchIndex) -> bool:
+    # A negative budget merges segments whatever their level (FTS5 'merge' command); a change
+    # count below 2 means there was nothing left to merge (FTS5 documentation).
+    before = conn.total_changes
+    conn.execute("INSERT INTO run_search(run_search, rank) VALUES('merge', ?)", (-op.pages,))
+    return conn.total_changes - before >= 2
+
+
 APPLY: dict[type[Any], mutations.Apply] = {
     ops.PruneRuns: prune_runs,
     ops.PruneEvents: prune_events,
     ops.IncrementalVacuum: incremental_vacuum,
+    ops.MergeSearchIndex: merge_search_index,
 }
 """Retention op type → the function that applies it (merged into the writer's table)."""
