@@ -24,7 +24,8 @@ def populate(path: Path) -> None:
     conn.executemany(
         "INSERT INTO runs (number, run_id, workflow_id, status, input, output, created_at, "
         "finished_at, updated_at) VALUES (?, ?, 'wf', 'completed', ?, ?, ?, ?, ?)",
-        ((i + 1, f"run-{i:06d}", f'{{"c": "c{i % 977}"}}', f"{i * 3}", float(i), float(i) + 1, float(i) + 1) for i in range(N)),
+        ((i + 1, f"run-{i:06d}", f'{{"c": "c{i % 977}"}}', f"{i * 3}", float(i),
+          float(i) + 1, float(i) + 1) for i in range(N)),
     )
     conn.executemany(
         "INSERT INTO steps (run_no, step_id, position, attempt, status, output, started_at, "
