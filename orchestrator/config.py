@@ -86,6 +86,16 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """Ages (seconds) after which ended runs and stored events are pruned; None: kept forever."""
+
+    completed: float | None = 30 * 86400.0
+    failed: float | None = 90 * 86400.0  # also compensated, compensation_failed, timed_out
+    cancelled: float | None = 90 * 86400.0
+    events: float | None = 7 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     """``[http]`` (SPEC §12): ``host``/``port`` come from ``listen``; ``host`` None = off."""
 
@@ -112,6 +122,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     base_dir: Path = field(default_factory=Path.cwd)
     source: Path | None = None  # the file it was loaded from
 
@@ -229,6 +240,16 @@ def _duration(key: str, value: Any, base: Path) -> float:
         raise _fail(key, value, "a duration such as '10s' or a number of seconds") from exc
 
 
+def _age(key: str, value: Any, base: Path) -> float | None:
+    """A retention age: a duration, or "" / 0 for keep forever."""
+    if value == "" or (not isinstance(value, bool) and value == 0):
+        return None
+    seconds = _duration(key, value, base)
+    if seconds < 0:
+        raise _fail(key, value, "a duration >= 0 ('' or 0: keep forever)")
+    return seconds
+
+
 _SECTIONS: Final[dict[str, tuple[type[Any], dict[str, tuple[_Checker, Any]]]]] = {
     # section -> (dataclass, {key: (checker, raw default)})
     "daemon": (
@@ -288,6 +309,15 @@ _SECTIONS: Final[dict[str, tuple[type[Any], dict[str, tuple[_Checker, Any]]]]] =
             "token": (_str, ""),
             "token_file": (_optional_path, ""),
             "allowed_hosts": (_str_list, []),
+        },
+    ),
+    "retention": (
+        RetentionConfig,
+        {
+            "completed": (_age, "30d"),
+            "failed": (_age, "90d"),
+            "cancelled": (_age, "90d"),
+            "events": (_age, "7d"),
         },
     ),
 }

@@ -39,7 +39,11 @@ from storage.ops import (
     FireSchedule,
     FireTimer,
     FlushBatch,
+    IncrementalVacuum,
+    MergeSearchIndex,
     PauseSchedule,
+    PruneEvents,
+    PruneRuns,
     PutRateLimit,
     RecordCompensation,
     RecordEvent,
@@ -65,7 +69,7 @@ from storage.ops import (
     WriteBatch,
     WriteOp,
 )
-from storage.protocol import Storage
+from storage.protocol import SEARCH_MIN_CHARS, Storage
 from storage.records import (
     JSON,
     NON_TERMINAL_STATUSES,
@@ -114,6 +118,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "JSON",
     "NON_TERMINAL_STATUSES",
+    "SEARCH_MIN_CHARS",
     "TERMINAL_STATUSES",
     "UNSET",
     "AppendStreamChunk",
@@ -139,13 +144,17 @@ __all__ = [
     "FireTimer",
     "FiredTimer",
     "FlushBatch",
+    "IncrementalVacuum",
     "InvalidOperation",
     "Journal",
     "Matcher",
+    "MergeSearchIndex",
     "MetadataOpKind",
     "NotFound",
     "PauseSchedule",
     "PendingBatch",
+    "PruneEvents",
+    "PruneRuns",
     "PutRateLimit",
     "RateLimitState",
     "RecordCompensation",

@@ -154,6 +154,9 @@ class List(Request[JSONDict]):
         type="moment", help="created at or after: TIME, or D ago (e.g. 1h)"
     )
     until: float | str | None = opt(type="moment", help="created before: TIME, or D ago")
+    search: str | None = opt(
+        help="text in the run id, input, output, error, tags or metadata (3+ characters)"
+    )
     limit: int = opt(100, minimum=1)
 
 
@@ -406,6 +409,21 @@ class Stats(Request[JSONDict]):
     cli = ("stats",)
 
 
+@dataclass(frozen=True, slots=True)
+class Prune(Request[JSONDict]):
+    """Delete ended runs (with their children and every row they own) and old stored events.
+    With ``older_than``: runs of ``status`` (default: every ended status) that ended more than
+    that long ago; without: the ``[retention]`` ages of the config. ``{"runs": n, "events": n,
+    "dry_run": bool}``; a dry run counts what would go and deletes nothing."""
+
+    method = "prune"
+    cli = ("prune",)
+    older_than: float | str | None = opt(type="duration", help="ended more than D ago, e.g. 30d")
+    status: str | None = opt(choices=tuple(sorted(TERMINAL_STATUSES)))
+    workflow_id: str | None = opt(flag="--workflow")
+    dry_run: bool = opt(False, help="count, delete nothing")
+
+
 # --- streams ------------------------------------------------------------------------------------
 
 
@@ -458,7 +476,7 @@ class Changes(StreamRequest):
 REQUESTS: tuple[type[Request[Any]], ...] = (
     Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Bulk, Reschedule, Replay, Export,
     SendEvent, Signal, CompleteToken,
-    Workflows, Versions, Schedules, Stats,
+    Workflows, Versions, Schedules, Stats, Prune,
     ScheduleCreate, ScheduleDelete, SchedulePause, ScheduleResume, ScheduleTrigger,
     ScheduleBackfill,
     Tail, Watch, Stream, Changes,
@@ -553,6 +571,7 @@ class ServiceMethods:
     schedule_trigger = method(ScheduleTrigger)
     schedule_backfill = method(ScheduleBackfill)
     stats = method(Stats)
+    prune = method(Prune)
     tail = stream_method(Tail)
     watch = stream_method(Watch)
     stream = stream_method(Stream)

@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from storage import errors, ops, records
+from storage import errors, ops, protocol, records
 from storage.instruments import NO_INSTRUMENT, Instrument
-from storage.sqlite import pragmas, rows
+from storage.sqlite import pragmas, retention, rows
 from storage.sqlite.translate import translate_errors
 from storage.sqlite.writer import SetMaxPageCount, Writer, WriterStats
 
@@ -199,11 +199,21 @@ class SQLiteStorage:
         tag: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        search: str | None = None,
         limit: int | None = 100,
     ) -> list[records.RunRecord]:
         sql, params = list_runs_query(status=status, workflow_id=workflow_id, tag=tag,
-                                      since=since, until=until, limit=limit)
+                                      since=since, until=until, search=search, limit=limit)
         return [rows.run_from_row(r) for r in await self._fetch(sql, params)]
+
+    async def count_prunable(
+        self,
+        statuses: tuple[records.RunStatus, ...],
+        before: float,
+        workflow_id: str | None = None,
+    ) -> int:
+        sql, params = retention.count_prunable_sql(statuses, before, workflow_id)
+        return int((await self._fetch(sql, params))[0][0])
 
     async def paused_workflows(self) -> list[str]:
         found = await self._fetch("SELECT workflow_id FROM paused_workflows ORDER BY workflow_id")
@@ -448,6 +458,16 @@ DUE_TIMERS_SQL = (
 )
 
 
+def search_phrase(text: str) -> str:
+    """``text`` as one FTS5 phrase: matched as a literal substring (case-insensitive), so quotes,
+    operators and punctuation in it mean nothing special. The trigram index needs 3 characters."""
+    if len(text) < protocol.SEARCH_MIN_CHARS:
+        raise ValueError(
+            f"search: needs at least {protocol.SEARCH_MIN_CHARS} characters, got {text!r}"
+        )
+    return '"' + text.replace('"', '""') + '"'
+
+
 def list_runs_query(
     *,
     status: records.RunStatus | None,
@@ -456,10 +476,14 @@ def list_runs_query(
     limit: int | None,
     since: float | None = None,
     until: float | None = None,
+    search: str | None = None,
 ) -> tuple[str, list[Any]]:
     """SQL for ``list_runs``: newest first, driven by the most selective index available."""
     where: list[str] = []
     params: list[Any] = []
+    if search is not None:
+        where.append("runs.number IN (SELECT rowid FROM run_search WHERE run_search MATCH ?)")
+        params.append(search_phrase(search))
     source = "runs"
     if tag is not None:
         source = "run_tags JOIN runs USING (run_id)"

@@ -309,6 +309,15 @@ async def _stats(c: Client, engine: Engine) -> None:
     assert {"waiting_waitpoints", "timers", "events", "actors", "scheduler"} <= set(stats)
 
 
+@case(service.Prune)
+async def _prune(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    assert await c.prune(older_than=0, dry_run=True) == {"runs": 1, "events": 0, "dry_run": True}
+    assert (await c.prune(older_than=0, status="completed"))["runs"] == 1
+    assert (await c.list())["runs"] == []
+    await _expect_code("INVALID_PARAMS", c.prune(status="running"))
+
+
 @case(service.Tail)
 async def _tail(c: Client, engine: Engine) -> None:
     subscribed = logs.subscriber_count()
