@@ -64,9 +64,11 @@ async def test_runs_page_lists_and_filters(browser: tuple[httpx.AsyncClient, str
     assert "No runs match" in recent.text and '<option value="1h" selected>' in recent.text
     bad = await c.get("/", params={"status": "nope"})
     assert bad.status_code == 200 and "status" in bad.text and 'class="flash error"' in bad.text
-    # Without a search index the box finds a run by its id.
+    # The box searches the full-text index (ids, inputs, outputs, errors, metadata).
     found = await c.get("/", params={"search": "run-echo"})
-    assert found.status_code == 303 and found.headers["location"] == "/runs/run-echo"
+    assert found.status_code == 200
+    assert 'href="/runs/run-echo"' in found.text and 'href="/runs/run-wait"' not in found.text
+    assert 'value="run-echo"' in found.text  # the box keeps the query (a deep link)
 
 
 async def test_runs_page_pages_by_creation(browser: tuple[httpx.AsyncClient, str],
