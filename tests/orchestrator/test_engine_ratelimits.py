@@ -67,7 +67,9 @@ async def test_a_spent_bucket_stays_spent_across_a_restart(
     assert CALLS == ["a1", "a2"]
 
 
-async def test_a_list_of_limits_is_taken_all_or_none_from_buckets_shared_by_workflows(db_path: Path) -> None:
+async def test_a_list_of_limits_is_taken_all_or_none_from_buckets_shared_by_workflows(
+    db_path: Path,
+) -> None:
     CALLS.clear()
     async with open_engine(db_path, registry=_registry()) as engine:
         # b1 takes one unit of each; b2 finds partner empty and must take nothing from api ...
