@@ -195,6 +195,15 @@ async def test_timeline_of_a_retried_step_filters_live_run_page_and_shutdown(
     await page.wait_for_url("**/?*workflow_id=e2e-retried*")
     await expect(page.locator("tr[data-run-id]")).to_have_count(1)
     await expect(page.locator('tr[data-run-id="b-retry"]')).to_be_visible()
+    # Full-text search from the keyboard: "/" focuses the box, Enter searches (a deep link).
+    await page.goto(f"{browser.base}/")
+    await expect(page.locator("tr[data-run-id]")).to_have_count(2)
+    await page.keyboard.press("/")
+    await page.keyboard.type("later")
+    await page.keyboard.press("Enter")
+    await page.wait_for_url("**/?search=later")
+    await expect(page.locator("tr[data-run-id]")).to_have_count(1)
+    await expect(page.locator('tr[data-run-id="b-follow"]')).to_be_visible()
     # SIGTERM with a live page open: the daemon still stops cleanly (its stream ends).
     await live(page)
     assert await asyncio.to_thread(http_daemon.stop) == 0

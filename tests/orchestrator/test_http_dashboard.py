@@ -64,9 +64,43 @@ async def test_runs_page_lists_and_filters(browser: tuple[httpx.AsyncClient, str
     assert "No runs match" in recent.text and '<option value="1h" selected>' in recent.text
     bad = await c.get("/", params={"status": "nope"})
     assert bad.status_code == 200 and "status" in bad.text and 'class="flash error"' in bad.text
-    # Without a search index the box finds a run by its id.
-    found = await c.get("/", params={"search": "run-echo"})
-    assert found.status_code == 303 and found.headers["location"] == "/runs/run-echo"
+    # Full-text search: text in an input finds its run; the box keeps what was typed.
+    found = await c.get("/", params={"search": "hello"})
+    assert "run-echo" in found.text and "run-wait" not in found.text
+    assert 'value="hello"' in found.text
+    short = await c.get("/", params={"search": "he"})
+    assert 'class="flash error"' in short.text and "3 characters" in short.text
+
+
+async def test_search_works_with_filters_paging_and_bulk(
+        browser: tuple[httpx.AsyncClient, str], engine: Engine,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    c, csrf = browser
+    from orchestrator.http.dashboard import pages
+    monkeypatch.setattr(pages, "PAGE_SIZE", 2)
+    for i in range(3):
+        await engine.submit("event", {"type": "never", "customer": "acme"}, run_id=f"a{i}")
+        await reach(engine, f"a{i}", "waiting")
+        await asyncio.sleep(0.002)  # distinct creation times
+    await engine.submit("event", {"type": "never", "customer": "globex"}, run_id="g0")
+    await reach(engine, "g0", "waiting")
+    await engine.submit("echo", {"customer": "acme"}, run_id="e0")
+    await reach(engine, "e0", "completed")
+    query = {"search": "acme", "status": "waiting"}
+    first = await c.get("/", params=query)
+    assert ">a2<" in first.text and ">a1<" in first.text
+    assert ">a0<" not in first.text and ">g0<" not in first.text and ">e0<" not in first.text
+    older = first.text.split('rel="next"', 1)[0].rsplit('href="/?', 1)[1].split('"', 1)[0]
+    older = older.replace("&amp;", "&")
+    assert "search=acme" in older and "status=waiting" in older  # the pager keeps the query
+    second = await c.get("/?" + older)
+    assert ">a0<" in second.text and ">a2<" not in second.text and ">g0<" not in second.text
+    # The live fragment and the bulk form carry the search too.
+    assert 'hx-get="/fragments/runs?status=waiting&amp;search=acme"' in first.text
+    assert '<input type="hidden" name="search" value="acme">' in first.text
+    dry = await c.post("/bulk", headers={"X-WF-CSRF": csrf},
+                       data={"search": "acme", "action": "cancel", "dry_run": "true"})
+    assert "would apply to 3 of the 4 runs" in dry.text  # e0 has ended: not eligible
 
 
 async def test_runs_page_pages_by_creation(browser: tuple[httpx.AsyncClient, str],
