@@ -10,6 +10,8 @@ from typing import Any
 from orchestrator.daemon.compose import Orchestrator
 from orchestrator.daemon.server import SocketServer
 from orchestrator.http.app import create_app
+from orchestrator.http.daemons import this_process
+from orchestrator.http.history import History
 from orchestrator.http.metrics import Metrics
 from orchestrator.http.server import HttpServer
 from orchestrator.http.settings import HttpSettings
@@ -71,5 +73,10 @@ def build_http(orch: Orchestrator, socket: SocketServer | None = None) -> HttpSe
         # Recovery is done once the engine is open; a fail-stop means storage is not writable.
         return not orch.fatal.done()
 
-    app = create_app(orch, HttpSettings.from_config(cfg), readiness=ready, metrics=metrics)
-    return HttpServer(app, cfg.http.host, cfg.http.port)
+    history = History(metrics.figures, clock=orch.clock)
+    listen = f"{cfg.http.host}:{cfg.http.port}"
+    daemons = this_process(version=_version(), database=str(cfg.storage.path),
+                           socket_path=str(cfg.daemon.socket), http=listen, clock=orch.clock)
+    app = create_app(orch, HttpSettings.from_config(cfg), readiness=ready, metrics=metrics,
+                     history=history, daemons=daemons)
+    return HttpServer(app, cfg.http.host, cfg.http.port, background=[history.run])
