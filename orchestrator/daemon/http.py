@@ -74,9 +74,16 @@ def build_http(orch: Orchestrator, socket: SocketServer | None = None) -> HttpSe
         return not orch.fatal.done()
 
     history = History(metrics.figures, clock=orch.clock)
-    listen = f"{cfg.http.host}:{cfg.http.port}"
+    server: HttpServer | None = None
+
+    def listening() -> str:  # the bound port (config port 0 picks one at start)
+        port = server.port if server is not None else cfg.http.port
+        return f"{cfg.http.host}:{port}"
+
     daemons = this_process(version=_version(), database=str(cfg.storage.path),
-                           socket_path=str(cfg.daemon.socket), http=listen, clock=orch.clock)
+                           socket_path=str(cfg.daemon.socket), http=listening,
+                           clock=orch.clock)
     app = create_app(orch, HttpSettings.from_config(cfg), readiness=ready, metrics=metrics,
                      history=history, daemons=daemons)
-    return HttpServer(app, cfg.http.host, cfg.http.port, background=[history.run])
+    server = HttpServer(app, cfg.http.host, cfg.http.port, background=[history.run])
+    return server

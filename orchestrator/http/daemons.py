@@ -8,7 +8,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from runtime.clock import Clock, SystemClock
 
@@ -32,14 +32,15 @@ Daemons = Callable[[], Sequence[DaemonInfo]]
 
 
 def this_process(*, version: str = "unknown", database: str = "", socket_path: str = "",
-                 http: str = "", clock: Clock | None = None) -> Daemons:
-    """The one daemon of a SQLite deployment: this process, started now."""
+                 http: Callable[[], str] = str, clock: Clock | None = None) -> Daemons:
+    """The one daemon of a SQLite deployment: this process, started now. ``http`` says where
+    it listens when asked (a port 0 in the config is chosen at start)."""
     started = (clock or SystemClock()).now()
     host = socket.gethostname()
     info = DaemonInfo(name=f"{host}:{os.getpid()}", pid=os.getpid(), host=host,
                       version=version, started_at=started, database=database,
-                      socket=socket_path, http=http)
-    return lambda: (info,)
+                      socket=socket_path)
+    return lambda: (replace(info, http=http()),)
 
 
 def uptime(info: DaemonInfo, now: float | None = None) -> float:

@@ -370,7 +370,7 @@ async def test_health_page_charts_in_memory_figures_and_daemons_lists_this_one(
         daemons = await c.get("/daemons")
         assert daemons.status_code == 200
         assert 'data-daemon="h:1"' in daemons.text and 'data-daemon="h2:7"' in daemons.text
-        assert "/d/wf.db" in daemons.text and "(this one)" in daemons.text
+        assert "/d/wf.db" in daemons.text and "(serving this page)" in daemons.text
         assert "10.7 min" in daemons.text  # h:1 up since 400, now 1040
     # The default: this process, one daemon.
     plain = create_app(engine, HttpSettings(token=TOKEN))

@@ -74,7 +74,8 @@ class EnginePages:
                           "svg": charts.line(points, now=now, window=window,
                                              name=chart.title, unit=chart.unit)})
         return page(request, "health.html", nav="health", charts=drawn,
-                    figures=sorted(h.latest().items()), interval=h.interval,
+                    figures=[(k, charts.number(v)) for k, v in sorted(h.latest().items())],
+                    interval=h.interval,
                     window=window, samples=len(h.samples))
 
     async def daemons_page(self, request: Request) -> Response:
