@@ -35,6 +35,7 @@ def gauges(orch: Orchestrator, socket: SocketServer | None) -> dict[str, float |
     """In-memory counts only (a scrape must not scan a table)."""
     engine = orch.engine
     actors = engine.supervisor.stats()
+    timers = engine.timers.stats()
     writer: Any = getattr(engine.storage, "stats", None)
     out: dict[str, float | None] = {
         "active_actors": actors.active_actors,
@@ -45,7 +46,9 @@ def gauges(orch: Orchestrator, socket: SocketServer | None) -> dict[str, float |
         "actor_failures": actors.actor_failures,
         "paused_runs": engine.holds.paused_runs,
         "change_followers": engine.supervisor.changes.followers,
-        "timers_fired": engine.timers.stats().fired,
+        "timers_fired": timers.fired,
+        "timer_lag_seconds_total": timers.lag_total,
+        "timer_lag_seconds_max": timers.lag_max,
         "db_bytes": _file_size(str(orch.config.storage.path)),
         "wal_bytes": _file_size(f"{orch.config.storage.path}-wal"),
     }

@@ -197,7 +197,7 @@ async def test_sending_the_event_from_the_form_resumes_the_waiting_run_and_other
     await shot(page, "events", tmp_path)
     # Engine health: charts drawn on the server from in-memory figures.
     await page.goto(f"{browser.base}/health")
-    await expect(page.locator("figure.chart svg.chart")).to_have_count(12)
+    await expect(page.locator("figure.chart svg.chart")).to_have_count(13)
     await expect(page.locator('figure[data-chart="runs_finished"]')).to_be_visible()
     await shot(page, "health", tmp_path)
     # Daemons: with SQLite, the one daemon, with its pid and database.

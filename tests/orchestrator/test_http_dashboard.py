@@ -362,7 +362,7 @@ async def test_health_page_charts_in_memory_figures_and_daemons_lists_this_one(
         page = await c.get("/health")
         assert page.status_code == 200 and len(history.samples) == 5  # the view sampled
         for key in ("runs_finished", "storage_ops", "batch_size", "run_latency",
-                    "active_actors", "timers_fired"):
+                    "active_actors", "timers_fired", "timer_lag"):
             assert f'data-chart="{key}"' in page.text, key
         chart = page.text.split('data-chart="batch_size"', 1)[1].split("</figure>", 1)[0]
         assert "<polyline" in chart and "last 10" in chart

@@ -48,6 +48,8 @@ CHARTS: Final = (
     Chart("run_latency", "Run latency, submit to end (mean)", "s",
           _ratio("run_duration_sum", "run_duration_count")),
     Chart("timers_fired", "Timers fired", "per s", _rate("timers_fired")),
+    Chart("timer_lag", "Timer lag, due to fired (mean)", "ms",
+          _ratio("timer_lag_seconds_total", "timers_fired"), 1e3),
     Chart("active_actors", "Active runs (actors)", "runs", _level("active_actors")),
     Chart("slot_queue_depth", "Queued for a slot", "runs", _level("slot_queue_depth")),
     Chart("storage_queued", "Writer queue", "writes", _level("storage_queued")),
