@@ -299,7 +299,8 @@ async def test_dashboard_under_an_embedding_apps_prefix(engine: Engine) -> None:
 
 
 async def test_events_page_lists_what_each_event_did_and_the_forms_dry_run_and_send(
-        browser: tuple[httpx.AsyncClient, str], engine: Engine) -> None:
+        browser: tuple[httpx.AsyncClient, str], engine: Engine,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     c, csrf = browser
     h = {"X-WF-CSRF": csrf}
     await engine.submit("event", {"type": "paid"}, run_id="ev1")
@@ -328,6 +329,13 @@ async def test_events_page_lists_what_each_event_did_and_the_forms_dry_run_and_s
     assert 'href="/runs/ev1"' in rows[2] and "none" in rows[1]
     only = await c.get("/events", params={"type": "paid"})
     assert 'data-event-id="e-1"' in only.text and 'data-event-id="e-2"' not in only.text
+    from orchestrator.http.dashboard import events
+    monkeypatch.setattr(events, "PAGE_SIZE", 1)
+    first = await c.get("/events")
+    assert 'data-event-id="e-2"' in first.text and 'data-event-id="e-1"' not in first.text
+    older = first.text.split('rel="next"', 1)[0].rsplit('href="/events?', 1)[1]
+    second = await c.get("/events?" + older.split('"', 1)[0].replace("&amp;", "&"))
+    assert 'data-event-id="e-1"' in second.text and "« newest" in second.text
 
 
 async def test_health_page_charts_in_memory_figures_and_daemons_lists_this_one(
