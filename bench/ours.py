@@ -85,8 +85,9 @@ async def follow_changes(log: Path, seen: list[int]) -> None:
 class Daemon:
     """A ``wf daemon`` subprocess on a bench config; ``start`` returns once it logged ready."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, prefix: tuple[str, ...] = ()) -> None:
         self.config = config
+        self.prefix = prefix  # a command the daemon runs under (e.g. valgrind)
         self.log = config.parent / "daemon.log"
         self.socket = config.parent / "wf.sock"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -101,7 +102,8 @@ class Daemon:
         offset = self.log.stat().st_size if self.log.exists() else 0
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "daemon", "--config", str(self.config)],
+            [*self.prefix, sys.executable, "-m", "orchestrator", "daemon", "--config",
+             str(self.config)],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
         )

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import datetime
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, MutableMapping
+import time
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
@@ -203,6 +205,31 @@ def flush() -> None:
 atexit.register(flush)
 
 
+class _IsoTimestamp:
+    """structlog processor: ``timestamp`` as ISO-8601 UTC, as ``TimeStamper(fmt="iso",
+    utc=True)`` writes it (``2026-12-05T08:00:00.123456Z``; no fraction on a whole second),
+    with the date and time of the current second formatted once per second, not per line."""
+
+    def __init__(self, clock: Callable[[], int] = time.time_ns) -> None:
+        self._clock = clock  # nanoseconds since the epoch
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = self._clock() // 1000  # microseconds, as datetime.now() keeps them
+        second, micros = divmod(now, 1_000_000)
+        if second != self._second:
+            stamp = datetime.datetime.fromtimestamp(second, datetime.UTC)
+            self._prefix = stamp.strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        event_dict["timestamp"] = (
+            f"{self._prefix}.{micros:06d}Z" if micros else f"{self._prefix}Z"
+        )
+        return event_dict
+
+
 def _orjson_dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
 
@@ -239,7 +266,7 @@ def configure_logging(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _IsoTimestamp(),
             structlog.processors.format_exc_info,
             fan_out,
             renderer,

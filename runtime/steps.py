@@ -198,18 +198,9 @@ async def _attempt_on_host(
     if isinstance(failure, Exception):
         delay = next_delay(policy, attempt, failure)
         retry_at = finished + delay if delay is not None else None
-    entry = StepAttempt(
-        step_id=step_id,
-        position=position,
-        attempt=attempt,
-        status="err" if failure is not None else "ok",
-        output=output,
-        error=error,
-        started_at=started,
-        finished_at=finished,
-        runtime=runtime,
-        retry_at=retry_at,
-    )
+    # Positional, in field order: built once per step (keywords cost more here).
+    entry = StepAttempt(step_id, position, attempt, "err" if failure is not None else "ok",
+                        output, error, started, finished, runtime, retry_at)
     job.hold()  # from here the outcome must become durable, whatever the body does
     await ex.record_on_host(entry)
     return entry, failure

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Protocol
 
 from storage import records
@@ -14,11 +15,12 @@ from storage import records
 JSONDict = dict[str, Any]
 
 _RUN_FIELDS = tuple(f.name for f in fields(records.RunRecord))
+_RUN_VALUES = attrgetter(*_RUN_FIELDS)  # one C call for every field (twice per run: submit, wait)
 
 
 def run(record: records.RunRecord) -> JSONDict:
     """The run record of SPEC §6 (no deep copy: the values are already JSON)."""
-    out = {name: getattr(record, name) for name in _RUN_FIELDS}
+    out = dict(zip(_RUN_FIELDS, _RUN_VALUES(record), strict=True))
     out["status"] = str(record.status)
     out["tags"] = list(record.tags)
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections import deque
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
@@ -38,6 +39,13 @@ R = TypeVar("R")
 _RUN_LOG = structlog.get_logger("wf.run")
 
 
+def _debug_enabled(log: Any) -> bool:
+    """Whether ``log`` emits debug lines (structlog's filtering loggers say so; any other
+    wrapper is asked to emit them and filters them itself)."""
+    check = getattr(log, "is_enabled_for", None)
+    return True if check is None else bool(check(logging.DEBUG))
+
+
 class RunActor:
     """Drives one run until it parks or ends. Created and owned by the supervisor; knows it
     only as a :class:`~orchestrator.engine.ports.RunHost`."""
@@ -57,6 +65,9 @@ class RunActor:
         self.task: asyncio.Task[None] | None = None
         self.run: storage.RunRecord | None = None
         self.log: Any = _RUN_LOG.bind(run_id=run_id)
+        # Per-step lines are at debug: when the level filters them out, the step path skips
+        # them entirely (a filtered call still builds its keyword dict and makes a call).
+        self._debug = _debug_enabled(self.log)
         # Ops that ride along with the run's next commit, in the same transaction (see drive).
         self._prefix: list[storage.WriteOp[Any]] = []
         self._advancing: Execution | None = None  # set only while advance() runs
@@ -447,8 +458,10 @@ class RunActor:
             self.instrument.reached("step.returned")
             await self._commit(bridge.step_op(run_id, entry))
             if entry.status == "ok":
-                self.log.debug("step.completed", step_id=entry.step_id, attempt=entry.attempt,
-                               duration_ms=round((entry.finished_at - entry.started_at) * 1e3, 3))
+                if self._debug:
+                    self.log.debug(
+                        "step.completed", step_id=entry.step_id, attempt=entry.attempt,
+                        duration_ms=round((entry.finished_at - entry.started_at) * 1e3, 3))
             else:
                 code = (entry.error or {}).get("code")
                 self.log.info("step.failed", step_id=entry.step_id, attempt=entry.attempt,
@@ -488,7 +501,9 @@ class RunActor:
         due = min((t for t in (entry.due_at, entry.timeout_at) if t is not None), default=None)
         if due is not None:
             self.host.timer_stored(due)
-        self.log.debug("waitpoint.registered", waitpoint_id=entry.wp_id, kind=str(entry.kind))
+        if self._debug:
+            self.log.debug("waitpoint.registered", waitpoint_id=entry.wp_id,
+                           kind=str(entry.kind))
         self.instrument.reached("waitpoint.committed")
         wp = result.waitpoint
         if wp.is_waiting:

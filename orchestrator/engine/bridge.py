@@ -25,18 +25,12 @@ _COMP_STATUS = {
 
 
 def step_op(run_id: str, entry: rj.StepAttempt) -> storage.RecordStepAttempt:
+    # Positional, in RecordStepAttempt's field order: once per step, and keyword arguments
+    # make a frozen dataclass's constructor dearer still.
     return storage.RecordStepAttempt(
-        run_id=run_id,
-        step_id=entry.step_id,
-        attempt=entry.attempt,
-        status=_STEP_STATUS[entry.status],
-        position=entry.position,
-        output=entry.output,
-        error=entry.error,
-        started_at=entry.started_at,
-        finished_at=entry.finished_at,
-        runtime=entry.runtime,
-        retry_at=entry.retry_at,
+        run_id, entry.step_id, entry.attempt, _STEP_STATUS[entry.status], entry.position,
+        entry.output, entry.error, entry.started_at, entry.finished_at, entry.runtime,
+        entry.retry_at,
     )
 
 

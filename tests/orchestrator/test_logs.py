@@ -225,3 +225,24 @@ async def test_embedded_orchestrator_honours_the_logging_section(tmp_path: Path)
                 assert {"run.submitted", "run.completed"} <= set(events)
     finally:
         logs.configure_logging(LoggingConfig(), sink=io.StringIO())  # closes the file
+
+
+def test_timestamp_is_iso_utc_as_structlog_writes_it() -> None:
+    """The per-second cached stamp matches ``TimeStamper(fmt="iso", utc=True)`` exactly."""
+    import datetime
+
+    from orchestrator.logs import _IsoTimestamp
+
+    def expected(ns: int) -> str:
+        stamp = datetime.datetime.fromtimestamp(ns // 1000 / 1e6, datetime.UTC)
+        return stamp.isoformat().replace("+00:00", "Z")
+
+    now = [0]
+    stamper = _IsoTimestamp(clock=lambda: now[0])
+    base = 1_764_921_600 * 10**9  # 2025-12-05T08:00:00Z
+    for ns in (base + 123_456_789, base + 999_999_999, base + 10**9, base + 10**9 + 1_000,
+               base + 86_400 * 10**9 + 500_000, base + 123_456_789):
+        now[0] = ns
+        assert stamper(None, "info", {})["timestamp"] == expected(ns)
+    now[0] = base + 10**9
+    assert stamper(None, "info", {})["timestamp"] == "2025-12-05T08:00:01Z"  # no fraction
