@@ -1,8 +1,8 @@
 """Write operations: what callers hand to ``Storage.commit``, and what each one returns.
 
-An op is a frozen dataclass (the per-step one is frozen for the type checker only, see
-``_frozen_by_type``); ``WriteOp[R]`` says its result type ``R``. A list of ops given to
-one ``commit`` call is applied in one transaction, all or nothing, in list order.
+An op is a frozen dataclass (the few built on every run's path are frozen for the type
+checker only, see ``_frozen_by_type``); ``WriteOp[R]`` says its result type ``R``. A list of
+ops given to one ``commit`` call is applied in one transaction, all or nothing, in list order.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def _frozen_by_type(cls: type[C]) -> type[C]:
     """A slotted dataclass that mypy treats as frozen (assigning a field is a type error, and
     the strict type check is a gate) but that is not checked at run time: ``frozen=True``
     sets every field through ``object.__setattr__``, ~1.3k instructions per field on CPython
-    3.11, and the op below is built once per step (docs/decisions.md, issue 21)."""
+    3.11. Used for the ops every run or every step builds: ``CreateRun``, ``UpdateRun``
+    (twice per run), ``RecordStepAttempt`` (docs/decisions.md, issue 21)."""
     return dataclass(slots=True, unsafe_hash=True)(cls)
 
 
@@ -134,7 +135,7 @@ class BatchItem:
     timeout: float
 
 
-@dataclass(frozen=True, slots=True)
+@_frozen_by_type
 class CreateRun(WriteOp[RunCreated]):
     """Insert a run, or return the stored one with the same ``run_id`` or the same
     ``(workflow_id, idempotency_key)``. With ``scheduled_at`` a ``start`` timer
@@ -165,7 +166,7 @@ class CreateRun(WriteOp[RunCreated]):
     """The run resumes only on ``workflow_version`` (an explicit ``version=``, SPEC §14)."""
 
 
-@dataclass(frozen=True, slots=True)
+@_frozen_by_type
 class UpdateRun(WriteOp[None]):
     """Partial update: fields left ``UNSET`` keep their stored value. ``add_compute_seconds``
     is added to the stored total. Setting ``status`` to ``running`` clears the run's
