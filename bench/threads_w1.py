@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,13 +42,16 @@ def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
     return out
 
 
+def _py_spy() -> str:
+    beside = Path(sys.executable).parent / "py-spy"  # pip install py-spy into the venv
+    return str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
+
+
 def thread_names(pid: int) -> dict[int, str]:
     """Python thread names by OS tid, from ``py-spy dump`` (empty if py-spy is missing)."""
-    spy = shutil.which("py-spy") or str(Path(__file__).resolve().parent.parent
-                                         / ".venv/bin/py-spy")
     try:
-        text = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True,
-                              timeout=30).stdout
+        text = subprocess.run([_py_spy(), "dump", "--pid", str(pid)], capture_output=True,
+                              text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return {}
     names: dict[int, str] = {}
@@ -70,7 +74,7 @@ async def burst(daemon: Daemon, runs: int, steps: int, spy_out: str | None,
             # system calls; without it py-spy reads the stacks without stopping anything.
             mode = ["--native", "--idle"] if native else ["--nonblocking"]
             spy = subprocess.Popen(
-                [".venv/bin/py-spy", "record", "--threads", "--format", "raw", *mode,
+                [_py_spy(), "record", "--threads", "--format", "raw", *mode,
                  "--rate", str(rate), "--pid", str(daemon.pid), "--output", spy_out],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await asyncio.sleep(1.0)  # let py-spy attach
