@@ -112,7 +112,7 @@ class JournalEdits:
         if self._supervisor.has_actor(r.run_id) and run.status is not storage.RunStatus.WAITING:
             # Its body is live in memory (running, or held at the step gate by a pause): an
             # amend would not reach it.
-            raise errors.RunNotActive(r.run_id, "running", "amend")
+            raise errors.RunNotActive(r.run_id, str(run.status), "amend")
         try:
             amended = await self._storage.execute(storage.AmendStep(
                 r.run_id, r.step_id, r.output, r.reason, self._clock.now(),
