@@ -106,6 +106,8 @@ _HUMAN: Final[dict[str, Callable[[Any], str]]] = {
     "pause": lambda r: tables.format_run(r) if "run_id" in r else tables.format_result(r),
     "resume": lambda r: tables.format_run(r) if "run_id" in r else tables.format_result(r),
     "retry": tables.format_run,
+    "fork": tables.format_run,
+    "amend": tables.format_run,
     "export": lambda r: orjson.dumps(r, option=orjson.OPT_INDENT_2).decode(),
     "workflows": lambda r: tables.format_list(r.get("workflows", []), "no workflows"),
     "schedules": lambda r: tables.format_schedules(r.get("schedules", [])),

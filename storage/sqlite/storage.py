@@ -305,6 +305,11 @@ class SQLiteStorage:
                     "ORDER BY stream_id, seq",
                     key,
                 )
+                amendment_rows = await conn.execute_fetchall(
+                    f"SELECT {rows.AMENDMENT_COLUMNS} FROM run_amendments WHERE run_id = ? "
+                    "ORDER BY seq",
+                    key,
+                )
                 reopen_rows = await conn.execute_fetchall(
                     "SELECT a.journal FROM run_archive a JOIN runs r ON r.run_id = a.run_id "
                     "WHERE a.run_id = ? AND a.mode = 'resume' AND a.attempt = r.attempt",
@@ -346,6 +351,7 @@ class SQLiteStorage:
             completed_streams=frozenset(c.stream_id for c in stream_chunks if c.final),
             metadata_ops=cursor[0][0] + 1 if cursor else 0,
             reopened_steps=reopened,
+            amendments=tuple(rows.amendment_from_row(r) for r in amendment_rows),
         )
 
     async def get_waitpoint(self, run_id: str, wp_id: str) -> records.WaitpointRecord | None:
