@@ -17,6 +17,7 @@ from storage.errors import (
     StorageClosed,
     StorageError,
     StorageFull,
+    StorageLocked,
     TokenConflict,
 )
 from storage.ops import (
@@ -89,6 +90,7 @@ from storage.records import (
     StepAttemptRecord,
     StepRecord,
     StepStatus,
+    StorageCapabilities,
     StorageCounts,
     StreamChunk,
     TimerKind,
@@ -100,6 +102,7 @@ from storage.records import (
 )
 
 if TYPE_CHECKING:
+    from storage.postgres import PostgresStorage
     from storage.sqlite import SQLiteStorage
 
 
@@ -108,6 +111,10 @@ def __getattr__(name: str) -> Any:
         from storage.sqlite import SQLiteStorage
 
         return SQLiteStorage
+    if name == "PostgresStorage":
+        from storage.postgres import PostgresStorage
+
+        return PostgresStorage
     raise AttributeError(f"module 'storage' has no attribute {name!r}")
 
 
@@ -146,6 +153,7 @@ __all__ = [
     "NotFound",
     "PauseSchedule",
     "PendingBatch",
+    "PostgresStorage",
     "PutRateLimit",
     "RateLimitState",
     "RecordCompensation",
@@ -178,10 +186,12 @@ __all__ = [
     "StepStatus",
     "Storage",
     "StorageBusy",
+    "StorageCapabilities",
     "StorageClosed",
     "StorageCounts",
     "StorageError",
     "StorageFull",
+    "StorageLocked",
     "StreamChunk",
     "TimerKind",
     "TimerRecord",

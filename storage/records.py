@@ -358,6 +358,17 @@ class Journal:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageCapabilities:
+    """What a backend can do, where backends differ: the orchestrator asks this instead of
+    looking at the backend's type."""
+
+    backend: str  # "sqlite" or "postgres"
+    version: str  # the database engine's version
+    location: str  # the file path, or the URL without its password
+    many_daemons: bool  # several daemons may share it (SPEC §13; PostgreSQL in phase 2)
+
+
+@dataclass(frozen=True, slots=True)
 class StorageCounts:
     """Row counts for ``wf stats``."""
 

@@ -142,6 +142,12 @@ class SQLiteStorage:
         stats = self._writer.stats()
         return {"synchronous": stats.synchronous, "journal_mode": stats.journal_mode}
 
+    def capabilities(self) -> records.StorageCapabilities:
+        return records.StorageCapabilities(
+            backend="sqlite", version=sqlite3.sqlite_version, location=str(self.path),
+            many_daemons=False,
+        )
+
     # --- writes --------------------------------------------------------------------------------
 
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 import storage as st
+from tests import pg
 
 
 def deep_subset(match: Any, payload: Any) -> bool:
@@ -17,10 +18,19 @@ def deep_subset(match: Any, payload: Any) -> bool:
     return bool(match == payload)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 async def storage(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[st.Storage]:
-    """One contract suite over every backend; today SQLite on a file (WAL, synchronous=full)."""
-    assert request.param == "sqlite"
+    """One contract suite over every backend: SQLite on a file (WAL, synchronous=full), and
+    PostgreSQL on a fresh database of the session's throwaway cluster."""
+    if request.param == "postgres":
+        cluster = request.getfixturevalue("pg_cluster")
+        url = await pg.create_database(cluster)
+        try:
+            async with st.PostgresStorage.open(url) as p:
+                yield p
+        finally:
+            await pg.drop_database(cluster, url)
+        return
     async with st.SQLiteStorage.open(tmp_path / "wf.db", synchronous="full") as s:
         yield s
 
