@@ -28,6 +28,7 @@ from orchestrator.daemon.server import SocketServer
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.settings import Settings
 from runtime.workflow import Registry
+from tests import pg
 from tests.orchestrator import engine_workflows
 
 # Shutdown waits this long for a step in flight (a gated step never ends by itself).
@@ -97,8 +98,32 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "wf.db"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Tests marked `both_backends` run their engine over SQLite and over PostgreSQL.
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_backends"
+    ):
+        metafunc.parametrize("backend", ["sqlite", "postgres"])
+
+
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[FaultyStorage]:
+def backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture
+async def store(
+    db_path: Path, backend: str, request: pytest.FixtureRequest
+) -> AsyncIterator[FaultyStorage]:
+    if backend == "postgres":
+        cluster = request.getfixturevalue("pg_cluster")
+        url = await pg.create_database(cluster)
+        try:
+            async with storage.PostgresStorage.open(url) as on_pg:
+                yield FaultyStorage(on_pg)
+        finally:
+            await pg.drop_database(cluster, url)
+        return
     async with storage.SQLiteStorage.open(db_path) as opened:
         yield FaultyStorage(opened)
 

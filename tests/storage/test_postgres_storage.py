@@ -1,0 +1,99 @@
+"""PostgreSQL-specific behaviour: group commit isolation, schema versions, the daemon lock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+import storage as st
+from storage.postgres import schema
+from tests import pg
+from tests.storage.conftest import make_run
+
+DONE = st.StepStatus.COMPLETED
+
+
+async def test_concurrent_callers_share_transactions_and_all_commit(pg_url: str) -> None:
+    async with st.PostgresStorage.open(pg_url) as s:
+        await s.commit([st.CreateRun(f"r{i}", "wf", 1.0) for i in range(20)])
+        before = s.stats()
+        await asyncio.gather(*(
+            s.execute(st.RecordStepAttempt(f"r{i}", f"s{k}", 1, DONE, position=k, output=k))
+            for i in range(20) for k in range(10)
+        ))
+        after = s.stats()
+        assert after.requests - before.requests == 200
+        assert after.batches - before.batches < 200  # grouped
+        journal = await s.load_journal("r7")
+        assert [step.output for step in journal.steps] == list(range(10))
+
+
+async def test_one_callers_failure_does_not_fail_the_others_in_its_batch(pg_url: str) -> None:
+    async with st.PostgresStorage.open(pg_url) as s:
+        await make_run(s, "r1")
+        ops: list[list[st.WriteOp[object]]] = []
+        for i in range(20):
+            ops.append([st.RecordStepAttempt("r1", f"ok{i}", 1, DONE)])
+            ops.append([st.RecordStepAttempt("r1", f"bad{i}-a", 1, DONE),
+                        st.RecordStepAttempt("ghost", f"bad{i}", 1, DONE)])
+        results = await asyncio.gather(*(s.commit(b) for b in ops), return_exceptions=True)
+        assert all(r == [None] for r in results[0::2])
+        assert all(isinstance(r, st.NotFound) for r in results[1::2])
+        steps = {step.step_id for step in (await s.load_journal("r1")).steps}
+        assert steps == {f"ok{i}" for i in range(20)}  # no half of a failed caller's batch
+        assert s.stats().replayed_batches >= 1
+
+
+async def test_a_fresh_database_is_migrated_and_reports_its_capabilities(
+    pg_cluster: pg.Cluster,
+) -> None:
+    url = await pg.create_database(pg_cluster, migrated=False)
+    try:
+        async with st.PostgresStorage.open(url) as s:
+            caps = s.capabilities()
+            assert (caps.backend, caps.many_daemons) == ("postgres", False)
+            assert s.durability()["synchronous_commit"] == "on"
+            await make_run(s, "r1")
+        conn = await asyncpg.connect(url)
+        try:
+            assert await schema.schema_version(conn) == schema.latest_version()
+        finally:
+            await conn.close()
+    finally:
+        await pg.drop_database(pg_cluster, url)
+
+
+async def test_database_from_a_newer_build_is_refused(pg_url: str) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("UPDATE wf_schema SET version = $1", schema.latest_version() + 1)
+    finally:
+        await conn.close()
+    with pytest.raises(st.SchemaTooNew):
+        async with st.PostgresStorage.open(pg_url):
+            pass
+
+
+async def test_a_second_daemon_on_the_same_database_is_refused(pg_url: str) -> None:
+    async with st.PostgresStorage.open(pg_url) as first:
+        with pytest.raises(st.StorageLocked, match="in use by another daemon"):
+            async with st.PostgresStorage.open(pg_url):
+                pass
+        await make_run(first, "r1")  # the first is unaffected
+    async with st.PostgresStorage.open(pg_url) as again:  # released on close
+        assert await again.get_run("r1") is not None
+
+
+async def test_commit_after_close_raises_storage_closed(pg_url: str) -> None:
+    async with st.PostgresStorage.open(pg_url) as s:
+        pass
+    with pytest.raises(st.StorageClosed):
+        await make_run(s, "r1")
+
+
+async def test_the_url_password_never_appears_in_errors() -> None:
+    from storage.postgres.storage import redact
+
+    assert redact("postgresql://wf:s3cret@db:5432/wf") == "postgresql://wf:***@db:5432/wf"
