@@ -20,13 +20,15 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 TEMPLATE = "wf_template"
+T = TypeVar("T")
 
 
 def _bindir() -> Path | None:
@@ -98,14 +100,19 @@ def start_cluster() -> Iterator[Cluster]:
         raise RuntimeError(f"starting PostgreSQL failed: {exc.stderr.decode()}") from exc
     cluster = Cluster(tmp, port, "postgres", itertools.count())
     try:
-        # In a thread of its own: the session fixture may be set up from inside a test's loop.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, _make_template(cluster)).result()
+        run_sync(_make_template(cluster))
         yield cluster
     finally:
         subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w",
                         "stop"], capture_output=True, timeout=60)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to the end on a loop of its own, in a thread: callers may be inside a
+    running loop (fixtures set up from async tests)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 async def _make_template(cluster: Cluster) -> None:
