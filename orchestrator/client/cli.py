@@ -323,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command(("daemon",), "run the daemon in the foreground").set_defaults(request=None)
+    migrate = command(("migrate",), "copy a stopped daemon's SQLite database to PostgreSQL")
+    migrate.set_defaults(request=None)
+    migrate.add_argument("--to", required=True, metavar="URL",
+                         help="the PostgreSQL database (postgresql://...), migrated and empty")
+    migrate.add_argument("--from", dest="source", metavar="PATH",
+                         help="the SQLite file (default: the config's storage.path)")
     for cls in service.REQUESTS:
         if not cls.cli:
             continue
@@ -384,6 +390,12 @@ def _run_daemon(args: argparse.Namespace) -> int:
     return run_daemon(args.config)
 
 
+def _run_migrate(args: argparse.Namespace) -> int:
+    migrate = importlib.import_module("orchestrator.daemon.migrate")
+    run_migrate: Callable[[str | None, str | None, str], int] = migrate.run_migrate
+    return run_migrate(args.config, args.source, args.to)
+
+
 async def _call(path: Path, request: Any, args: argparse.Namespace) -> int:
     async with Client.connect(path) as client:
         return await _run_request(client, request, args)
@@ -406,6 +418,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             setattr(args, name, default)
     if args.command == "daemon":
         return _run_daemon(args)
+    if args.command == "migrate":
+        return _run_migrate(args)
     try:
         path = resolve_socket(args)
         request = _bulk_or_none(args.request, args) or _request_of(args.request, args)
