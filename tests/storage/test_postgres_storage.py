@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -97,3 +99,40 @@ async def test_the_url_password_never_appears_in_errors() -> None:
     from storage.postgres.storage import redact
 
     assert redact("postgresql://wf:s3cret@db:5432/wf") == "postgresql://wf:***@db:5432/wf"
+
+
+def test_postgres_migrations_are_the_twins_of_sqlites() -> None:
+    """A SQLite migration NNNN needs its PostgreSQL twin NNNN (same number and name)."""
+    from storage.sqlite import schema as sqlite_schema
+
+    assert [(m.version, m.name) for m in schema.migrations()] == [
+        (m.version, m.name) for m in sqlite_schema.migrations()
+    ]
+
+
+async def test_every_table_has_the_same_columns_on_both_backends(
+    pg_url: str, tmp_path: Path
+) -> None:
+    async with st.SQLiteStorage.open(tmp_path / "wf.db"):
+        pass
+    lite = sqlite3.connect(tmp_path / "wf.db")
+    try:
+        tables = [n for (n,) in lite.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "AND sql NOT LIKE 'CREATE VIRTUAL%'")]
+        on_sqlite = {t: sorted(r[1] for r in lite.execute(f"PRAGMA table_info({t})"))
+                     for t in tables}
+    finally:
+        lite.close()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        found = await conn.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name <> 'wf_schema'")
+    finally:
+        await conn.close()
+    on_pg: dict[str, list[str]] = {}
+    for table, column in found:
+        if (table, column) != ("waitpoints", "rowid"):  # SQLite's implicit rowid, made explicit
+            on_pg.setdefault(table, []).append(column)
+    assert {t: sorted(c) for t, c in on_pg.items()} == on_sqlite
