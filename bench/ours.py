@@ -52,10 +52,34 @@ file = "./daemon.log"
 """
 
 
+HTTP = os.environ.get("WF_BENCH_HTTP") == "1"
+HTTP_CONFIG = """
+[http]
+listen = "127.0.0.1:0"
+token = "bench"
+"""
+
+
 def write_config(directory: Path) -> Path:
     path = directory / "config.toml"
-    path.write_text(CONFIG.format(synchronous=SYNCHRONOUS, repo=REPO))
+    text = CONFIG.format(synchronous=SYNCHRONOUS, repo=REPO)
+    path.write_text(text + (HTTP_CONFIG if HTTP else ""))
     return path
+
+
+async def follow_changes(log: Path, seen: list[int]) -> None:
+    """An open dashboard: one SSE client on ``changes`` for the whole workload."""
+    import httpx
+    import orjson
+
+    ready = next(orjson.loads(line) for line in log.read_text().splitlines()
+                 if '"daemon.ready"' in line)
+    async with httpx.AsyncClient(base_url=ready["http"], timeout=None,
+                                 headers={"Authorization": "Bearer bench"}) as c, \
+            c.stream("GET", "/api/v1/changes") as r:
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                seen[0] += 1
 
 
 class Daemon:
@@ -395,12 +419,18 @@ async def run_cell(side: str, workload: str, params: dict[str, Any]) -> dict[str
         if side == "ours-daemon":
             daemon = Daemon(cfg_path)
             ready = daemon.start()
+            seen = [0]
+            sse = asyncio.create_task(follow_changes(daemon.log, seen)) if HTTP else None
             try:
                 client = await Client.open(daemon.socket)
                 try:
                     result = await fn(client, params, daemon)
                 finally:
                     await client.close()
+                    if sse is not None:
+                        sse.cancel()
+                if sse is not None:
+                    result["http_sse_events"] = seen[0]
                 result["daemon_rss_end_mb"] = round(rss_mb(daemon.pid), 1)
             finally:
                 daemon.stop()

@@ -301,9 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--merge", action="store_true",
                     help="keep the other cells of an existing --out file (re-run a few cells)")
+    ap.add_argument("--http", action="store_true",
+                    help="ours-daemon with HTTP on and an SSE client following `changes` "
+                         "(the performance guard of SPEC §12)")
     ap.add_argument("--cell", help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.http:
+        os.environ["WF_BENCH_HTTP"] = "1"  # read by the cells (subprocesses inherit it)
 
     if args.cell:
         result = run_cell(args.cell, json.loads(args.params))

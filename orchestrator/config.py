@@ -20,6 +20,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DaemonConfig",
+    "HttpConfig",
     "LimitsConfig",
     "LoggingConfig",
     "RuntimeConfig",
@@ -86,6 +87,34 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """Ages (seconds) after which ended runs and stored events are pruned; None: kept forever."""
+
+    completed: float | None = 30 * 86400.0
+    failed: float | None = 90 * 86400.0  # also compensated, compensation_failed, timed_out
+    cancelled: float | None = 90 * 86400.0
+    events: float | None = 7 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """``[http]`` (SPEC §12): ``host``/``port`` come from ``listen``; ``host`` None = off."""
+
+    host: str | None = None
+    port: int = 8490
+    token: str = ""  # "" = a random one kept in token_file
+    token_file: Path | None = None  # None: beside the database (<db>.http-token)
+    allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides the listen host
+
+    @property
+    def enabled(self) -> bool:
+        return self.host is not None
+
+
+LOOPBACK_HOSTS: Final = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     daemon: DaemonConfig
     storage: StorageConfig
@@ -93,6 +122,8 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     base_dir: Path = field(default_factory=Path.cwd)
     source: Path | None = None  # the file it was loaded from
 
@@ -188,6 +219,27 @@ def _uid_list(key: str, value: Any, base: Path) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _str(key: str, value: Any, base: Path) -> str:
+    if not isinstance(value, str):
+        raise _fail(key, value, "a string")
+    return value
+
+
+def _listen(key: str, value: Any, base: Path) -> tuple[str | None, int]:
+    """``"host:port"`` (``"[::1]:8490"`` for IPv6) or ``""`` (HTTP off)."""
+    expected = "'host:port' such as '127.0.0.1:8490', or '' to turn HTTP off"
+    if not isinstance(value, str):
+        raise _fail(key, value, expected)
+    if value == "":
+        return None, 0
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise _fail(key, value, expected)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
 def _duration(key: str, value: Any, base: Path) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise _fail(key, value, "a duration such as '10s' or a number of seconds")
@@ -195,6 +247,16 @@ def _duration(key: str, value: Any, base: Path) -> float:
         return durations.to_seconds(value)
     except ValueError as exc:
         raise _fail(key, value, "a duration such as '10s' or a number of seconds") from exc
+
+
+def _age(key: str, value: Any, base: Path) -> float | None:
+    """A retention age: a duration, or "" / 0 for keep forever."""
+    if value == "" or (not isinstance(value, bool) and value == 0):
+        return None
+    seconds = _duration(key, value, base)
+    if seconds < 0:
+        raise _fail(key, value, "a duration >= 0 ('' or 0: keep forever)")
+    return seconds
 
 
 _SECTIONS: Final[dict[str, tuple[type[Any], dict[str, tuple[_Checker, Any]]]]] = {
@@ -250,7 +312,38 @@ _SECTIONS: Final[dict[str, tuple[type[Any], dict[str, tuple[_Checker, Any]]]]] =
             "max_journal_entries": (_int(1), 100000),
         },
     ),
+    "http": (
+        dict,  # flattened into HttpConfig by _http below
+        {
+            "listen": (_listen, ""),
+            "token": (_str, ""),
+            "token_file": (_optional_path, ""),
+            "allowed_hosts": (_str_list, []),
+        },
+    ),
+    "retention": (
+        RetentionConfig,
+        {
+            "completed": (_age, "30d"),
+            "failed": (_age, "90d"),
+            "cancelled": (_age, "90d"),
+            "events": (_age, "7d"),
+        },
+    ),
 }
+
+
+def _http(values: Mapping[str, Any]) -> HttpConfig:
+    host, port = values["listen"]
+    token = values["token"]
+    if host is not None and host not in LOOPBACK_HOSTS and not token:
+        # TCP has no peer-uid check: a generated token in a file is only safe on loopback.
+        raise ConfigError(
+            "http.token",
+            f"http.listen is {host!r}, not a loopback address: set an explicit http.token",
+        )
+    return HttpConfig(host=host, port=port, token=token, token_file=values["token_file"],
+                      allowed_hosts=values["allowed_hosts"])
 
 
 def _build(raw: Mapping[str, Any], base: Path, source: Path | None) -> Config:
@@ -272,6 +365,9 @@ def _build(raw: Mapping[str, Any], base: Path, source: Path | None) -> Config:
                 key: check(f"{name}.{key}", table.get(key, default), base)
                 for key, (check, default) in keys.items()
             }
+            if cls is dict:
+                sections[name] = _http(values)
+                continue
             assert {f.name for f in fields(cls)} == set(values)
             sections[name] = cls(**values)
     except ConfigError as exc:

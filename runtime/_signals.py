@@ -51,3 +51,12 @@ class NonDurableAwait(InternalSignal):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class Diverged(InternalSignal):
+    """A replay left the recorded history (SPEC §3): the body must not run anything new. The
+    host holds the run ``paused`` with code ``NONDETERMINISM`` until a fixed deploy resumes it."""
+
+    def __init__(self, detail: dict[str, object]) -> None:
+        super().__init__(f"replay diverged from the journal: {detail}")
+        self.detail = detail

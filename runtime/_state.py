@@ -31,12 +31,23 @@ from runtime import _signals, errors
 from runtime.bodyloop import BodyLoop
 from runtime.determinism import DeterministicRandom
 from runtime.facts import HostServices, RunFacts
-from runtime.journal import Entry, Journal, MetadataOp, StepAttempt, WaitpointRegistered
+from runtime.journal import (
+    Entry,
+    Journal,
+    MetadataOp,
+    StepAttempt,
+    WaitpointRegistered,
+    is_body_waitpoint,
+)
 from runtime.journal import WaitpointResolved as WaitpointResolved
 from runtime.retry import RetryPolicy
 from runtime.workflow import WorkflowDefinition
 
 T = TypeVar("T")
+
+PATCH_PREFIX = "patch:"
+"""Step ids of patch markers (``ctx.patched``): recorded as steps, so every backend, export
+and the journal's total order hold them with no new entry kind."""
 
 
 @dataclass(slots=True)
@@ -131,9 +142,10 @@ class RunState:
 
     __slots__ = (
         "_handoff", "_pending_meta", "blocked", "cancel_request", "clock_at", "closed",
-        "compensable", "consumed_steps", "counters", "deadlock", "default_retry", "definition",
-        "divergences", "facts", "finished", "host", "host_failure", "input", "jobs", "journal",
-        "loop", "metadata_index", "pending", "random", "seen_steps", "step_position",
+        "compensable", "consumed_steps", "consumed_wps", "counters", "deadlock", "default_retry",
+        "definition", "divergences", "facts", "finished", "frontier", "held", "host",
+        "host_failure", "input", "jobs", "journal", "loop", "metadata_index", "patches",
+        "pending", "random", "seen_steps", "step_position",
         "streams_seen", "timed_out",
     )
 
@@ -160,6 +172,13 @@ class RunState:
         self.metadata_index = 0
         self.compensable: list[Compensable] = []
         self.divergences: list[dict[str, Any]] = []
+        # Divergence detection (SPEC §3): the body's waitpoints a replay reached, the branches
+        # held before new work until every branch consumed what it could of the journal, and
+        # the divergence that holds the run (nothing new may run after it).
+        self.consumed_wps: set[str] = set()
+        self.frontier: list[tuple[asyncio.Future[bool], dict[str, Any]]] = []
+        self.held: dict[str, Any] | None = None
+        self.patches: dict[str, bool] = {}  # ctx.patched answers, memoized per execution
         self.streams_seen: set[str] = set()
         # Waitpoints the body is blocked on (registration, and the body future it awaits).
         self.pending: dict[str, WaitpointRegistered] = {}
@@ -189,6 +208,8 @@ class RunState:
             return _signals.WorkflowTimedOut(self.definition.timeout or 0.0)
         if self.deadlock is not None:
             return _signals.NonDurableAwait(self.deadlock)
+        if self.held is not None:
+            return _signals.Diverged(self.held)
         return None
 
     def check_live(self) -> None:
@@ -198,6 +219,7 @@ class RunState:
             and self.cancel_request is None
             and not (self.closed or self.finished or self.timed_out)
             and self.deadlock is None
+            and self.held is None
         ):
             return  # the hot path: one call per step
         signal = self.signal()
@@ -216,6 +238,93 @@ class RunState:
         if at > self.clock_at:
             self.clock_at = at
 
+    # ----------------------------------------------------------------- divergence
+
+    def has_unconsumed(self) -> bool:
+        """Recorded steps or body waitpoints the replay has not reached yet (O(1))."""
+        journal = self.journal
+        return (len(self.consumed_steps) != len(journal.steps)
+                or len(self.consumed_wps) != journal.body_registrations)
+
+    def unconsumed(self) -> dict[str, list[str]]:
+        """Which recorded entries the replay has not reached, by kind."""
+        journal = self.journal
+        steps = sorted(set(journal.steps) - self.consumed_steps)
+        found = {
+            "step_ids": [s for s in steps if not s.startswith(PATCH_PREFIX)],
+            "waitpoint_ids": sorted(
+                wp for wp in journal.registrations
+                if is_body_waitpoint(wp) and wp not in self.consumed_wps
+            ),
+        }
+        patches = [s[len(PATCH_PREFIX):] for s in steps if s.startswith(PATCH_PREFIX)]
+        if patches:  # markers the code never asked for (a patch removed too early)
+            found["patch_ids"] = patches
+        return found
+
+    def diverge(self, detail: dict[str, Any]) -> _signals.Diverged:
+        """Hold the run on ``detail``: every branch unwinds, nothing new runs."""
+        if self.held is None:
+            self.held = detail
+            self.divergences.append(detail)
+            self.interrupt(lambda: _signals.Diverged(detail))
+            for fut, _ in self.frontier:
+                if not fut.done():
+                    fut.set_exception(_signals.Diverged(detail))
+            self.frontier.clear()
+        return _signals.Diverged(self.held)
+
+    async def at_frontier(self, what: dict[str, Any]) -> bool:
+        """Before new work (a step never recorded, a new waitpoint): while recorded entries
+        are unconsumed, wait until no branch can consume more (the executor decides then:
+        the work goes on, or the run diverged with ``what`` inserted before recorded entries).
+        Branches of a parallel body legitimately reach new work before a sibling consumed its
+        recorded entries, so the check is at quiescence, not at the call.
+
+        True: at the frontier. False only for a ``{"patch": id}`` asked while the journal goes
+        on past this point (the run got here on old code): that branch takes the old path."""
+        if not self.has_unconsumed():
+            return True
+        loop = self.loop
+        assert loop is not None
+        fut: asyncio.Future[bool] = loop.create_future()
+        self.frontier.append((fut, what))
+        at = await fut
+        self.check_live()
+        return at
+
+    def settle_frontier(self) -> None:
+        """The body is quiescent with branches at the frontier: release them, or diverge."""
+        waiting, self.frontier = self.frontier, []
+        if self.has_unconsumed():
+            patches = [(fut, what) for fut, what in waiting if "patch" in what]
+            if patches:
+                # Recorded entries lie past these patch calls: the old path, which may consume
+                # them; the other branches wait for the next quiescence.
+                self.frontier = [(f, w) for f, w in waiting if "patch" not in w]
+                for fut, _ in patches:
+                    if not fut.done():
+                        fut.set_result(False)
+                return
+            self.frontier = waiting
+            self.diverge(
+                {"kind": "inserted", "new": waiting[0][1], "unconsumed": self.unconsumed()}
+            )
+            return
+        for fut, _ in waiting:
+            if not fut.done():
+                fut.set_result(True)
+
+    def reached_waitpoint(self, wp_id: str, make: Callable[[], WaitpointRegistered]) -> None:
+        """A replay reached recorded waitpoint ``wp_id``: the code must mean the same wait."""
+        if wp_id in self.consumed_wps or not is_body_waitpoint(wp_id):
+            return
+        self.consumed_wps.add(wp_id)
+        recorded = self.journal.registrations[wp_id]
+        mismatch = waitpoint_mismatch(recorded, make())
+        if mismatch is not None:
+            raise self.diverge({"kind": "waitpoint", "wp_id": wp_id, **mismatch})
+
     # ----------------------------------------------------------------- body side
 
     def on_host(
@@ -231,7 +340,7 @@ class RunState:
         """
         loop = self.loop
         assert loop is not None
-        if not loop.is_running():
+        if not loop._running:
             # Body code outside a slice: a parked body let go of and closed by the garbage
             # collector (GeneratorExit) that tries to go on. Start nothing for it.
             raise _signals.Suspended()
@@ -282,24 +391,35 @@ class RunState:
         task = asyncio.current_task()
         assert task is not None
         handoff = _Handoff(task)
+        jobs = self.jobs
         while True:
             job.started = True
+            outcome: BaseException | None = None
+            value: Any = None
             if job.stopped:  # stopped before it started
                 if isinstance(work, Coroutine | Generator):
                     work.close()
-                outcome: Any = asyncio.CancelledError()
+                outcome = asyncio.CancelledError()
             else:
                 try:
-                    outcome = _Returned(await work)
+                    value = await work
                 except BaseException as exc:  # user code must not reach the host loop
                     outcome = exc
             loop.jobs -= 1
-            self.jobs.pop(job, None)
-            loop.defer_wake(True)  # host_work_done runs the body's next slice right here
-            try:
-                self._settle(job, outcome, task)
-            finally:
-                loop.defer_wake(False)
+            jobs.pop(job, None)
+            if outcome is None and not (job.stopped or job.done()):
+                # The step path: hand the value over. The body's wake-up is only queued on its
+                # loop (no driver wake): host_work_done runs it right here.
+                job.interruptible = False
+                loop._deferring = True
+                job.set_result(value)
+                loop._deferring = False
+            else:
+                loop._deferring = True  # as above
+                try:
+                    self._settle(job, _Returned(value) if outcome is None else outcome, task)
+                finally:
+                    loop._deferring = False
             handoff.next = None
             outer, self._handoff = self._handoff, handoff
             try:
@@ -346,11 +466,17 @@ class RunState:
         self, wp_id: str, make: Callable[[], WaitpointRegistered]
     ) -> WaitpointResolved:
         """Register waitpoint ``wp_id`` (once, durably) and wait for its resolution."""
+        if wp_id in self.journal.registrations:
+            self.reached_waitpoint(wp_id, make)
         resolution = self.journal.resolutions.get(wp_id)
         if resolution is None:
             self.check_live()
             if wp_id not in self.journal.registrations:
-                await self.record(make())
+                await self.at_frontier({"waitpoint": wp_id})
+                reg = make()
+                await self.record(reg)
+                if is_body_waitpoint(wp_id):
+                    self.consumed_wps.add(wp_id)
             resolution = self.journal.resolutions.get(wp_id)
         if resolution is None:
             resolution = await self._block(wp_id)
@@ -361,9 +487,12 @@ class RunState:
         """Record a waitpoint without waiting on it (tokens, detached children)."""
         existing = self.journal.registrations.get(reg.wp_id)
         if existing is not None:
+            self.reached_waitpoint(reg.wp_id, lambda: reg)
             return existing
         self.check_live()
+        await self.at_frontier({"waitpoint": reg.wp_id})
         await self.record(reg)
+        self.consumed_wps.add(reg.wp_id)
         return self.journal.registrations[reg.wp_id]
 
     async def _block(self, wp_id: str) -> WaitpointResolved:
@@ -442,3 +571,34 @@ async def _record_job(job: HostJob, state: RunState, entry: Entry) -> None:
 
 async def _flush_job(job: HostJob, state: RunState) -> None:
     await state.flush_on_host()
+
+
+# Meta keys that may differ between a recording and its replay without changing the wait's
+# meaning: derived from the clock, or data the child receives rather than which child it is.
+_VOLATILE_META = frozenset({"lookback_from", "input", "tags", "idempotency_key"})
+
+
+def waitpoint_mismatch(
+    recorded: WaitpointRegistered, now: WaitpointRegistered
+) -> dict[str, Any] | None:
+    """How the code's wait ``now`` differs from the ``recorded`` one, or None if it means the
+    same: kind, due time (the same duration or the same instant), event type, match, signal
+    name, token id, child workflow."""
+    if recorded.kind != now.kind:
+        return {"field": "kind", "recorded": str(recorded.kind), "found": str(now.kind)}
+    if recorded.due_at is not None and now.due_at is not None:
+        same_instant = abs(recorded.due_at - now.due_at) < 1e-6
+        same_duration = abs(
+            (recorded.due_at - recorded.registered_at) - (now.due_at - now.registered_at)
+        ) < 1e-6
+        if not (same_instant or same_duration):
+            return {
+                "field": "due",
+                "recorded": recorded.due_at - recorded.registered_at,
+                "found": now.due_at - now.registered_at,
+            }
+    keys = (set(recorded.meta) | set(now.meta)) - _VOLATILE_META
+    for key in sorted(keys):
+        if recorded.meta.get(key) != now.meta.get(key):
+            return {"field": key, "recorded": recorded.meta.get(key), "found": now.meta.get(key)}
+    return None

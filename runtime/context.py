@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
-from runtime import _signals, durations, errors, serialization
+from runtime import _signals, durations, errors, patches, serialization
 from runtime._state import RunState
 from runtime.compensation import run_compensations
 from runtime.journal import MetadataOp, MetadataOpName, MetadataTarget, WaitpointRegistered
@@ -195,6 +195,17 @@ class Context:
         self._ex.default_retry = policy
 
     # -------------------------------------------------------------- time and randomness
+
+    async def patched(self, patch_id: str) -> bool:
+        """True when the run reaches this call on code that has the patch (new runs, and runs
+        that had not got this far); False on a replay of a run that went past this point on
+        older code: take the old path then. Remove the old path later with
+        :meth:`deprecate_patch` once no live run lacks the marker (``wf versions``)."""
+        return await patches.patched(self._ex, patch_id)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """The patch's old path is gone: accept journals with or without its marker."""
+        patches.deprecate_patch(self._ex, patch_id)
 
     def now(self) -> datetime:
         return self._ex.now()

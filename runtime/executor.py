@@ -116,6 +116,11 @@ class Execution:
                 budget.cancel()
             self.compute_used += host.time() - started
         if not parked:
+            if self._task is not None and self._task.done():
+                # The loop no longer needs its main task, and a task refers to its loop: drop
+                # the loop's end of that cycle, so an ended run is freed by reference counting
+                # and never reaches the cyclic collector (1000 runs at once pay for it per step).
+                loop.main = None
             return await self._result(loop)
         return Outcome(
             status=RunStatus.WAITING,
@@ -211,6 +216,9 @@ class Execution:
             if loop.jobs or loop.timers:
                 await self._wait(loop, until)
                 continue
+            if state.frontier:
+                state.settle_frontier()  # quiescent: new work may go on, or the run diverged
+                continue
             if park and state.blocked:
                 return True  # parked: only a resolution can move the body now
             if until is not None:
@@ -282,6 +290,7 @@ class Execution:
                 output = await state.definition.fn(state.input, Context(state))
                 # The body may have swallowed a signal (except BaseException) and returned.
                 state.check_live()
+                _check_reached(state)
                 output = serialization.round_trip(
                     output, what="workflow output", max_bytes=state.host.limits.max_payload_bytes
                 )
@@ -312,6 +321,10 @@ class Execution:
             return await self._signalled(signal)
         if signal is not None:
             error = errors.error_dict("NON_DURABLE_AWAIT", signal.detail, name="NonDurableAwait")
+        elif state.has_unconsumed():
+            # Ended by an error before reaching what the journal holds: compensating now
+            # would act on a history this code did not produce. Hold the run instead.
+            return self._signal_outcome(_unreached(state), [])
         else:
             error = errors.serialize_error(exc)
         if not state.compensable:
@@ -341,6 +354,15 @@ class Execution:
         if isinstance(sig, _signals.WorkflowTimedOut):
             error = errors.error_dict("WORKFLOW_TIMEOUT", str(sig), name="WorkflowTimedOut")
             return self._outcome(RunStatus.TIMED_OUT, error=error, compensations=comps)
+        if isinstance(sig, _signals.Diverged):
+            error = errors.error_dict(
+                "NONDETERMINISM",
+                "the workflow code no longer follows this run's journal; the run is held "
+                "paused until a deploy that replays it is resumed",
+                name="Nondeterminism",
+                data={"divergence": sig.detail},
+            )
+            return self._outcome(RunStatus.PAUSED, error=error)
         if isinstance(sig, _signals.NonDurableAwait):
             error = errors.error_dict("NON_DURABLE_AWAIT", sig.detail, name="NonDurableAwait")
             return self._outcome(RunStatus.FAILED, error=error, compensations=comps)
@@ -368,9 +390,8 @@ class Execution:
         found = list(state.divergences)
         # consumed_steps only ever holds ids that are in the journal, so equal sizes mean
         # every recorded step was reached: O(1) on the common path.
-        if len(state.consumed_steps) != len(state.journal.steps):
-            unreached = sorted(set(state.journal.steps) - state.consumed_steps)
-            found.append({"kind": "unreached", "step_ids": unreached})
+        if state.held is None and state.has_unconsumed():
+            found.append({"kind": "unreached", **state.unconsumed()})
         return tuple(found)
 
     # ----------------------------------------------------------------- compute budget
@@ -390,6 +411,16 @@ class Execution:
         state.timed_out = True
         budget = state.definition.timeout or 0.0
         state.interrupt(lambda: _signals.WorkflowTimedOut(budget))
+
+
+def _check_reached(state: RunState) -> None:
+    if state.has_unconsumed():
+        raise _unreached(state)
+
+
+def _unreached(state: RunState) -> _signals.Diverged:
+    """The body ended before reaching recorded entries: it diverged (SPEC §3)."""
+    return state.diverge({"kind": "unreached", **state.unconsumed()})
 
 
 def _compensation_status(comps: list[CompensationRan]) -> RunStatus:

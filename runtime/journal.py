@@ -102,10 +102,12 @@ class Journal:
     """The recorded state of one run, keyed the way the body looks things up."""
 
     __slots__ = (
+        "body_registrations",
         "compensations",
         "metadata",
         "metadata_ops",
         "registrations",
+        "reopened",
         "resolutions",
         "size",
         "steps",
@@ -115,6 +117,11 @@ class Journal:
     def __init__(self, entries: list[Entry] | tuple[Entry, ...] = ()) -> None:
         self.steps: dict[str, StepAttempt] = {}
         self.registrations: dict[str, WaitpointRegistered] = {}
+        # Registrations the body makes itself (not a step's retry backoff, which a replay of
+        # the step's last attempt never reaches): what divergence detection counts.
+        self.body_registrations = 0
+        # Steps the host reopened (a retry undid them): new work wherever the body reaches them.
+        self.reopened: set[str] = set()
         self.resolutions: dict[str, WaitpointResolved] = {}
         self.compensations: dict[str, CompensationRan] = {}
         self.metadata: dict[str, Any] = {}
@@ -134,7 +141,10 @@ class Journal:
             if current is None or entry.attempt >= current.attempt:
                 self.steps[entry.step_id] = entry
         elif isinstance(entry, WaitpointRegistered):
-            self.registrations.setdefault(entry.wp_id, entry)
+            if entry.wp_id not in self.registrations:
+                self.registrations[entry.wp_id] = entry
+                if is_body_waitpoint(entry.wp_id):
+                    self.body_registrations += 1
         elif isinstance(entry, WaitpointResolved):
             self.resolutions.setdefault(entry.wp_id, entry)
         elif isinstance(entry, MetadataOp):
@@ -155,6 +165,11 @@ class Journal:
     def stream_completed(self, stream_id: str) -> bool:
         chunks = self.streams.get(stream_id)
         return bool(chunks) and chunks[-1].final  # type: ignore[index]  # bool() guards None
+
+
+def is_body_waitpoint(wp_id: str) -> bool:
+    """Whether the body itself reaches ``wp_id`` on replay (a retry backoff it may skip)."""
+    return not wp_id.startswith("retry:")
 
 
 def apply_metadata(state: dict[str, Any], op: MetadataOpName, key: str, value: Any) -> None:

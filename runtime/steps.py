@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 from runtime import _signals, calls, durations, errors, serialization
-from runtime._state import Compensable, HostJob, RunState
+from runtime._state import PATCH_PREFIX, Compensable, HostJob, RunState
 from runtime.journal import StepAttempt, WaitpointRegistered
 from runtime.ratelimit import RateLimit, Take
 from runtime.retry import DEFAULT_POLICY, RetryPolicy, next_delay
@@ -79,6 +79,9 @@ async def run_step(
         raise ValueError(
             f"step {step_id!r}: runtime must be 'inline' or 'process', got {runtime!r}"
         )
+    if step_id.startswith(PATCH_PREFIX):
+        raise ValueError(f"step id {step_id!r}: the prefix {PATCH_PREFIX!r} is reserved for "
+                         "ctx.patched markers")
     if step_id in ex.seen_steps:
         raise errors.FatalError(
             f"step id {step_id!r} was used twice in run {ex.facts.run_id}",
@@ -106,6 +109,8 @@ async def run_step(
     live_error: BaseException | None = None
     while True:
         if rec is None:
+            if step_id not in ex.journal.reopened:
+                await ex.at_frontier({"step_id": step_id})
             attempt = 1
         elif rec.status == "ok":
             ex.advance_clock(rec.finished_at)

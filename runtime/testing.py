@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from runtime import errors
@@ -30,7 +31,7 @@ from runtime.journal import (
 from runtime.matching import matches
 from runtime.ratelimit import RateLimiter, TokenBucketLimiter
 from runtime.status import ResolutionSource, RunStatus, WaitpointKind
-from runtime.workflow import WorkflowDefinition, definition_of
+from runtime.workflow import REGISTRY, Registry, WorkflowDefinition, definition_of
 
 Replay = Literal["warm", "cold"]
 
@@ -358,3 +359,32 @@ async def resume_workflow_for_test(
         raise ValueError(f"this run is {result.status}, not waiting: there is nothing to resume")
     session.supplies.add(events, signals, tokens, invokes)
     return session.result(await session.drive(pause_on_wait))
+
+
+async def replay_check(
+    paths: Sequence[str | Path] | str | Path,
+    *,
+    registry: Registry | None = None,
+) -> list[dict[str, Any]]:
+    """Replay exported runs (``wf export`` files) against the workflow code registered now,
+    as ``wf replay --check`` does; return one result per run. Raises ``AssertionError``
+    naming every run that diverged (with the entry where it did) or whose workflow is not
+    registered, so a test of a workflow change is one line::
+
+        await replay_check(["tests/fixtures/order-runs.json"])
+    """
+    from runtime import journal_file, replaycheck  # the check pulls in the executor only here
+
+    files = [paths] if isinstance(paths, str | Path) else list(paths)
+    runs = [run for path in files for run in journal_file.load(path)]
+    results = await replaycheck.check_all(runs, registry if registry is not None else REGISTRY)
+    bad = [r for r in results if r["result"] != "ok"]
+    if bad:
+        lines = [
+            f"{r['run_id']} ({r['workflow_id']}): "
+            + (f"diverged at {r['entry']}" if r["result"] == "diverged" else r["message"])
+            for r in bad
+        ]
+        raise AssertionError(f"{len(bad)} of {len(results)} runs do not replay:\n"
+                             + "\n".join(lines))
+    return results

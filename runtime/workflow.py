@@ -39,23 +39,57 @@ class WorkflowDefinition:
     description: str | None = None
     input_validator: Callable[[Any], Any] | None = None
     origin: str = field(default="", compare=False)
+    pinned: bool = False
+    """``version=`` was given: runs started on this version resume only on it (SPEC §14).
+    The source-hash default never pins."""
 
 
 class Registry:
-    """Workflow definitions by id; registering an id twice is an error naming both places."""
+    """Workflow definitions by id; registering an id twice is an error naming both places,
+    unless every registration names its own explicit ``version=`` (side-by-side versions: the
+    newest is the id's current definition, the others serve the runs pinned to them)."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, WorkflowDefinition] = {}
+        self._versions: dict[str, dict[str, WorkflowDefinition]] = {}
 
     def register(self, definition: WorkflowDefinition) -> None:
         existing = self._by_id.get(definition.id)
         if existing is not None and existing.origin != definition.origin:
-            raise ValueError(
-                f"workflow id {definition.id!r} registered twice: "
-                f"at {existing.origin} and at {definition.origin}"
-            )
+            side_by_side = (existing.pinned and definition.pinned
+                            and definition.version not in self._versions.get(definition.id, {}))
+            if not side_by_side:
+                raise ValueError(
+                    f"workflow id {definition.id!r} registered twice: "
+                    f"at {existing.origin} and at {definition.origin}"
+                    + (" (side-by-side versions each need their own explicit version=)"
+                       if existing.pinned or definition.pinned else "")
+                )
         self._check_schedule_names(definition)
-        self._by_id[definition.id] = definition
+        if definition.pinned:
+            versions = self._versions.setdefault(definition.id, {})
+            versions[definition.version] = definition
+            newest = max(versions, key=version_key)
+            self._by_id[definition.id] = versions[newest]
+        else:
+            self._versions.pop(definition.id, None)
+            self._by_id[definition.id] = definition
+
+    def get_version(self, workflow_id: str, version: str) -> WorkflowDefinition | None:
+        """The definition registered for ``version`` of ``workflow_id`` (explicit or not)."""
+        found = self._versions.get(workflow_id, {}).get(version)
+        if found is not None:
+            return found
+        current = self._by_id.get(workflow_id)
+        return current if current is not None and current.version == version else None
+
+    def versions(self, workflow_id: str) -> list[str]:
+        """The registered versions of ``workflow_id``, oldest first."""
+        explicit = self._versions.get(workflow_id)
+        if explicit:
+            return sorted(explicit, key=version_key)
+        current = self._by_id.get(workflow_id)
+        return [] if current is None else [current.version]
 
     def _check_schedule_names(self, definition: WorkflowDefinition) -> None:
         # A schedule's name is its identity in storage and in its runs' ids: one owner only.
@@ -76,6 +110,7 @@ class Registry:
 
     def unregister(self, workflow_id: str) -> None:
         self._by_id.pop(workflow_id, None)
+        self._versions.pop(workflow_id, None)
 
     def __iter__(self) -> Iterator[WorkflowDefinition]:
         return iter(list(self._by_id.values()))
@@ -85,6 +120,14 @@ class Registry:
 
 
 REGISTRY = Registry()
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order of version strings: ``"2" < "10"``, ``"1.9" < "1.10"``."""
+    import re
+
+    return tuple((0, int(part)) if part.isdigit() else (1, part)
+                 for part in re.findall(r"\d+|[^\d]+", version))
 
 
 def _origin(fn: Callable[..., Any]) -> str:
@@ -128,6 +171,8 @@ def workflow(
     if not isinstance(id, str) or not id:
         raise ValueError(f"workflow id must be a non-empty string, got {id!r}")
     where = f"workflow {id!r}"
+    if version is not None and (not isinstance(version, str) or not version):
+        raise ValueError(f"{where}: version must be a non-empty string, got {version!r}")
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise ValueError(f"{where}: retry must be a RetryPolicy, got {retry!r}")
     timeout_s = _seconds(where, "timeout", timeout)
@@ -168,6 +213,7 @@ def workflow(
             description=description or (inspect.getdoc(fn) or None),
             input_validator=input_validator,
             origin=_origin(fn),
+            pinned=version is not None,
         )
         REGISTRY.register(definition)
         fn.__workflow__ = definition  # type: ignore[attr-defined]  # handle for ctx.invoke

@@ -40,7 +40,11 @@ from storage.ops import (
     FireSchedule,
     FireTimer,
     FlushBatch,
+    IncrementalVacuum,
+    MergeSearchIndex,
     PauseSchedule,
+    PruneEvents,
+    PruneRuns,
     PutRateLimit,
     RecordCompensation,
     RecordEvent,
@@ -66,7 +70,7 @@ from storage.ops import (
     WriteBatch,
     WriteOp,
 )
-from storage.protocol import Storage
+from storage.protocol import SEARCH_MIN_CHARS, Storage
 from storage.records import (
     JSON,
     NON_TERMINAL_STATUSES,
@@ -121,6 +125,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "JSON",
     "NON_TERMINAL_STATUSES",
+    "SEARCH_MIN_CHARS",
     "TERMINAL_STATUSES",
     "UNSET",
     "AppendStreamChunk",
@@ -146,14 +151,18 @@ __all__ = [
     "FireTimer",
     "FiredTimer",
     "FlushBatch",
+    "IncrementalVacuum",
     "InvalidOperation",
     "Journal",
     "Matcher",
+    "MergeSearchIndex",
     "MetadataOpKind",
     "NotFound",
     "PauseSchedule",
     "PendingBatch",
     "PostgresStorage",
+    "PruneEvents",
+    "PruneRuns",
     "PutRateLimit",
     "RateLimitState",
     "RecordCompensation",

@@ -150,6 +150,8 @@ class CreateRun(WriteOp[RunCreated]):
     error: JSON = None
     finished_at: float | None = None
     cancel_on: tuple[CancelRule, ...] = ()
+    version_pinned: bool = False
+    """The run resumes only on ``workflow_version`` (an explicit ``version=``, SPEC §14)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,3 +601,44 @@ class PutRateLimit(WriteOp[None]):
 
 WriteBatch = list[WriteOp[Any]]
 """Ops applied together in one transaction, in order."""
+
+
+# --- retention ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PruneRuns(WriteOp[tuple[str, ...]]):
+    """Delete up to ``limit`` ended run trees, oldest first, with every row they own in every
+    table: root runs (no parent) whose status is one of ``statuses`` (terminal ones only) and
+    that were created and finished before ``before``, whose descendants have all ended too.
+    A child goes only with its root. Returns the run ids deleted (roots and descendants)."""
+
+    statuses: tuple[records.RunStatus, ...]
+    before: float
+    workflow_id: str | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class PruneEvents(WriteOp[int]):
+    """Delete up to ``limit`` stored events received before ``before``; returns how many."""
+
+    before: float
+    limit: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class MergeSearchIndex(WriteOp[bool]):
+    """Merge the full-text index's segments, about ``pages`` pages of work; returns whether
+    there was work to do. FTS5 keeps a deleted row's postings as delete markers until their
+    segments merge, so pruned runs free their search pages only after this."""
+
+    pages: int
+
+
+@dataclass(frozen=True, slots=True)
+class IncrementalVacuum(WriteOp[int]):
+    """Give up to ``pages`` free pages back to the file system (a no-op unless the file has
+    ``auto_vacuum = INCREMENTAL``); returns the free pages left."""
+
+    pages: int

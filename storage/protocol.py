@@ -20,6 +20,9 @@ from storage import ops, records
 
 R = TypeVar("R")
 
+# The shortest ``list_runs(search=)`` text: the trigram index matches 3-character sequences.
+SEARCH_MIN_CHARS = 3
+
 
 @runtime_checkable
 class Storage(Protocol):
@@ -95,10 +98,23 @@ class Storage(Protocol):
         tag: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        search: str | None = None,
         limit: int | None = 100,
     ) -> list[records.RunRecord]:
         """Runs matching every given filter (``since <= created_at < until``), newest first
-        (by ``created_at``, then number); ``limit`` None: all of them."""
+        (by ``created_at``, then number); ``limit`` None: all of them. ``search``: runs whose id,
+        workflow id, input, output, error, tags or metadata contain the text (case-insensitive
+        substring, at least 3 characters; ``ValueError`` if shorter)."""
+        ...
+
+    async def count_prunable(
+        self,
+        statuses: tuple[records.RunStatus, ...],
+        before: float,
+        workflow_id: str | None = None,
+    ) -> int:
+        """How many runs ``PruneRuns(statuses, before, workflow_id)`` would delete in all
+        (roots and their descendants): the dry run of ``prune``."""
         ...
 
     async def paused_workflows(self) -> list[str]:

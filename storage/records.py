@@ -142,6 +142,8 @@ class RunRecord:
     paused: bool = False
     """``pause {run_id}`` is in force: a pending run is not started, a running one is held
     before its next step, a parked one is ``paused``."""
+    version_pinned: bool = False
+    """The run resumes only on its ``workflow_version`` (an explicit ``version=``)."""
 
     @property
     def is_terminal(self) -> bool:
@@ -163,6 +165,8 @@ class StepRecord:
     finished_at: float | None
     runtime: str | None
     retry_at: float | None = None
+    journal_seq: int | None = None
+    """The entry's run-wide sequence number (SPEC §3); None where the backend has none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +182,8 @@ class StepAttemptRecord:
     started_at: float | None
     finished_at: float | None
     retry_at: float | None = None
+    journal_seq: int | None = None
+    """The entry's run-wide sequence number (SPEC §3); None where the backend has none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +205,9 @@ class WaitpointRecord:
     error: JSON
     source: ResolutionSource | None
     matched_event_id: str | None
+    journal_seq: int | None = None
+    """The entry's run-wide sequence number (SPEC §3); None where the backend has none."""
+    resolved_journal_seq: int | None = None
 
     @property
     def is_waiting(self) -> bool:
@@ -300,6 +309,8 @@ class StreamChunk:
     chunk: JSON
     final: bool
     at: float
+    journal_seq: int | None = None
+    """The entry's run-wide sequence number (SPEC §3); None where the backend has none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +320,8 @@ class CompensationRecord:
     status: CompensationStatus
     error: JSON
     finished_at: float
+    journal_seq: int | None = None
+    """The entry's run-wide sequence number (SPEC §3); None where the backend has none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +363,9 @@ class Journal:
     completed_streams: frozenset[str]
     metadata_ops: int = 0
     """How many metadata ops this run has emitted and storage applied (highest index + 1)."""
+    reopened_steps: frozenset[str] = frozenset()
+    """Steps a ``retry --mode resume`` undid (their compensation ran): they run again wherever
+    the body reaches them, even before later recorded entries (no divergence)."""
 
     @property
     def entry_count(self) -> int:

@@ -128,6 +128,7 @@ class Submit(Request[JSONDict]):
     ttl: float | str | None = opt(
         type="duration", help="cancel (EXPIRED) if not started D after it is due"
     )
+    version: str | None = opt(help="start on this registered version (default: the newest)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,9 @@ class List(Request[JSONDict]):
         type="moment", help="created at or after: TIME, or D ago (e.g. 1h)"
     )
     until: float | str | None = opt(type="moment", help="created before: TIME, or D ago")
+    search: str | None = opt(
+        help="text in the run id, input, output, error, tags or metadata (3+ characters)"
+    )
     limit: int = opt(100, minimum=1)
 
 
@@ -247,6 +251,17 @@ class Replay(Request[JSONDict]):
     run_id: str = req(metavar="RUN")
 
 
+@dataclass(frozen=True, slots=True)
+class Export(Request[JSONDict]):
+    """Export runs (record + journal) as one versioned JSON document. ``{"format":
+    "wf-journal/1", "engine", "exported_at", "runs": [{"run", "entries", "metadata",
+    "metadata_ops"}]}``, entries in run-wide ``seq`` order; it holds inputs and outputs."""
+
+    method = "export"
+    cli = ("export",)
+    run_ids: tuple[str, ...] = req(metavar="RUN")
+
+
 # --- resolutions --------------------------------------------------------------------------------
 
 
@@ -292,6 +307,18 @@ class Workflows(Request[JSONDict]):
 
     method = "workflows"
     cli = ("workflows",)
+
+
+@dataclass(frozen=True, slots=True)
+class Versions(Request[JSONDict]):
+    """Workflow versions and patch ids still present on live (not ended) runs.
+    ``{"workflows": [{"workflow_id", "registered_version", "live_runs", "versions":
+    [{"version", "live_runs"}], "patches": [{"patch_id", "live_runs"}]}]}``: a version with no
+    live run is drained; a patch id no live run carries may have its old path removed."""
+
+    method = "versions"
+    cli = ("versions",)
+    workflow_id: str | None = opt(flag="--workflow", help="only this workflow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +409,21 @@ class Stats(Request[JSONDict]):
     cli = ("stats",)
 
 
+@dataclass(frozen=True, slots=True)
+class Prune(Request[JSONDict]):
+    """Delete ended runs (with their children and every row they own) and old stored events.
+    With ``older_than``: runs of ``status`` (default: every ended status) that ended more than
+    that long ago; without: the ``[retention]`` ages of the config. ``{"runs": n, "events": n,
+    "dry_run": bool}``; a dry run counts what would go and deletes nothing."""
+
+    method = "prune"
+    cli = ("prune",)
+    older_than: float | str | None = opt(type="duration", help="ended more than D ago, e.g. 30d")
+    status: str | None = opt(choices=tuple(sorted(TERMINAL_STATUSES)))
+    workflow_id: str | None = opt(flag="--workflow")
+    dry_run: bool = opt(False, help="count, delete nothing")
+
+
 # --- streams ------------------------------------------------------------------------------------
 
 
@@ -432,9 +474,9 @@ class Changes(StreamRequest):
 
 
 REQUESTS: tuple[type[Request[Any]], ...] = (
-    Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Bulk, Reschedule, Replay,
+    Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Bulk, Reschedule, Replay, Export,
     SendEvent, Signal, CompleteToken,
-    Workflows, Schedules, Stats,
+    Workflows, Versions, Schedules, Stats, Prune,
     ScheduleCreate, ScheduleDelete, SchedulePause, ScheduleResume, ScheduleTrigger,
     ScheduleBackfill,
     Tail, Watch, Stream, Changes,
@@ -515,10 +557,12 @@ class ServiceMethods:
     bulk = method(Bulk)
     reschedule = method(Reschedule)
     replay = method(Replay)
+    export = method(Export)
     send_event = method(SendEvent)
     signal = method(Signal)
     complete_token = method(CompleteToken)
     workflows = method(Workflows)
+    versions = method(Versions)
     schedules = method(Schedules)
     schedule_create = method(ScheduleCreate)
     schedule_delete = method(ScheduleDelete)
@@ -527,6 +571,7 @@ class ServiceMethods:
     schedule_trigger = method(ScheduleTrigger)
     schedule_backfill = method(ScheduleBackfill)
     stats = method(Stats)
+    prune = method(Prune)
     tail = stream_method(Tail)
     watch = stream_method(Watch)
     stream = stream_method(Stream)

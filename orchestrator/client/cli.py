@@ -27,6 +27,7 @@ from orchestrator import config
 from orchestrator.api import protocol, service
 from orchestrator.client import tables
 from orchestrator.client.client import Client, DaemonUnreachable, RemoteError
+from orchestrator.client.dashboard import run_dashboard
 from runtime import durations
 
 __all__ = ["build_parser", "main", "run"]
@@ -105,6 +106,7 @@ _HUMAN: Final[dict[str, Callable[[Any], str]]] = {
     "pause": lambda r: tables.format_run(r) if "run_id" in r else tables.format_result(r),
     "resume": lambda r: tables.format_run(r) if "run_id" in r else tables.format_result(r),
     "retry": tables.format_run,
+    "export": lambda r: orjson.dumps(r, option=orjson.OPT_INDENT_2).decode(),
     "workflows": lambda r: tables.format_list(r.get("workflows", []), "no workflows"),
     "schedules": lambda r: tables.format_schedules(r.get("schedules", [])),
     "schedule_trigger": lambda r: tables.format_runs(r.get("runs", [])),
@@ -175,6 +177,11 @@ async def _run_request(c: Client, request: Any, args: argparse.Namespace) -> int
     if isinstance(request, service.StreamRequest):
         return await _print_stream(c, request, args)
     result = await c.call(request)
+    if request.method == "export" and args.out:
+        Path(args.out).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        print(f"exported {len(result['runs'])} run(s) to {args.out}", file=sys.stderr,
+              flush=True)
+        return EXIT_OK
     if request.method == "submit" and args.wait:
         if not args.json:
             print(f"submitted {result.get('run_id')}, waiting...", file=sys.stderr, flush=True)
@@ -272,8 +279,13 @@ def _add_field(p: argparse.ArgumentParser, cls: type[service.Request[Any]],
         p.add_argument(f.name, nargs="?", metavar=f.metadata.get("metavar") or f.name.upper(),
                        help=help_)
         return
+    if cls is service.Replay and f.name == "run_id":
+        # RUN, or with --check the export files to check (see _replay_check).
+        p.add_argument(f.name, nargs="*", metavar="RUN|FILE", help=help_)
+        return
     if required and not f.metadata.get("flag"):
-        p.add_argument(f.name, metavar=f.metadata.get("metavar") or f.name.upper(), help=help_)
+        p.add_argument(f.name, metavar=f.metadata.get("metavar") or f.name.upper(), help=help_,
+                       nargs="+" if kind == "str_list" else None)
         return
     flag = _flag_of(f)
     if kind == "bool":
@@ -329,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the PostgreSQL database (postgresql://...), migrated and empty")
     migrate.add_argument("--from", dest="source", metavar="PATH",
                          help="the SQLite file (default: the config's storage.path)")
+    dash = command(("dashboard",), "print the dashboard's login URL and open it in a browser")
+    dash.set_defaults(request=None)
+    dash.add_argument("--no-open", action="store_true", help="only print the URL")
     for cls in service.REQUESTS:
         if not cls.cli:
             continue
@@ -341,7 +356,37 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--wait", action="store_true", help="wait for the run to end")
         if cls.method in _FILTERABLE:
             _add_filters(p, cls)
+        if cls is service.Export:
+            p.add_argument("--out", metavar="FILE", help="write the document to FILE")
+        if cls is service.Replay:
+            _add_replay_check(p)
     return parser
+
+
+def _add_replay_check(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("offline check against the code the config imports")
+    group.add_argument("--check", action="store_true",
+                       help="replay export FILEs (or --db) with no daemon; exit 1 on divergence")
+    group.add_argument("--db", metavar="FILE", help="check the runs of this database, read-only")
+    group.add_argument("--status", dest="check_status", action="append",
+                       choices=service.RUN_STATUSES, metavar="S",
+                       help="with --db: runs in status S (repeatable; default running, "
+                            "waiting, paused)")
+    group.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
+
+
+def _replay_check(args: argparse.Namespace) -> int:
+    """``wf replay --check``: offline, so no socket. Imported here: it loads the executor,
+    SQLite and the workflow code, which the client commands never need."""
+    module = importlib.import_module("orchestrator.replay_check")
+    try:
+        report = asyncio.run(module.check(
+            list(args.run_id), db=args.db, statuses=tuple(args.check_status or ()),
+            fail_fast=args.fail_fast, config_path=args.config))
+    except module.CheckError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    _emit(args, report, module.format_report)
+    return EXIT_OK if report["ok"] == report["checked"] else EXIT_FAILED
 
 
 def _add_filters(p: argparse.ArgumentParser, cls: type[service.Request[Any]]) -> None:
@@ -420,6 +465,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _run_daemon(args)
     if args.command == "migrate":
         return _run_migrate(args)
+    if args.command == "dashboard":
+        return run_dashboard(args.config, open_browser=not args.no_open)
+    if args.command == "replay":
+        if args.check:
+            return _replay_check(args)
+        if args.db or args.check_status or args.fail_fast or len(args.run_id) != 1:
+            return _fail(EXIT_USAGE, "replay: give one RUN (or --check with files or --db)")
+        args.run_id = args.run_id[0]
     try:
         path = resolve_socket(args)
         request = _bulk_or_none(args.request, args) or _request_of(args.request, args)

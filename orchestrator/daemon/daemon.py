@@ -11,6 +11,7 @@ disk. Start-up refusals (lock held, database too new, live socket) exit 1 with o
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import resource
 import signal
@@ -24,6 +25,7 @@ import storage
 from orchestrator import logs
 from orchestrator.config import Config, ConfigError, load_config
 from orchestrator.daemon.compose import Hooks, Orchestrator
+from orchestrator.daemon.http import build_http
 from orchestrator.daemon.loader import WorkflowImportError
 from orchestrator.daemon.lockfile import DatabaseLocked
 from orchestrator.daemon.server import SocketInUse, SocketPathError, SocketServer
@@ -48,6 +50,10 @@ def _raise_fd_limit() -> int:
         except (ValueError, OSError):
             pass
     return int(soft)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def run_daemon(config_path: str | None, hooks: Hooks | None = None) -> int:
@@ -111,6 +117,17 @@ async def _serve(cfg: Config, hooks: Hooks) -> int:
         log.error("daemon.refused", reason=str(exc))
         await orch.close()
         return EXIT_REFUSED
+    try:
+        http = build_http(orch, server)
+        if http is not None:
+            await http.start()
+    except OSError as exc:  # the port is taken, or the token file cannot be written
+        log.error("daemon.refused", reason=f"http: {exc}")
+        server.stop_accepting()
+        await orch.close()
+        await server.close()
+        return EXIT_REFUSED
+    _tune_gc()
     log.info(
         "daemon.ready",
         socket=str(cfg.daemon.socket),
@@ -120,6 +137,7 @@ async def _serve(cfg: Config, hooks: Hooks) -> int:
         in_force=orch.storage.durability(),  # read back from the database, not the config
         event_loop=type(loop).__module__.split(".")[0],
         pid=os.getpid(),
+        http=f"http://{_url_host(http.host)}:{http.port}/" if http is not None else None,
     )
     stopping = loop.create_task(stop.wait(), name="signals")
     fatal = orch.fatal
@@ -132,7 +150,26 @@ async def _serve(cfg: Config, hooks: Hooks) -> int:
     stopping.cancel()
     log.info("daemon.stopping", grace=cfg.daemon.shutdown_grace)
     server.stop_accepting()
+    if http is not None:
+        await http.close()  # ends open event streams before the engine goes
     await orch.close()
     await server.close()
     log.info("daemon.stopped")
     return EXIT_OK
+
+
+# Allocations (net) between two young-generation collections; CPython's default is 700.
+GC_GEN0_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """Keep what start-up loaded out of the cyclic collector, and run it less often.
+
+    Modules, workflows and config live as long as the daemon, yet every full collection walked
+    them again, and with 1000 runs in flight the collector cost about as much CPU per step as
+    the steps themselves (docs/performance.md, "Body loop cost after issue 15"). Ended runs are
+    freed by reference counting, so collecting less often holds back little memory.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)

@@ -140,6 +140,20 @@ class RunActor:
 
     async def _cold_execution(self, run: storage.RunRecord, fresh: bool) -> Execution | None:
         definition = self.host.registry.get(run.workflow_id)
+        if definition is not None and run.version_pinned:
+            # Pinned (an explicit version=): only that version's code may drive it.
+            definition = self.host.registry.get_version(run.workflow_id,
+                                                        run.workflow_version or "")
+            if definition is None:
+                await self._hold_run(run, rt_errors.error_dict(
+                    "VERSION_MISSING",
+                    f"run {run.run_id} is pinned to version {run.workflow_version!r} of "
+                    f"workflow {run.workflow_id!r}, which this daemon does not register "
+                    f"(it has {', '.join(self.host.registry.versions(run.workflow_id))})",
+                    data={"workflow_id": run.workflow_id, "version": run.workflow_version,
+                          "registered": self.host.registry.versions(run.workflow_id)},
+                ), diverged=False)
+                return None
         if definition is None:
             error = rt_errors.error_dict(
                 "WORKFLOW_NOT_FOUND",
@@ -176,9 +190,16 @@ class RunActor:
             finally:
                 self._advancing = None
             if outcome.divergence:
-                self.log.warning("replay.divergence", detail=list(outcome.divergence))
+                self.log.warning("replay.divergence", detail=list(outcome.divergence),
+                                 held=outcome.status is RunStatus.PAUSED)
+            if outcome.status is RunStatus.PAUSED:
+                await self._hold_diverged(outcome, execution, compute_before)
+                return
             if outcome.status is not RunStatus.WAITING:
                 await self._finish(run, outcome, execution)
+                # The execution's host records through this actor (a bound method): let go of
+                # it, so an ended run is freed by reference counting, not the cyclic collector.
+                self._execution = None
                 return
             if self.mailbox:
                 continue
@@ -229,6 +250,39 @@ class RunActor:
                 dataclasses.replace(run, status=parked, recoveries=0),
             )
             return
+
+    async def _hold_diverged(
+        self, outcome: Outcome, execution: Execution, compute_before: float
+    ) -> None:
+        """The replay left the journal (SPEC §3): hold the run ``paused`` with its pause flag
+        and code ``NONDETERMINISM``, never fail it. ``wf resume`` replays it again on whatever
+        code is loaded then. The execution is closed: a warm body would skip that replay."""
+        run = self.run
+        assert run is not None
+        execution.host.record = _parked
+        await execution.close()
+        self._execution = None
+        await self._hold_run(run, outcome.error, diverged=True,
+                         compute=execution.compute_used - compute_before)
+
+    async def _hold_run(
+        self, run: storage.RunRecord, error: dict[str, Any] | None, *, diverged: bool,
+        compute: float = 0.0,
+    ) -> None:
+        """Commit the run ``paused`` with its pause flag and ``error`` (its code says why):
+        held, never failed, until ``wf resume`` (or, for a missing version, a daemon that has
+        it) moves it again."""
+        now = self.host.clock.now()
+        self.host.hold(self.run_id)  # first: what resolves from here is kept for the resume
+        await self._commit_many([
+            storage.UpdateRun(
+                self.run_id, at=now, status=storage.RunStatus.PAUSED, error=error,
+                diverged=diverged or storage.UNSET, add_compute_seconds=compute,
+            ),
+            storage.RequestPause(self.run_id, now),
+        ])
+        self.log.warning("run.held", code=(error or {}).get("code"))
+        self.host.publish_state(self.run_id, "paused", run.workflow_id)
 
     async def fail_internal(self, cause: BaseException) -> None:
         """End the run ``failed`` with code ``INTERNAL`` after an engine error (SPEC §3: no
@@ -490,6 +544,7 @@ class RunActor:
             created_at=now,
             input=child_input,
             workflow_version=definition.version,
+            version_pinned=definition.pinned,
             tags=tuple(meta.get("tags") or ()),
             idempotency_key=meta.get("idempotency_key"),
             parent_run_id=self.run_id,

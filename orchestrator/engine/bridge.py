@@ -127,6 +127,7 @@ def runtime_journal(record: storage.Journal) -> rj.Journal:
     """Rebuild the runtime's journal of a run from what storage holds."""
     positions = {s.step_id: s.position for s in record.steps}
     journal = rj.Journal()
+    journal.reopened = set(record.reopened_steps)
     for attempt in record.attempts:
         journal.apply(
             rj.StepAttempt(

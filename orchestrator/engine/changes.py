@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from runtime.clock import Clock
@@ -65,6 +65,8 @@ class ChangeFeed:
         self._recent: deque[Change] = deque(maxlen=recent)
         self._followers: set[_Follower] = set()
         self.published = 0
+        # Synchronous observers (the metrics): called on every change, so they must be cheap.
+        self.observers: list[Callable[[str, str, str | None], None]] = []
 
     @property
     def last_seq(self) -> int:
@@ -77,6 +79,8 @@ class ChangeFeed:
         change: Change = {"seq": self._seq, "run_id": run_id, "workflow_id": workflow_id,
                           "status": status, "at": self._clock.now()}
         self._recent.append(change)
+        for observe in self.observers:
+            observe(run_id, status, workflow_id)
         for follower in self._followers:
             follower.offer(change)
 

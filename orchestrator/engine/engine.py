@@ -29,13 +29,14 @@ import storage
 from orchestrator import logs
 from orchestrator.api import errors, protocol, service, views
 from orchestrator.api.service import JSONDict
-from orchestrator.engine import bridge, replay, triggers
+from orchestrator.engine import bridge, export, replay, triggers, versions
 from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import Plan, plan_for
 from orchestrator.engine.holds import Holds
 from orchestrator.engine.messages import Cancel, Resolve
 from orchestrator.engine.operations import RunOperations
 from orchestrator.engine.ratelimits import StoredRateLimiter
+from orchestrator.engine.retention import STATUS_GROUPS, Retention
 from orchestrator.engine.schedules import Schedules
 from orchestrator.engine.settings import Settings
 from orchestrator.engine.supervisor import Supervisor
@@ -147,6 +148,7 @@ class Engine(service.ServiceMethods):
             admission=self.admission,
             wait_for=self._wait_for,
         )
+        self.retention = Retention(storage_, self.clock, self.settings.retention)
         self.timers = Timers(
             storage_, self.clock, self.supervisor.deliver, self._on_fatal, instrument,
             on_run_timer=self._run_timer, on_schedule_timer=self.scheduling.on_timer,
@@ -170,9 +172,12 @@ class Engine(service.ServiceMethods):
         await self.scheduling.after_recovery()
         fired = await self.timers.fire_due()  # schedules missed while down fire here, collapsed
         self.timers.start()
+        self.retention.start()
         self.instrument.reached("timers.armed")
         self._accepting = True
-        log.info("orchestrator.started", recovered=recovered, timers_fired=fired)
+        resumed = await versions.resume_arrived_versions(self.storage, self.registry, self.ops)
+        log.info("orchestrator.started", recovered=recovered, timers_fired=fired,
+                 versions_arrived=resumed)
 
     def _timer_stored(self, due_at: float) -> None:
         self.timers.notify(due_at)
@@ -311,6 +316,7 @@ class Engine(service.ServiceMethods):
     async def close(self) -> None:
         """Stop the timers and the actors (in-flight steps get ``shutdown_grace``)."""
         self._accepting = False
+        await self.retention.close()
         await self.timers.stop()
         await self.scheduling.close()
         await self.ops.close()
@@ -395,6 +401,12 @@ class Engine(service.ServiceMethods):
         definition = self.registry.get(r.workflow_id)
         if definition is None:
             raise errors.NotFound("workflow", r.workflow_id)
+        if r.version is not None:
+            definition = self.registry.get_version(r.workflow_id, r.version)
+            if definition is None:
+                raise errors.InvalidParams(
+                    "version", "one of " + ", ".join(self.registry.versions(r.workflow_id)),
+                    repr(r.version))
         run_input = self._accepted_input(definition, r.input)
         plan = self._plan(definition, run_input)
         if plan.debounce is None or r.run_id is not None or r.idempotency_key is not None:
@@ -457,6 +469,7 @@ class Engine(service.ServiceMethods):
             created_at=now,
             input=run_input,
             workflow_version=definition.version,
+            version_pinned=definition.pinned,
             tags=tags or definition.tags,
             priority=priority,
             idempotency_key=idempotency_key,
@@ -514,15 +527,51 @@ class Engine(service.ServiceMethods):
 
     @handles(service.List)
     async def _list(self, r: service.List) -> JSONDict:
+        if r.search is not None and len(r.search) < storage.SEARCH_MIN_CHARS:
+            # The trigram index cannot answer shorter text; a scan would not stay fast at 1M runs.
+            raise errors.InvalidParams(
+                "search", f"at least {storage.SEARCH_MIN_CHARS} characters", repr(r.search)
+            )
         runs = await self.storage.list_runs(
             status=storage.RunStatus(r.status) if r.status else None,
             workflow_id=r.workflow_id,
             tag=r.tag,
             since=_seconds(r.since),
             until=_seconds(r.until),
+            search=r.search,
             limit=r.limit,
         )
         return {"runs": views.runs(runs)}
+
+    @handles(service.Prune)
+    async def _prune(self, r: service.Prune) -> JSONDict:
+        now = self.clock.now()
+        policy = self.settings.retention
+        if r.older_than is not None:
+            statuses = (
+                (storage.RunStatus(r.status),) if r.status
+                else tuple(s for group in STATUS_GROUPS.values() for s in group)
+            )
+            targets = [(statuses, float(r.older_than))]
+        else:
+            targets = [
+                (tuple(s for s in statuses if r.status in (None, s.value)), age)
+                for statuses, age in policy.runs()
+            ]
+        targets = [(statuses, age) for statuses, age in targets if statuses]
+        runs = events = 0
+        for statuses, age in targets:
+            if r.dry_run:
+                runs += await self.storage.count_prunable(statuses, now - age, r.workflow_id)
+            else:
+                runs += await self.retention.prune_runs(statuses, now - age, r.workflow_id)
+        # Events belong to no workflow: pruned only by a policy run over everything.
+        if r.older_than is None and r.status is None and r.workflow_id is None \
+                and policy.events is not None and not r.dry_run:
+            events = await self.retention.prune_events(now - policy.events)
+        if runs or events:
+            await self.retention.vacuum()
+        return {"runs": runs, "events": events, "dry_run": r.dry_run}
 
     @handles(service.Wait)
     async def _wait(self, r: service.Wait) -> JSONDict:
@@ -617,6 +666,12 @@ class Engine(service.ServiceMethods):
             raise errors.NotFound("workflow", run.workflow_id)
         record = await self.storage.load_journal(r.run_id)
         return await replay.check(definition, record)
+
+    @handles(service.Export)
+    async def _export(self, r: service.Export) -> JSONDict:
+        if not r.run_ids:
+            raise errors.InvalidParams("run_ids", "at least one run id", "an empty list")
+        return await export.export(self.storage, r.run_ids, self.clock.now())
 
     # ------------------------------------------------------------------ resolutions
 
@@ -783,6 +838,10 @@ class Engine(service.ServiceMethods):
                 for d in sorted(self.registry, key=lambda d: d.id)
             ]
         }
+
+    @handles(service.Versions)
+    async def _versions(self, r: service.Versions) -> JSONDict:
+        return await versions.versions(self.storage, self.registry, r.workflow_id)
 
     @handles(service.Schedules)
     async def _schedules(self, r: service.Schedules) -> JSONDict:

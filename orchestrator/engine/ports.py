@@ -92,6 +92,11 @@ class RunHost(Protocol):
         ``paused``)."""
         ...
 
+    def hold(self, run_id: str) -> None:
+        """Pause the run in memory (its deliveries are kept for the resume): the actor just
+        committed it ``paused`` with its ``paused`` flag (a divergence, SPEC §14)."""
+        ...
+
     def holds_start(self, run: RunRecord) -> bool:
         """The pending ``run`` may not start now (it, or its workflow, is paused)."""
         ...

@@ -264,6 +264,7 @@ class Schedules:
             created_at=now,
             input=run_input,
             workflow_version=None if definition is None else definition.version,
+            version_pinned=definition is not None and definition.pinned,
             tags=() if definition is None else definition.tags,
             triggered_by="schedule",
             flow=flow.to_json(),

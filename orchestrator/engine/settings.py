@@ -6,9 +6,10 @@ settings from ``config.toml`` (:meth:`Settings.from_config`) or an embedder buil
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from orchestrator.config import Config
+from orchestrator.engine.retention import RetentionPolicy
 from runtime.facts import Limits
 
 
@@ -21,6 +22,9 @@ class Settings:
     max_payload_bytes: int = 2_097_152
     max_journal_entries: int = 100_000
     deadlock_timeout: float = 2.0
+    # Embedders and tests keep everything unless they say otherwise; the daemon passes the
+    # config's [retention] ages (SPEC defaults 30d/90d/7d).
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
@@ -32,6 +36,12 @@ class Settings:
             max_payload_bytes=config.limits.max_payload_bytes,
             max_journal_entries=config.limits.max_journal_entries,
             deadlock_timeout=config.runtime.deadlock_timeout,
+            retention=RetentionPolicy(
+                completed=config.retention.completed,
+                failed=config.retention.failed,
+                cancelled=config.retention.cancelled,
+                events=config.retention.events,
+            ),
         )
 
     @property

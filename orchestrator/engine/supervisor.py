@@ -298,6 +298,9 @@ class Supervisor:
     def paused(self, run_id: str) -> bool:
         return self.holds.is_paused(run_id)
 
+    def hold(self, run_id: str) -> None:
+        self.holds.pause(run_id)
+
     def holds_start(self, run: RunRecord) -> bool:
         return self.holds.blocks_start(run) is not None
 

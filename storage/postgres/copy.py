@@ -80,6 +80,10 @@ async def _copy(src: sqlite3.Connection, dst: asyncpg.Connection, where: str) ->
                 raise errors.InvalidOperation(
                     f"{where} is not empty (table {table} has rows): migrate into a new database",
                     data={"table": table})
+        # The copied rows keep their journal numbers: the numbering and search triggers are
+        # off for the copy (this transaction only), and the search documents are built after.
+        for table in tables:
+            await dst.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
         src.execute("BEGIN")  # one snapshot of the file for every table
         for table in tables:
             cols = [r[1] for r in src.execute(f"PRAGMA table_info({table})")]
@@ -96,6 +100,10 @@ async def _copy(src: sqlite3.Connection, dst: asyncpg.Connection, where: str) ->
                     data={"table": table, "copied": copied, "expected": len(rows)})
             counts[table] = copied
         src.execute("COMMIT")
+        for table in tables:
+            await dst.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+        await dst.execute("INSERT INTO run_search (number, body) "
+                          "SELECT number, body FROM run_search_doc")
         for table, column in _IDENTITIES:
             await dst.execute(
                 f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "

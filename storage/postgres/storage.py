@@ -22,9 +22,11 @@ import asyncpg
 from storage import errors, ops, records
 from storage.postgres import schema
 from storage.postgres.dialect import to_postgres
+from storage.postgres.search import trigram_search
 from storage.postgres.translate import translate_errors
 from storage.postgres.writer import Writer, WriterStats
-from storage.sqlite.storage import SQLiteStorage
+from storage.sqlite import rows
+from storage.sqlite.storage import SQLiteStorage, list_runs_query
 
 R = TypeVar("R")
 
@@ -195,12 +197,22 @@ class PostgresStorage:
         tag: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        search: str | None = None,
         limit: int | None = 100,
     ) -> list[records.RunRecord]:
-        return await SQLiteStorage.list_runs(
-            self._sql, status=status, workflow_id=workflow_id, tag=tag, since=since,
-            until=until, limit=limit,
+        sql, params = list_runs_query(
+            status=status, workflow_id=workflow_id, tag=tag, since=since, until=until,
+            search=search, limit=limit, search_clause=trigram_search,
         )
+        return [rows.run_from_row(r) for r in await self._fetch(sql, params)]
+
+    async def count_prunable(
+        self,
+        statuses: tuple[records.RunStatus, ...],
+        before: float,
+        workflow_id: str | None = None,
+    ) -> int:
+        return await SQLiteStorage.count_prunable(self._sql, statuses, before, workflow_id)
 
     async def paused_workflows(self) -> list[str]:
         return await SQLiteStorage.paused_workflows(self._sql)

@@ -28,6 +28,7 @@ from typing import Any, cast
 import asyncpg
 
 from storage import errors, ops
+from storage.postgres import retention
 from storage.postgres.dialect import SyncConnection
 from storage.postgres.translate import is_batch_fatal, translate
 from storage.sqlite import interventions, mutations, schedules
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 _Request = tuple[Sequence[ops.WriteOp[Any]], "asyncio.Future[list[Any]]"]
 _Outcome = tuple["asyncio.Future[list[Any]]", bool, Any]
 _APPLY: dict[type[Any], mutations.Apply] = {
-    **mutations.APPLY, **schedules.APPLY, **interventions.APPLY
+    **mutations.APPLY, **schedules.APPLY, **interventions.APPLY, **retention.APPLY
 }
 _STEP_CHUNKS = (256, 64, 16, 4, 1)  # 256 rows x 11 parameters stays far below 32767
 

@@ -34,8 +34,8 @@ _SELECT_RUN_BY_KEY = (
 _INSERT_RUN = (
     "INSERT INTO runs (run_id, workflow_id, workflow_version, status, input, tags, priority, "
     "idempotency_key, parent_run_id, root_run_id, triggered_by, created_at, scheduled_at, "
-    "updated_at, parent_wp_id, flow, throttle_key, expires_at, error, finished_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "updated_at, parent_wp_id, flow, throttle_key, expires_at, error, finished_at, "
+    "version_pinned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -69,6 +69,7 @@ def create_run(conn: Conn, op: ops.CreateRun) -> ops.RunCreated:
             op.expires_at,
             dumps(op.error),
             op.finished_at,
+            int(op.version_pinned),
         ),
     )
     if tags:
@@ -113,6 +114,7 @@ def create_run(conn: Conn, op: ops.CreateRun) -> ops.RunCreated:
         flow=rows.loads(dumps(op.flow)),
         throttle_key=op.throttle_key,
         expires_at=op.expires_at,
+        version_pinned=op.version_pinned,
     )
     return ops.RunCreated(run, created=True)
 
@@ -257,8 +259,9 @@ def upsert_steps_sql(rows_count: int) -> str:
 
 _ARCHIVE_EARLIER_ATTEMPT = (
     "INSERT OR REPLACE INTO step_attempts (run_no, step_id, attempt, status, output, error, "
-    "started_at, finished_at, retry_at) SELECT run_no, step_id, attempt, status, output, "
-    f"error, started_at, finished_at, retry_at FROM steps WHERE run_no = {_RUN_NO} "
+    "started_at, finished_at, retry_at, journal_seq) SELECT run_no, step_id, attempt, status, "
+    f"output, error, started_at, finished_at, retry_at, journal_seq FROM steps "
+    f"WHERE run_no = {_RUN_NO} "
     "AND step_id = ? AND attempt < ?"
 )
 

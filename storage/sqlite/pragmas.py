@@ -27,6 +27,10 @@ def pragma_statements(
         raise ValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
     stmts = [
         f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
+        # Takes effect only on a new, empty file, and only before journal_mode writes its first
+        # page: retention then gives pruned pages back (incremental_vacuum). Existing files keep
+        # their mode (converting needs a full VACUUM); freed pages are reused there instead.
+        *(["PRAGMA auto_vacuum = INCREMENTAL"] if writer else []),
         "PRAGMA journal_mode = WAL",
         f"PRAGMA synchronous = {synchronous.upper()}",
         "PRAGMA foreign_keys = ON",

@@ -32,7 +32,8 @@ RUN_COLUMNS = (
     "run_id, number, workflow_id, workflow_version, status, input, output, error, tags, "
     "priority, idempotency_key, parent_run_id, root_run_id, triggered_by, attempt, created_at, "
     "scheduled_at, started_at, finished_at, updated_at, diverged, recoveries, compute_seconds, "
-    "parent_wp_id, needs_resume, flow, throttle_key, expires_at, cancel_requested, paused"
+    "parent_wp_id, needs_resume, flow, throttle_key, expires_at, cancel_requested, paused, "
+    "version_pinned"
 )
 
 
@@ -68,12 +69,13 @@ def run_from_row(r: Row) -> records.RunRecord:
         expires_at=r[27],
         cancel_requested=loads(r[28]),
         paused=bool(r[29]),
+        version_pinned=bool(r[30]),
     )
 
 
 STEP_COLUMNS = (
     "r.run_id, s.step_id, s.position, s.attempt, s.status, s.output, s.error, s.started_at, "
-    "s.finished_at, s.runtime, s.retry_at"
+    "s.finished_at, s.runtime, s.retry_at, s.journal_seq"
 )
 """Columns of ``steps s JOIN runs r ON r.number = s.run_no``."""
 
@@ -91,12 +93,13 @@ def step_from_row(r: Row) -> records.StepRecord:
         finished_at=r[8],
         runtime=r[9],
         retry_at=r[10],
+        journal_seq=r[11],
     )
 
 
 ATTEMPT_COLUMNS = (
     "r.run_id, a.step_id, a.attempt, a.status, a.output, a.error, a.started_at, a.finished_at, "
-    "a.retry_at"
+    "a.retry_at, a.journal_seq"
 )
 """Columns of ``step_attempts a JOIN runs r ON r.number = a.run_no``."""
 
@@ -112,12 +115,14 @@ def attempt_from_row(r: Row) -> records.StepAttemptRecord:
         started_at=r[6],
         finished_at=r[7],
         retry_at=r[8],
+        journal_seq=r[9],
     )
 
 
 WAITPOINT_COLUMNS = (
     "run_id, wp_id, kind, status, meta, event_type, signal_name, match, token_id, registered_at, "
-    "due_at, timeout_at, resolved_at, payload, error, source, matched_event_id"
+    "due_at, timeout_at, resolved_at, payload, error, source, matched_event_id, journal_seq, "
+    "resolved_journal_seq"
 )
 
 
@@ -140,6 +145,8 @@ def waitpoint_from_row(r: Row) -> records.WaitpointRecord:
         error=loads(r[14]),
         source=None if r[15] is None else records.ResolutionSource(r[15]),
         matched_event_id=r[16],
+        journal_seq=r[17],
+        resolved_journal_seq=r[18],
     )
 
 
@@ -197,7 +204,7 @@ def schedule_from_row(r: Row) -> records.ScheduleRecord:
     )
 
 
-CHUNK_COLUMNS = "run_id, stream_id, seq, encoding, chunk, final, at"
+CHUNK_COLUMNS = "run_id, stream_id, seq, encoding, chunk, final, at, journal_seq"
 
 
 def chunk_from_row(r: Row) -> records.StreamChunk:
@@ -209,10 +216,11 @@ def chunk_from_row(r: Row) -> records.StreamChunk:
         chunk=loads(r[4]),
         final=bool(r[5]),
         at=r[6],
+        journal_seq=r[7],
     )
 
 
-COMPENSATION_COLUMNS = "run_id, step_id, status, error, finished_at"
+COMPENSATION_COLUMNS = "run_id, step_id, status, error, finished_at, journal_seq"
 
 
 def compensation_from_row(r: Row) -> records.CompensationRecord:
@@ -222,6 +230,7 @@ def compensation_from_row(r: Row) -> records.CompensationRecord:
         status=records.CompensationStatus(r[2]),
         error=loads(r[3]),
         finished_at=r[4],
+        journal_seq=r[5],
     )
 
 

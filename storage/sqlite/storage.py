@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from storage import errors, ops, records
+from storage import errors, ops, protocol, records
 from storage.instruments import NO_INSTRUMENT, Instrument
-from storage.sqlite import pragmas, rows
+from storage.sqlite import pragmas, retention, rows
 from storage.sqlite.translate import translate_errors
 from storage.sqlite.writer import SetMaxPageCount, Writer, WriterStats
 
@@ -205,11 +205,21 @@ class SQLiteStorage:
         tag: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        search: str | None = None,
         limit: int | None = 100,
     ) -> list[records.RunRecord]:
         sql, params = list_runs_query(status=status, workflow_id=workflow_id, tag=tag,
-                                      since=since, until=until, limit=limit)
+                                      since=since, until=until, search=search, limit=limit)
         return [rows.run_from_row(r) for r in await self._fetch(sql, params)]
+
+    async def count_prunable(
+        self,
+        statuses: tuple[records.RunStatus, ...],
+        before: float,
+        workflow_id: str | None = None,
+    ) -> int:
+        sql, params = retention.count_prunable_sql(statuses, before, workflow_id)
+        return int((await self._fetch(sql, params))[0][0])
 
     async def paused_workflows(self) -> list[str]:
         found = await self._fetch("SELECT workflow_id FROM paused_workflows ORDER BY workflow_id")
@@ -301,6 +311,16 @@ class SQLiteStorage:
                     "ORDER BY stream_id, seq",
                     key,
                 )
+                reopen_rows = await conn.execute_fetchall(
+                    "SELECT a.journal FROM run_archive a JOIN runs r ON r.run_id = a.run_id "
+                    "WHERE a.run_id = ? AND a.mode = 'resume' AND a.attempt = r.attempt",
+                    key,
+                )
+        reopened = frozenset(
+            step["step_id"]
+            for (journal,) in reopen_rows
+            for step in (rows.loads(journal) or {}).get("undone_steps", ())
+        )
         stream_chunks = tuple(rows.chunk_from_row(r) for r in chunk_rows)
         step_records = tuple(rows.step_from_row(r) for r in step_rows)
         # The latest attempt of each step lives in `steps`; earlier ones in `step_attempts`.
@@ -316,6 +336,7 @@ class SQLiteStorage:
                 s.started_at,
                 s.finished_at,
                 s.retry_at,
+                s.journal_seq,
             )
             for s in step_records
         )
@@ -330,6 +351,7 @@ class SQLiteStorage:
             stream_chunks=stream_chunks,
             completed_streams=frozenset(c.stream_id for c in stream_chunks if c.final),
             metadata_ops=cursor[0][0] + 1 if cursor else 0,
+            reopened_steps=reopened,
         )
 
     async def get_waitpoint(self, run_id: str, wp_id: str) -> records.WaitpointRecord | None:
@@ -442,6 +464,31 @@ DUE_TIMERS_SQL = (
 )
 
 
+def check_search(text: str) -> str:
+    """``text`` if long enough to search for: the trigram indexes need 3 characters."""
+    if len(text) < protocol.SEARCH_MIN_CHARS:
+        raise ValueError(
+            f"search: needs at least {protocol.SEARCH_MIN_CHARS} characters, got {text!r}"
+        )
+    return text
+
+
+def search_phrase(text: str) -> str:
+    """``text`` as one FTS5 phrase: matched as a literal substring (case-insensitive), so quotes,
+    operators and punctuation in it mean nothing special. The trigram index needs 3 characters."""
+    return '"' + check_search(text).replace('"', '""') + '"'
+
+
+SearchClause = Callable[[str], tuple[str, Any]]
+"""The ``list_runs(search=)`` condition of a backend: ``text`` → (SQL over ``runs``, parameter)."""
+
+
+def fts_search(text: str) -> tuple[str, Any]:
+    """SQLite's search condition: the FTS5 trigram table ``run_search`` (migration 0006)."""
+    return ("runs.number IN (SELECT rowid FROM run_search WHERE run_search MATCH ?)",
+            search_phrase(text))
+
+
 def list_runs_query(
     *,
     status: records.RunStatus | None,
@@ -450,10 +497,16 @@ def list_runs_query(
     limit: int | None,
     since: float | None = None,
     until: float | None = None,
+    search: str | None = None,
+    search_clause: SearchClause = fts_search,
 ) -> tuple[str, list[Any]]:
     """SQL for ``list_runs``: newest first, driven by the most selective index available."""
     where: list[str] = []
     params: list[Any] = []
+    if search is not None:
+        clause, param = search_clause(search)
+        where.append(clause)
+        params.append(param)
     source = "runs"
     if tag is not None:
         source = "run_tags JOIN runs USING (run_id)"

@@ -30,7 +30,7 @@ from typing import Any
 
 from storage import errors, ops
 from storage.instruments import NO_INSTRUMENT, Instrument
-from storage.sqlite import interventions, pragmas, schedules, schema
+from storage.sqlite import interventions, pragmas, retention, schedules, schema
 from storage.sqlite.mutations import APPLY, STEP_CHUNKS, Apply, step_row, upsert_steps_sql
 from storage.sqlite.translate import is_batch_fatal, primary_code, translate
 
@@ -76,7 +76,11 @@ class _CoalescedFailed(Exception):
 
 _SYNCHRONOUS_NAMES = {0: "off", 1: "normal", 2: "full", 3: "extra"}
 _APPLY: dict[type[Any], Apply] = {
-    **APPLY, **schedules.APPLY, **interventions.APPLY, SetMaxPageCount: _set_max_page_count
+    **APPLY,
+    **schedules.APPLY,
+    **interventions.APPLY,
+    **retention.APPLY,
+    SetMaxPageCount: _set_max_page_count,
 }
 # Errors after which the file's durable content is unknown (SPEC §4: fail-stop). Not FULL or
 # BUSY: the daemon keeps serving through those; nor the wal-index failing to grow on a full

@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from runtime import ChildRunError, Context, FatalError, workflow
+from runtime import ChildRunError, Context, FatalError, RetryPolicy, workflow
 
 
 def _touch(path: str) -> None:
@@ -251,3 +251,24 @@ async def slow_undo(input: dict[str, Any], ctx: Context) -> Any:
     gate, marker = input["gate"], input["marker"]
     await ctx.step("reserve", _reserve, compensate=partial(_slow_release, gate, marker))
     return await ctx.wait_for_signal("go")
+
+
+# --- the dashboard's timeline --------------------------------------------------------------------
+
+
+def _fail_twice(counter: str) -> str:
+    path = Path(counter)
+    calls = len(path.read_text(encoding="utf-8")) + 1 if path.exists() else 1
+    path.write_text("x" * calls, encoding="utf-8")  # the daemon is another process
+    if calls < 3:
+        raise RuntimeError(f"attempt {calls} fails")
+    return f"ok after {calls}"
+
+
+@workflow(id="e2e-retried", description="A step fails twice, then succeeds (0.1 s backoff).")
+async def retried(input: dict[str, Any], ctx: Context) -> str:
+    await ctx.step("prepare", lambda: 1)
+    out: str = await ctx.step("call", _fail_twice, input["counter"],
+                              retry=RetryPolicy(max=3, backoff="fixed", initial=0.1))
+    await ctx.sleep(0.1)
+    return out

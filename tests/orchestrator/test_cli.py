@@ -303,3 +303,38 @@ def test_main_exits_with_the_code(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["submit"])
     assert info.value.code == 2
+
+
+async def test_runs_search(server: SocketServer, capsys, engine: Engine) -> None:
+    await engine.submit("echo", {"customer": "Grace Hopper"}, run_id="S1")
+    await engine.submit("echo", {"customer": "Alan Turing"}, run_id="S2")
+    await engine.wait("S1")
+    await engine.wait("S2")
+    code, out, _ = await wf(capsys, server, "runs", "--search", "hopper", "--json")
+    assert code == 0
+    assert [r["run_id"] for r in orjson.loads(out)["runs"]] == ["S1"]
+    code, _, err = await wf(capsys, server, "runs", "--search", "ho")
+    assert code != 0 and "search" in err and "3 characters" in err
+
+
+async def test_prune_dry_run_then_prune_spares_live_runs(
+    server: SocketServer, capsys, engine: Engine
+) -> None:
+    await engine.submit("echo", {"x": 1}, run_id="P1")
+    await engine.wait("P1")
+    await engine.submit("reserve-wait", None, run_id="P2")
+    await reach(engine, "P2", "waiting")
+    code, out, _ = await wf(capsys, server, "prune", "--older-than", "0s", "--dry-run", "--json")
+    assert code == 0
+    assert orjson.loads(out) == {"runs": 1, "events": 0, "dry_run": True}
+    assert (await engine.get("P1"))["status"] == "completed"
+    code, out, _ = await wf(capsys, server, "prune", "--older-than", "0s", "--json")
+    assert code == 0 and orjson.loads(out)["runs"] == 1
+    code, _, err = await wf(capsys, server, "show", "P1")
+    assert code != 0 and "P1" in err
+    assert (await engine.get("P2"))["status"] == "waiting"
+    # The configured policy (nothing set here: keep forever) prunes nothing.
+    code, out, _ = await wf(capsys, server, "prune", "--json")
+    assert orjson.loads(out) == {"runs": 0, "events": 0, "dry_run": False}
+    code, _, err = await wf(capsys, server, "prune", "--status", "waiting")
+    assert code == 2 and "--status" in err

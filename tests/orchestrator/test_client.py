@@ -171,6 +171,18 @@ async def _replay(c: Client, engine: Engine) -> None:
     }
 
 
+@case(service.Export)
+async def _export(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    doc = await c.export(("done",))
+    assert doc["format"] == "wf-journal/1"
+    (run,) = doc["runs"]
+    assert run["run"]["run_id"] == "done" and run["run"]["status"] == "completed"
+    assert [e["seq"] for e in run["entries"]] == list(range(1, len(run["entries"]) + 1))
+    await _expect_code("NOT_FOUND", c.export(("nope",)))
+    await _expect_code("INVALID_PARAMS", c.export(()))
+
+
 @case(service.SendEvent)
 async def _send_event(c: Client, engine: Engine) -> None:
     await c.submit("event", {"type": "paid"}, run_id="ev")
@@ -210,6 +222,18 @@ async def _workflows(c: Client, engine: Engine) -> None:
     listed = (await c.workflows())["workflows"]
     assert [w["id"] for w in listed] == sorted(d.id for d in engine_workflows.registry())
     assert set(listed[0]) == {"id", "version", "description", "tags", "timeout", "origin"}
+
+
+@case(service.Versions)
+async def _versions(c: Client, engine: Engine) -> None:
+    await c.submit("event", {"type": "paid"}, run_id="ev")
+    await reach(engine, "ev", "waiting")
+    (event,) = (await c.versions(workflow_id="event"))["workflows"]
+    version = engine.registry.get("event").version  # type: ignore[union-attr]
+    assert event == {"workflow_id": "event", "registered_version": version, "live_runs": 1,
+                     "versions": [{"version": version, "live_runs": 1}], "patches": []}
+    listed = (await c.versions())["workflows"]
+    assert {w["workflow_id"] for w in listed} >= {"event", "echo"}
 
 
 @case(service.Schedules)
@@ -283,6 +307,15 @@ async def _stats(c: Client, engine: Engine) -> None:
     stats = await c.stats()
     assert stats["runs"] == {"completed": 1}
     assert {"waiting_waitpoints", "timers", "events", "actors", "scheduler"} <= set(stats)
+
+
+@case(service.Prune)
+async def _prune(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    assert await c.prune(older_than=0, dry_run=True) == {"runs": 1, "events": 0, "dry_run": True}
+    assert (await c.prune(older_than=0, status="completed"))["runs"] == 1
+    assert (await c.list())["runs"] == []
+    await _expect_code("INVALID_PARAMS", c.prune(status="running"))
 
 
 @case(service.Tail)

@@ -130,3 +130,13 @@ def test_no_import_cycle_runs_through_an_orchestrator_module() -> None:
 
 def test_no_import_cycle_among_orchestrator_and_runtime_modules() -> None:
     assert cycles(import_graph("orchestrator", "runtime")) == []
+
+
+def test_the_http_wing_reaches_the_engine_only_through_the_api() -> None:
+    """``orchestrator/http`` imports api/ (and config), never engine/, daemon/ or storage."""
+    graph = import_graph("orchestrator", "runtime", "storage")
+    for module, imported in graph.items():
+        if module.startswith("orchestrator.http"):
+            bad = {m for m in imported if m.startswith(
+                ("orchestrator.engine", "orchestrator.daemon", "orchestrator.client", "storage"))}
+            assert not bad, f"{module} imports {sorted(bad)}"

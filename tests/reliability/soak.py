@@ -33,6 +33,10 @@ from orchestrator.client import Client
 WAL_LIMIT = 64 * 1024 * 1024
 RSS_SLOPE_LIMIT_MIB_PER_MIN = 1.0
 P99_RATIO_LIMIT = 1.2
+# A p99 of ~2 ms moves by a few tenths of a millisecond with the neighbours' CPU load on a shared
+# 2-core machine (campaign 2026-12-05: 2.26 -> 3.02 ms, no leak); a degradation worth the name
+# also grows by at least this much (the SLOW_COMMITS mutant: 4.4 -> 10.1 ms).
+P99_GROWTH_FLOOR_MS = 1.0
 WORKERS = 12
 
 
@@ -251,8 +255,9 @@ def violations(result: SoakResult, f: Figures, window: float, *, strict: bool) -
         if abs(f.fd_slope_per_min) * window / 60 >= 1:
             out.append(f"fd slope {f.fd_slope_per_min}/min over the last {window:.0f}s "
                        f"({f.fd_first} -> {f.fd_last})")
-        if not f.p99_ratio <= P99_RATIO_LIMIT:
+        if not (f.p99_ratio <= P99_RATIO_LIMIT
+                or f.p99_last_ms - f.p99_first_ms < P99_GROWTH_FLOOR_MS):
             out.append(f"p99 step latency {f.p99_last_ms} ms in the last minute vs "
                        f"{f.p99_first_ms} ms in the first: ratio {f.p99_ratio} > "
-                       f"{P99_RATIO_LIMIT}")
+                       f"{P99_RATIO_LIMIT} (and +{P99_GROWTH_FLOOR_MS} ms or more)")
     return out

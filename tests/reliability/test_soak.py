@@ -2,7 +2,8 @@
 once a second (load, sampler and verdicts: ``soak.py``).
 
 Campaign (``WF_CAMPAIGN=1``): 10 minutes; RSS slope <= 1 MiB/min and fd slope 0 over the last
-8 minutes, ``-wal`` <= 64 MiB throughout, p99 step latency of the last minute <= 1.2x the first.
+8 minutes, ``-wal`` <= 64 MiB throughout, p99 step latency of the last minute <= 1.2x the first
+(or less than 1 ms above it).
 CI: 15 s; the WAL bound, the fd count back to its baseline, and a working sampler (the slope and
 ratio bounds are printed, not asserted: CPU noise on a shared 2-core machine).
 

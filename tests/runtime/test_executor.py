@@ -159,12 +159,16 @@ async def test_divergence_is_reported_as_data_not_a_crash() -> None:
         return [await ctx.step("a", str), await ctx.step("b", str)]
 
     outcome = await execution(diverge_wf, Host(), recorded).advance()
-    assert outcome.status == RunStatus.COMPLETED and outcome.output == ["A", "B"]
+    # Held, not completed: the body ended before reaching "gone" (SPEC §3, §14).
+    assert outcome.status == RunStatus.PAUSED and outcome.output is None
+    unreached = {"kind": "unreached", "step_ids": ["gone"], "waitpoint_ids": []}
     assert outcome.divergence == (
         {"kind": "position", "step_id": "a", "recorded_position": 1, "position": 0},
         {"kind": "position", "step_id": "b", "recorded_position": 0, "position": 1},
-        {"kind": "unreached", "step_ids": ["gone"]},
+        unreached,
     )
+    assert outcome.error is not None and outcome.error["code"] == "NONDETERMINISM"
+    assert outcome.error["data"] == {"divergence": unreached}
 
 
 @workflow(id="ex-cancel")

@@ -101,5 +101,7 @@ async def test_replaying_a_golden_journal_reaches_the_same_end_without_side_effe
 async def test_changed_code_against_a_golden_journal_reports_divergence() -> None:
     entries = [e for e in golden.load("order.json")]
     outcome, _ = await replay(golden_order_v2, entries)
-    assert outcome.divergence == ({"kind": "unreached", "step_ids": ["charge"]},)
-    assert calls == ["charge"]  # the renamed step is new work, run live
+    assert outcome.status == RunStatus.PAUSED
+    (found,) = outcome.divergence
+    assert found["kind"] == "inserted" and found["unconsumed"]["step_ids"] == ["charge"]
+    assert calls == []  # the renamed step is new work before a recorded one: never run

@@ -1,0 +1,75 @@
+"""The daemon's HTTP side (SPEC §12): the app over the composed engine, its metrics hooked onto
+the engine's status feed, and uvicorn on the daemon's loop. Off when ``http.listen`` is ""."""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from typing import Any
+
+from orchestrator.daemon.compose import Orchestrator
+from orchestrator.daemon.server import SocketServer
+from orchestrator.http.app import create_app
+from orchestrator.http.metrics import Metrics
+from orchestrator.http.server import HttpServer
+from orchestrator.http.settings import HttpSettings
+
+
+def _version() -> str:
+    try:
+        return metadata.version("wf-engine")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _file_size(path: str) -> float | None:
+    try:
+        return float(os.stat(path).st_size)
+    except OSError:
+        return None
+
+
+def gauges(orch: Orchestrator, socket: SocketServer | None) -> dict[str, float | None]:
+    """In-memory counts only (a scrape must not scan a table)."""
+    engine = orch.engine
+    actors = engine.supervisor.stats()
+    writer: Any = getattr(engine.storage, "stats", None)
+    out: dict[str, float | None] = {
+        "active_actors": actors.active_actors,
+        "warm_runs": actors.warm_runs,
+        "slots_free": actors.slots_free,
+        "slot_queue_depth": actors.runs_queued,
+        "actors_started": actors.actors_started,
+        "actor_failures": actors.actor_failures,
+        "paused_runs": engine.holds.paused_runs,
+        "change_followers": engine.supervisor.changes.followers,
+        "timers_fired": engine.timers.stats().fired,
+        "db_bytes": _file_size(str(orch.config.storage.path)),
+        "wal_bytes": _file_size(f"{orch.config.storage.path}-wal"),
+    }
+    if callable(writer):
+        w = writer()
+        out.update(storage_batches=w.batches, storage_ops=w.ops,
+                   storage_largest_batch=w.largest_batch, storage_queued=w.queued,
+                   storage_failed_batches=w.failed_batches)
+    if socket is not None:
+        s = socket.stats()
+        out.update(socket_requests_served=s.requests_served,
+                   socket_connections_open=s.connections_open)
+    return out
+
+
+def build_http(orch: Orchestrator, socket: SocketServer | None = None) -> HttpServer | None:
+    """The HTTP server for a composed orchestrator, not started; None when HTTP is off."""
+    cfg = orch.config
+    if cfg.http.host is None:
+        return None
+    metrics = Metrics(lambda: gauges(orch, socket), clock=orch.clock, version=_version())
+    orch.engine.supervisor.changes.observers.append(metrics.observe_change)
+
+    async def ready() -> bool:
+        # Recovery is done once the engine is open; a fail-stop means storage is not writable.
+        return not orch.fatal.done()
+
+    app = create_app(orch, HttpSettings.from_config(cfg), readiness=ready, metrics=metrics)
+    return HttpServer(app, cfg.http.host, cfg.http.port)

@@ -1,0 +1,123 @@
+"""``/metrics`` (SPEC §12): Prometheus text from in-memory state only, so a scrape never scans a
+table.
+
+Counters and histograms are fed by :meth:`Metrics.observe_change`, which the composer hooks
+onto the engine's run status feed (one call per committed status change: a few dict
+operations). Gauges are read at scrape time from a ``gauges`` callable the composer supplies
+(supervisor and scheduler counts, file sizes). Labels are code-defined values only: registered
+workflow ids, statuses, gauge names; never a run id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orchestrator.api.service import TERMINAL_STATUSES
+from runtime.clock import Clock, SystemClock
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+# 10 ms .. 7 days
+DURATION_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600,
+                           86400, 7 * 86400)
+
+Gauges = Callable[[], Mapping[str, float | None]]
+"""``name -> value`` read at scrape time; each becomes ``wf_<name>``; None = no sample."""
+
+
+class _GaugeCollector(Collector):
+    def __init__(self, gauges: Gauges) -> None:
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, value in sorted(self._gauges().items()):
+            if value is not None:
+                yield GaugeMetricFamily(f"wf_{name}", f"wf {name.replace('_', ' ')}", value)
+
+
+class _BuildInfo(Collector):
+    def __init__(self, version: str) -> None:
+        self._version = version
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("wf_build_info", "wf version", labels=["version"])
+        family.add_metric([self._version], 1)
+        yield family
+
+
+class Metrics:
+    """One registry per daemon (not the process-global one: tests open many daemons)."""
+
+    def __init__(self, gauges: Gauges | None = None, *, clock: Clock | None = None,
+                 version: str = "") -> None:
+        self.clock = clock or SystemClock()
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.runs_started = Counter("wf_runs_started", "runs submitted (entered pending)",
+                                    ["workflow"], registry=r)
+        self.runs_finished = Counter("wf_runs_finished", "runs that reached a terminal status",
+                                     ["workflow", "status"], registry=r)
+        self.run_duration = Histogram(
+            "wf_run_duration_seconds", "submit to terminal, for runs this daemon saw start",
+            ["workflow", "status"], buckets=DURATION_BUCKETS, registry=r)
+        self.status_changes = Counter("wf_run_status_changes", "committed run status changes",
+                                      ["status"], registry=r)
+        self.http_requests = Counter("wf_http_requests", "HTTP requests served",
+                                     ["route", "code"], registry=r)
+        r.register(_BuildInfo(version or "unknown"))
+        r.register(_GaugeCollector(lambda: dict(gauges() if gauges else {})))
+        self._started_at: dict[str, float] = {}  # active runs only: popped at terminal
+
+    def observe_change(self, run_id: str, status: str, workflow_id: str | None) -> None:
+        """A run status change was committed (called by the engine's change feed)."""
+        workflow = workflow_id or "unknown"
+        self.status_changes.labels(status).inc()
+        if status in TERMINAL_STATUSES:
+            self.runs_finished.labels(workflow, status).inc()
+            started = self._started_at.pop(run_id, None)
+            if started is not None:
+                self.run_duration.labels(workflow, status).observe(
+                    max(0.0, self.clock.now() - started))
+        elif status == "pending" and run_id not in self._started_at:
+            self.runs_started.labels(workflow).inc()
+            self._started_at[run_id] = self.clock.now()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+_AREAS: Final = ("api", "metrics", "healthz", "readyz", "login", "logout", "static")
+
+
+def area(path: str) -> str:
+    """A bounded label for a path: its first segment if known, else ``dashboard``."""
+    first = path.lstrip("/").partition("/")[0]
+    return first if first in _AREAS else "dashboard"
+
+
+class CountingMiddleware:
+    """``wf_http_requests_total{route, code}``: route is the path's area, never the path."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "/")
+        root = scope.get("root_path", "")
+        label = area(path[len(root):] if root and path.startswith(root) else path)
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.http_requests.labels(label, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)

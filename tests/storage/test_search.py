@@ -1,0 +1,94 @@
+"""Full-text search over runs (SPEC §5 ``list(search=)``): the FTS5 trigram index follows every
+write path in the same transaction, and a migration from 0005 backfills the runs that exist."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import storage as st
+from storage.sqlite import schema
+from tests.storage.conftest import make_run
+
+
+async def ids(storage: st.Storage, text: str, **kw: object) -> list[str]:
+    found = await storage.list_runs(search=text, **kw)  # type: ignore[arg-type]
+    return [r.run_id for r in found]
+
+
+async def test_search_finds_runs_by_id_input_output_error_tags_and_metadata(
+    storage: st.Storage,
+) -> None:
+    await make_run(storage, "order-7781", input={"customer": "Ada Lovelace"}, created_at=1.0)
+    await make_run(storage, "r2", tags=("priority-gold",), created_at=2.0)
+    await make_run(storage, "r3", created_at=3.0)
+    await storage.execute(st.UpdateRun("r3", at=4.0, status=st.RunStatus.COMPLETED,
+                                       output={"invoice": "INV-5521"}))
+    await make_run(storage, "r4", created_at=5.0)
+    await storage.execute(st.UpdateRun("r4", at=6.0, status=st.RunStatus.FAILED,
+                                       error={"code": "CARD_DECLINED"}))
+    await make_run(storage, "r5", created_at=7.0)
+    await storage.execute(st.ApplyMetadata("r5", "r5", 0, st.MetadataOpKind.SET, "region",
+                                           "eu-west-3"))
+
+    assert await ids(storage, "7781") == ["order-7781"]
+    assert await ids(storage, "lovelace") == ["order-7781"]  # case-insensitive
+    assert await ids(storage, "gold") == ["r2"]
+    assert await ids(storage, "INV-55") == ["r3"]
+    assert await ids(storage, "declined") == ["r4"]
+    assert await ids(storage, "eu-west") == ["r5"]
+    assert await ids(storage, "nothing like this") == []
+    # Operators and quotes are plain text, never FTS5 syntax.
+    assert await ids(storage, 'Ada" OR "r2') == []
+
+
+async def test_search_follows_updates_and_metadata_removal(storage: st.Storage) -> None:
+    await make_run(storage, "r1", input={"v": "first-value"})
+    await storage.execute(st.UpdateRun("r1", at=2.0, status=st.RunStatus.COMPLETED,
+                                       output="second-value"))
+    assert await ids(storage, "first-value") == ["r1"]
+    assert await ids(storage, "second-value") == ["r1"]
+    await storage.execute(st.ApplyMetadata("r1", "r1", 0, st.MetadataOpKind.SET, "k", "meta-one"))
+    await storage.execute(st.ApplyMetadata("r1", "r1", 1, st.MetadataOpKind.SET, "k", "meta-two"))
+    assert await ids(storage, "meta-one") == []
+    assert await ids(storage, "meta-two") == ["r1"]
+    await storage.execute(st.ApplyMetadata("r1", "r1", 2, st.MetadataOpKind.REMOVE, "k"))
+    assert await ids(storage, "meta-two") == []
+    assert await ids(storage, "second-value") == ["r1"]
+
+
+async def test_search_combines_with_the_other_filters(storage: st.Storage) -> None:
+    for i in range(6):
+        await make_run(storage, f"r{i}", workflow_id="w1" if i % 2 else "w2",
+                       input={"who": "alice" if i < 4 else "bob"}, created_at=float(i),
+                       tags=("t",) if i in (1, 3) else ())
+    assert await ids(storage, "alice") == ["r3", "r2", "r1", "r0"]
+    assert await ids(storage, "alice", workflow_id="w1") == ["r3", "r1"]
+    assert await ids(storage, "alice", tag="t", limit=1) == ["r3"]
+    assert await ids(storage, "alice", since=1.0, until=3.0) == ["r2", "r1"]
+    assert await ids(storage, "bob", status=st.RunStatus.PENDING) == ["r5", "r4"]
+
+
+async def test_search_shorter_than_a_trigram_is_refused(storage: st.Storage) -> None:
+    with pytest.raises(ValueError, match="at least 3 characters"):
+        await storage.list_runs(search="ab")
+
+
+async def test_migration_backfills_existing_runs_and_delete_clears_the_index(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "wf.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys = ON")
+    schema.migrate(conn, str(path), target=5)
+    conn.execute("INSERT INTO runs (run_id, workflow_id, status, input, created_at, updated_at) "
+                 "VALUES ('old-run', 'wf', 'completed', '{\"needle\": 1}', 1.0, 1.0)")
+    conn.execute("INSERT INTO metadata (run_id, key, value) VALUES ('old-run', 'k', '\"hay\"')")
+    schema.migrate(conn, str(path))
+    body = conn.execute("SELECT body FROM run_search").fetchall()
+    assert len(body) == 1 and "needle" in body[0][0] and 'k="hay"' in body[0][0]
+    conn.execute("DELETE FROM runs WHERE run_id = 'old-run'")
+    assert conn.execute("SELECT count(*) FROM run_search").fetchone() == (0,)
+    conn.close()
