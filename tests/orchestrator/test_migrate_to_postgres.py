@@ -15,6 +15,15 @@ from tests import pg
 from tests.orchestrator.conftest import open_engine, reach
 
 pytestmark = pytest.mark.slow
+RUNS = ("done", "parked", "sleeping", "pending")
+
+
+def numbering(journal: storage.Journal) -> list[tuple[str, int | None, int | None]]:
+    """Each journal entry's run-wide number (SPEC §3)."""
+    return sorted([(f"step {a.step_id}/{a.attempt}", a.journal_seq, None)
+                   for a in journal.attempts]
+                  + [(f"wp {w.wp_id}", w.journal_seq, w.resolved_journal_seq)
+                     for w in journal.waitpoints])
 
 
 async def test_runs_continue_on_postgres_where_they_stopped_on_sqlite(
@@ -32,12 +41,18 @@ async def test_runs_continue_on_postgres_where_they_stopped_on_sqlite(
     async with storage.SQLiteStorage.open(db) as s:
         spec = {"cron": "0 * * * *", "timezone": "UTC", "overlap": "skip"}
         await s.execute(storage.UpsertSchedule("hourly", "echo", spec, 1.0, next_fire_at=4e9))
+        numbered = {rid: numbering(await s.load_journal(rid)) for rid in RUNS}
     url = await pg.create_database(pg_cluster, migrated=False)
     try:
         assert await asyncio.to_thread(cli.run, ["migrate", "--from", str(db), "--to", url]) == 0
         out = capsys.readouterr().out
         assert "counts verified" in out
         assert any(line.split() == ["runs", "4"] for line in out.splitlines())
+        async with storage.PostgresStorage.open(url) as p:
+            # The journals keep their numbers (the copy does not renumber them) and the search
+            # index is rebuilt from the copied rows.
+            assert {rid: numbering(await p.load_journal(rid)) for rid in RUNS} == numbered
+            assert [r.run_id for r in await p.list_runs(search="parked")] == ["parked"]
         async with open_engine(url) as engine:
             assert (await engine.get("done"))["status"] == "completed"
             assert (await engine.send_event("paid", {"amount": 3}))["resolved"] == 1

@@ -6,10 +6,13 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 import storage as st
+from storage.postgres import schema as pg_schema
 from storage.sqlite import schema
+from tests import pg
 from tests.storage.conftest import make_run
 
 
@@ -92,3 +95,37 @@ async def test_migration_backfills_existing_runs_and_delete_clears_the_index(
     conn.execute("DELETE FROM runs WHERE run_id = 'old-run'")
     assert conn.execute("SELECT count(*) FROM run_search").fetchone() == (0,)
     conn.close()
+
+
+async def test_postgres_migration_backfills_existing_runs_and_delete_clears_the_index(
+    pg_cluster: pg.Cluster,
+) -> None:
+    url = await pg.create_database(pg_cluster, migrated=False)
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            await pg_schema.migrate(conn, "test", target=5)
+            await conn.execute(
+                "INSERT INTO runs (run_id, workflow_id, status, input, created_at, updated_at) "
+                "VALUES ('old-run', 'wf', 'completed', '{\"needle\": 1}', 1.0, 1.0)")
+            await conn.execute(
+                "INSERT INTO metadata (run_id, key, value) VALUES ('old-run', 'k', '\"hay\"')")
+            await pg_schema.migrate(conn, "test")
+            body = await conn.fetch("SELECT body FROM run_search")
+            assert len(body) == 1 and "needle" in body[0][0] and 'k="hay"' in body[0][0]
+            await conn.execute("DELETE FROM runs WHERE run_id = 'old-run'")
+            assert await conn.fetchval("SELECT count(*) FROM run_search") == 0
+        finally:
+            await conn.close()
+    finally:
+        await pg.drop_database(pg_cluster, url)
+
+
+async def test_search_text_is_literal_never_a_pattern(storage: st.Storage) -> None:
+    """LIKE's wildcards and escape (PostgreSQL) and FTS5's syntax (SQLite) are plain text."""
+    await make_run(storage, "r1", input={"v": "50%_off\\now"}, created_at=1.0)
+    await make_run(storage, "r2", input={"v": "500 offers"}, created_at=2.0)
+    assert await ids(storage, "0%_o") == ["r1"]
+    assert await ids(storage, "%_o") == ["r1"]
+    assert await ids(storage, "50_") == []
+    assert await ids(storage, "f\\\\n") == ["r1"]
