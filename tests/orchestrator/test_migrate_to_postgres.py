@@ -81,3 +81,9 @@ def test_migrate_refuses_while_a_daemon_holds_the_file(tmp_path: Path,
 def test_migrate_needs_a_postgresql_url(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.run(["migrate", "--to", "sqlite:///x.db"]) == 2
     assert "postgresql://" in capsys.readouterr().err
+
+
+def test_replay_check_db_names_export_for_postgresql(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--db`` reads a SQLite file; a PostgreSQL URL there is a clear usage error."""
+    assert cli.run(["replay", "--check", "--db", "postgresql://wf@db/wf"]) == 2
+    assert "wf export" in capsys.readouterr().err
