@@ -382,6 +382,8 @@ class StorageCapabilities:
     version: str  # the database engine's version
     location: str  # the file path, or the URL without its password
     many_daemons: bool  # several daemons may share it (SPEC §13; PostgreSQL in phase 2)
+    # The local file holding the database (size gauges), None when it lives on a server.
+    file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,9 +44,11 @@ def gauges(orch: Orchestrator, socket: SocketServer | None) -> dict[str, float |
         "paused_runs": engine.holds.paused_runs,
         "change_followers": engine.supervisor.changes.followers,
         "timers_fired": engine.timers.stats().fired,
-        "db_bytes": _file_size(str(orch.config.storage.path)),
-        "wal_bytes": _file_size(f"{orch.config.storage.path}-wal"),
     }
+    # File sizes only where the database is a local file (not on a PostgreSQL server).
+    db_file = engine.storage.capabilities().file
+    out["db_bytes"] = _file_size(db_file) if db_file else None
+    out["wal_bytes"] = _file_size(f"{db_file}-wal") if db_file else None
     if callable(writer):
         w = writer()
         out.update(storage_batches=w.batches, storage_ops=w.ops,

@@ -145,7 +145,7 @@ class SQLiteStorage:
     def capabilities(self) -> records.StorageCapabilities:
         return records.StorageCapabilities(
             backend="sqlite", version=sqlite3.sqlite_version, location=str(self.path),
-            many_daemons=False,
+            many_daemons=False, file=str(self.path),
         )
 
     # --- writes --------------------------------------------------------------------------------

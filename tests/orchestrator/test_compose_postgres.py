@@ -11,6 +11,7 @@ import pytest
 import storage
 from orchestrator.config import Config
 from orchestrator.daemon.compose import Orchestrator
+from orchestrator.daemon.http import gauges
 
 
 def pg_config(root: Path, url: str, **storage_options: str) -> Config:
@@ -28,6 +29,11 @@ async def test_storage_url_opens_postgres_and_a_second_daemon_is_refused(
         caps = orch.storage.capabilities()
         assert (caps.backend, caps.many_daemons) == ("postgres", False)
         assert not (tmp_path / "wf.db").exists()  # storage.path is not used
+        # No file to measure: the size gauges have no sample (not storage.path's size).
+        (tmp_path / "wf.db").write_bytes(b"x" * 100)  # a stale SQLite file must not be read
+        sizes = {k: v for k, v in gauges(orch, None).items() if k.endswith("_bytes")}
+        assert sizes == {"db_bytes": None, "wal_bytes": None}
+        (tmp_path / "wf.db").unlink()
         with pytest.raises(storage.StorageLocked):
             async with Orchestrator(cfg, import_modules=False):
                 pass
