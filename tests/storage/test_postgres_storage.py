@@ -140,3 +140,29 @@ async def test_every_table_has_the_same_columns_on_both_backends(
         if (table, column) != ("waitpoints", "rowid"):  # SQLite's implicit rowid, made explicit
             on_pg.setdefault(table, []).append(column)
     assert {t: sorted(c) for t, c in on_pg.items()} == on_sqlite
+
+
+async def test_search_is_served_by_the_trigram_index(pg_url: str) -> None:
+    """The GIN trigram index can serve ``list_runs(search=)``'s escaped ILIKE (the operator
+    class matches the predicate). With plain scans off, so the planner shows whether it could;
+    on a table this small it would rightly scan."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            "INSERT INTO runs (run_id, workflow_id, status, input, created_at, updated_at) "
+            "SELECT 'run-' || i, 'wf', 'completed', '{\"customer\": \"c' || i || '\"}', i, i "
+            "FROM generate_series(1, 2000) AS i")
+        await conn.execute("ANALYZE")
+        await conn.execute("SET enable_seqscan = off; SET enable_indexscan = off")
+        from storage.postgres.dialect import to_postgres
+        from storage.postgres.search import trigram_search
+        from storage.sqlite.storage import list_runs_query
+
+        sql, params = list_runs_query(status=None, workflow_id=None, tag=None, limit=100,
+                                      search="c_1%2", search_clause=trigram_search)
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + to_postgres(sql), *params))
+    finally:
+        await conn.close()
+    assert "run_search_body" in plan, plan
+    async with st.PostgresStorage.open(pg_url) as s:
+        assert [r.run_id for r in await s.list_runs(search="c1242")] == ["run-1242"]
