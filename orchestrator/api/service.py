@@ -268,13 +268,29 @@ class Export(Request[JSONDict]):
 @dataclass(frozen=True, slots=True)
 class SendEvent(Request[JSONDict]):
     """Send an event. It is committed and resolves every matching waitpoint:
-    ``{"event_id", "resolved"}``; re-sending an ``event_id`` is a no-op."""
+    ``{"event_id", "resolved"}``; re-sending an ``event_id`` is a no-op. With ``dry_run``
+    nothing is stored: ``{"dry_run": true, "would_resolve": [{run_id, waitpoint_id}],
+    "would_start": [{workflow_id, run_id}], "would_batch": [workflow_id], "duplicate"}``."""
 
     method = "send_event"
     cli = ("event", "send")
     type: str = req(metavar="TYPE")
     payload: JSON = req(flag="--payload", help="JSON payload or @file")
     event_id: str | None = opt(flag="--id", help="event id (re-sending it is a no-op)")
+    dry_run: bool = opt(False, help="say which runs it would resolve or start; send nothing")
+
+
+@dataclass(frozen=True, slots=True)
+class Events(Request[JSONDict]):
+    """List stored events, newest first, with what each did: ``{"events": [{event_id, type,
+    payload, received_at, resolved: [{run_id, waitpoint_id}], started: [run_id]}],
+    "next_before"}`` (pass ``next_before`` as ``before`` for the next page)."""
+
+    method = "events"
+    cli = ("event", "list")
+    type: str | None = opt(help="only events of this type")
+    before: float | str | None = opt(type="moment", help="received before: TIME, or D ago")
+    limit: int = opt(50, minimum=1, maximum=1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,7 +491,7 @@ class Changes(StreamRequest):
 
 REQUESTS: tuple[type[Request[Any]], ...] = (
     Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Bulk, Reschedule, Replay, Export,
-    SendEvent, Signal, CompleteToken,
+    SendEvent, Events, Signal, CompleteToken,
     Workflows, Versions, Schedules, Stats, Prune,
     ScheduleCreate, ScheduleDelete, SchedulePause, ScheduleResume, ScheduleTrigger,
     ScheduleBackfill,
@@ -559,6 +575,7 @@ class ServiceMethods:
     replay = method(Replay)
     export = method(Export)
     send_event = method(SendEvent)
+    events = method(Events)
     signal = method(Signal)
     complete_token = method(CompleteToken)
     workflows = method(Workflows)

@@ -295,6 +295,23 @@ def format_schedules(items: Sequence[Mapping[str, Any]]) -> str:
     return table(headers, rows)
 
 
+def format_events(items: Sequence[Mapping[str, Any]]) -> str:
+    """``wf event list``: when, type, id, and the runs each resolved and started."""
+    if not items:
+        return "no stored events"
+    rows = [
+        (
+            iso_time(e.get("received_at")),
+            e.get("type"),
+            e.get("event_id"),
+            ", ".join(str(w.get("run_id")) for w in e.get("resolved") or ()) or "-",
+            ", ".join(str(r) for r in e.get("started") or ()) or "-",
+        )
+        for e in items
+    ]
+    return table(("received", "type", "event_id", "resolved", "started"), rows)
+
+
 def format_bulk(result: Mapping[str, Any], action: str) -> str:
     """``wf cancel|pause|resume|retry`` with filters: what matched and what was done."""
     matched, eligible = result.get("matched", 0), result.get("eligible", 0)

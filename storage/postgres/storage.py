@@ -243,6 +243,20 @@ class PostgresStorage:
     async def get_event(self, event_id: str) -> records.EventRecord | None:
         return await SQLiteStorage.get_event(self._sql, event_id)
 
+    async def recent_events(
+        self, *, type: str | None = None, before: float | None = None, limit: int = 50
+    ) -> list[records.EventRecord]:
+        return await SQLiteStorage.recent_events(self._sql, type=type, before=before,
+                                                 limit=limit)
+
+    async def event_resolutions(
+        self, event_ids: Sequence[str]
+    ) -> dict[str, list[tuple[str, str]]]:
+        return await SQLiteStorage.event_resolutions(self._sql, event_ids)
+
+    async def existing_runs(self, run_ids: Sequence[str]) -> set[str]:
+        return await SQLiteStorage.existing_runs(self._sql, run_ids)
+
     async def signal_inbox(
         self, run_id: str, name: str | None = None
     ) -> list[records.SignalRecord]:

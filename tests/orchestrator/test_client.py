@@ -196,6 +196,21 @@ async def _send_event(c: Client, engine: Engine) -> None:
     assert sent["resolved"] == 0 and sent["event_id"]
 
 
+@case(service.Events)
+async def _events(c: Client, engine: Engine) -> None:
+    await c.submit("event", {"type": "paid"}, run_id="ev")
+    await reach(engine, "ev", "waiting")
+    dry = await c.send_event("paid", {"n": 1}, dry_run=True)
+    assert dry["would_resolve"] == [{"run_id": "ev", "waitpoint_id": "event:paid:0"}]
+    assert (await c.events())["events"] == []
+    await c.send_event("paid", {"n": 1}, event_id="e1")
+    (event,) = (await c.events(type="paid"))["events"]
+    assert event["event_id"] == "e1" and event["resolved"][0]["run_id"] == "ev"
+    with pytest.raises(RemoteError) as info:
+        await c.events(limit=0)
+    assert info.value.code == "INVALID_PARAMS" and info.value.data["field"] == "limit"
+
+
 @case(service.Signal)
 async def _signal(c: Client, engine: Engine) -> None:
     await c.submit("signal", None, run_id="s")

@@ -166,3 +166,26 @@ async def test_search_is_served_by_the_trigram_index(pg_url: str) -> None:
     assert "run_search_body" in plan, plan
     async with st.PostgresStorage.open(pg_url) as s:
         assert [r.run_id for r in await s.list_runs(search="c1242")] == ["run-1242"]
+
+
+async def test_every_index_has_its_twin(pg_url: str, tmp_path: Path) -> None:
+    """The same named indexes (not those backing keys) on both backends, so a query plan
+    SQLite relies on has its index on PostgreSQL too; the search indexes are each their own."""
+    async with st.SQLiteStorage.open(tmp_path / "wf.db"):
+        pass
+    lite = sqlite3.connect(tmp_path / "wf.db")
+    try:
+        on_sqlite = {n for (n,) in lite.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    finally:
+        lite.close()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        on_pg = {r[0] for r in await conn.fetch(
+            "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() "
+            "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid)")}
+    finally:
+        await conn.close()
+    assert on_pg - {"run_search_body"} == on_sqlite
