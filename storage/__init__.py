@@ -17,6 +17,7 @@ from storage.errors import (
     StorageClosed,
     StorageError,
     StorageFull,
+    StorageLocked,
     TokenConflict,
 )
 from storage.ops import (
@@ -97,6 +98,7 @@ from storage.records import (
     StepAttemptRecord,
     StepRecord,
     StepStatus,
+    StorageCapabilities,
     StorageCounts,
     StreamChunk,
     TimerKind,
@@ -108,6 +110,7 @@ from storage.records import (
 )
 
 if TYPE_CHECKING:
+    from storage.postgres import PostgresStorage
     from storage.sqlite import SQLiteStorage
 
 
@@ -116,6 +119,10 @@ def __getattr__(name: str) -> Any:
         from storage.sqlite import SQLiteStorage
 
         return SQLiteStorage
+    if name == "PostgresStorage":
+        from storage.postgres import PostgresStorage
+
+        return PostgresStorage
     raise AttributeError(f"module 'storage' has no attribute {name!r}")
 
 
@@ -160,6 +167,7 @@ __all__ = [
     "NotFound",
     "PauseSchedule",
     "PendingBatch",
+    "PostgresStorage",
     "PruneEvents",
     "PruneRuns",
     "PutRateLimit",
@@ -195,10 +203,12 @@ __all__ = [
     "StepStatus",
     "Storage",
     "StorageBusy",
+    "StorageCapabilities",
     "StorageClosed",
     "StorageCounts",
     "StorageError",
     "StorageFull",
+    "StorageLocked",
     "StreamChunk",
     "TimerKind",
     "TimerRecord",

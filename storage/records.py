@@ -395,6 +395,19 @@ class Journal:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageCapabilities:
+    """What a backend can do, where backends differ: the orchestrator asks this instead of
+    looking at the backend's type."""
+
+    backend: str  # "sqlite" or "postgres"
+    version: str  # the database engine's version
+    location: str  # the file path, or the URL without its password
+    many_daemons: bool  # several daemons may share it (SPEC §13; PostgreSQL in phase 2)
+    # The local file holding the database (size gauges), None when it lives on a server.
+    file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StorageCounts:
     """Row counts for ``wf stats``."""
 

@@ -78,7 +78,7 @@ def count_prunable_sql(
     """How many runs (roots and their descendants) ``PruneRuns`` would delete with no limit."""
     roots, params = prunable_roots_sql(statuses, before, workflow_id)
     sql = (
-        f"SELECT (SELECT count(*) FROM ({roots})) "
+        f"SELECT (SELECT count(*) FROM ({roots}) AS roots) "  # PostgreSQL < 16 needs the alias
         f"+ (SELECT count(*) FROM runs c WHERE c.root_run_id IN ({roots}))"
     )
     return sql, [*params, *params]

@@ -425,6 +425,7 @@ async def _drain(it: Any) -> None:
         pass
 
 
+@pytest.mark.both_backends  # every method (list search, prune, export, versions) on PostgreSQL
 @pytest.mark.parametrize("request_type", service.REQUESTS, ids=lambda r: r.method)
 async def test_every_method_round_trips(
     request_type: type[service.Request[Any]],
