@@ -31,14 +31,15 @@ from storage import errors, ops
 from storage.postgres import retention
 from storage.postgres.dialect import SyncConnection
 from storage.postgres.translate import is_batch_fatal, translate
-from storage.sqlite import interventions, mutations, schedules
+from storage.sqlite import interventions, journal_edits, mutations, schedules
 
 log = logging.getLogger(__name__)
 
 _Request = tuple[Sequence[ops.WriteOp[Any]], "asyncio.Future[list[Any]]"]
 _Outcome = tuple["asyncio.Future[list[Any]]", bool, Any]
 _APPLY: dict[type[Any], mutations.Apply] = {
-    **mutations.APPLY, **schedules.APPLY, **interventions.APPLY, **retention.APPLY
+    **mutations.APPLY, **schedules.APPLY, **interventions.APPLY, **retention.APPLY,
+    **journal_edits.APPLY,
 }
 _STEP_CHUNKS = (256, 64, 16, 4, 1)  # 256 rows x 11 parameters stays far below 32767
 

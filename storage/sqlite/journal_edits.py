@@ -18,6 +18,7 @@ Conn = sqlite3.Connection
 
 _SELECT_RUN = f"SELECT {rows.RUN_COLUMNS} FROM runs WHERE run_id = ?"
 _MAX_LATER = 20
+_NO_CUT = 2**62
 
 
 def _load(conn: Conn, run_id: str) -> records.RunRecord:
@@ -39,7 +40,7 @@ _WP_COPY = ("wp_id", "kind", "status", "meta", "event_type", "signal_name", "mat
 _CHUNK_COPY = ("stream_id", "seq", "encoding", "chunk", "final", "at", "journal_seq")
 
 
-def _kept(attempt: dict[str, Any], cut: float) -> bool:
+def _kept(attempt: dict[str, Any], cut: int) -> bool:
     seq = attempt["journal_seq"]
     return seq is not None and seq < cut and attempt["status"] != "running"
 
@@ -52,7 +53,8 @@ def fork_run(conn: Conn, op: ops.ForkRun) -> records.RunRecord:
     created = mutations.create_run(conn, op.run).run
     conn.execute("UPDATE runs SET forked_from = ? WHERE run_id = ?",
                  (dumps(op.forked_from), created.run_id))
-    cut = float("inf") if op.before_seq is None else op.before_seq
+    # An integer "no cut": the bound is a bigint parameter on PostgreSQL (inf is no int64).
+    cut = _NO_CUT if op.before_seq is None else op.before_seq
     # (old seq, how to set the copy's new seq): renumbered 1, 2, ... in the original order.
     numbering: list[tuple[int, str, tuple[Any, ...]]] = []
     _copy_steps(conn, source.number, created, cut, numbering)
@@ -80,7 +82,7 @@ def fork_run(conn: Conn, op: ops.ForkRun) -> records.RunRecord:
 
 
 def _copy_steps(
-    conn: Conn, source_no: int, created: records.RunRecord, cut: float,
+    conn: Conn, source_no: int, created: records.RunRecord, cut: int,
     numbering: list[tuple[int, str, tuple[Any, ...]]],
 ) -> None:
     history: dict[str, list[dict[str, Any]]] = {}
@@ -106,15 +108,16 @@ def _copy_steps(
             continue
         position, runtime = positions.get(step_id, (0, None))
         *earlier, latest = kept
-        cur = conn.execute(
+        conn.execute(
             "INSERT INTO steps (run_no, step_id, position, attempt, status, output, error, "
             "started_at, finished_at, runtime, retry_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (created.number, step_id, position, latest["attempt"], latest["status"],
              latest["output"], latest["error"], latest["started_at"], latest["finished_at"],
              runtime, latest["retry_at"]),
         )
-        numbering.append((latest["journal_seq"], "UPDATE steps SET journal_seq = ? WHERE id = ?",
-                          (cur.lastrowid,)))
+        # By (run_no, step_id), not lastrowid: PostgreSQL's adapter returns ids for runs only.
+        numbering.append((latest["journal_seq"], "UPDATE steps SET journal_seq = ? "
+                          "WHERE run_no = ? AND step_id = ?", (created.number, step_id)))
         for a in earlier:
             conn.execute(
                 "INSERT INTO step_attempts (run_no, step_id, attempt, status, output, error, "
@@ -128,7 +131,7 @@ def _copy_steps(
 
 
 def _copy_waitpoints(
-    conn: Conn, source_id: str, new_id: str, cut: float,
+    conn: Conn, source_id: str, new_id: str, cut: int,
     renames: tuple[tuple[str, str, str], ...],
     numbering: list[tuple[int, str, tuple[Any, ...]]],
 ) -> None:
@@ -207,7 +210,7 @@ def amend_step(conn: Conn, op: ops.AmendStep) -> ops.RunAmended:
         conn.execute("DELETE FROM waitpoints WHERE run_id = ? AND wp_id = ?", (op.run_id, wp_id))
     woken = bool(waiting) and run.status is RunStatus.WAITING
     conn.execute(
-        "UPDATE runs SET needs_resume = CASE WHEN ? THEN 1 ELSE needs_resume END, "
+        "UPDATE runs SET needs_resume = CASE WHEN ? = 1 THEN 1 ELSE needs_resume END, "
         "updated_at = ? WHERE run_id = ?",
         (int(woken), op.at, op.run_id),
     )
