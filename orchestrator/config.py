@@ -57,6 +57,7 @@ class DaemonConfig:
 class StorageConfig:
     path: Path
     synchronous: Literal["full", "normal"] = "full"
+    url: str = ""  # "postgresql://...": PostgreSQL instead of the SQLite file at `path`
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +185,14 @@ def _path(key: str, value: Any, base: Path) -> Path:
     return (base / value).resolve()
 
 
+def _database_url(key: str, value: Any, base: Path) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
+        raise _fail(key, value, "empty (SQLite at storage.path) or a postgresql:// URL")
+    return value
+
+
 def _optional_path(key: str, value: Any, base: Path) -> Path | None:
     if value == "":
         return None
@@ -270,6 +279,7 @@ _SECTIONS: Final[dict[str, tuple[type[Any], dict[str, tuple[_Checker, Any]]]]] =
         {
             "path": (_path, "./wf.db"),
             "synchronous": (_choice("full", "normal"), "full"),
+            "url": (_database_url, ""),
         },
     ),
     "workflows": (

@@ -77,6 +77,10 @@ async def check(
     """The report: ``{"checked", "ok", "diverged", "not_registered", "runs": [...]}``."""
     if bool(paths) == bool(db):
         raise CheckError("replay --check: give export files, or --db FILE (not both)")
+    if db and db.startswith(("postgres://", "postgresql://")):
+        # The read-only reader is SQLite's; a PostgreSQL daemon's runs go through export.
+        raise CheckError("replay --check --db takes a SQLite file; on PostgreSQL, "
+                         "`wf export` the runs and check the files")
     code = registry if registry is not None else load_code(config_path)
     runs = runs_from_db(db, statuses) if db else runs_from_files(paths)
     results = await replaycheck.check_all(runs, code, fail_fast=fail_fast)

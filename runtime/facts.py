@@ -11,6 +11,7 @@ from runtime.clock import Clock, SystemClock
 from runtime.journal import CompensationRan, Entry, StreamChunk, WaitpointRegistered
 from runtime.journal import WaitpointResolved as WaitpointResolved
 from runtime.ratelimit import RateLimiter
+from runtime.retry import RetryPolicy
 from runtime.status import RunStatus
 
 
@@ -64,7 +65,8 @@ class HostServices:
     ``gate`` is called before each new side effect; it may raise an internal signal (stop
     here) or return an awaitable to hold the body there (a paused run). It is a plain call on
     the hot path: most of the time it returns None.
-    ``overrides`` replaces step functions by step id (the test harness's stand-ins).
+    ``overrides`` replaces step functions by step id (the test harness's stand-ins);
+    ``inject_failure`` may fail an attempt before its function is called (``explore``).
     """
 
     record: RecordFn
@@ -76,6 +78,9 @@ class HostServices:
     gate: Callable[[], Awaitable[None] | None] = _no_gate
     limits: Limits = field(default_factory=Limits)
     overrides: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    inject_failure: Callable[[str, int, RetryPolicy], BaseException | None] | None = None
+    """``(step_id, attempt, policy)`` → an error the attempt fails with instead of calling the
+    step function (``testing.explore``'s injected failures), or None to call it."""
 
 
 @dataclass(frozen=True, slots=True)

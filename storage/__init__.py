@@ -17,10 +17,12 @@ from storage.errors import (
     StorageClosed,
     StorageError,
     StorageFull,
+    StorageLocked,
     TokenConflict,
 )
 from storage.ops import (
     UNSET,
+    AmendStep,
     AppendStreamChunk,
     ApplyMetadata,
     BatchItem,
@@ -39,6 +41,7 @@ from storage.ops import (
     FireSchedule,
     FireTimer,
     FlushBatch,
+    ForkRun,
     IncrementalVacuum,
     MergeSearchIndex,
     PauseSchedule,
@@ -56,6 +59,7 @@ from storage.ops import (
     ResolveWaitpoint,
     ResumeRun,
     RetryRun,
+    RunAmended,
     RunCreated,
     RunRetried,
     ScheduleFired,
@@ -74,6 +78,7 @@ from storage.records import (
     JSON,
     NON_TERMINAL_STATUSES,
     TERMINAL_STATUSES,
+    AmendmentRecord,
     ArchiveRecord,
     BatchedEvent,
     CompensationRecord,
@@ -93,6 +98,7 @@ from storage.records import (
     StepAttemptRecord,
     StepRecord,
     StepStatus,
+    StorageCapabilities,
     StorageCounts,
     StreamChunk,
     TimerKind,
@@ -104,6 +110,7 @@ from storage.records import (
 )
 
 if TYPE_CHECKING:
+    from storage.postgres import PostgresStorage
     from storage.sqlite import SQLiteStorage
 
 
@@ -112,6 +119,10 @@ def __getattr__(name: str) -> Any:
         from storage.sqlite import SQLiteStorage
 
         return SQLiteStorage
+    if name == "PostgresStorage":
+        from storage.postgres import PostgresStorage
+
+        return PostgresStorage
     raise AttributeError(f"module 'storage' has no attribute {name!r}")
 
 
@@ -121,6 +132,8 @@ __all__ = [
     "SEARCH_MIN_CHARS",
     "TERMINAL_STATUSES",
     "UNSET",
+    "AmendStep",
+    "AmendmentRecord",
     "AppendStreamChunk",
     "ApplyMetadata",
     "ArchiveRecord",
@@ -144,6 +157,7 @@ __all__ = [
     "FireTimer",
     "FiredTimer",
     "FlushBatch",
+    "ForkRun",
     "IncrementalVacuum",
     "InvalidOperation",
     "Journal",
@@ -153,6 +167,7 @@ __all__ = [
     "NotFound",
     "PauseSchedule",
     "PendingBatch",
+    "PostgresStorage",
     "PruneEvents",
     "PruneRuns",
     "PutRateLimit",
@@ -169,6 +184,7 @@ __all__ = [
     "ResolveWaitpoint",
     "ResumeRun",
     "RetryRun",
+    "RunAmended",
     "RunCreated",
     "RunRecord",
     "RunRetried",
@@ -187,10 +203,12 @@ __all__ = [
     "StepStatus",
     "Storage",
     "StorageBusy",
+    "StorageCapabilities",
     "StorageClosed",
     "StorageCounts",
     "StorageError",
     "StorageFull",
+    "StorageLocked",
     "StreamChunk",
     "TimerKind",
     "TimerRecord",

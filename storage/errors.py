@@ -43,6 +43,19 @@ class StorageClosed(StorageError):
     code = "STORAGE_CLOSED"
 
 
+class StorageLocked(StorageError):
+    """Another process holds the database (one daemon per database)."""
+
+    code = "STORAGE_LOCKED"
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            f"database {where} is in use by another daemon (it holds the database's advisory "
+            "lock); stop it first or use another storage.url",
+            data={"database": where},
+        )
+
+
 class SchemaTooNew(StorageError):
     """The database was written by a newer build: its schema version is unknown to this one."""
 

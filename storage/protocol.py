@@ -38,6 +38,10 @@ class Storage(Protocol):
         ``synchronous`` and ``journal_mode`` of the writer connection), not as configured."""
         ...
 
+    def capabilities(self) -> records.StorageCapabilities:
+        """Which backend this is and what it can do where backends differ."""
+        ...
+
     # --- writes --------------------------------------------------------------------------------
 
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:

@@ -144,6 +144,8 @@ class RunRecord:
     before its next step, a parked one is ``paused``."""
     version_pinned: bool = False
     """The run resumes only on its ``workflow_version`` (an explicit ``version=``)."""
+    forked_from: JSON = None
+    """``{"run_id", "from_step", "reason", "at"}`` when the run is a fork (SPEC §14), else None."""
 
     @property
     def is_terminal(self) -> bool:
@@ -350,6 +352,23 @@ class ArchiveRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AmendmentRecord:
+    """One ``amend`` of a step's recorded result (append-only audit trail)."""
+
+    run_id: str
+    seq: int
+    step_id: str
+    at: float
+    peer_uid: int | None
+    """The uid of the socket peer that asked (SO_PEERCRED); None when not over the socket."""
+    reason: str
+    old: JSON
+    """``{"status", "attempt", "output", "error"}`` of the step before."""
+    new: JSON
+    """``{"status", "output"}`` after."""
+
+
+@dataclass(frozen=True, slots=True)
 class Journal:
     """Everything recorded for one run, read in one consistent snapshot."""
 
@@ -363,6 +382,8 @@ class Journal:
     completed_streams: frozenset[str]
     metadata_ops: int = 0
     """How many metadata ops this run has emitted and storage applied (highest index + 1)."""
+    amendments: tuple[AmendmentRecord, ...] = ()
+    """Every ``amend`` of the run's steps, oldest first."""
     reopened_steps: frozenset[str] = frozenset()
     """Steps a ``retry --mode resume`` undid (their compensation ran): they run again wherever
     the body reaches them, even before later recorded entries (no divergence)."""
@@ -371,6 +392,19 @@ class Journal:
     def entry_count(self) -> int:
         """Journal entries counted against ``limits.max_journal_entries``."""
         return len(self.attempts) + len(self.waitpoints) + len(self.stream_chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageCapabilities:
+    """What a backend can do, where backends differ: the orchestrator asks this instead of
+    looking at the backend's type."""
+
+    backend: str  # "sqlite" or "postgres"
+    version: str  # the database engine's version
+    location: str  # the file path, or the URL without its password
+    many_daemons: bool  # several daemons may share it (SPEC §13; PostgreSQL in phase 2)
+    # The local file holding the database (size gauges), None when it lives on a server.
+    file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

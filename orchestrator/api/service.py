@@ -134,7 +134,7 @@ class Submit(Request[JSONDict]):
 @dataclass(frozen=True, slots=True)
 class Get(Request[JSONDict]):
     """Show a run with steps, waitpoints, metadata. The run record plus ``steps``,
-    ``waitpoints``, ``metadata``, ``compensations``."""
+    ``waitpoints``, ``metadata``, ``compensations``, ``audit`` (its amendments)."""
 
     method = "get"
     cli = ("show",)
@@ -260,6 +260,36 @@ class Export(Request[JSONDict]):
     method = "export"
     cli = ("export",)
     run_ids: tuple[str, ...] = req(metavar="RUN")
+
+
+@dataclass(frozen=True, slots=True)
+class Fork(Request[JSONDict]):
+    """Start a new run from another's journal. The journal is copied up to (not including)
+    ``from_step`` (default: everything recorded, a final failure left out), with ``input``
+    (default: the original's); the new run records ``forked_from``; the original is untouched.
+    Returns the new run's record."""
+
+    method = "fork"
+    cli = ("fork",)
+    run_id: str = req(metavar="RUN")
+    from_step: str | None = opt(help="copy the journal up to this step (it runs again)")
+    input: JSON = opt(help="the fork's input, JSON or @file (default: the original's)")
+    run_id_new: str | None = opt(flag="--new-run-id", help="the new run's id")
+    reason: str | None = opt(help="why (kept in forked_from)")
+
+
+@dataclass(frozen=True, slots=True)
+class Amend(Request[JSONDict]):
+    """Replace the recorded result of a run's frontier step in place (the run failing on it,
+    in its backoff, paused or held on it), with an audit row; ``wf retry RUN --mode resume``
+    continues a failed run from it. Returns the run's record."""
+
+    method = "amend"
+    cli = ("amend",)
+    run_id: str = req(metavar="RUN")
+    step_id: str = req(flag="--step", metavar="STEP", help="the step to amend")
+    output: JSON = req(flag="--output", help="the step's new output, JSON or @file")
+    reason: str = req(flag="--reason", metavar="TEXT", help="why (kept in the audit trail)")
 
 
 # --- resolutions --------------------------------------------------------------------------------
@@ -491,6 +521,7 @@ class Changes(StreamRequest):
 
 REQUESTS: tuple[type[Request[Any]], ...] = (
     Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Bulk, Reschedule, Replay, Export,
+    Fork, Amend,
     SendEvent, Events, Signal, CompleteToken,
     Workflows, Versions, Schedules, Stats, Prune,
     ScheduleCreate, ScheduleDelete, SchedulePause, ScheduleResume, ScheduleTrigger,
@@ -574,6 +605,8 @@ class ServiceMethods:
     reschedule = method(Reschedule)
     replay = method(Replay)
     export = method(Export)
+    fork = method(Fork)
+    amend = method(Amend)
     send_event = method(SendEvent)
     events = method(Events)
     signal = method(Signal)

@@ -106,6 +106,8 @@ _HUMAN: Final[dict[str, Callable[[Any], str]]] = {
     "pause": lambda r: tables.format_run(r) if "run_id" in r else tables.format_result(r),
     "resume": lambda r: tables.format_run(r) if "run_id" in r else tables.format_result(r),
     "retry": tables.format_run,
+    "fork": tables.format_run,
+    "amend": tables.format_run,
     "export": lambda r: orjson.dumps(r, option=orjson.OPT_INDENT_2).decode(),
     "workflows": lambda r: tables.format_list(r.get("workflows", []), "no workflows"),
     "schedules": lambda r: tables.format_schedules(r.get("schedules", [])),
@@ -336,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command(("daemon",), "run the daemon in the foreground").set_defaults(request=None)
+    migrate = command(("migrate",), "copy a stopped daemon's SQLite database to PostgreSQL")
+    migrate.set_defaults(request=None)
+    migrate.add_argument("--to", required=True, metavar="URL",
+                         help="the PostgreSQL database (postgresql://...), migrated and empty")
+    migrate.add_argument("--from", dest="source", metavar="PATH",
+                         help="the SQLite file (default: the config's storage.path)")
     dash = command(("dashboard",), "print the dashboard's login URL and open it in a browser")
     dash.set_defaults(request=None)
     dash.add_argument("--no-open", action="store_true", help="only print the URL")
@@ -432,6 +440,12 @@ def _run_daemon(args: argparse.Namespace) -> int:
     return run_daemon(args.config)
 
 
+def _run_migrate(args: argparse.Namespace) -> int:
+    migrate = importlib.import_module("orchestrator.daemon.migrate")
+    run_migrate: Callable[[str | None, str | None, str], int] = migrate.run_migrate
+    return run_migrate(args.config, args.source, args.to)
+
+
 async def _call(path: Path, request: Any, args: argparse.Namespace) -> int:
     async with Client.connect(path) as client:
         return await _run_request(client, request, args)
@@ -454,6 +468,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             setattr(args, name, default)
     if args.command == "daemon":
         return _run_daemon(args)
+    if args.command == "migrate":
+        return _run_migrate(args)
     if args.command == "dashboard":
         return run_dashboard(args.config, open_browser=not args.no_open)
     if args.command == "replay":

@@ -99,13 +99,7 @@ class Orchestrator(service.ServiceMethods):
             # a structlog setup of its own passes configure_logging=False). Loggers are not
             # cached, so a host that reconfigures structlog later is obeyed.
             logs.configure_logging(cfg.logging, cache_logger_on_first_use=False)
-        self._stack.enter_context(DatabaseLock.acquire(cfg.storage.path))
-        opened = await self._stack.enter_async_context(
-            storage.SQLiteStorage.open(
-                cfg.storage.path, synchronous=cfg.storage.synchronous, instrument=self._instrument
-            )
-        )
-        store: storage.Storage = opened
+        store: storage.Storage = await self._open_storage()
         if self._wrap_storage is not None:
             store = self._wrap_storage(store)
         if self._import_modules:
@@ -128,6 +122,25 @@ class Orchestrator(service.ServiceMethods):
         self._stack.push_async_callback(engine.close)
         await engine.start()
         self._engine = engine
+
+    async def _open_storage(self) -> storage.Storage:
+        """The backend the config names: PostgreSQL at ``storage.url``, else the SQLite file at
+        ``storage.path``. Past this point nothing asks which one it is (``capabilities()``)."""
+        cfg = self.config.storage
+        if cfg.url:
+            if cfg.synchronous != "full":
+                raise ValueError(
+                    "storage.synchronous applies to SQLite only; with storage.url set, "
+                    "durability is PostgreSQL's synchronous_commit (leave it 'on')"
+                )
+            # One daemon per database (SPEC §13 many daemons is phase 2): an advisory lock.
+            return await self._stack.enter_async_context(storage.PostgresStorage.open(cfg.url))
+        self._stack.enter_context(DatabaseLock.acquire(cfg.path))
+        return await self._stack.enter_async_context(
+            storage.SQLiteStorage.open(
+                cfg.path, synchronous=cfg.synchronous, instrument=self._instrument
+            )
+        )
 
     async def close(self) -> None:
         self._engine = None

@@ -92,7 +92,7 @@ async def _serve(cfg: Config, hooks: Hooks) -> int:
                         wrap_storage=hooks.wrap_storage)
     try:
         await orch.__aenter__()
-    except (DatabaseLocked, storage.SchemaTooNew) as exc:
+    except (DatabaseLocked, storage.SchemaTooNew, storage.StorageLocked) as exc:
         log.error("daemon.refused", reason=str(exc))
         return EXIT_REFUSED
     except (WorkflowImportError, ValueError) as exc:
@@ -131,9 +131,10 @@ async def _serve(cfg: Config, hooks: Hooks) -> int:
     log.info(
         "daemon.ready",
         socket=str(cfg.daemon.socket),
-        database=str(cfg.storage.path),
+        database=orch.storage.capabilities().location,
+        backend=orch.storage.capabilities().backend,
         synchronous=cfg.storage.synchronous,
-        in_force=orch.storage.durability(),  # read back from SQLite, not the config
+        in_force=orch.storage.durability(),  # read back from the database, not the config
         event_loop=type(loop).__module__.split(".")[0],
         pid=os.getpid(),
         http=f"http://{_url_host(http.host)}:{http.port}/" if http is not None else None,

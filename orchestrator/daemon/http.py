@@ -49,9 +49,11 @@ def gauges(orch: Orchestrator, socket: SocketServer | None) -> dict[str, float |
         "timers_fired": timers.fired,
         "timer_lag_seconds_total": timers.lag_total,
         "timer_lag_seconds_max": timers.lag_max,
-        "db_bytes": _file_size(str(orch.config.storage.path)),
-        "wal_bytes": _file_size(f"{orch.config.storage.path}-wal"),
     }
+    # File sizes only where the database is a local file (not on a PostgreSQL server).
+    db_file = engine.storage.capabilities().file
+    out["db_bytes"] = _file_size(db_file) if db_file else None
+    out["wal_bytes"] = _file_size(f"{db_file}-wal") if db_file else None
     if callable(writer):
         w = writer()
         out.update(storage_batches=w.batches, storage_ops=w.ops,
@@ -83,7 +85,9 @@ def build_http(orch: Orchestrator, socket: SocketServer | None = None) -> HttpSe
         port = server.port if server is not None else cfg.http.port
         return f"{cfg.http.host}:{port}"
 
-    daemons = this_process(version=_version(), database=str(cfg.storage.path),
+    # The file path, or the PostgreSQL URL without its password.
+    database = orch.engine.storage.capabilities().location
+    daemons = this_process(version=_version(), database=database,
                            socket_path=str(cfg.daemon.socket), http=listening,
                            clock=orch.clock)
     app = create_app(orch, HttpSettings.from_config(cfg), readiness=ready, metrics=metrics,

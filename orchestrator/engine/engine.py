@@ -33,6 +33,7 @@ from orchestrator.engine import bridge, export, replay, triggers, versions
 from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import Plan, plan_for
 from orchestrator.engine.holds import Holds
+from orchestrator.engine.journal_edits import JournalEdits
 from orchestrator.engine.messages import Cancel, Resolve
 from orchestrator.engine.operations import RunOperations
 from orchestrator.engine.ratelimits import StoredRateLimiter
@@ -147,6 +148,18 @@ class Engine(service.ServiceMethods):
             supervisor=self.supervisor,
             admission=self.admission,
             wait_for=self._wait_for,
+        )
+        self.edits = JournalEdits(
+            storage_=storage_,
+            clock=self.clock,
+            registry=registry,
+            supervisor=self.supervisor,
+            admission=self.admission,
+            run_op=self._run_op,
+            accept=self._accepted_input,
+            plan=self._plan,
+            new_run_id=new_run_id,
+            started=self._offer_new,
         )
         self.retention = Retention(storage_, self.clock, self.settings.retention)
         self.timers = Timers(
@@ -672,6 +685,27 @@ class Engine(service.ServiceMethods):
         if not r.run_ids:
             raise errors.InvalidParams("run_ids", "at least one run id", "an empty list")
         return await export.export(self.storage, r.run_ids, self.clock.now())
+
+    @handles(service.Fork)
+    async def _fork(self, r: service.Fork) -> JSONDict:
+        self._check_accepting()
+        return await self.edits.fork(r)
+
+    @handles(service.Amend)
+    async def _amend(self, r: service.Amend) -> JSONDict:
+        self._check_accepting()
+        self._check_size("output", r.output)
+        return await self.edits.amend(r)
+
+    async def _offer_new(self, run: storage.RunRecord) -> None:
+        """A run created outside ``submit`` (a fork) goes the way a submitted one does."""
+        self.supervisor.publish_state(run.run_id, "pending", run.workflow_id)
+        if run.expires_at is not None:
+            self.timers.notify(run.expires_at)
+        if run.scheduled_at is None:
+            await self.admission.offer(run)
+        else:
+            self.timers.notify(run.scheduled_at)
 
     # ------------------------------------------------------------------ resolutions
 

@@ -32,6 +32,7 @@ _BY_RUN_ID = (
     ("compensations", "run_id"),
     ("run_cancel_on", "run_id"),
     ("run_archive", "run_id"),
+    ("run_amendments", "run_id"),
     ("run_tags", "run_id"),
 )
 _BY_RUN_NO = ("step_attempts", "steps")
@@ -77,7 +78,7 @@ def count_prunable_sql(
     """How many runs (roots and their descendants) ``PruneRuns`` would delete with no limit."""
     roots, params = prunable_roots_sql(statuses, before, workflow_id)
     sql = (
-        f"SELECT (SELECT count(*) FROM ({roots})) "
+        f"SELECT (SELECT count(*) FROM ({roots}) AS roots) "  # PostgreSQL < 16 needs the alias
         f"+ (SELECT count(*) FROM runs c WHERE c.root_run_id IN ({roots}))"
     )
     return sql, [*params, *params]

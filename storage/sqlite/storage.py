@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -141,6 +141,12 @@ class SQLiteStorage:
     def durability(self) -> dict[str, str]:
         stats = self._writer.stats()
         return {"synchronous": stats.synchronous, "journal_mode": stats.journal_mode}
+
+    def capabilities(self) -> records.StorageCapabilities:
+        return records.StorageCapabilities(
+            backend="sqlite", version=sqlite3.sqlite_version, location=str(self.path),
+            many_daemons=False, file=str(self.path),
+        )
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -305,6 +311,11 @@ class SQLiteStorage:
                     "ORDER BY stream_id, seq",
                     key,
                 )
+                amendment_rows = await conn.execute_fetchall(
+                    f"SELECT {rows.AMENDMENT_COLUMNS} FROM run_amendments WHERE run_id = ? "
+                    "ORDER BY seq",
+                    key,
+                )
                 reopen_rows = await conn.execute_fetchall(
                     "SELECT a.journal FROM run_archive a JOIN runs r ON r.run_id = a.run_id "
                     "WHERE a.run_id = ? AND a.mode = 'resume' AND a.attempt = r.attempt",
@@ -346,6 +357,7 @@ class SQLiteStorage:
             completed_streams=frozenset(c.stream_id for c in stream_chunks if c.final),
             metadata_ops=cursor[0][0] + 1 if cursor else 0,
             reopened_steps=reopened,
+            amendments=tuple(rows.amendment_from_row(r) for r in amendment_rows),
         )
 
     async def get_waitpoint(self, run_id: str, wp_id: str) -> records.WaitpointRecord | None:
@@ -506,14 +518,29 @@ def recent_events_query(
             "ORDER BY received_at DESC LIMIT ?", params)
 
 
-def search_phrase(text: str) -> str:
-    """``text`` as one FTS5 phrase: matched as a literal substring (case-insensitive), so quotes,
-    operators and punctuation in it mean nothing special. The trigram index needs 3 characters."""
+def check_search(text: str) -> str:
+    """``text`` if long enough to search for: the trigram indexes need 3 characters."""
     if len(text) < protocol.SEARCH_MIN_CHARS:
         raise ValueError(
             f"search: needs at least {protocol.SEARCH_MIN_CHARS} characters, got {text!r}"
         )
-    return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def search_phrase(text: str) -> str:
+    """``text`` as one FTS5 phrase: matched as a literal substring (case-insensitive), so quotes,
+    operators and punctuation in it mean nothing special. The trigram index needs 3 characters."""
+    return '"' + check_search(text).replace('"', '""') + '"'
+
+
+SearchClause = Callable[[str], tuple[str, Any]]
+"""The ``list_runs(search=)`` condition of a backend: ``text`` → (SQL over ``runs``, parameter)."""
+
+
+def fts_search(text: str) -> tuple[str, Any]:
+    """SQLite's search condition: the FTS5 trigram table ``run_search`` (migration 0006)."""
+    return ("runs.number IN (SELECT rowid FROM run_search WHERE run_search MATCH ?)",
+            search_phrase(text))
 
 
 def list_runs_query(
@@ -525,13 +552,15 @@ def list_runs_query(
     since: float | None = None,
     until: float | None = None,
     search: str | None = None,
+    search_clause: SearchClause = fts_search,
 ) -> tuple[str, list[Any]]:
     """SQL for ``list_runs``: newest first, driven by the most selective index available."""
     where: list[str] = []
     params: list[Any] = []
     if search is not None:
-        where.append("runs.number IN (SELECT rowid FROM run_search WHERE run_search MATCH ?)")
-        params.append(search_phrase(search))
+        clause, param = search_clause(search)
+        where.append(clause)
+        params.append(param)
     source = "runs"
     if tag is not None:
         source = "run_tags JOIN runs USING (run_id)"

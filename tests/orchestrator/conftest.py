@@ -28,6 +28,7 @@ from orchestrator.daemon.server import SocketServer
 from orchestrator.engine.engine import Engine
 from orchestrator.engine.settings import Settings
 from runtime.workflow import Registry
+from tests import pg
 from tests.orchestrator import engine_workflows
 
 # Shutdown waits this long for a step in flight (a gated step never ends by itself).
@@ -92,14 +93,45 @@ def _fresh_workflow_state() -> Iterator[None]:
     engine_workflows.reset()
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "wf.db"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Tests marked `both_backends` run their engine over SQLite and over PostgreSQL.
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_backends"
+    ):
+        metafunc.parametrize("backend", ["sqlite", "postgres"])
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[FaultyStorage]:
-    async with storage.SQLiteStorage.open(db_path) as opened:
+def backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Where the test's database lives: a SQLite file, or (``both_backends`` tests on
+    PostgreSQL) the URL of a fresh database; ``open_engine`` and ``store`` take either."""
+    if backend != "postgres":
+        yield tmp_path / "wf.db"
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    url = pg.run_sync(pg.create_database(cluster))
+    try:
+        yield url
+    finally:
+        pg.run_sync(pg.drop_database(cluster, url))
+
+
+def open_storage(location: Path | str) -> contextlib.AbstractAsyncContextManager[Any]:
+    if isinstance(location, str):
+        return storage.PostgresStorage.open(location)
+    return storage.SQLiteStorage.open(location)
+
+
+@pytest.fixture
+async def store(db_path: Path | str) -> AsyncIterator[FaultyStorage]:
+    async with open_storage(db_path) as opened:
         yield FaultyStorage(opened)
 
 
@@ -120,7 +152,7 @@ async def open_engine(
     db_path: Path, settings: Settings | None = None, registry: Registry | None = None
 ) -> AsyncIterator[Engine]:
     """Storage and engine opened on ``db_path`` together and closed together: one daemon life."""
-    async with storage.SQLiteStorage.open(db_path) as opened, Engine(
+    async with open_storage(db_path) as opened, Engine(
         opened,
         registry=registry or engine_workflows.registry(),
         settings=settings or Settings(shutdown_grace=GRACE),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,36 @@ async def _export(c: Client, engine: Engine) -> None:
     assert [e["seq"] for e in run["entries"]] == list(range(1, len(run["entries"]) + 1))
     await _expect_code("NOT_FOUND", c.export(("nope",)))
     await _expect_code("INVALID_PARAMS", c.export(()))
+
+
+@case(service.Fork)
+async def _fork(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    fork = await c.fork("done", from_step="fetch", run_id_new="forked", reason="again")
+    assert fork["run_id"] == "forked"
+    assert fork["forked_from"]["run_id"] == "done"
+    assert fork["forked_from"]["reason"] == "again"
+    assert (await c.wait("forked"))["output"] == {"echo": {"a": 1}}
+    await _expect_code("INVALID_PARAMS", c.fork("done", from_step="never"))
+    await _expect_code("INVALID_PARAMS", c.fork("done", run_id_new="forked"))
+    await _expect_code("NOT_FOUND", c.fork("nope"))
+
+
+@case(service.Amend)
+async def _amend(c: Client, engine: Engine) -> None:
+    await c.submit("fail", None, run_id="f")
+    assert (await c.wait("f"))["status"] == "failed"
+    await _expect_code("NOT_FOUND", c.amend("f", "nope", 1, "unknown step"))
+    amended = await c.amend("f", "boom", {"fixed": True}, "by hand")
+    assert amended["status"] == "failed"
+    (row,) = (await c.get("f"))["audit"]
+    assert row["new"] == {"status": "completed", "output": {"fixed": True}}
+    assert row["peer_uid"] == os.getuid()  # from SO_PEERCRED
+    assert (await c.retry("f"))["status"] in ("pending", "running", "completed")
+    assert (await c.wait("f"))["status"] == "completed"
+    await _completed_echo(c)
+    await _expect_code("RUN_NOT_ACTIVE", c.amend("done", "fetch", 1, "completed"))
+    await _expect_code("NOT_FOUND", c.amend("nope", "boom", 1, "unknown run"))
 
 
 @case(service.SendEvent)
@@ -394,6 +425,7 @@ async def _drain(it: Any) -> None:
         pass
 
 
+@pytest.mark.both_backends  # every method (list search, prune, export, versions) on PostgreSQL
 @pytest.mark.parametrize("request_type", service.REQUESTS, ids=lambda r: r.method)
 async def test_every_method_round_trips(
     request_type: type[service.Request[Any]],

@@ -27,6 +27,7 @@ def test_defaults_match_the_spec(tmp_path: Path) -> None:
     assert cfg.daemon.max_recoveries == 5
     assert cfg.storage.path == tmp_path.resolve() / "wf.db"
     assert cfg.storage.synchronous == "full"
+    assert cfg.storage.url == ""  # SQLite at storage.path
     assert cfg.workflows.paths == (tmp_path.resolve(),)
     assert cfg.workflows.modules == ("examples.workflows",)
     assert (cfg.runtime.step_threads, cfg.runtime.process_workers) == (32, 0)
@@ -101,6 +102,8 @@ format = "console"
         ("[daemon]\nmax_recoveries = 0\n", "daemon.max_recoveries"),
         ("[storage]\npath = ''\n", "storage.path"),
         ("[storage]\nsynchronous = 'off'\n", "storage.synchronous"),
+        ("[storage]\nurl = 'mysql://db/wf'\n", "storage.url"),
+        ("[storage]\nurl = 5432\n", "storage.url"),
         ("[workflows]\npaths = '.'\n", "workflows.paths"),
         ("[workflows]\nmodules = [1]\n", "workflows.modules"),
         ("[runtime]\nstep_threads = 0\n", "runtime.step_threads"),

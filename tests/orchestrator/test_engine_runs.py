@@ -9,6 +9,8 @@ from orchestrator.engine.engine import Engine
 from tests.orchestrator import engine_workflows
 from tests.orchestrator.conftest import reach
 
+pytestmark = pytest.mark.both_backends  # the engine smoke on PostgreSQL too
+
 
 async def test_submitted_run_is_committed_pending_then_completes_with_its_output(
     engine: Engine,

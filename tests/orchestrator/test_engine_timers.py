@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from orchestrator.engine.engine import Engine
 from tests.orchestrator.conftest import reach
+
+pytestmark = pytest.mark.both_backends  # the engine smoke on PostgreSQL too
 
 
 async def test_sleep_parks_the_run_until_its_timer_fires(engine: Engine) -> None:

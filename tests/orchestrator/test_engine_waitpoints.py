@@ -10,6 +10,8 @@ from orchestrator.engine.settings import Settings
 from tests.orchestrator import engine_workflows
 from tests.orchestrator.conftest import GRACE, reach
 
+pytestmark = pytest.mark.both_backends  # the engine smoke on PostgreSQL too
+
 
 async def test_parked_run_resumes_warm_when_its_event_arrives(engine: Engine) -> None:
     await engine.submit("event", {"type": "paid"}, run_id="e")

@@ -387,3 +387,18 @@ async def test_health_page_charts_in_memory_figures_and_daemons_lists_this_one(
         listed = await c.get("/daemons")
         assert listed.text.count("data-daemon=") == 1 and f">{os.getpid()}<" in listed.text
         assert (await c.get("/health")).status_code == 200
+
+
+async def test_run_page_shows_a_forks_origin_and_the_audit_trail(
+        browser: tuple[httpx.AsyncClient, str], engine: Engine) -> None:
+    c, _ = browser
+    await engine.submit("fail", None, run_id="f1")
+    await reach(engine, "f1", "failed")
+    await engine.amend("f1", "boom", {"fixed": 1}, "fixed by hand")
+    page = await c.get("/runs/f1")
+    assert 'id="run-audit"' in page.text and "fixed by hand" in page.text
+    assert "FATAL" in page.text  # the old value: the step's error
+    await engine.fork("f1", run_id_new="f2", reason="try again")
+    fork = await c.get("/runs/f2")
+    assert "Forked from" in fork.text and 'href="/runs/f1"' in fork.text
+    assert "try again" in fork.text

@@ -9,59 +9,54 @@ from pathlib import Path
 import pytest
 
 import storage as st
-from tests.storage.conftest import deep_subset, make_run
+from tests.storage.conftest import Raw, deep_subset, make_run, raw
 
 ENDED = (st.RunStatus.COMPLETED, st.RunStatus.FAILED, st.RunStatus.CANCELLED)
 
 
-def fill_every_table(conn: sqlite3.Connection, run_id: str) -> None:
+async def fill_every_table(db: Raw, run_id: str) -> None:
     """One row owned by ``run_id`` in every table that holds run rows."""
-    (no,) = conn.execute("SELECT number FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    conn.executescript("BEGIN")
+    ((no,),) = await db.fetch("SELECT number FROM runs WHERE run_id = ?", (run_id,))
     x = (run_id,)
-    conn.execute("INSERT INTO run_tags (run_id, tag, created_at) VALUES (?, 'tag', 1)", x)
-    conn.execute("INSERT INTO steps (run_no, step_id, position, attempt, status) "
-                 "VALUES (?, 's', 0, 2, 'completed')", (no,))
-    conn.execute("INSERT INTO step_attempts (run_no, step_id, attempt, status) "
-                 "VALUES (?, 's', 1, 'failed')", (no,))
-    conn.execute("INSERT INTO waitpoints (run_id, wp_id, kind, status, registered_at) "
-                 "VALUES (?, 'w', 'token', 'resolved', 1)", x)
-    conn.execute("INSERT INTO tokens (token_id, run_id, wp_id, created_at) "
-                 "VALUES (? || '-tok', ?, 'w', 1)", (run_id, run_id))
-    conn.execute("INSERT INTO signal_inbox (run_id, name, sent_at) VALUES (?, 'n', 1)", x)
-    conn.execute("INSERT INTO timers (timer_id, kind, due_at, run_id, wp_id, created_at) "
-                 "VALUES (? || '-t', 'wake', 9e9, ?, 'w', 1)", (run_id, run_id))
-    conn.execute("INSERT INTO stream_chunks (run_id, stream_id, seq, encoding, final, at) "
-                 "VALUES (?, 'out', 0, 'json', 1, 1)", x)
-    conn.execute("INSERT INTO metadata (run_id, key, value) VALUES (?, 'k', '1')", x)
-    conn.execute("INSERT INTO metadata_cursor (origin_run_id, last_op_index) VALUES (?, 0)", x)
-    conn.execute("INSERT INTO compensations (run_id, step_id, seq, status, finished_at) "
-                 "VALUES (?, 's', 0, 'completed', 1)", x)
-    conn.execute("INSERT INTO run_cancel_on (run_id, rule, event_type, wildcard, compensate) "
-                 "VALUES (?, 0, 'e', 0, 0)", x)
-    conn.execute("INSERT INTO run_archive (run_id, seq, attempt, mode, archived_at, status, "
-                 "journal) VALUES (?, 0, 1, 'retrigger', 1, 'failed', '[]')", x)
-    conn.execute("COMMIT")
+    await db.execute("INSERT INTO run_tags (run_id, tag, created_at) VALUES (?, 'tag', 1)", x)
+    await db.execute("INSERT INTO steps (run_no, step_id, position, attempt, status) "
+                     "VALUES (?, 's', 0, 2, 'completed')", (no,))
+    await db.execute("INSERT INTO step_attempts (run_no, step_id, attempt, status) "
+                     "VALUES (?, 's', 1, 'failed')", (no,))
+    await db.execute("INSERT INTO waitpoints (run_id, wp_id, kind, status, registered_at) "
+                     "VALUES (?, 'w', 'token', 'resolved', 1)", x)
+    await db.execute("INSERT INTO tokens (token_id, run_id, wp_id, created_at) "
+                     "VALUES (?, ?, 'w', 1)", (f"{run_id}-tok", run_id))
+    await db.execute("INSERT INTO signal_inbox (run_id, name, sent_at) VALUES (?, 'n', 1)", x)
+    await db.execute("INSERT INTO timers (timer_id, kind, due_at, run_id, wp_id, created_at) "
+                     "VALUES (?, 'wake', 9e9, ?, 'w', 1)", (f"{run_id}-t", run_id))
+    await db.execute("INSERT INTO stream_chunks (run_id, stream_id, seq, encoding, final, at) "
+                     "VALUES (?, 'out', 0, 'json', 1, 1)", x)
+    await db.execute("INSERT INTO metadata (run_id, key, value) VALUES (?, 'k', '1')", x)
+    await db.execute("INSERT INTO metadata_cursor (origin_run_id, last_op_index) "
+                     "VALUES (?, 0)", x)
+    await db.execute("INSERT INTO compensations (run_id, step_id, seq, status, finished_at) "
+                     "VALUES (?, 's', 0, 'completed', 1)", x)
+    await db.execute("INSERT INTO run_cancel_on (run_id, rule, event_type, wildcard, "
+                     "compensate) VALUES (?, 0, 'e', 0, 0)", x)
+    await db.execute("INSERT INTO run_archive (run_id, seq, attempt, mode, archived_at, status, "
+                     "journal) VALUES (?, 0, 1, 'retrigger', 1, 'failed', '[]')", x)
 
 
-def rows_of(conn: sqlite3.Connection, run_id: str) -> dict[str, int]:
+async def rows_of(db: Raw, run_id: str) -> dict[str, int]:
     """Rows that still refer to ``run_id`` in any table, found from the schema itself so a
     table added later is checked too."""
-    number = conn.execute("SELECT number FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    number = await db.fetch("SELECT number FROM runs WHERE run_id = ?", (run_id,))
     left: dict[str, int] = {}
-    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                         "AND name NOT LIKE 'run_search%' "
-                                         "AND name NOT LIKE 'sqlite%'")]
-    for table in tables:
-        cols = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    for table, cols in (await db.tables()).items():
         for col in ("run_id", "origin_run_id", "parent_run_id", "root_run_id"):
             if col in cols:
-                n = conn.execute(f"SELECT count(*) FROM {table} WHERE {col} = ?",
-                                 (run_id,)).fetchone()[0]
+                ((n,),) = await db.fetch(f"SELECT count(*) FROM {table} WHERE {col} = ?",
+                                         (run_id,))
                 if n:
                     left[f"{table}.{col}"] = n
-        if "run_no" in cols and number is not None:
-            n = conn.execute(f"SELECT count(*) FROM {table} WHERE run_no = ?", number).fetchone()[0]
+        if "run_no" in cols and number:
+            ((n,),) = await db.fetch(f"SELECT count(*) FROM {table} WHERE run_no = ?", number[0])
             if n:
                 left[f"{table}.run_no"] = n
     return left
@@ -72,81 +67,94 @@ async def end(storage: st.Storage, run_id: str, status: st.RunStatus, at: float)
 
 
 async def test_prune_deletes_ended_trees_with_every_row_and_spares_live_runs(
-    tmp_path: Path,
+    storage: st.Storage,
 ) -> None:
-    path = tmp_path / "wf.db"
-    async with st.SQLiteStorage.open(path) as storage:
-        await make_run(storage, "done", created_at=1.0, input={"needle": "gone-soon"})
-        await end(storage, "done", st.RunStatus.COMPLETED, 2.0)
-        # A tree: root ended, child and grandchild ended -> goes whole.
-        await make_run(storage, "root", created_at=1.0)
-        await make_run(storage, "root/c", created_at=1.5, parent_run_id="root",
-                       root_run_id="root")
-        await make_run(storage, "root/c/g", created_at=1.6, parent_run_id="root/c",
-                       root_run_id="root")
-        for rid in ("root/c/g", "root/c", "root"):
-            await end(storage, rid, st.RunStatus.FAILED, 3.0)
-        # A root that ended while a child still waits: stays, and so does its child.
-        await make_run(storage, "held", created_at=1.0)
-        await make_run(storage, "held/c", created_at=1.1, parent_run_id="held",
-                       root_run_id="held")
-        await storage.execute(st.UpdateRun("held/c", at=2.0, status=st.RunStatus.WAITING))
-        await end(storage, "held", st.RunStatus.CANCELLED, 2.0)
-        # An ended child of a live root: never pruned on its own.
-        await make_run(storage, "live", created_at=1.0)
-        await storage.execute(st.UpdateRun("live", at=2.0, status=st.RunStatus.RUNNING))
-        await make_run(storage, "live/c", created_at=1.1, parent_run_id="live",
-                       root_run_id="live")
-        await end(storage, "live/c", st.RunStatus.COMPLETED, 2.0)
-        await make_run(storage, "parked", created_at=1.0)
-        await storage.execute(st.UpdateRun("parked", at=2.0, status=st.RunStatus.WAITING))
-        await make_run(storage, "recent", created_at=1.0)
-        await end(storage, "recent", st.RunStatus.COMPLETED, 50.0)
+    await make_run(storage, "done", created_at=1.0, input={"needle": "gone-soon"})
+    await end(storage, "done", st.RunStatus.COMPLETED, 2.0)
+    # A tree: root ended, child and grandchild ended -> goes whole.
+    await make_run(storage, "root", created_at=1.0)
+    await make_run(storage, "root/c", created_at=1.5, parent_run_id="root",
+                   root_run_id="root")
+    await make_run(storage, "root/c/g", created_at=1.6, parent_run_id="root/c",
+                   root_run_id="root")
+    for rid in ("root/c/g", "root/c", "root"):
+        await end(storage, rid, st.RunStatus.FAILED, 3.0)
+    # A root that ended while a child still waits: stays, and so does its child.
+    await make_run(storage, "held", created_at=1.0)
+    await make_run(storage, "held/c", created_at=1.1, parent_run_id="held",
+                   root_run_id="held")
+    await storage.execute(st.UpdateRun("held/c", at=2.0, status=st.RunStatus.WAITING))
+    await end(storage, "held", st.RunStatus.CANCELLED, 2.0)
+    # An ended child of a live root: never pruned on its own.
+    await make_run(storage, "live", created_at=1.0)
+    await storage.execute(st.UpdateRun("live", at=2.0, status=st.RunStatus.RUNNING))
+    await make_run(storage, "live/c", created_at=1.1, parent_run_id="live",
+                   root_run_id="live")
+    await end(storage, "live/c", st.RunStatus.COMPLETED, 2.0)
+    await make_run(storage, "parked", created_at=1.0)
+    await storage.execute(st.UpdateRun("parked", at=2.0, status=st.RunStatus.WAITING))
+    await make_run(storage, "recent", created_at=1.0)
+    await end(storage, "recent", st.RunStatus.COMPLETED, 50.0)
 
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA foreign_keys = ON")
     all_ids = ["done", "root", "root/c", "root/c/g", "held", "held/c", "live", "live/c",
                "parked", "recent"]
-    for rid in all_ids:
-        fill_every_table(conn, rid)
-    conn.close()
+    async with raw(storage) as db:
+        for rid in all_ids:
+            await fill_every_table(db, rid)
 
-    async with st.SQLiteStorage.open(path) as storage:
-        assert await storage.count_prunable(ENDED, 10.0) == 4
-        assert await storage.count_prunable(ENDED, 10.0, workflow_id="other") == 0
-        first = await storage.execute(st.PruneRuns(ENDED, 10.0, limit=1))
-        second = await storage.execute(st.PruneRuns(ENDED, 10.0, limit=10))
-        assert sorted(first + second) == ["done", "root", "root/c", "root/c/g"]
-        assert await storage.execute(st.PruneRuns(ENDED, 10.0)) == ()
-        assert await storage.count_prunable(ENDED, 10.0) == 0
-        assert await storage.list_runs(search="gone-soon") == []
-        kept = {r.run_id for r in await storage.list_runs(limit=None)}
-        assert kept == {"held", "held/c", "live", "live/c", "parked", "recent"}
-        with pytest.raises(ValueError, match="waiting"):
-            await storage.execute(st.PruneRuns((st.RunStatus.WAITING,), 10.0))
+    assert await storage.count_prunable(ENDED, 10.0) == 4
+    assert await storage.count_prunable(ENDED, 10.0, workflow_id="other") == 0
+    first = await storage.execute(st.PruneRuns(ENDED, 10.0, limit=1))
+    second = await storage.execute(st.PruneRuns(ENDED, 10.0, limit=10))
+    assert sorted(first + second) == ["done", "root", "root/c", "root/c/g"]
+    assert await storage.execute(st.PruneRuns(ENDED, 10.0)) == ()
+    assert await storage.count_prunable(ENDED, 10.0) == 0
+    assert await storage.list_runs(search="gone-soon") == []
+    kept = {r.run_id for r in await storage.list_runs(limit=None)}
+    assert kept == {"held", "held/c", "live", "live/c", "parked", "recent"}
+    with pytest.raises(ValueError, match="waiting"):
+        await storage.execute(st.PruneRuns((st.RunStatus.WAITING,), 10.0))
 
-    conn = sqlite3.connect(path)
-    for rid in ("done", "root", "root/c", "root/c/g"):
-        assert rows_of(conn, rid) == {}, rid
-    for rid in kept:
-        assert "metadata.run_id" in rows_of(conn, rid)
-    assert conn.execute("SELECT count(*) FROM run_search").fetchone() == (len(kept),)
-    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    conn.close()
+    async with raw(storage) as db:
+        for rid in ("done", "root", "root/c", "root/c/g"):
+            assert await rows_of(db, rid) == {}, rid
+        for rid in kept:
+            assert "metadata.run_id" in await rows_of(db, rid)
+        assert await db.fetch("SELECT count(*) FROM run_search") == [(len(kept),)]
+        if isinstance(storage, st.SQLiteStorage):
+            assert await db.fetch("PRAGMA integrity_check") == [("ok",)]
 
 
-async def test_prune_events_and_incremental_vacuum(tmp_path: Path) -> None:
+async def test_prune_events(storage: st.Storage) -> None:
+    for i in range(30):
+        await storage.execute(st.RecordEvent(f"e{i}", "t", {"pad": "x" * 4000}, float(i),
+                                             deep_subset))
+    assert await storage.execute(st.PruneEvents(before=20.0, limit=15)) == 15
+    assert await storage.execute(st.PruneEvents(before=20.0, limit=15)) == 5
+    assert await storage.execute(st.PruneEvents(before=20.0)) == 0
+    async with raw(storage) as db:
+        assert await db.fetch("SELECT count(*) FROM events") == [(10,)]
+
+
+async def test_incremental_vacuum_on_new_files(tmp_path: Path) -> None:
     path = tmp_path / "wf.db"
     async with st.SQLiteStorage.open(path) as storage:
         for i in range(30):
             await storage.execute(st.RecordEvent(f"e{i}", "t", {"pad": "x" * 4000}, float(i),
                                                  deep_subset))
-        assert await storage.execute(st.PruneEvents(before=20.0, limit=15)) == 15
-        assert await storage.execute(st.PruneEvents(before=20.0, limit=15)) == 5
-        assert await storage.execute(st.PruneEvents(before=20.0)) == 0
+        await storage.execute(st.PruneEvents(before=20.0))
         free = await storage.execute(st.IncrementalVacuum(1000))
         assert free == 0
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # INCREMENTAL on new files
-    assert conn.execute("SELECT count(*) FROM events").fetchone() == (10,)
     conn.close()
+
+
+async def test_vacuum_and_merge_are_no_ops_on_postgres(pg_url: str) -> None:
+    """Autovacuum reclaims dead rows and a GIN index has no segments: nothing to report."""
+    async with st.PostgresStorage.open(pg_url) as storage:
+        await make_run(storage, "r1", input={"needle": "x"}, created_at=1.0)
+        await end(storage, "r1", st.RunStatus.COMPLETED, 2.0)
+        assert await storage.execute(st.PruneRuns(ENDED, 10.0)) == ("r1",)
+        assert await storage.execute(st.MergeSearchIndex(100)) is False
+        assert await storage.execute(st.IncrementalVacuum(100)) == 0

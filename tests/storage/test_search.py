@@ -3,13 +3,18 @@ write path in the same transaction, and a migration from 0005 backfills the runs
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from pathlib import Path
 
+import asyncpg
+import orjson
 import pytest
 
 import storage as st
+from storage.postgres import schema as pg_schema
 from storage.sqlite import schema
+from tests import pg
 from tests.storage.conftest import make_run
 
 
@@ -92,3 +97,66 @@ async def test_migration_backfills_existing_runs_and_delete_clears_the_index(
     conn.execute("DELETE FROM runs WHERE run_id = 'old-run'")
     assert conn.execute("SELECT count(*) FROM run_search").fetchone() == (0,)
     conn.close()
+
+
+async def test_postgres_migration_backfills_existing_runs_and_delete_clears_the_index(
+    pg_cluster: pg.Cluster,
+) -> None:
+    url = await pg.create_database(pg_cluster, migrated=False)
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            await pg_schema.migrate(conn, "test", target=5)
+            await conn.execute(
+                "INSERT INTO runs (run_id, workflow_id, status, input, created_at, updated_at) "
+                "VALUES ('old-run', 'wf', 'completed', '{\"needle\": 1}', 1.0, 1.0)")
+            await conn.execute(
+                "INSERT INTO metadata (run_id, key, value) VALUES ('old-run', 'k', '\"hay\"')")
+            await pg_schema.migrate(conn, "test")
+            body = await conn.fetch("SELECT body FROM run_search")
+            assert len(body) == 1 and "needle" in body[0][0] and 'k="hay"' in body[0][0]
+            await conn.execute("DELETE FROM runs WHERE run_id = 'old-run'")
+            assert await conn.fetchval("SELECT count(*) FROM run_search") == 0
+        finally:
+            await conn.close()
+    finally:
+        await pg.drop_database(pg_cluster, url)
+
+
+async def test_search_text_is_literal_never_a_pattern(storage: st.Storage) -> None:
+    """LIKE's wildcards and escape (PostgreSQL) and FTS5's syntax (SQLite) are plain text."""
+    await make_run(storage, "r1", input={"v": "50%_off\\now"}, created_at=1.0)
+    await make_run(storage, "r2", input={"v": "500 offers"}, created_at=2.0)
+    assert await ids(storage, "0%_o") == ["r1"]
+    assert await ids(storage, "%_o") == ["r1"]
+    assert await ids(storage, "50_") == []
+    assert await ids(storage, "f\\\\n") == ["r1"]
+
+
+async def test_both_backends_find_the_same_runs(pg_url: str, tmp_path: Path) -> None:
+    """SQLite's FTS5 trigram phrase and PostgreSQL's escaped trigram ILIKE are one semantics:
+    random documents and queries (quotes, LIKE wildcards, backslashes, mixed case) give the
+    same runs on both."""
+    rng = random.Random(20)
+    alphabet = "abcAB%_\\\"' -1"
+
+    def text(n: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(n))
+
+    docs = [(f"r{i}", {"v": text(12)}, text(6)) for i in range(40)]
+    queries = [text(rng.randint(3, 5)) for _ in range(100)]
+    for _, doc, meta in rng.choices(docs, k=100):  # substrings of stored documents: hits
+        s = orjson.dumps(doc).decode() + orjson.dumps(meta).decode()  # as stored
+        at = rng.randint(0, len(s) - 3)
+        queries.append(s[at : at + rng.randint(3, 5)])
+    found: list[list[list[str]]] = []
+    async with st.SQLiteStorage.open(tmp_path / "wf.db") as lite, \
+            st.PostgresStorage.open(pg_url) as pg_s:
+        for s in (lite, pg_s):
+            for i, (run_id, doc, meta) in enumerate(docs):
+                await make_run(s, run_id, input=doc, created_at=float(i))
+                await s.execute(st.ApplyMetadata(run_id, run_id, 0, st.MetadataOpKind.SET,
+                                                 "m", meta))
+            found.append([await ids(s, q, limit=None) for q in queries])
+    assert found[0] == found[1]
+    assert sum(1 for hit in found[0] if hit) > 100  # the comparison is not vacuous

@@ -1,0 +1,273 @@
+"""The PostgreSQL group-commit writer: one thread, one connection, one transaction per batch.
+
+Like ``storage.sqlite.writer``: callers on the event loop enqueue ``(ops, future)``; the thread
+drains what is queued (up to ``max_batch``) and applies it in one transaction, then wakes every
+caller once COMMIT returned (``synchronous_commit`` as the server has it: ``on`` by default).
+
+The op functions are SQLite's own (``storage.sqlite.mutations`` and friends) run through
+``storage.postgres.dialect``: one definition of what each op does, two dialects.
+
+Savepoints are costly on PostgreSQL (a subtransaction each; past 64 per transaction every
+snapshot slows), so the batch first runs *optimistically*, every caller straight into the one
+transaction and first step attempts as multi-row upserts. Only if some caller's op fails is the
+transaction rolled back and the batch replayed with one savepoint per caller, so the failure
+stays that caller's. Ops are deterministic in the database state, so the replay computes the
+same results for the callers that did not fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import asyncpg
+
+from storage import errors, ops
+from storage.postgres import retention
+from storage.postgres.dialect import SyncConnection
+from storage.postgres.translate import is_batch_fatal, translate
+from storage.sqlite import interventions, journal_edits, mutations, schedules
+
+log = logging.getLogger(__name__)
+
+_Request = tuple[Sequence[ops.WriteOp[Any]], "asyncio.Future[list[Any]]"]
+_Outcome = tuple["asyncio.Future[list[Any]]", bool, Any]
+_APPLY: dict[type[Any], mutations.Apply] = {
+    **mutations.APPLY, **schedules.APPLY, **interventions.APPLY, **retention.APPLY,
+    **journal_edits.APPLY,
+}
+_STEP_CHUNKS = (256, 64, 16, 4, 1)  # 256 rows x 11 parameters stays far below 32767
+
+
+class _Replay(Exception):
+    """A caller's op failed in the optimistic pass: replay the batch with savepoints."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    batches: int
+    requests: int
+    ops: int
+    failed_batches: int
+    replayed_batches: int
+    largest_batch: int
+    queued: int
+
+
+def _is_first_step_attempt(op: ops.WriteOp[Any]) -> bool:
+    return type(op) is ops.RecordStepAttempt and op.attempt == 1
+
+
+class Writer:
+    """Owns the writer thread. Create with ``await Writer.start(dsn)``; stop with ``close()``."""
+
+    def __init__(self, dsn: str, loop: asyncio.AbstractEventLoop, *, max_batch: int) -> None:
+        self._dsn = dsn
+        self._loop = loop
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._main, name="pg-writer", daemon=True)
+        self._ready: asyncio.Future[None] = loop.create_future()
+        self._own_loop: asyncio.AbstractEventLoop | None = None
+        self._conn: SyncConnection | None = None
+        self._batches = self._requests = self._ops = 0
+        self._failed = self._replayed = self._largest = 0
+        # A lost connection is not lost data (PostgreSQL keeps what it acknowledged): the
+        # writer reconnects on the next batch, so nothing ever sets this.
+        self.failed: asyncio.Future[BaseException] = loop.create_future()
+
+    @classmethod
+    async def start(cls, dsn: str, *, max_batch: int = 4096) -> Writer:
+        writer = cls(dsn, asyncio.get_running_loop(), max_batch=max_batch)
+        writer._thread.start()
+        try:
+            await writer._ready
+        except BaseException:
+            await asyncio.to_thread(writer._thread.join)
+            raise
+        return writer
+
+    def submit(self, batch: Sequence[ops.WriteOp[Any]]) -> asyncio.Future[list[Any]]:
+        fut: asyncio.Future[list[Any]] = self._loop.create_future()
+        if self._closed:
+            fut.set_exception(errors.StorageClosed("storage is closed; the write was not applied"))
+        else:
+            self._queue.put((batch, fut))
+        return fut
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    def stats(self) -> WriterStats:
+        return WriterStats(self._batches, self._requests, self._ops, self._failed,
+                           self._replayed, self._largest, self._queue.qsize())
+
+    # --- the thread ----------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        loop = self._own_loop = asyncio.new_event_loop()
+        try:
+            try:
+                self._connect()
+            except BaseException as exc:
+                self._loop.call_soon_threadsafe(_fail_ready, self._ready, translate(exc))
+                return
+            self._loop.call_soon_threadsafe(_set_ready, self._ready)
+            self._loop_forever()
+        finally:
+            if self._conn is not None and not self._conn.raw.is_closed():
+                try:
+                    loop.run_until_complete(self._conn.raw.close(timeout=5))
+                except Exception as exc:  # closing anyway
+                    log.warning("storage writer: close failed: %s", exc)
+            loop.close()
+
+    def _connect(self) -> SyncConnection:
+        assert self._own_loop is not None
+        raw = self._own_loop.run_until_complete(
+            asyncpg.connect(self._dsn, statement_cache_size=1024)
+        )
+        self._conn = SyncConnection(raw, self._own_loop)
+        return self._conn
+
+    def _loop_forever(self) -> None:
+        q = self._queue
+        stopping = False
+        while not stopping:
+            first = q.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            outcomes = self._run_batch(batch)
+            try:
+                self._loop.call_soon_threadsafe(_deliver, outcomes)
+            except RuntimeError:
+                log.warning("storage writer: event loop closed; %d callers not woken", len(batch))
+
+    def _run_batch(self, batch: list[_Request]) -> list[_Outcome]:
+        self._batches += 1
+        self._requests += len(batch)
+        self._largest = max(self._largest, len(batch))
+        try:
+            conn = self._conn
+            if conn is None or conn.raw.is_closed():
+                conn = self._connect()
+            try:
+                outcomes = self._apply(conn, batch, isolate=False)
+            except _Replay:
+                self._replayed += 1
+                conn.execute("ROLLBACK")
+                outcomes = self._apply(conn, batch, isolate=True)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            self._failed += 1
+            self._rollback()
+            return [(fut, False, translate(exc)) for _, fut in batch]
+        self._ops += sum(len(ops_) for ops_, _ in batch)
+        return outcomes
+
+    def _apply(self, conn: SyncConnection, batch: list[_Request], *, isolate: bool
+               ) -> list[_Outcome]:
+        """Apply the batch inside one open transaction (COMMIT is the caller's). Without
+        ``isolate`` any op error raises ``_Replay``; with it, each caller gets a savepoint."""
+        as_sqlite = cast(Any, conn)  # the op functions are typed for sqlite3; see dialect.py
+        outcomes: list[_Outcome] = []
+        steps: list[tuple[Any, ...]] = []
+        conn.execute("BEGIN")
+        for ops_, fut in batch:
+            if not isolate and all(_is_first_step_attempt(op) for op in ops_):
+                steps.extend(mutations.step_row(op) for op in ops_)  # type: ignore[arg-type]
+                outcomes.append((fut, True, [None] * len(ops_)))
+                continue
+            if steps and any(type(op) is ops.RecordStepAttempt and op.attempt > 1 for op in ops_):
+                self._flush_steps(conn, steps)
+            if isolate:
+                conn.execute("SAVEPOINT w")
+            try:
+                results = [_APPLY[type(op)](as_sqlite, op) for op in ops_]
+            except Exception as exc:
+                if is_batch_fatal(exc):
+                    raise
+                if not isolate:
+                    raise _Replay from exc
+                conn.execute("ROLLBACK TO SAVEPOINT w")
+                conn.execute("RELEASE SAVEPOINT w")
+                outcomes.append((fut, False, _op_error(exc)))
+            else:
+                if isolate:
+                    conn.execute("RELEASE SAVEPOINT w")
+                outcomes.append((fut, True, results))
+        if steps:
+            self._flush_steps(conn, steps)
+        return outcomes
+
+    @staticmethod
+    def _flush_steps(conn: SyncConnection, steps: list[tuple[Any, ...]]) -> None:
+        try:
+            done, total = 0, len(steps)
+            for size in _STEP_CHUNKS:
+                sql = mutations.upsert_steps_sql(size)
+                while total - done >= size:
+                    conn.execute(sql, [p for row in steps[done : done + size] for p in row])
+                    done += size
+        except Exception as exc:
+            if is_batch_fatal(exc):
+                raise
+            raise _Replay from exc  # whose row failed is unknown: replay, each in a savepoint
+        steps.clear()
+
+    def _rollback(self) -> None:
+        conn = self._conn
+        if conn is None or conn.raw.is_closed():
+            return
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except Exception as exc:
+            log.error("storage writer: ROLLBACK failed, reconnecting: %s", exc)
+            conn.raw.terminate()
+
+
+def _op_error(exc: Exception) -> BaseException:
+    if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], type):
+        return errors.InvalidOperation(f"not a storage write op: {exc.args[0].__name__}")
+    return translate(exc)
+
+
+def _deliver(outcomes: list[_Outcome]) -> None:
+    for fut, ok, value in outcomes:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+def _set_ready(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _fail_ready(fut: asyncio.Future[None], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
