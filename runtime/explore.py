@@ -27,7 +27,7 @@ import contextlib
 import random
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import orjson
@@ -383,7 +383,8 @@ _TIMES = frozenset({"started_at", "finished_at", "registered_at", "resolved_at",
 
 def _normal(entry: Entry) -> dict[str, Any]:
     out: dict[str, Any] = {"type": type(entry).__name__}
-    for name in type(entry).__slots__:  # every entry class is a slotted dataclass
+    for f in fields(entry):  # every entry class is a dataclass
+        name = f.name
         if name in _TIMES:
             continue
         value = getattr(entry, name)
