@@ -1,7 +1,9 @@
 """Retention (SPEC §12): prune ended runs and old events in small batches, then give the freed
 pages back to the file system.
 
-Each batch is one short writer transaction (``PruneRuns`` of ``RUN_BATCH`` run trees), and the
+Each batch is one short writer op (``PruneRuns`` of at most ``RUN_BATCH`` run trees that stops
+between trees once ``RUN_BUDGET`` of deletes is spent: a tree's cost varies with its rows and
+the full-text index's merges, so a count alone could not bound it), and the
 loop yields to the event loop between batches, so submits and step results interleave with a
 large prune instead of queueing behind it. The daemon's sweep runs every ``SWEEP_EVERY``
 seconds of real time (the cadence has no meaning for correctness; ages are measured on the
@@ -21,7 +23,8 @@ from runtime.clock import Clock
 
 log = structlog.get_logger("orchestrator.retention")
 
-RUN_BATCH = 50  # run trees per writer transaction: a few ms of deletes
+RUN_BATCH = 50  # run trees per writer op at most
+RUN_BUDGET = 0.003  # seconds of deletes per writer op: it stops between trees past this
 EVENT_BATCH = 500
 VACUUM_PAGES = 256  # pages per incremental_vacuum transaction (1 MiB at 4 KiB pages)
 SWEEP_EVERY = 300.0
@@ -103,7 +106,8 @@ class Retention:
         total = 0
         while True:
             gone = await self._storage.execute(
-                storage.PruneRuns(statuses, before, workflow_id, limit=RUN_BATCH)
+                storage.PruneRuns(statuses, before, workflow_id, limit=RUN_BATCH,
+                                  budget=RUN_BUDGET)
             )
             total += len(gone)
             if len(gone) == 0:

@@ -1,0 +1,101 @@
+"""Steady load with retention on (issue 19): does the database file stop growing?
+
+``python -m bench.retention_steady [--seconds 600] [--age 60] [--sweep 10] [--workers 8]``
+
+An embedded ``Orchestrator`` on a real SQLite file (synchronous=full, the default) with
+``[retention] completed = <age>`` runs ``bench-steps`` (5 steps, a 2 KB input) from
+``--workers`` closed-loop workers for ``--seconds``, and prints the database and WAL sizes every
+``--sweep`` seconds. The daemon's sweep runs every ``retention.SWEEP_EVERY`` (300 s); the bench
+shortens it to ``--sweep`` so a 10-minute run sees many sweeps (the same code path, only
+sooner). Figures go to docs/performance.md ("Retention under steady load"). Not a test:
+pytest never collects it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.ours import REPO
+
+CONFIG = """\
+[daemon]
+socket = "./wf.sock"
+[storage]
+path = "./wf.db"
+[workflows]
+paths = ["{repo}"]
+modules = ["bench.bench_workflows"]
+[logging]
+level = "warning"
+file = "./daemon.log"
+[retention]
+completed = "{age}s"
+events = "{age}s"
+"""
+
+PAD = "x" * 2000
+
+
+def sizes(db: Path) -> tuple[int, int]:
+    wal = Path(f"{db}-wal")
+    return db.stat().st_size, wal.stat().st_size if wal.exists() else 0
+
+
+async def main(seconds: float, age: float, sweep: float, workers: int) -> dict[str, Any]:
+    from orchestrator import Orchestrator, logs
+    from orchestrator.config import load_config
+    from orchestrator.engine import retention
+
+    retention.SWEEP_EVERY = sweep
+    with tempfile.TemporaryDirectory(prefix="wf-retention-") as tmp:
+        cfg_path = Path(tmp) / "config.toml"
+        cfg_path.write_text(CONFIG.format(repo=REPO, age=age))
+        cfg = load_config(cfg_path)
+        logs.configure_logging(cfg.logging)
+        db = cfg.storage.path
+        done = [0]
+        samples: list[dict[str, Any]] = []
+        async with Orchestrator(cfg, configure_logging=False) as orch:
+            stop = time.monotonic() + seconds
+
+            async def worker() -> None:
+                while time.monotonic() < stop:
+                    run = await orch.submit("bench-steps", {"k": 5, "pad": PAD})
+                    await orch.wait(run["run_id"])
+                    done[0] += 1
+
+            tasks = [asyncio.create_task(worker()) for _ in range(workers)]
+            started = time.monotonic()
+            while time.monotonic() < stop:
+                await asyncio.sleep(sweep)
+                db_bytes, wal_bytes = sizes(db)
+                stats = await orch.stats()
+                sample = {"t": round(time.monotonic() - started), "runs_done": done[0],
+                          "db_mb": round(db_bytes / 1e6, 2), "wal_mb": round(wal_bytes / 1e6, 2),
+                          "runs_stored": sum(stats.get("runs", {}).values())
+                          if isinstance(stats.get("runs"), dict) else None}
+                samples.append(sample)
+                print(json.dumps(sample), flush=True)
+            await asyncio.gather(*tasks)
+        return {"seconds": seconds, "age_s": age, "sweep_s": sweep, "workers": workers,
+                "runs_done": done[0], "samples": samples, "pid": os.getpid()}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--age", type=float, default=60.0)
+    parser.add_argument("--sweep", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    a = parser.parse_args()
+    result = asyncio.run(main(a.seconds, a.age, a.sweep, a.workers))
+    if a.out is not None:
+        a.out.write_text(json.dumps(result, indent=1))
