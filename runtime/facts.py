@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,6 +66,9 @@ class HostServices:
     here) or return an awaitable to hold the body there (a paused run). It is a plain call on
     the hot path: most of the time it returns None.
     ``overrides`` replaces step functions by step id (the test harness's stand-ins).
+    ``step_scope(step_id, attempt)`` is entered around each live attempt's call, in the task
+    (and so the thread) that runs the step function: the daemon makes the attempt's trace span
+    current there, so the user's own instrumentation nests under it.
     """
 
     record: RecordFn
@@ -76,6 +80,7 @@ class HostServices:
     gate: Callable[[], Awaitable[None] | None] = _no_gate
     limits: Limits = field(default_factory=Limits)
     overrides: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    step_scope: Callable[[str, int], AbstractContextManager[Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,6 +152,8 @@ class CreateRun(WriteOp[RunCreated]):
     cancel_on: tuple[CancelRule, ...] = ()
     version_pinned: bool = False
     """The run resumes only on ``workflow_version`` (an explicit ``version=``, SPEC §14)."""
+    traceparent: str | None = None
+    """W3C ``traceparent`` (already validated): the run's spans continue that trace."""
 
 
 @dataclass(frozen=True, slots=True)
