@@ -4,7 +4,8 @@
 
 An embedded ``Orchestrator`` on a real SQLite file (synchronous=full, the default) with
 ``[retention] completed = <age>`` runs ``bench-steps`` (5 steps, a 2 KB input) from
-``--workers`` closed-loop workers for ``--seconds``, and prints the database and WAL sizes every
+``--workers`` closed-loop workers (``--pad same`` or ``random``, see ``PADS``) for
+``--seconds``, and prints the database and WAL sizes every
 ``--sweep`` seconds. The daemon's sweep runs every ``retention.SWEEP_EVERY`` (300 s); the bench
 shortens it to ``--sweep`` so a 10-minute run sees many sweeps (the same code path, only
 sooner). Figures go to docs/performance.md ("Retention under steady load"). Not a test:
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +42,13 @@ completed = "{age}s"
 events = "{age}s"
 """
 
-PAD = "x" * 2000
+PADS = {
+    # "same": one repeated character: every run's full-text document holds one trigram ~2000
+    # times (the index's worst case: one huge doclist, rewritten by each merge).
+    "same": lambda: "x" * 2000,
+    # "random": 2000 hex characters per run (many distinct trigrams, as real inputs have).
+    "random": lambda: secrets.token_hex(1000),
+}
 
 
 def sizes(db: Path) -> tuple[int, int]:
@@ -48,7 +56,8 @@ def sizes(db: Path) -> tuple[int, int]:
     return db.stat().st_size, wal.stat().st_size if wal.exists() else 0
 
 
-async def main(seconds: float, age: float, sweep: float, workers: int) -> dict[str, Any]:
+async def main(seconds: float, age: float, sweep: float, workers: int,
+               pad: str = "random") -> dict[str, Any]:
     from orchestrator import Orchestrator, logs
     from orchestrator.config import load_config
     from orchestrator.engine import retention
@@ -67,7 +76,7 @@ async def main(seconds: float, age: float, sweep: float, workers: int) -> dict[s
 
             async def worker() -> None:
                 while time.monotonic() < stop:
-                    run = await orch.submit("bench-steps", {"k": 5, "pad": PAD})
+                    run = await orch.submit("bench-steps", {"k": 5, "pad": PADS[pad]()})
                     await orch.wait(run["run_id"])
                     done[0] += 1
 
@@ -85,6 +94,7 @@ async def main(seconds: float, age: float, sweep: float, workers: int) -> dict[s
                 print(json.dumps(sample), flush=True)
             await asyncio.gather(*tasks)
         return {"seconds": seconds, "age_s": age, "sweep_s": sweep, "workers": workers,
+                "pad": pad,
                 "runs_done": done[0], "samples": samples, "pid": os.getpid()}
 
 
@@ -94,8 +104,10 @@ if __name__ == "__main__":
     parser.add_argument("--age", type=float, default=60.0)
     parser.add_argument("--sweep", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--pad", choices=sorted(PADS), default="random",
+                        help="what the 2 KB of input padding is made of")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     a = parser.parse_args()
-    result = asyncio.run(main(a.seconds, a.age, a.sweep, a.workers))
+    result = asyncio.run(main(a.seconds, a.age, a.sweep, a.workers, a.pad))
     if a.out is not None:
         a.out.write_text(json.dumps(result, indent=1))
