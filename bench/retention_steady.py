@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ours import REPO
+from storage.instruments import Instrument
 
 CONFIG = """\
 [daemon]
@@ -51,6 +52,29 @@ PADS = {
 }
 
 
+class WriterHolds(Instrument):
+    """Each writer transaction's length, first op to COMMIT, measured in the writer thread; the
+    longest of each sampling interval is reported (then reset)."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.over_10ms = 0
+        self._begun = 0.0
+
+    def reached(self, point: str) -> None:
+        if point == "batch.begun":
+            self._begun = time.perf_counter()
+        elif point == "batch.committed":
+            held = time.perf_counter() - self._begun
+            self.longest = max(self.longest, held)
+            self.over_10ms += held > 0.010
+
+    def take(self) -> tuple[float, int]:
+        out = (self.longest, self.over_10ms)
+        self.longest, self.over_10ms = 0.0, 0
+        return out
+
+
 def sizes(db: Path) -> tuple[int, int]:
     wal = Path(f"{db}-wal")
     return db.stat().st_size, wal.stat().st_size if wal.exists() else 0
@@ -71,7 +95,8 @@ async def main(seconds: float, age: float, sweep: float, workers: int,
         db = cfg.storage.path
         done = [0]
         samples: list[dict[str, Any]] = []
-        async with Orchestrator(cfg, configure_logging=False) as orch:
+        holds = WriterHolds()
+        async with Orchestrator(cfg, configure_logging=False, instrument=holds) as orch:
             stop = time.monotonic() + seconds
 
             async def worker() -> None:
@@ -86,8 +111,11 @@ async def main(seconds: float, age: float, sweep: float, workers: int,
                 await asyncio.sleep(sweep)
                 db_bytes, wal_bytes = sizes(db)
                 stats = await orch.stats()
+                longest, over = holds.take()
                 sample = {"t": round(time.monotonic() - started), "runs_done": done[0],
                           "db_mb": round(db_bytes / 1e6, 2), "wal_mb": round(wal_bytes / 1e6, 2),
+                          "writer_longest_ms": round(longest * 1000, 1),
+                          "writer_over_10ms": over,
                           "runs_stored": sum(stats.get("runs", {}).values())
                           if isinstance(stats.get("runs"), dict) else None}
                 samples.append(sample)

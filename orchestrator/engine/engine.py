@@ -573,7 +573,7 @@ class Engine(service.ServiceMethods):
                 and policy.events is not None and not r.dry_run:
             events = await self.retention.prune_events(now - policy.events)
         if runs or events:
-            await self.retention.vacuum()
+            await self.retention.vacuum(merge_index=True)
         return {"runs": runs, "events": events, "dry_run": r.dry_run}
 
     @handles(service.Wait)
