@@ -7,9 +7,10 @@ An embedded ``Orchestrator`` on a real SQLite file (synchronous=full, the defaul
 ``--workers`` closed-loop workers (``--pad same`` or ``random``, see ``PADS``) for
 ``--seconds``, and prints the database and WAL sizes every
 ``--sweep`` seconds. The daemon's sweep runs every ``retention.SWEEP_EVERY`` (300 s); the bench
-shortens it to ``--sweep`` so a 10-minute run sees many sweeps (the same code path, only
-sooner). Figures go to docs/performance.md ("Retention under steady load"). Not a test:
-pytest never collects it.
+shortens it to ``--sweep`` so a 10-minute run sees many sweeps, and the full-text index merge
+(``INDEX_MERGE_EVERY``, 3600 s) to ``--merge-every`` (the same code path, only sooner).
+Figures go to docs/performance.md ("Retention under steady load"). Not a test: pytest never
+collects it.
 """
 
 from __future__ import annotations
@@ -81,12 +82,13 @@ def sizes(db: Path) -> tuple[int, int]:
 
 
 async def main(seconds: float, age: float, sweep: float, workers: int,
-               pad: str = "random") -> dict[str, Any]:
+               pad: str = "random", merge_every: float = 120.0) -> dict[str, Any]:
     from orchestrator import Orchestrator, logs
     from orchestrator.config import load_config
     from orchestrator.engine import retention
 
     retention.SWEEP_EVERY = sweep
+    retention.INDEX_MERGE_EVERY = merge_every
     with tempfile.TemporaryDirectory(prefix="wf-retention-") as tmp:
         cfg_path = Path(tmp) / "config.toml"
         cfg_path.write_text(CONFIG.format(repo=REPO, age=age))
@@ -122,7 +124,7 @@ async def main(seconds: float, age: float, sweep: float, workers: int,
                 print(json.dumps(sample), flush=True)
             await asyncio.gather(*tasks)
         return {"seconds": seconds, "age_s": age, "sweep_s": sweep, "workers": workers,
-                "pad": pad,
+                "pad": pad, "merge_every_s": merge_every,
                 "runs_done": done[0], "samples": samples, "pid": os.getpid()}
 
 
@@ -132,10 +134,13 @@ if __name__ == "__main__":
     parser.add_argument("--age", type=float, default=60.0)
     parser.add_argument("--sweep", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--merge-every", type=float, default=120.0,
+                        help="retention.INDEX_MERGE_EVERY for the run (the daemon's: 3600 s)")
     parser.add_argument("--pad", choices=sorted(PADS), default="random",
                         help="what the 2 KB of input padding is made of")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     a = parser.parse_args()
-    result = asyncio.run(main(a.seconds, a.age, a.sweep, a.workers, a.pad))
+    result = asyncio.run(main(a.seconds, a.age, a.sweep, a.workers, a.pad,
+                              a.merge_every))
     if a.out is not None:
         a.out.write_text(json.dumps(result, indent=1))

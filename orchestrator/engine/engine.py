@@ -36,7 +36,7 @@ from orchestrator.engine.holds import Holds
 from orchestrator.engine.messages import Cancel, Resolve
 from orchestrator.engine.operations import RunOperations
 from orchestrator.engine.ratelimits import StoredRateLimiter
-from orchestrator.engine.retention import STATUS_GROUPS, Retention
+from orchestrator.engine.retention import MAX_INDEX_MERGES, STATUS_GROUPS, Retention
 from orchestrator.engine.schedules import Schedules
 from orchestrator.engine.settings import Settings
 from orchestrator.engine.supervisor import Supervisor
@@ -573,7 +573,7 @@ class Engine(service.ServiceMethods):
                 and policy.events is not None and not r.dry_run:
             events = await self.retention.prune_events(now - policy.events)
         if runs or events:
-            await self.retention.vacuum(merge_index=True)
+            await self.retention.vacuum(merges=MAX_INDEX_MERGES)
         return {"runs": runs, "events": events, "dry_run": r.dry_run}
 
     @handles(service.Wait)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -28,10 +29,14 @@ RUN_BUDGET = 0.003  # seconds of deletes per writer op: it stops between trees p
 EVENT_BATCH = 500
 VACUUM_PAGES = 256  # pages per incremental_vacuum transaction (1 MiB at 4 KiB pages)
 # Full-text index merges one `wf prune` may run. Each rewrites the whole index into one segment
-# (FTS5 'merge' with a negative budget: no smaller step exists once deletes cancel inserts), so
-# the periodic sweep runs none (FTS5's automerge folds the delete markers in as writes go on);
-# under steady inserts a new segment always exists, so "until nothing is left" never ends.
+# (FTS5 'merge' with a negative budget: no smaller step exists once deletes cancel inserts, and
+# only a merge into the oldest segment drops delete markers); under steady inserts a new segment
+# always exists, so "until nothing is left" would never end.
 MAX_INDEX_MERGES = 4
+# The sweep merges the index once per this many seconds (real time) at most: without it the
+# delete markers pile up and the file grows under steady load; with it every sweep, the writer
+# would spend its time rewriting the index.
+INDEX_MERGE_EVERY = 3600.0
 SWEEP_EVERY = 300.0
 
 S = storage.RunStatus
@@ -69,6 +74,7 @@ class Retention:
         self._clock = clock
         self.policy = policy
         self._task: asyncio.Task[None] | None = None
+        self._last_merge = time.monotonic()
 
     def start(self) -> None:
         if self.policy.enabled and self._task is None:
@@ -100,8 +106,9 @@ class Retention:
         if self.policy.events is not None:
             events = await self.prune_events(now - self.policy.events)
         if runs or events:
-            await self.vacuum()
-            log.info("retention.pruned", runs=runs, events=events)
+            merge = time.monotonic() - self._last_merge >= INDEX_MERGE_EVERY
+            await self.vacuum(merges=1 if merge else 0)
+            log.info("retention.pruned", runs=runs, events=events, index_merged=merge)
         return {"runs": runs, "events": events}
 
     async def prune_runs(
@@ -128,12 +135,13 @@ class Retention:
                 return total
             await asyncio.sleep(0)
 
-    async def vacuum(self, *, merge_index: bool = False) -> None:
+    async def vacuum(self, *, merges: int = 0) -> None:
         """Shrink the file by the pages pruning freed, a few hundred pages per transaction.
-        ``merge_index`` (``wf prune``, an operator's action) first folds the full-text index's
-        delete markers in: up to ``MAX_INDEX_MERGES`` merges, each holding the writer for a
-        time that grows with the index (~0.6 s at 100k runs)."""
-        for _ in range(MAX_INDEX_MERGES if merge_index else 0):
+        First up to ``merges`` full-text index merges fold its delete markers in (``wf prune``:
+        ``MAX_INDEX_MERGES``; the sweep: one per ``INDEX_MERGE_EVERY``), each holding the
+        writer for a time that grows with the index (~0.3-0.8 s at 100k runs)."""
+        for _ in range(merges):
+            self._last_merge = time.monotonic()
             if not await self._storage.execute(storage.MergeSearchIndex(VACUUM_PAGES)):
                 break
             await asyncio.sleep(0)  # let other writers in between merges

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 import storage as st
-from orchestrator.engine.retention import RUN_BATCH, RUN_BUDGET, Retention, RetentionPolicy
+from orchestrator.engine.retention import (
+    MAX_INDEX_MERGES,
+    RUN_BATCH,
+    RUN_BUDGET,
+    Retention,
+    RetentionPolicy,
+)
 from runtime.clock import ManualClock
 from storage.instruments import Instrument
 
@@ -84,7 +90,7 @@ async def test_prune_100k_runs_in_short_batches_and_shrink_the_file(
         prune_s = time.perf_counter() - started
         holds = sorted(hold.holds)
         t0 = time.perf_counter()
-        await retention.vacuum(merge_index=True)  # as `wf prune` does
+        await retention.vacuum(merges=MAX_INDEX_MERGES)  # as `wf prune` does
         vacuum_s = time.perf_counter() - t0
         vacuum_holds = sorted(hold.holds[len(holds):])
         left = await storage.list_runs(limit=None)
