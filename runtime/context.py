@@ -29,6 +29,11 @@ R = TypeVar("R")
 _TOKEN_NAMESPACE = uuid.UUID("6f1c2a4e-5b0d-4c8e-9a3f-2d7e1b9c0a55")
 
 
+def auto_token_id(run_id: str, n: int) -> str:
+    """The id of the run's ``n``-th token when the body names none (a fork renames copies)."""
+    return "tok_" + uuid.uuid5(_TOKEN_NAMESPACE, f"{run_id}:{n}").hex
+
+
 @dataclass(frozen=True, slots=True)
 class RunInfo:
     id: str
@@ -327,7 +332,7 @@ class Context:
         ex = self._ex
         n = ex.next_index("token")
         if token_id is None:
-            token_id = "tok_" + uuid.uuid5(_TOKEN_NAMESPACE, f"{ex.facts.run_id}:{n}").hex
+            token_id = auto_token_id(ex.facts.run_id, n)
         elif not isinstance(token_id, str) or not token_id:
             raise ValueError(f"token_id must be a non-empty string, got {token_id!r}")
         if on_timeout not in ("none", "raise"):

@@ -12,6 +12,7 @@ from runtime.clock import Clock, SystemClock
 from runtime.journal import CompensationRan, Entry, StreamChunk, WaitpointRegistered
 from runtime.journal import WaitpointResolved as WaitpointResolved
 from runtime.ratelimit import RateLimiter
+from runtime.retry import RetryPolicy
 from runtime.status import RunStatus
 
 
@@ -65,7 +66,8 @@ class HostServices:
     ``gate`` is called before each new side effect; it may raise an internal signal (stop
     here) or return an awaitable to hold the body there (a paused run). It is a plain call on
     the hot path: most of the time it returns None.
-    ``overrides`` replaces step functions by step id (the test harness's stand-ins).
+    ``overrides`` replaces step functions by step id (the test harness's stand-ins);
+    ``inject_failure`` may fail an attempt before its function is called (``explore``).
     ``step_scope(step_id, attempt)`` is entered around each live attempt's call, in the task
     (and so the thread) that runs the step function: the daemon makes the attempt's trace span
     current there, so the user's own instrumentation nests under it.
@@ -80,6 +82,9 @@ class HostServices:
     gate: Callable[[], Awaitable[None] | None] = _no_gate
     limits: Limits = field(default_factory=Limits)
     overrides: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    inject_failure: Callable[[str, int, RetryPolicy], BaseException | None] | None = None
+    """``(step_id, attempt, policy)`` → an error the attempt fails with instead of calling the
+    step function (``testing.explore``'s injected failures), or None to call it."""
     step_scope: Callable[[str, int], AbstractContextManager[Any]] | None = None
 
 

@@ -179,6 +179,10 @@ async def _attempt_on_host(
     try:
         if rate_limits:
             await _acquire(ex, step_id, rate_limits)
+        if ex.host.inject_failure is not None:
+            injected = ex.host.inject_failure(step_id, attempt, policy)
+            if injected is not None:
+                raise injected
         scope = ex.host.step_scope
         if scope is None:
             value = await calls.call(ex.host, fn, args, timeout=timeout, step_id=step_id,

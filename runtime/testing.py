@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runtime import errors
+from runtime import explore as exploring
 from runtime.clock import ManualClock
 from runtime.executor import Execution
 from runtime.facts import HostServices, Limits, Outcome, ProcessRunner, RunFacts
@@ -388,3 +389,73 @@ async def replay_check(
         raise AssertionError(f"{len(bad)} of {len(results)} runs do not replay:\n"
                              + "\n".join(lines))
     return results
+
+
+ExploreFailure = exploring.ExploreFailure
+ExploreReport = exploring.ExploreReport
+
+
+async def explore(wf: Any, input: Any = None, **options: Any) -> exploring.ExploreReport:
+    """Deterministic simulation of ``wf`` (SPEC §14): per seed, injected step failures (per
+    each step's retry policy), permuted event and signal arrival, skewed timers, and crashes at
+    random journal boundaries whose replays must reproduce the live journal and output, with
+    each compensation run once in reverse order. ``seeds=100`` (a count, or the seeds to run);
+    ``steps``/``events``/``signals``/``tokens``/``invokes`` as for ``run_workflow_for_test``;
+    ``failure_rate``, ``crashes``, ``max_skew``. Raises :class:`ExploreFailure` (an
+    ``AssertionError``) naming the seed that fails, which ``seeds=[seed]`` reproduces."""
+    return await exploring.explore(wf, input, live=_seeded_run, **options)
+
+
+class _SeededSession(_Session):
+    """The harness's session with a seed's arrival order and timer skew (``explore``)."""
+
+    def __init__(self, plan: exploring.SeedPlan, clock: ManualClock,
+                 extras: dict[str, Any]) -> None:
+        super().__init__(plan.definition, plan.input, plan.facts, clock, extras, plan.replay)
+        self.rng = plan.rng
+        self.max_skew = plan.max_skew
+
+    async def _resolve_some(
+        self, waiting: Sequence[WaitpointRegistered]
+    ) -> list[WaitpointResolved]:
+        now = self.clock.now()
+        order = list(waiting)
+        self.rng.shuffle(order)
+        found: list[WaitpointResolved] = []
+        for reg in order:
+            res = await self._supplied(reg, now)
+            if res is not None:
+                found.append(res)
+        if found:
+            return found[: self.rng.randint(1, len(found))]
+        deadlines = [
+            (t, reg)
+            for reg in waiting
+            for t in (reg.due_at if reg.kind == WaitpointKind.DATETIME else reg.timeout_at,)
+            if t is not None
+        ]
+        if not deadlines:
+            return []
+        due, reg = min(deadlines, key=lambda d: (d[0], d[1].wp_id))
+        fired = max(due, now) + self.rng.uniform(0.0, self.max_skew)
+        self.clock.skip_to(fired)
+        source = (ResolutionSource.LIVE if reg.kind == WaitpointKind.DATETIME
+                  else ResolutionSource.TIMEOUT)
+        return [WaitpointResolved(reg.wp_id, reg.kind, fired, source)]
+
+
+async def _seeded_run(plan: exploring.SeedPlan) -> tuple[Outcome, list[Entry]]:
+    """One seed's live run (``explore``): the plan's supplies, injector and resume mode."""
+    clock = ManualClock(plan.facts.started_at)
+    extras: dict[str, Any] = {
+        "rate_limiter": TokenBucketLimiter(clock),
+        "limits": Limits(),
+        "overrides": {k: _as_fn(v) for k, v in plan.steps.items()},
+        "inject_failure": plan.inject,
+    }
+    session = _SeededSession(plan, clock, extras)
+    session.supplies.add(plan.events, plan.signals, plan.tokens, plan.invokes)
+    outcome = await session.drive(pause_on_wait=True)
+    if outcome.status == RunStatus.WAITING:
+        await session.execution.close()
+    return outcome, list(session.entries)

@@ -290,6 +290,56 @@ class RetryRun(WriteOp[RunRetried]):
 
 
 @dataclass(frozen=True, slots=True)
+class ForkRun(WriteOp[records.RunRecord]):
+    """Create ``run`` (a new run) with a copy of ``source_run_id``'s journal cut before the
+    run-wide sequence number ``before_seq`` (None: the whole journal), in one transaction.
+
+    Copied: step attempts that completed or failed with a retry ahead (a step whose kept
+    history ends in a final failure or an attempt in flight is left out: it runs again),
+    waitpoints resolved before the cut (registration and resolution), stream chunks. Not
+    copied: unresolved waitpoints, timers, tokens, compensations, metadata (the fork's replay
+    emits its metadata ops again). ``renames`` gives ``(wp_id, new_wp_id, new_token_id)`` for
+    the token waitpoints whose ids derive from the run id. The copy is numbered 1, 2, ... in
+    the original order; ``forked_from`` is stored on the new run, and when anything was copied
+    the original's ``started_at`` (the copy replays from it). Returns the new run.
+    Unknown source → ``NotFound``; ``run.run_id`` already taken → ``InvalidOperation``."""
+
+    run: CreateRun
+    source_run_id: str
+    before_seq: int | None
+    forked_from: JSON
+    renames: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunAmended:
+    run: records.RunRecord
+    amendment: records.AmendmentRecord
+    woken: bool
+    """A backoff wait of the step was dropped: the run must be moved again."""
+
+
+@dataclass(frozen=True, slots=True)
+class AmendStep(WriteOp[RunAmended]):
+    """Replace the recorded result of the run's frontier step ``step_id`` in place: it becomes
+    ``completed`` with ``output`` (its attempt number stays); a waiting retry backoff of it and
+    its timer are deleted (``woken``, and the run's ``needs_resume`` is set). An audit row
+    (old and new value, ``peer_uid``, ``reason``, ``at``) is appended.
+
+    Unknown run or step → ``NotFound``; a run ``running``, ``pending`` or ``completed`` →
+    ``InvalidOperation`` with ``data.code = "RUN_NOT_ACTIVE"``; a journal entry after the step
+    (other than its own backoff) → ``InvalidOperation`` with ``data.code = "NOT_FRONTIER"`` and
+    ``data.later`` listing them (``{"type", "id", "seq"}``, up to 20)."""
+
+    run_id: str
+    step_id: str
+    output: JSON
+    reason: str
+    at: float
+    peer_uid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SetWorkflowPaused(WriteOp[bool]):
     """Add (``paused``) or remove a workflow id in the paused workflows; True if it changed."""
 

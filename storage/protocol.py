@@ -157,6 +157,23 @@ class Storage(Protocol):
         """A stored event, or None."""
         ...
 
+    async def recent_events(
+        self, *, type: str | None = None, before: float | None = None, limit: int = 50
+    ) -> list[records.EventRecord]:
+        """Stored events, newest first: of ``type`` if given, received before ``before`` if
+        given (the next page), at most ``limit``."""
+        ...
+
+    async def event_resolutions(
+        self, event_ids: Sequence[str]
+    ) -> dict[str, list[tuple[str, str]]]:
+        """``event_id -> [(run_id, wp_id), ...]``: the waitpoints each event resolved."""
+        ...
+
+    async def existing_runs(self, run_ids: Sequence[str]) -> set[str]:
+        """The ids among ``run_ids`` that name a stored run."""
+        ...
+
     async def signal_inbox(
         self, run_id: str, name: str | None = None
     ) -> list[records.SignalRecord]:

@@ -146,6 +146,8 @@ class RunRecord:
     """The run resumes only on its ``workflow_version`` (an explicit ``version=``)."""
     traceparent: str | None = None
     """The W3C trace context the run was submitted with (a child: its parent's wait span)."""
+    forked_from: JSON = None
+    """``{"run_id", "from_step", "reason", "at"}`` when the run is a fork (SPEC §14), else None."""
 
     @property
     def is_terminal(self) -> bool:
@@ -352,6 +354,23 @@ class ArchiveRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AmendmentRecord:
+    """One ``amend`` of a step's recorded result (append-only audit trail)."""
+
+    run_id: str
+    seq: int
+    step_id: str
+    at: float
+    peer_uid: int | None
+    """The uid of the socket peer that asked (SO_PEERCRED); None when not over the socket."""
+    reason: str
+    old: JSON
+    """``{"status", "attempt", "output", "error"}`` of the step before."""
+    new: JSON
+    """``{"status", "output"}`` after."""
+
+
+@dataclass(frozen=True, slots=True)
 class Journal:
     """Everything recorded for one run, read in one consistent snapshot."""
 
@@ -365,6 +384,8 @@ class Journal:
     completed_streams: frozenset[str]
     metadata_ops: int = 0
     """How many metadata ops this run has emitted and storage applied (highest index + 1)."""
+    amendments: tuple[AmendmentRecord, ...] = ()
+    """Every ``amend`` of the run's steps, oldest first."""
     reopened_steps: frozenset[str] = frozenset()
     """Steps a ``retry --mode resume`` undid (their compensation ran): they run again wherever
     the body reaches them, even before later recorded entries (no divergence)."""

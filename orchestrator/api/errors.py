@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     VALIDATION = "VALIDATION"
     RUN_NOT_ACTIVE = "RUN_NOT_ACTIVE"
+    NOT_FRONTIER = "NOT_FRONTIER"
     TOKEN_CONFLICT = "TOKEN_CONFLICT"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     STORAGE_FULL = "STORAGE_FULL"
@@ -133,6 +134,16 @@ class RunNotActive(ServiceError):
         )
 
 
+class NotFrontier(ServiceError):
+    """``amend`` of a step that is not the run's frontier: ``data.later`` lists the journal
+    entries recorded after it (``{"type", "id", "seq"}``); fork the run instead."""
+
+    code = ErrorCode.NOT_FRONTIER
+
+    def __init__(self, message: str, data: dict[str, Any]) -> None:
+        super().__init__(message, data={k: v for k, v in data.items() if k != "code"})
+
+
 class TokenConflict(ServiceError):
     code = ErrorCode.TOKEN_CONFLICT
 
@@ -197,6 +208,7 @@ ERROR_CLASSES: dict[str, type[ServiceError]] = {
         NotFound,
         ValidationFailed,
         RunNotActive,
+        NotFrontier,
         TokenConflict,
         PermissionDenied,
         StorageFull,

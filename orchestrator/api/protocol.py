@@ -389,6 +389,7 @@ RUN_FILTER: Final = (
     Param("tag", "str"),
     Param("since", "moment"),
     Param("until", "moment"),
+    Param("search", "str"),
 )
 """The fields of a run filter (``bulk``'s ``filter``): every one optional, null is absent."""
 

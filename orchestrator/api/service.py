@@ -138,7 +138,7 @@ class Submit(Request[JSONDict]):
 @dataclass(frozen=True, slots=True)
 class Get(Request[JSONDict]):
     """Show a run with steps, waitpoints, metadata. The run record plus ``steps``,
-    ``waitpoints``, ``metadata``, ``compensations``."""
+    ``waitpoints``, ``metadata``, ``compensations``, ``audit`` (its amendments)."""
 
     method = "get"
     cli = ("show",)
@@ -266,19 +266,65 @@ class Export(Request[JSONDict]):
     run_ids: tuple[str, ...] = req(metavar="RUN")
 
 
+@dataclass(frozen=True, slots=True)
+class Fork(Request[JSONDict]):
+    """Start a new run from another's journal. The journal is copied up to (not including)
+    ``from_step`` (default: everything recorded, a final failure left out), with ``input``
+    (default: the original's); the new run records ``forked_from``; the original is untouched.
+    Returns the new run's record."""
+
+    method = "fork"
+    cli = ("fork",)
+    run_id: str = req(metavar="RUN")
+    from_step: str | None = opt(help="copy the journal up to this step (it runs again)")
+    input: JSON = opt(help="the fork's input, JSON or @file (default: the original's)")
+    run_id_new: str | None = opt(flag="--new-run-id", help="the new run's id")
+    reason: str | None = opt(help="why (kept in forked_from)")
+
+
+@dataclass(frozen=True, slots=True)
+class Amend(Request[JSONDict]):
+    """Replace the recorded result of a run's frontier step in place (the run failing on it,
+    in its backoff, paused or held on it), with an audit row; ``wf retry RUN --mode resume``
+    continues a failed run from it. Returns the run's record."""
+
+    method = "amend"
+    cli = ("amend",)
+    run_id: str = req(metavar="RUN")
+    step_id: str = req(flag="--step", metavar="STEP", help="the step to amend")
+    output: JSON = req(flag="--output", help="the step's new output, JSON or @file")
+    reason: str = req(flag="--reason", metavar="TEXT", help="why (kept in the audit trail)")
+
+
 # --- resolutions --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class SendEvent(Request[JSONDict]):
     """Send an event. It is committed and resolves every matching waitpoint:
-    ``{"event_id", "resolved"}``; re-sending an ``event_id`` is a no-op."""
+    ``{"event_id", "resolved"}``; re-sending an ``event_id`` is a no-op. With ``dry_run``
+    nothing is stored: ``{"dry_run": true, "would_resolve": [{run_id, waitpoint_id}],
+    "would_start": [{workflow_id, run_id}], "would_batch": [workflow_id], "duplicate"}``."""
 
     method = "send_event"
     cli = ("event", "send")
     type: str = req(metavar="TYPE")
     payload: JSON = req(flag="--payload", help="JSON payload or @file")
     event_id: str | None = opt(flag="--id", help="event id (re-sending it is a no-op)")
+    dry_run: bool = opt(False, help="say which runs it would resolve or start; send nothing")
+
+
+@dataclass(frozen=True, slots=True)
+class Events(Request[JSONDict]):
+    """List stored events, newest first, with what each did: ``{"events": [{event_id, type,
+    payload, received_at, resolved: [{run_id, waitpoint_id}], started: [run_id]}],
+    "next_before"}`` (pass ``next_before`` as ``before`` for the next page)."""
+
+    method = "events"
+    cli = ("event", "list")
+    type: str | None = opt(help="only events of this type")
+    before: float | str | None = opt(type="moment", help="received before: TIME, or D ago")
+    limit: int = opt(50, minimum=1, maximum=1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,7 +525,8 @@ class Changes(StreamRequest):
 
 REQUESTS: tuple[type[Request[Any]], ...] = (
     Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Bulk, Reschedule, Replay, Export,
-    SendEvent, Signal, CompleteToken,
+    Fork, Amend,
+    SendEvent, Events, Signal, CompleteToken,
     Workflows, Versions, Schedules, Stats, Prune,
     ScheduleCreate, ScheduleDelete, SchedulePause, ScheduleResume, ScheduleTrigger,
     ScheduleBackfill,
@@ -562,7 +609,10 @@ class ServiceMethods:
     reschedule = method(Reschedule)
     replay = method(Replay)
     export = method(Export)
+    fork = method(Fork)
+    amend = method(Amend)
     send_event = method(SendEvent)
+    events = method(Events)
     signal = method(Signal)
     complete_token = method(CompleteToken)
     workflows = method(Workflows)

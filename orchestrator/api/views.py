@@ -101,7 +101,7 @@ def waitpoint(wp: records.WaitpointRecord) -> JSONDict:
 
 def run_detail(journal: records.Journal) -> JSONDict:
     """What ``get`` returns: the run record plus its steps (with every attempt), waitpoints,
-    metadata and compensations."""
+    metadata, compensations and the audit trail of its amendments."""
     attempts: dict[str, list[records.StepAttemptRecord]] = {}
     for attempt in journal.attempts:
         attempts.setdefault(attempt.step_id, []).append(attempt)
@@ -114,7 +114,15 @@ def run_detail(journal: records.Journal) -> JSONDict:
          "finished_at": c.finished_at}
         for c in journal.compensations
     ]
+    out["audit"] = [amendment(a) for a in journal.amendments]
     return out
+
+
+def amendment(record: records.AmendmentRecord) -> JSONDict:
+    """One row of a run's audit trail (``amend``)."""
+    return {"seq": record.seq, "action": "amend", "step_id": record.step_id, "at": record.at,
+            "peer_uid": record.peer_uid, "reason": record.reason, "old": record.old,
+            "new": record.new}
 
 
 def schedule(record: records.ScheduleRecord) -> JSONDict:

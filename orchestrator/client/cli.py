@@ -106,16 +106,19 @@ _HUMAN: Final[dict[str, Callable[[Any], str]]] = {
     "pause": lambda r: tables.format_run(r) if "run_id" in r else tables.format_result(r),
     "resume": lambda r: tables.format_run(r) if "run_id" in r else tables.format_result(r),
     "retry": tables.format_run,
+    "fork": tables.format_run,
+    "amend": tables.format_run,
     "export": lambda r: orjson.dumps(r, option=orjson.OPT_INDENT_2).decode(),
     "workflows": lambda r: tables.format_list(r.get("workflows", []), "no workflows"),
     "schedules": lambda r: tables.format_schedules(r.get("schedules", [])),
+    "events": lambda r: tables.format_events(r.get("events", [])),
     "schedule_trigger": lambda r: tables.format_runs(r.get("runs", [])),
     "schedule_backfill": lambda r: tables.format_runs(r.get("runs", [])),
 }
 _JSON_DEFAULTS: Final = {("submit", "input"): "{}"}
 _EXIT_BY_RUN: Final = frozenset({"wait"})  # exit 1 unless the run ended completed
 _FILTERABLE: Final = frozenset(service.BULK_ACTIONS)  # RUN, or filters (a bulk request)
-_FILTER_FLAGS: Final = ("status", "tag", "since", "until")
+_FILTER_FLAGS: Final = ("status", "tag", "since", "until", "search")
 
 
 def _request_of(cls: type[service.Request[Any]], args: argparse.Namespace) -> Any:
@@ -384,7 +387,7 @@ def _replay_check(args: argparse.Namespace) -> int:
 
 
 def _add_filters(p: argparse.ArgumentParser, cls: type[service.Request[Any]]) -> None:
-    """``--status --workflow --tag --since --until`` instead of a run id, ``--dry-run``,
+    """``--status --workflow --tag --since --until --search`` instead of a run id, ``--dry-run``,
     ``--yes``."""
     group = p.add_argument_group("instead of RUN, every run matching")
     group.add_argument("--status", dest="filter_status", choices=service.RUN_STATUSES)
@@ -395,6 +398,8 @@ def _add_filters(p: argparse.ArgumentParser, cls: type[service.Request[Any]]) ->
                        help="created at or after TIME (ISO-8601, epoch seconds, or D ago: 1h)")
     group.add_argument("--until", dest="filter_until", metavar="TIME",
                        help="created before TIME")
+    group.add_argument("--search", dest="filter_search", metavar="TEXT",
+                       help="text in the run id, input, output, error, tags or metadata")
     group.add_argument("--dry-run", action="store_true",
                        help="print how many runs match; change nothing")
     group.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")

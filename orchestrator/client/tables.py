@@ -147,6 +147,11 @@ def format_run(run: Mapping[str, Any]) -> str:
             lines.append(f"{key + ':':<14} {cell(run.get(key))}")
     if run.get("error") is not None:
         lines.append(f"{'error:':<14} {format_error(run['error'])}")
+    forked = run.get("forked_from")
+    if isinstance(forked, Mapping):
+        where = f" before step {forked['from_step']}" if forked.get("from_step") else ""
+        why = f" ({forked['reason']})" if forked.get("reason") else ""
+        lines.append(f"{'forked from:':<14} {forked.get('run_id')}{where}{why}")
     if (run.get("attempt") or 1) > 1:
         lines.append(f"{'attempt:':<14} {run['attempt']}")
     if run.get("paused") and run.get("status") != "paused":
@@ -221,6 +226,18 @@ def format_run_detail(run: Mapping[str, Any]) -> str:
     metadata = run.get("metadata") or {}
     parts.append("\nmetadata:")
     parts.append(_indent(format_mapping(metadata)) if metadata else "  (none)")
+    audit = run.get("audit") or []
+    if audit:
+        audit_rows = [
+            (a.get("seq"), a.get("action"), a.get("step_id"), iso_time(a.get("at")),
+             a.get("peer_uid"), a.get("reason"), cell((a.get("old") or {}).get("output")),
+             cell((a.get("new") or {}).get("output")))
+            for a in audit
+        ]
+        parts.append("\naudit:")
+        parts.append(_indent(table(
+            ("#", "action", "step", "at", "uid", "reason", "old output", "new output"),
+            audit_rows)))
     previous = run.get("previous_attempts") or []
     if previous:
         prev_rows = [
@@ -293,6 +310,23 @@ def format_schedules(items: Sequence[Mapping[str, Any]]) -> str:
     headers = ("name", "workflow", "rule", "timezone", "next_fire", "last_fire", "paused",
                "skipped", "missed")
     return table(headers, rows)
+
+
+def format_events(items: Sequence[Mapping[str, Any]]) -> str:
+    """``wf event list``: when, type, id, and the runs each resolved and started."""
+    if not items:
+        return "no stored events"
+    rows = [
+        (
+            iso_time(e.get("received_at")),
+            e.get("type"),
+            e.get("event_id"),
+            ", ".join(str(w.get("run_id")) for w in e.get("resolved") or ()) or "-",
+            ", ".join(str(r) for r in e.get("started") or ()) or "-",
+        )
+        for e in items
+    ]
+    return table(("received", "type", "event_id", "resolved", "started"), rows)
 
 
 def format_bulk(result: Mapping[str, Any], action: str) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 from orchestrator.daemon.compose import Orchestrator
 from orchestrator.daemon.server import SocketServer
 from orchestrator.http.app import create_app
+from orchestrator.http.daemons import this_process
+from orchestrator.http.history import History
 from orchestrator.http.metrics import Metrics
 from orchestrator.http.server import HttpServer
 from orchestrator.http.settings import HttpSettings
@@ -33,6 +35,7 @@ def gauges(orch: Orchestrator, socket: SocketServer | None) -> dict[str, float |
     """In-memory counts only (a scrape must not scan a table)."""
     engine = orch.engine
     actors = engine.supervisor.stats()
+    timers = engine.timers.stats()
     writer: Any = getattr(engine.storage, "stats", None)
     out: dict[str, float | None] = {
         "active_actors": actors.active_actors,
@@ -43,7 +46,9 @@ def gauges(orch: Orchestrator, socket: SocketServer | None) -> dict[str, float |
         "actor_failures": actors.actor_failures,
         "paused_runs": engine.holds.paused_runs,
         "change_followers": engine.supervisor.changes.followers,
-        "timers_fired": engine.timers.stats().fired,
+        "timers_fired": timers.fired,
+        "timer_lag_seconds_total": timers.lag_total,
+        "timer_lag_seconds_max": timers.lag_max,
         "db_bytes": _file_size(str(orch.config.storage.path)),
         "wal_bytes": _file_size(f"{orch.config.storage.path}-wal"),
     }
@@ -71,5 +76,17 @@ def build_http(orch: Orchestrator, socket: SocketServer | None = None) -> HttpSe
         # Recovery is done once the engine is open; a fail-stop means storage is not writable.
         return not orch.fatal.done()
 
-    app = create_app(orch, HttpSettings.from_config(cfg), readiness=ready, metrics=metrics)
-    return HttpServer(app, cfg.http.host, cfg.http.port)
+    history = History(metrics.figures, clock=orch.clock)
+    server: HttpServer | None = None
+
+    def listening() -> str:  # the bound port (config port 0 picks one at start)
+        port = server.port if server is not None else cfg.http.port
+        return f"{cfg.http.host}:{port}"
+
+    daemons = this_process(version=_version(), database=str(cfg.storage.path),
+                           socket_path=str(cfg.daemon.socket), http=listening,
+                           clock=orch.clock)
+    app = create_app(orch, HttpSettings.from_config(cfg), readiness=ready, metrics=metrics,
+                     history=history, daemons=daemons)
+    server = HttpServer(app, cfg.http.host, cfg.http.port, background=[history.run])
+    return server

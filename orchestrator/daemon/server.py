@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import structlog
 
-from orchestrator.api import errors, protocol, service
+from orchestrator.api import caller, errors, protocol, service
 from storage.instruments import NO_INSTRUMENT, Instrument
 
 __all__ = ["ServerStats", "SocketInUse", "SocketServer", "peer_uid"]
@@ -251,6 +251,7 @@ class SocketServer:
                 writer.write(protocol.error_line(None, errors.PermissionDenied(uid)))
                 await writer.drain()
                 return
+            caller.PEER_UID.set(uid)  # the connection's request tasks inherit it (audit)
             writer_task = asyncio.create_task(self._write_loop(conn), name="socket:writer")
 
             def writer_done(task: asyncio.Task[None]) -> None:

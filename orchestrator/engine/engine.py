@@ -33,6 +33,7 @@ from orchestrator.engine import bridge, export, replay, spans, triggers, version
 from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import Plan, plan_for
 from orchestrator.engine.holds import Holds
+from orchestrator.engine.journal_edits import JournalEdits
 from orchestrator.engine.messages import Cancel, Resolve
 from orchestrator.engine.operations import RunOperations
 from orchestrator.engine.ratelimits import StoredRateLimiter
@@ -147,6 +148,18 @@ class Engine(service.ServiceMethods):
             supervisor=self.supervisor,
             admission=self.admission,
             wait_for=self._wait_for,
+        )
+        self.edits = JournalEdits(
+            storage_=storage_,
+            clock=self.clock,
+            registry=registry,
+            supervisor=self.supervisor,
+            admission=self.admission,
+            run_op=self._run_op,
+            accept=self._accepted_input,
+            plan=self._plan,
+            new_run_id=new_run_id,
+            started=self._offer_new,
         )
         self.retention = Retention(storage_, self.clock, self.settings.retention)
         self.timers = Timers(
@@ -676,10 +689,33 @@ class Engine(service.ServiceMethods):
             raise errors.InvalidParams("run_ids", "at least one run id", "an empty list")
         return await export.export(self.storage, r.run_ids, self.clock.now())
 
+    @handles(service.Fork)
+    async def _fork(self, r: service.Fork) -> JSONDict:
+        self._check_accepting()
+        return await self.edits.fork(r)
+
+    @handles(service.Amend)
+    async def _amend(self, r: service.Amend) -> JSONDict:
+        self._check_accepting()
+        self._check_size("output", r.output)
+        return await self.edits.amend(r)
+
+    async def _offer_new(self, run: storage.RunRecord) -> None:
+        """A run created outside ``submit`` (a fork) goes the way a submitted one does."""
+        self.supervisor.publish_state(run.run_id, "pending", run.workflow_id)
+        if run.expires_at is not None:
+            self.timers.notify(run.expires_at)
+        if run.scheduled_at is None:
+            await self.admission.offer(run)
+        else:
+            self.timers.notify(run.scheduled_at)
+
     # ------------------------------------------------------------------ resolutions
 
     @handles(service.SendEvent)
     async def _send_event(self, r: service.SendEvent) -> JSONDict:
+        if r.dry_run:
+            return await self._event_dry_run(r)
         self._check_accepting()
         self._check_size("payload", r.payload)
         event_id = r.event_id or f"evt_{secrets.token_hex(8)}"
@@ -733,6 +769,57 @@ class Engine(service.ServiceMethods):
                  cancelled=cancelled, duplicate=not result.inserted)
         return {"event_id": event_id, "resolved": len(result.resolved),
                 "started": [run.run_id for run in result.started], "cancelled": cancelled}
+
+    async def _event_dry_run(self, r: service.SendEvent) -> JSONDict:
+        """What ``send_event`` would do now, read without a write: the waiting waitpoints it
+        would resolve (the same match as ``RecordEvent``'s) and the runs its triggers would
+        start. Cancel rules are not evaluated."""
+        self._check_size("payload", r.payload)
+        waiting = await self.storage.waiting_waitpoints_for_event(r.type)
+        resolve = [{"run_id": wp.run_id, "waitpoint_id": wp.wp_id} for wp in waiting
+                   if wp.match is None or matching.matches(wp.match, r.payload)]
+        start: list[JSONDict] = []
+        batch: list[str] = []
+        for fired in self.triggers.fired_by(r.type, r.payload, matching.matches):
+            if fired.rule.batch is not None:
+                batch.append(fired.definition.id)
+                continue
+            run_id = triggers.run_id_for_event(fired.definition.id, fired.index,
+                                               r.event_id or "<new id>")
+            start.append({"workflow_id": fired.definition.id, "run_id": run_id})
+        duplicate = (r.event_id is not None
+                     and await self.storage.get_event(r.event_id) is not None)
+        if duplicate:  # a re-sent event id is a no-op
+            resolve, start, batch = [], [], []
+        return {"dry_run": True, "duplicate": duplicate, "would_resolve": resolve,
+                "would_start": start, "would_batch": batch}
+
+    @handles(service.Events)
+    async def _events(self, r: service.Events) -> JSONDict:
+        found = await self.storage.recent_events(type=r.type, before=_seconds(r.before),
+                                                 limit=r.limit + 1)
+        more = len(found) > r.limit
+        found = found[: r.limit]
+        resolved = await self.storage.event_resolutions([e.event_id for e in found])
+        # Triggered runs have ids derived from their event (``triggers.run_id_for_event``):
+        # the registered triggers name the candidates, storage says which exist.
+        candidates = {
+            e.event_id: [triggers.run_id_for_event(f.definition.id, f.index, e.event_id)
+                         for f in self.triggers.fired_by(e.type, e.payload, matching.matches)
+                         if f.rule.batch is None]
+            for e in found
+        }
+        existing = await self.storage.existing_runs(
+            [run_id for ids in candidates.values() for run_id in ids])
+        events = [{
+            "event_id": e.event_id, "type": e.type, "payload": e.payload,
+            "received_at": e.received_at,
+            "resolved": [{"run_id": run_id, "waitpoint_id": wp_id}
+                         for run_id, wp_id in resolved.get(e.event_id, ())],
+            "started": [run_id for run_id in candidates[e.event_id] if run_id in existing],
+        } for e in found]
+        return {"events": events,
+                "next_before": found[-1].received_at if more and found else None}
 
     def _launch(self, run: storage.RunRecord) -> None:
         """A new run committed by someone other than ``submit`` (a trigger, a batch, a

@@ -279,12 +279,18 @@ class RunOperations:
     async def bulk(self, r: service.Bulk) -> JSONDict:
         found = protocol.validate_filter(r.filter)
         status = found.get("status")
+        search = found.get("search")
+        if search is not None and len(search) < storage.SEARCH_MIN_CHARS:
+            raise errors.InvalidParams("filter.search",
+                                       f"at least {storage.SEARCH_MIN_CHARS} characters",
+                                       repr(search))
         runs = await self._storage.list_runs(
             status=_RUN_STATUS(status) if status else None,
             workflow_id=found.get("workflow_id"),
             tag=found.get("tag"),
             since=found.get("since"),
             until=found.get("until"),
+            search=search,
             limit=None,
         )
         eligible = [run for run in runs if _applies(r.action, run)]

@@ -33,6 +33,7 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     errors.ErrorCode.NOT_FOUND: 404,
     errors.ErrorCode.METHOD_NOT_FOUND: 404,
     errors.ErrorCode.RUN_NOT_ACTIVE: 409,
+    errors.ErrorCode.NOT_FRONTIER: 409,
     errors.ErrorCode.TOKEN_CONFLICT: 409,
     errors.ErrorCode.REQUEST_TOO_LARGE: 413,
     errors.ErrorCode.STORAGE_BUSY: 503,

@@ -23,6 +23,8 @@ from starlette.routing import BaseRoute, Route
 from orchestrator.api import service as api_service
 from orchestrator.http import dashboard, security
 from orchestrator.http.api import Api
+from orchestrator.http.daemons import Daemons, this_process
+from orchestrator.http.history import History
 from orchestrator.http.metrics import CONTENT_TYPE, CountingMiddleware, Metrics
 from orchestrator.http.settings import HttpSettings
 
@@ -57,10 +59,16 @@ def create_app(
     *,
     readiness: Readiness | None = None,
     metrics: Metrics | None = None,
+    history: History | None = None,
+    daemons: Daemons | None = None,
 ) -> Starlette:
     """The HTTP app over ``service`` (the engine in process). ``readiness`` answers
-    ``/readyz`` (default: ready); ``metrics`` feeds ``/metrics`` (default: an empty registry)."""
+    ``/readyz`` (default: ready); ``metrics`` feeds ``/metrics`` (default: an empty registry);
+    ``history`` holds the health page's samples (default: sampled from ``metrics`` when the
+    page is viewed); ``daemons`` lists the daemons page (default: this process)."""
     metrics = metrics or Metrics()
+    history = history or History(metrics.figures, clock=metrics.clock)
+    daemons = daemons or this_process(clock=metrics.clock)
     api = Api(service, settings.max_request_bytes)
 
     async def healthz(request: Request) -> Response:
@@ -111,7 +119,7 @@ def create_app(
         Route("/login", login, methods=["GET"]),
         Route("/logout", logout, methods=["GET", "POST"]),
         *api.routes(),
-        *dashboard.routes(service),
+        *dashboard.routes(service, history=history, daemons=daemons),
     ]
     return Starlette(routes=routes,
                      middleware=[Middleware(CountingMiddleware, metrics=metrics),

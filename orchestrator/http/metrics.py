@@ -72,20 +72,36 @@ class Metrics:
         r.register(_BuildInfo(version or "unknown"))
         r.register(_GaugeCollector(lambda: dict(gauges() if gauges else {})))
         self._started_at: dict[str, float] = {}  # active runs only: popped at terminal
+        self._gauges = gauges
+        # Plain totals beside the labelled counters: what the health page's charts sample.
+        self.totals: dict[str, float] = dict.fromkeys(
+            ("runs_started", "runs_finished", "run_status_changes", "run_duration_sum",
+             "run_duration_count"), 0.0)
 
     def observe_change(self, run_id: str, status: str, workflow_id: str | None) -> None:
         """A run status change was committed (called by the engine's change feed)."""
         workflow = workflow_id or "unknown"
+        totals = self.totals
         self.status_changes.labels(status).inc()
+        totals["run_status_changes"] += 1
         if status in TERMINAL_STATUSES:
             self.runs_finished.labels(workflow, status).inc()
+            totals["runs_finished"] += 1
             started = self._started_at.pop(run_id, None)
             if started is not None:
-                self.run_duration.labels(workflow, status).observe(
-                    max(0.0, self.clock.now() - started))
+                duration = max(0.0, self.clock.now() - started)
+                self.run_duration.labels(workflow, status).observe(duration)
+                totals["run_duration_sum"] += duration
+                totals["run_duration_count"] += 1
         elif status == "pending" and run_id not in self._started_at:
             self.runs_started.labels(workflow).inc()
+            totals["runs_started"] += 1
             self._started_at[run_id] = self.clock.now()
+
+    def figures(self) -> dict[str, float | None]:
+        """Every in-memory figure at once (the gauges and the totals): what the health page
+        samples. Costs no table scan."""
+        return {**(self._gauges() if self._gauges else {}), **self.totals}
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -21,7 +21,8 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "moment": {"oneOf": [{"type": "number"}, {"type": "string"}],
                "description": "epoch seconds, ISO-8601, or a duration ago such as '1h'"},
 }
-READ_ONLY: Final = frozenset({"get", "list", "wait", "replay", "workflows", "schedules", "stats"})
+READ_ONLY: Final = frozenset({"get", "list", "wait", "replay", "workflows", "schedules", "stats",
+                             "events"})
 """Methods that change nothing, so ``GET`` may call them (streaming ones may too)."""
 _ERROR: Final = {"$ref": "#/components/schemas/Error"}
 

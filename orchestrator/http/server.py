@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -23,10 +24,17 @@ class _NoSignalServer(uvicorn.Server):
         yield
 
 
+Background = Callable[[], Coroutine[Any, Any, None]]
+
+
 class HttpServer:
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    def __init__(self, app: ASGIApp, host: str, port: int,
+                 background: Sequence[Background] = ()) -> None:
+        """``background``: tasks that live as long as the server (the health page's sampler)."""
         self.host = host
         self.port = port
+        self._background = tuple(background)
+        self._tasks: list[asyncio.Task[None]] = []
         config = uvicorn.Config(app, loop="none", lifespan="off", log_config=None,
                                 access_log=False, server_header=False, http="h11",
                                 timeout_graceful_shutdown=1)
@@ -54,9 +62,17 @@ class HttpServer:
             await asyncio.sleep(0.005)
         if self._task.done():
             self._task.result()  # raise why it stopped
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(job(), name=f"http:{getattr(job, '__qualname__', 'job')}")
+                       for job in self._background]
 
     async def close(self) -> None:
         """Stop accepting, end open streams, wait for the server task."""
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        self._tasks = []
         if self._task is None:
             return
         self._server.should_exit = True

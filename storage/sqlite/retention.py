@@ -34,6 +34,7 @@ _BY_RUN_ID = (
     ("compensations", "run_id"),
     ("run_cancel_on", "run_id"),
     ("run_archive", "run_id"),
+    ("run_amendments", "run_id"),
     ("run_tags", "run_id"),
 )
 _BY_RUN_NO = ("step_attempts", "steps")

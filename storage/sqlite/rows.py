@@ -33,7 +33,7 @@ RUN_COLUMNS = (
     "priority, idempotency_key, parent_run_id, root_run_id, triggered_by, attempt, created_at, "
     "scheduled_at, started_at, finished_at, updated_at, diverged, recoveries, compute_seconds, "
     "parent_wp_id, needs_resume, flow, throttle_key, expires_at, cancel_requested, paused, "
-    "version_pinned, traceparent"
+    "version_pinned, forked_from, traceparent"
 )
 
 
@@ -70,7 +70,8 @@ def run_from_row(r: Row) -> records.RunRecord:
         cancel_requested=loads(r[28]),
         paused=bool(r[29]),
         version_pinned=bool(r[30]),
-        traceparent=r[31],
+        forked_from=loads(r[31]),
+        traceparent=r[32],
     )
 
 
@@ -265,4 +266,20 @@ def archive_from_row(r: Row) -> records.ArchiveRecord:
         started_at=r[8],
         finished_at=r[9],
         journal=loads(r[10]),
+    )
+
+
+AMENDMENT_COLUMNS = "run_id, seq, step_id, at, peer_uid, reason, old_value, new_value"
+
+
+def amendment_from_row(r: Row) -> records.AmendmentRecord:
+    return records.AmendmentRecord(
+        run_id=r[0],
+        seq=r[1],
+        step_id=r[2],
+        at=r[3],
+        peer_uid=r[4],
+        reason=r[5],
+        old=loads(r[6]),
+        new=loads(r[7]),
     )

@@ -305,6 +305,11 @@ class SQLiteStorage:
                     "ORDER BY stream_id, seq",
                     key,
                 )
+                amendment_rows = await conn.execute_fetchall(
+                    f"SELECT {rows.AMENDMENT_COLUMNS} FROM run_amendments WHERE run_id = ? "
+                    "ORDER BY seq",
+                    key,
+                )
                 reopen_rows = await conn.execute_fetchall(
                     "SELECT a.journal FROM run_archive a JOIN runs r ON r.run_id = a.run_id "
                     "WHERE a.run_id = ? AND a.mode = 'resume' AND a.attempt = r.attempt",
@@ -346,6 +351,7 @@ class SQLiteStorage:
             completed_streams=frozenset(c.stream_id for c in stream_chunks if c.final),
             metadata_ops=cursor[0][0] + 1 if cursor else 0,
             reopened_steps=reopened,
+            amendments=tuple(rows.amendment_from_row(r) for r in amendment_rows),
         )
 
     async def get_waitpoint(self, run_id: str, wp_id: str) -> records.WaitpointRecord | None:
@@ -364,6 +370,35 @@ class SQLiteStorage:
             f"SELECT {rows.EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
         )
         return rows.event_from_row(found[0]) if found else None
+
+    async def recent_events(
+        self, *, type: str | None = None, before: float | None = None, limit: int = 50
+    ) -> list[records.EventRecord]:
+        sql, params = recent_events_query(type=type, before=before, limit=limit)
+        return [rows.event_from_row(r) for r in await self._fetch(sql, params)]
+
+    async def event_resolutions(
+        self, event_ids: Sequence[str]
+    ) -> dict[str, list[tuple[str, str]]]:
+        out: dict[str, list[tuple[str, str]]] = {}
+        for start in range(0, len(event_ids), 500):  # under SQLite's bound-parameter limit
+            chunk = list(event_ids[start:start + 500])
+            marks = ", ".join("?" * len(chunk))
+            found = await self._fetch(
+                "SELECT matched_event_id, run_id, wp_id FROM waitpoints "
+                f"WHERE matched_event_id IN ({marks}) ORDER BY resolved_at, rowid", chunk)
+            for event_id, run_id, wp_id in found:
+                out.setdefault(event_id, []).append((run_id, wp_id))
+        return out
+
+    async def existing_runs(self, run_ids: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        for start in range(0, len(run_ids), 500):
+            chunk = list(run_ids[start:start + 500])
+            marks = ", ".join("?" * len(chunk))
+            found = await self._fetch(f"SELECT run_id FROM runs WHERE run_id IN ({marks})", chunk)
+            out.update(r[0] for r in found)
+        return out
 
     async def signal_inbox(
         self, run_id: str, name: str | None = None
@@ -456,6 +491,25 @@ NEXT_TIMER_SQL = "SELECT min(due_at) FROM timers"
 DUE_TIMERS_SQL = (
     f"SELECT {rows.TIMER_COLUMNS} FROM timers WHERE due_at <= ? ORDER BY due_at, timer_id LIMIT ?"
 )
+
+
+def recent_events_query(
+    *, type: str | None, before: float | None, limit: int
+) -> tuple[str, list[Any]]:
+    """SQL for ``recent_events``: newest first off ``events_received`` (or, with a type,
+    ``events_type_received``)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if type is not None:
+        where.append("type = ?")
+        params.append(type)
+    if before is not None:
+        where.append("received_at < ?")
+        params.append(before)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    params.append(limit)
+    return (f"SELECT {rows.EVENT_COLUMNS} FROM events{clause} "
+            "ORDER BY received_at DESC LIMIT ?", params)
 
 
 def search_phrase(text: str) -> str:

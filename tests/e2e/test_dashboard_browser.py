@@ -95,6 +95,17 @@ async def live(page: Page) -> None:
         " return !!src && src.readyState === 1; })()")
 
 
+async def shot(page: Page, name: str, tmp_path: Path) -> None:
+    """A screenshot of the page as a test artifact: into the test's tmp dir, and into
+    ``WF_SCREENSHOTS_DIR`` when that is set (CI uploads it)."""
+    dirs = [tmp_path / "screenshots"]
+    if os.environ.get("WF_SCREENSHOTS_DIR"):
+        dirs.append(Path(os.environ["WF_SCREENSHOTS_DIR"]))
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(d / f"{name}.png"), type="png", full_page=True)
+
+
 async def submit(api: httpx.AsyncClient, workflow: str, input: Any, run_id: str) -> None:
     r = await api.post("/api/v1/runs", json={"workflow_id": workflow, "input": input,
                                              "run_id": run_id})
@@ -145,17 +156,23 @@ async def test_list_shows_runs_live_and_a_cancel_click_cancels(
     browser.errors.clear()
 
 
-async def test_sending_the_event_from_the_form_resumes_the_waiting_run(
-        browser: Browser, api: httpx.AsyncClient) -> None:
+async def test_sending_the_event_from_the_form_resumes_the_waiting_run_and_other_pages(
+        browser: Browser, api: httpx.AsyncClient, http_daemon: Daemon, tmp_path: Path) -> None:
     page = browser.page
     await submit(api, "e2e-event", {"type": "approved"}, "b-event")
     await reach(api, "b-event", "waiting")
     await page.goto(f"{browser.base}/runs/b-event")
     await expect(page.locator("#waits-for")).to_contain_text("an event of type 'approved'")
     await expect(page.locator('svg.timeline g[data-kind="wait"]')).to_have_count(1)
+    await page.locator('#send-event textarea[name="payload"]').fill('{"by": "alice"}')
+    # The dry run names the run this event would resolve, and sends nothing.
+    await page.get_by_role("button", name="Which runs would it resolve?").click()
+    await expect(page.locator("#event-dry-run-1")).to_contain_text("would resolve 1 waiting run")
+    await expect(page.locator('#event-dry-run-1 a[href="/runs/b-event"]')).to_be_visible()
     if os.environ.get("WF_SCREENSHOT") or not SCREENSHOT.exists():
         await page.screenshot(path=str(SCREENSHOT), type="png")
-    await page.locator('#send-event textarea[name="payload"]').fill('{"by": "alice"}')
+    await shot(page, "run", tmp_path)
+    assert await status_of(api, "b-event") == "waiting"
     await page.get_by_role("button", name="Send event").click()
     await expect(page.locator("#run-status")).to_have_text("completed")
     await expect(page.locator("#run-output")).to_contain_text("alice")
@@ -164,8 +181,41 @@ async def test_sending_the_event_from_the_form_resumes_the_waiting_run(
     assert run["output"] == {"payload": {"by": "alice"}}
     await page.goto(f"{browser.base}/workflows")
     await expect(page.locator("main")).to_contain_text("e2e-event")
+    await shot(page, "workflows", tmp_path)
     await page.goto(f"{browser.base}/schedules")
     await expect(page.locator("main")).to_contain_text("No schedules")
+    # Events: the one just sent, with the run it resolved; another sent from the page's form.
+    await page.goto(f"{browser.base}/events")
+    sent = page.locator("tr[data-event-id]")
+    await expect(sent).to_have_count(1)
+    await expect(sent.first).to_contain_text("approved")
+    await expect(sent.first.locator('a[href="/runs/b-event"]')).to_be_visible()
+    await page.locator('#send-any-event input[name="type"]').fill("ping")
+    await page.locator('#send-any-event button[type="submit"]').click()
+    await expect(page.locator("#events .flash.ok")).to_contain_text("resolved 0")
+    await expect(sent).to_have_count(2)
+    await shot(page, "events", tmp_path)
+    # Engine health: charts drawn on the server from in-memory figures.
+    await page.goto(f"{browser.base}/health")
+    await expect(page.locator("figure.chart svg.chart")).to_have_count(13)
+    await expect(page.locator('figure[data-chart="runs_finished"]')).to_be_visible()
+    await shot(page, "health", tmp_path)
+    # Daemons: with SQLite, the one daemon, with its pid and database.
+    await page.goto(f"{browser.base}/daemons")
+    assert http_daemon.proc is not None
+    row = page.locator("[data-daemon]")
+    await expect(row).to_have_count(1)
+    await expect(row).to_contain_text(str(http_daemon.proc.pid))
+    await expect(row).to_contain_text(str(http_daemon.db_path))
+    await expect(row).to_contain_text(browser.base.removeprefix("http://"))  # the bound port
+    await shot(page, "daemons", tmp_path)
+    # Keyboard: the nav links are reachable by Tab from the top of the page.
+    await page.keyboard.press("Tab")
+    await page.keyboard.press("Tab")
+    await expect(page.locator('header nav a[href="/"]')).to_be_focused()
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(f"{browser.base}/")
+    await shot(page, "runs", tmp_path)
 
 
 async def test_timeline_of_a_retried_step_filters_live_run_page_and_shutdown(
@@ -195,6 +245,15 @@ async def test_timeline_of_a_retried_step_filters_live_run_page_and_shutdown(
     await page.wait_for_url("**/?*workflow_id=e2e-retried*")
     await expect(page.locator("tr[data-run-id]")).to_have_count(1)
     await expect(page.locator('tr[data-run-id="b-retry"]')).to_be_visible()
+    # Full-text search from the keyboard: "/" focuses the box, Enter searches (a deep link).
+    await page.goto(f"{browser.base}/")
+    await expect(page.locator("tr[data-run-id]")).to_have_count(2)
+    await page.keyboard.press("/")
+    await page.keyboard.type("later")
+    await page.keyboard.press("Enter")
+    await page.wait_for_url("**/?search=later")
+    await expect(page.locator("tr[data-run-id]")).to_have_count(1)
+    await expect(page.locator('tr[data-run-id="b-follow"]')).to_be_visible()
     # SIGTERM with a live page open: the daemon still stops cleanly (its stream ends).
     await live(page)
     assert await asyncio.to_thread(http_daemon.stop) == 0

@@ -181,6 +181,11 @@ async def test_event_signal_token(server: SocketServer, capsys, engine: Engine) 
     assert code == 0 and orjson.loads(out) == {
         "event_id": "e1", "resolved": 1, "started": [], "cancelled": 0}
     assert (await engine.wait("E"))["output"] == {"n": 1}
+    code, out, _ = await wf(capsys, server, "event", "list")
+    assert code == 0 and out.split("\n")[1].split()[1:4] == ["paid", "e1", "E"]
+    code, out, _ = await wf(capsys, server, "event", "send", "paid", "--payload", "{}",
+                            "--dry-run", "--json")
+    assert code == 0 and orjson.loads(out)["would_resolve"] == []  # E is no longer waiting
     code, out, _ = await wf(capsys, server, "signal", "S", "finish", "--payload", "7")
     assert code == 0 and "delivered: yes" in out
     assert (await engine.wait("S"))["output"] == 7

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,36 @@ async def _export(c: Client, engine: Engine) -> None:
     await _expect_code("INVALID_PARAMS", c.export(()))
 
 
+@case(service.Fork)
+async def _fork(c: Client, engine: Engine) -> None:
+    await _completed_echo(c)
+    fork = await c.fork("done", from_step="fetch", run_id_new="forked", reason="again")
+    assert fork["run_id"] == "forked"
+    assert fork["forked_from"]["run_id"] == "done"
+    assert fork["forked_from"]["reason"] == "again"
+    assert (await c.wait("forked"))["output"] == {"echo": {"a": 1}}
+    await _expect_code("INVALID_PARAMS", c.fork("done", from_step="never"))
+    await _expect_code("INVALID_PARAMS", c.fork("done", run_id_new="forked"))
+    await _expect_code("NOT_FOUND", c.fork("nope"))
+
+
+@case(service.Amend)
+async def _amend(c: Client, engine: Engine) -> None:
+    await c.submit("fail", None, run_id="f")
+    assert (await c.wait("f"))["status"] == "failed"
+    await _expect_code("NOT_FOUND", c.amend("f", "nope", 1, "unknown step"))
+    amended = await c.amend("f", "boom", {"fixed": True}, "by hand")
+    assert amended["status"] == "failed"
+    (row,) = (await c.get("f"))["audit"]
+    assert row["new"] == {"status": "completed", "output": {"fixed": True}}
+    assert row["peer_uid"] == os.getuid()  # from SO_PEERCRED
+    assert (await c.retry("f"))["status"] in ("pending", "running", "completed")
+    assert (await c.wait("f"))["status"] == "completed"
+    await _completed_echo(c)
+    await _expect_code("RUN_NOT_ACTIVE", c.amend("done", "fetch", 1, "completed"))
+    await _expect_code("NOT_FOUND", c.amend("nope", "boom", 1, "unknown run"))
+
+
 @case(service.SendEvent)
 async def _send_event(c: Client, engine: Engine) -> None:
     await c.submit("event", {"type": "paid"}, run_id="ev")
@@ -194,6 +225,21 @@ async def _send_event(c: Client, engine: Engine) -> None:
         "event_id": "e1", "resolved": 0, "started": [], "cancelled": 0}
     sent = await c.send_event("other", None)
     assert sent["resolved"] == 0 and sent["event_id"]
+
+
+@case(service.Events)
+async def _events(c: Client, engine: Engine) -> None:
+    await c.submit("event", {"type": "paid"}, run_id="ev")
+    await reach(engine, "ev", "waiting")
+    dry = await c.send_event("paid", {"n": 1}, dry_run=True)
+    assert dry["would_resolve"] == [{"run_id": "ev", "waitpoint_id": "event:paid:0"}]
+    assert (await c.events())["events"] == []
+    await c.send_event("paid", {"n": 1}, event_id="e1")
+    (event,) = (await c.events(type="paid"))["events"]
+    assert event["event_id"] == "e1" and event["resolved"][0]["run_id"] == "ev"
+    with pytest.raises(RemoteError) as info:
+        await c.events(limit=0)
+    assert info.value.code == "INVALID_PARAMS" and info.value.data["field"] == "limit"
 
 
 @case(service.Signal)

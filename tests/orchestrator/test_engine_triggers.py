@@ -805,3 +805,43 @@ def test_bad_trigger_option_is_a_value_error_naming_workflow_option_and_value(
     assert "'bad-triggers'" in message, message
     for name in names:
         assert name in message, message
+
+
+# --- the events list and the dry run (the dashboard's events page) -------------------------------
+
+
+async def test_events_list_what_each_resolved_and_started_and_a_dry_run_stores_nothing(
+    db_path: Path,
+) -> None:
+    receipt = tw.define("receipt", tw.record, on_event=OnEvent("order.paid"))
+    waiter = tw.define("waiter", tw.awaits_order)
+    async with trigger_engine(db_path, receipt, waiter) as engine:
+        for order in ("o1", "o2"):
+            await engine.submit("waiter", {"order": order}, run_id=f"w-{order}")
+            await reached(engine, f"w-{order}", "waiting")
+        dry = await engine.send_event("order.paid", {"order": "o1"}, dry_run=True)
+        assert dry == {"dry_run": True, "duplicate": False,
+                       "would_resolve": [{"run_id": "w-o1", "waitpoint_id": "event:order.paid:0"}],
+                       "would_start": [{"workflow_id": "receipt",
+                                        "run_id": "evt:receipt:<new id>"}],
+                       "would_batch": []}
+        assert (await engine.events())["events"] == []  # the dry run stored nothing
+        assert (await engine.get("w-o1"))["status"] == "waiting"
+        sent = await engine.send_event("order.paid", {"order": "o1"}, event_id="e1")
+        await engine.send_event("other", None, event_id="e2")
+        listed = await engine.events()
+        assert [e["event_id"] for e in listed["events"]] == ["e2", "e1"]
+        e1 = listed["events"][1]
+        assert e1["type"] == "order.paid" and e1["payload"] == {"order": "o1"}
+        assert e1["resolved"] == [{"run_id": "w-o1", "waitpoint_id": "event:order.paid:0"}]
+        assert e1["started"] == sent["started"] == ["evt:receipt:e1"]
+        assert listed["events"][0]["resolved"] == [] and listed["next_before"] is None
+        page = await engine.events(limit=1)
+        assert [e["event_id"] for e in page["events"]] == ["e2"]
+        rest = await engine.events(before=page["next_before"])
+        assert [e["event_id"] for e in rest["events"]] == ["e1"]
+        assert [e["event_id"] for e in (await engine.events(type="other"))["events"]] == ["e2"]
+        again = await engine.send_event("order.paid", {"order": "o2"}, event_id="e1",
+                                        dry_run=True)
+        assert again["duplicate"] and again["would_resolve"] == []
+        assert (await engine.get("w-o2"))["status"] == "waiting"

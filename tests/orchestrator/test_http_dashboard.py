@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 import httpx
@@ -64,9 +65,43 @@ async def test_runs_page_lists_and_filters(browser: tuple[httpx.AsyncClient, str
     assert "No runs match" in recent.text and '<option value="1h" selected>' in recent.text
     bad = await c.get("/", params={"status": "nope"})
     assert bad.status_code == 200 and "status" in bad.text and 'class="flash error"' in bad.text
-    # Without a search index the box finds a run by its id.
-    found = await c.get("/", params={"search": "run-echo"})
-    assert found.status_code == 303 and found.headers["location"] == "/runs/run-echo"
+    # Full-text search: text in an input finds its run; the box keeps what was typed.
+    found = await c.get("/", params={"search": "hello"})
+    assert "run-echo" in found.text and "run-wait" not in found.text
+    assert 'value="hello"' in found.text
+    short = await c.get("/", params={"search": "he"})
+    assert 'class="flash error"' in short.text and "3 characters" in short.text
+
+
+async def test_search_works_with_filters_paging_and_bulk(
+        browser: tuple[httpx.AsyncClient, str], engine: Engine,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    c, csrf = browser
+    from orchestrator.http.dashboard import pages
+    monkeypatch.setattr(pages, "PAGE_SIZE", 2)
+    for i in range(3):
+        await engine.submit("event", {"type": "never", "customer": "acme"}, run_id=f"a{i}")
+        await reach(engine, f"a{i}", "waiting")
+        await asyncio.sleep(0.002)  # distinct creation times
+    await engine.submit("event", {"type": "never", "customer": "globex"}, run_id="g0")
+    await reach(engine, "g0", "waiting")
+    await engine.submit("echo", {"customer": "acme"}, run_id="e0")
+    await reach(engine, "e0", "completed")
+    query = {"search": "acme", "status": "waiting"}
+    first = await c.get("/", params=query)
+    assert ">a2<" in first.text and ">a1<" in first.text
+    assert ">a0<" not in first.text and ">g0<" not in first.text and ">e0<" not in first.text
+    older = first.text.split('rel="next"', 1)[0].rsplit('href="/?', 1)[1].split('"', 1)[0]
+    older = older.replace("&amp;", "&")
+    assert "search=acme" in older and "status=waiting" in older  # the pager keeps the query
+    second = await c.get("/?" + older)
+    assert ">a0<" in second.text and ">a2<" not in second.text and ">g0<" not in second.text
+    # The live fragment and the bulk form carry the search too.
+    assert 'hx-get="/fragments/runs?status=waiting&amp;search=acme"' in first.text
+    assert '<input type="hidden" name="search" value="acme">' in first.text
+    dry = await c.post("/bulk", headers={"X-WF-CSRF": csrf},
+                       data={"search": "acme", "action": "cancel", "dry_run": "true"})
+    assert "would apply to 3 of the 4 runs" in dry.text  # e0 has ended: not eligible
 
 
 async def test_runs_page_pages_by_creation(browser: tuple[httpx.AsyncClient, str],
@@ -261,3 +296,109 @@ async def test_dashboard_under_an_embedding_apps_prefix(engine: Engine) -> None:
         assert (await c.get("/wf/static/app.js")).status_code == 200
         run = await c.get("/wf/runs/m1")
         assert 'hx-get="/wf/fragments/runs/m1"' in run.text
+
+
+async def test_events_page_lists_what_each_event_did_and_the_forms_dry_run_and_send(
+        browser: tuple[httpx.AsyncClient, str], engine: Engine,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    c, csrf = browser
+    h = {"X-WF-CSRF": csrf}
+    await engine.submit("event", {"type": "paid"}, run_id="ev1")
+    await reach(engine, "ev1", "waiting")
+    empty = await c.get("/events")
+    assert empty.status_code == 200 and "No stored events" in empty.text
+    assert 'aria-current="page">Events' in empty.text
+    # The run page's resolve form has the dry run too: it names the run, sends nothing.
+    run_page = await c.get("/runs/ev1")
+    assert 'hx-post="/events/dry-run"' in run_page.text
+    form = {"type": "paid", "payload": '{"n": 1}'}
+    assert (await c.post("/events/dry-run", data=form)).status_code == 403
+    dry = await c.post("/events/dry-run", data=form, headers=h)
+    assert "would resolve 1 waiting run" in dry.text and 'href="/runs/ev1"' in dry.text
+    assert (await engine.get("ev1"))["status"] == "waiting"
+    assert (await engine.events())["events"] == []
+    bad = await c.post("/events/dry-run", data={"type": "paid", "payload": "{"}, headers=h)
+    assert "flash error" in bad.text and "payload" in bad.text
+    sent = await c.post("/events/send", data={**form, "event_id": "e-1"}, headers=h)
+    assert "event e-1 sent: resolved 1" in sent.text and 'data-event-id="e-1"' in sent.text
+    await reach(engine, "ev1", "completed")
+    await engine.send_event("other", None, event_id="e-2")
+    page = await c.get("/events")
+    rows = page.text.split('data-event-id="')
+    assert [r.split('"', 1)[0] for r in rows[1:]] == ["e-2", "e-1"]
+    assert 'href="/runs/ev1"' in rows[2] and "none" in rows[1]
+    only = await c.get("/events", params={"type": "paid"})
+    assert 'data-event-id="e-1"' in only.text and 'data-event-id="e-2"' not in only.text
+    from orchestrator.http.dashboard import events
+    monkeypatch.setattr(events, "PAGE_SIZE", 1)
+    first = await c.get("/events")
+    assert 'data-event-id="e-2"' in first.text and 'data-event-id="e-1"' not in first.text
+    older = first.text.split('rel="next"', 1)[0].rsplit('href="/events?', 1)[1]
+    second = await c.get("/events?" + older.split('"', 1)[0].replace("&amp;", "&"))
+    assert 'data-event-id="e-1"' in second.text and "« newest" in second.text
+
+
+async def test_health_page_charts_in_memory_figures_and_daemons_lists_this_one(
+        engine: Engine) -> None:
+    from orchestrator.http.daemons import DaemonInfo
+    from orchestrator.http.history import History
+    from orchestrator.http.metrics import Metrics
+    from runtime.clock import ManualClock
+
+    clock = ManualClock(1_000.0)
+    figures = {"storage_ops": 0.0, "storage_batches": 0.0, "active_actors": 2.0}
+    metrics = Metrics(lambda: figures, clock=clock)
+    history = History(metrics.figures, clock=clock, interval=10, keep=6)
+    a = DaemonInfo(name="h:1", pid=1, host="h", version="9.9", started_at=400.0,
+                   database="/d/wf.db", socket="/d/wf.sock", http="127.0.0.1:8490")
+    b = DaemonInfo(name="h2:7", pid=7, host="h2", version="9.9", started_at=900.0, this=False)
+    app = create_app(engine, HttpSettings(token=TOKEN), metrics=metrics, history=history,
+                     daemons=lambda: (a, b))
+    for i in range(4):  # 100 writes in 10 commits per 10 s; a run ending each interval
+        history.sample()
+        figures["storage_ops"] += 100
+        figures["storage_batches"] += 10
+        metrics.observe_change(f"r{i}", "pending", "echo")
+        clock.advance(5)
+        metrics.observe_change(f"r{i}", "completed", "echo")
+        clock.advance(5)
+    assert history.rate("storage_ops") == [(1010.0, 10.0), (1020.0, 10.0), (1030.0, 10.0)]
+    assert history.ratio("storage_ops", "storage_batches")[-1] == (1030.0, 10.0)
+    assert history.ratio("run_duration_sum", "run_duration_count")[-1] == (1030.0, 5.0)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
+        await c.get("/login", params={"token": TOKEN})
+        page = await c.get("/health")
+        assert page.status_code == 200 and len(history.samples) == 5  # the view sampled
+        for key in ("runs_finished", "storage_ops", "batch_size", "run_latency",
+                    "active_actors", "timers_fired", "timer_lag"):
+            assert f'data-chart="{key}"' in page.text, key
+        chart = page.text.split('data-chart="batch_size"', 1)[1].split("</figure>", 1)[0]
+        assert "<polyline" in chart and "last 10" in chart
+        assert "collecting samples" in page.text.split('data-chart="timers_fired"')[1][:900]
+        daemons = await c.get("/daemons")
+        assert daemons.status_code == 200
+        assert 'data-daemon="h:1"' in daemons.text and 'data-daemon="h2:7"' in daemons.text
+        assert "/d/wf.db" in daemons.text and "(serving this page)" in daemons.text
+        assert "10.7 min" in daemons.text  # h:1 up since 400, now 1040
+    # The default: this process, one daemon.
+    plain = create_app(engine, HttpSettings(token=TOKEN))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=plain), base_url=BASE) as c:
+        await c.get("/login", params={"token": TOKEN})
+        listed = await c.get("/daemons")
+        assert listed.text.count("data-daemon=") == 1 and f">{os.getpid()}<" in listed.text
+        assert (await c.get("/health")).status_code == 200
+
+
+async def test_run_page_shows_a_forks_origin_and_the_audit_trail(
+        browser: tuple[httpx.AsyncClient, str], engine: Engine) -> None:
+    c, _ = browser
+    await engine.submit("fail", None, run_id="f1")
+    await reach(engine, "f1", "failed")
+    await engine.amend("f1", "boom", {"fixed": 1}, "fixed by hand")
+    page = await c.get("/runs/f1")
+    assert 'id="run-audit"' in page.text and "fixed by hand" in page.text
+    assert "FATAL" in page.text  # the old value: the step's error
+    await engine.fork("f1", run_id_new="f2", reason="try again")
+    fork = await c.get("/runs/f2")
+    assert "Forked from" in fork.text and 'href="/runs/f1"' in fork.text
+    assert "try again" in fork.text

@@ -192,3 +192,36 @@ def test_the_line_logger_answers_log_levels_only() -> None:
     assert callable(logger.info) and callable(logger.msg)
     with pytest.raises(AttributeError):
         logger.__deepcopy__  # noqa: B018  (a probe copy.deepcopy makes)
+
+
+async def test_embedded_orchestrator_honours_the_logging_section(tmp_path: Path) -> None:
+    """``Orchestrator(config)`` configures logging from ``[logging]`` as the daemon does: at
+    ``warning`` a run's info lines (submitted, started, completed) are not written."""
+    import dataclasses
+
+    from orchestrator import Orchestrator
+    from orchestrator.config import Config
+    from tests.reliability import rel_workflows  # noqa: F401  (registers rel-echo)
+
+    def config(level: str, path: Path) -> Config:
+        cfg = Config.default(tmp_path)
+        return dataclasses.replace(
+            cfg,
+            daemon=dataclasses.replace(cfg.daemon, socket=tmp_path / "wf.sock"),
+            storage=dataclasses.replace(cfg.storage, path=tmp_path / "wf.db"),
+            logging=LoggingConfig(level=level, file=path),  # type: ignore[arg-type]
+        )
+
+    try:
+        for level in ("warning", "info"):
+            path = tmp_path / f"{level}.log"
+            async with Orchestrator(config(level, path), import_modules=False) as orch:
+                await orch.submit("rel-echo", {"x": 1}, run_id=f"r-{level}")
+                assert (await orch.wait(f"r-{level}", timeout=5))["status"] == "completed"
+            events = [orjson.loads(line)["event"] for line in path.read_text().splitlines()]
+            if level == "warning":
+                assert events == []
+            else:
+                assert {"run.submitted", "run.completed"} <= set(events)
+    finally:
+        logs.configure_logging(LoggingConfig(), sink=io.StringIO())  # closes the file

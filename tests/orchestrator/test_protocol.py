@@ -109,6 +109,7 @@ def test_every_error_class_round_trips_through_its_code() -> None:
         errors.NotFound("run", "r1"),
         errors.ValidationFailed("wf", "bad"),
         errors.RunNotActive("r1", "completed", "cancel"),
+        errors.NotFrontier("not the frontier", {"later": [{"type": "step", "id": "b", "seq": 3}]}),
         errors.TokenConflict("t"),
         errors.PermissionDenied(65534),
         errors.StorageFull(),

@@ -156,3 +156,8 @@ async def busy(input: Any, ctx: Context) -> Any:
 async def parent(input: Any, ctx: Context) -> Any:
     """Invokes ``input["child"]`` with ``input["child_input"]`` and returns its output."""
     return await ctx.invoke(input["child"], input["child_input"])
+
+
+async def awaits_order(input: Any, ctx: Context) -> Any:
+    """Parks on the event 'order.paid' whose payload matches ``{"order": input["order"]}``."""
+    return await ctx.wait_for_event("order.paid", match={"order": input["order"]})

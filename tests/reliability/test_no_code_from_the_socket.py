@@ -28,6 +28,14 @@ IMPORTLIB_ALLOWED = frozenset({"orchestrator/daemon/loader.py", "orchestrator/cl
                                "storage/sqlite/schema.py"})
 
 
+def _only_metadata(node: ast.Import | ast.ImportFrom, module: str) -> bool:
+    """``importlib.metadata`` reads installed packages' versions; it imports nothing."""
+    if module == "importlib.metadata":
+        return True
+    return (isinstance(node, ast.ImportFrom) and module == "importlib"
+            and all(a.name == "metadata" for a in node.names))
+
+
 def findings(source: str, name: str) -> list[str]:
     """What in ``source`` could turn bytes into code or objects."""
     found = []
@@ -39,7 +47,8 @@ def findings(source: str, name: str) -> list[str]:
                 top = module.split(".")[0]
                 if top in UNSAFE_MODULES:
                     found.append(f"{name}:{node.lineno} imports {module}")
-                if top == "importlib" and name not in IMPORTLIB_ALLOWED:
+                if (top == "importlib" and name not in IMPORTLIB_ALLOWED
+                        and not _only_metadata(node, module)):
                     found.append(f"{name}:{node.lineno} imports {module}")
         elif isinstance(node, ast.Call):
             func = node.func

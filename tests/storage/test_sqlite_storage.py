@@ -18,6 +18,7 @@ from storage.sqlite.storage import (
     NEXT_TIMER_SQL,
     WAITING_FOR_EVENT_SQL,
     list_runs_query,
+    recent_events_query,
 )
 from tests.storage.conftest import make_run
 
@@ -146,6 +147,10 @@ HOT_QUERIES = {
     "waitpoint timers": ("DELETE FROM timers WHERE run_id = ? AND wp_id = ?", ("r", "w")),
     "signal waiters": ("SELECT wp_id FROM waitpoints WHERE run_id = ? AND signal_name = ? "
                        "AND status = 'waiting'", ("r", "n")),
+    "recent events": recent_events_query(type=None, before=None, limit=50),
+    "recent events of a type": recent_events_query(type="t", before=2.0, limit=50),
+    "what an event resolved": ("SELECT run_id, wp_id FROM waitpoints WHERE matched_event_id "
+                               "IN (?, ?)", ("e1", "e2")),
     "lookback events": ("SELECT event_id FROM events WHERE type = ? AND received_at >= ? "
                         "ORDER BY received_at", ("t", 1.0)),
 }

@@ -26,7 +26,8 @@ SCHEDULE_ACTIONS: Final = ("pause", "resume", "trigger")
 LIST_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(api.List))
 SEARCHABLE: Final = "search" in LIST_FIELDS
 """Full-text search is offered only when ``list`` takes ``search`` (the search index)."""
-FILTERS: Final = ("status", "workflow_id", "tag", "since")
+FILTERS: Final = ("status", "workflow_id", "tag", "since", "search")
+"""The list's filters; the bulk form applies the same ones (``bulk``'s filter takes each)."""
 SINCE: Final = ("15m", "1h", "24h", "7d", "30d")
 """The "created within" choices (``list``/``bulk`` read a duration as that long ago)."""
 MAX_FORM_BYTES: Final = 1 << 20
@@ -42,7 +43,7 @@ class Pages:
     def list_query(self, request: Request) -> dict[str, str]:
         """The list filters of the query string that the page keeps in its links."""
         q = request.query_params
-        keep = {k: q[k] for k in (*FILTERS, "search", "cursor", "until") if q.get(k)}
+        keep = {k: q[k].strip() for k in (*FILTERS, "cursor", "until") if q.get(k, "").strip()}
         if not SEARCHABLE:
             keep.pop("search", None)
         return keep
