@@ -25,6 +25,7 @@ __all__ = [
     "LoggingConfig",
     "RuntimeConfig",
     "StorageConfig",
+    "TelemetryConfig",
     "WorkflowsConfig",
     "load_config",
 ]
@@ -115,6 +116,20 @@ LOOPBACK_HOSTS: Final = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """``[telemetry]`` (SPEC §12 traces): OTLP/HTTP to ``otlp_endpoint`` and/or one JSON line
+    per span on stdout (``console``); neither = no traces. Needs the ``otel`` extra."""
+
+    otlp_endpoint: str = ""
+    console: bool = False
+    service_name: str = "wf"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.otlp_endpoint) or self.console
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     daemon: DaemonConfig
     storage: StorageConfig
@@ -124,6 +139,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     base_dir: Path = field(default_factory=Path.cwd)
     source: Path | None = None  # the file it was loaded from
 
@@ -217,6 +233,19 @@ def _uid_list(key: str, value: Any, base: Path) -> tuple[int, ...]:
     ):
         raise _fail(key, value, "a list of non-negative integer uids")
     return tuple(value)
+
+
+def _bool(key: str, value: Any, base: Path) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, value, "true or false")
+    return value
+
+
+def _endpoint(key: str, value: Any, base: Path) -> str:
+    text = _str(key, value, base)
+    if text and not text.startswith(("http://", "https://")):
+        raise _fail(key, value, "'' (off) or an http:// or https:// URL")
+    return text
 
 
 def _str(key: str, value: Any, base: Path) -> str:
@@ -330,7 +359,41 @@ _SECTIONS: Final[dict[str, tuple[type[Any], dict[str, tuple[_Checker, Any]]]]] =
             "events": (_age, "7d"),
         },
     ),
+    "telemetry": (
+        TelemetryConfig,
+        {
+            "otlp_endpoint": (_endpoint, ""),
+            "console": (_bool, False),
+            "service_name": (_str, "wf"),
+        },
+    ),
 }
+
+
+# What each telemetry option needs installed (the ``otel`` extra): asking for traces without
+# it is a start-up error naming the key, never a silent no-op.
+_TELEMETRY_NEEDS: Final = {
+    "telemetry.otlp_endpoint": ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"),
+    "telemetry.console": ("opentelemetry.sdk",),
+}
+
+
+def _check_telemetry(cfg: TelemetryConfig) -> None:
+    import importlib.util
+
+    asked = {"telemetry.otlp_endpoint": bool(cfg.otlp_endpoint),
+             "telemetry.console": cfg.console}
+    for key, modules in _TELEMETRY_NEEDS.items():
+        if not asked[key]:
+            continue
+        for module in modules:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            if not found:
+                raise ConfigError(key, f"traces need the 'otel' extra ({module} is not "
+                                       "installed): pip install 'wf-engine[otel]'")
 
 
 def _http(values: Mapping[str, Any]) -> HttpConfig:
@@ -370,6 +433,7 @@ def _build(raw: Mapping[str, Any], base: Path, source: Path | None) -> Config:
                 continue
             assert {f.name for f in fields(cls)} == set(values)
             sections[name] = cls(**values)
+        _check_telemetry(sections["telemetry"])
     except ConfigError as exc:
         if source is None or exc.source is not None:
             raise

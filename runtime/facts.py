@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -67,6 +68,9 @@ class HostServices:
     the hot path: most of the time it returns None.
     ``overrides`` replaces step functions by step id (the test harness's stand-ins);
     ``inject_failure`` may fail an attempt before its function is called (``explore``).
+    ``step_scope(step_id, attempt)`` is entered around each live attempt's call, in the task
+    (and so the thread) that runs the step function: the daemon makes the attempt's trace span
+    current there, so the user's own instrumentation nests under it.
     """
 
     record: RecordFn
@@ -81,6 +85,7 @@ class HostServices:
     inject_failure: Callable[[str, int, RetryPolicy], BaseException | None] | None = None
     """``(step_id, attempt, policy)`` → an error the attempt fails with instead of calling the
     step function (``testing.explore``'s injected failures), or None to call it."""
+    step_scope: Callable[[str, int], AbstractContextManager[Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

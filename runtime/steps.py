@@ -183,8 +183,14 @@ async def _attempt_on_host(
             injected = ex.host.inject_failure(step_id, attempt, policy)
             if injected is not None:
                 raise injected
-        value = await calls.call(ex.host, fn, args, timeout=timeout, step_id=step_id,
-                                 runtime=runtime)
+        scope = ex.host.step_scope
+        if scope is None:
+            value = await calls.call(ex.host, fn, args, timeout=timeout, step_id=step_id,
+                                     runtime=runtime)
+        else:
+            with scope(step_id, attempt):  # the attempt's span is current in the step function
+                value = await calls.call(ex.host, fn, args, timeout=timeout, step_id=step_id,
+                                         runtime=runtime)
         output = serialization.round_trip(
             value, what=f"step {step_id!r}", max_bytes=ex.host.limits.max_payload_bytes
         )

@@ -164,6 +164,8 @@ class CreateRun(WriteOp[RunCreated]):
     cancel_on: tuple[CancelRule, ...] = ()
     version_pinned: bool = False
     """The run resumes only on ``workflow_version`` (an explicit ``version=``, SPEC §14)."""
+    traceparent: str | None = None
+    """W3C ``traceparent`` (already validated): the run's spans continue that trace."""
 
 
 @_frozen_by_type
@@ -673,12 +675,17 @@ class PruneRuns(WriteOp[tuple[str, ...]]):
     """Delete up to ``limit`` ended run trees, oldest first, with every row they own in every
     table: root runs (no parent) whose status is one of ``statuses`` (terminal ones only) and
     that were created and finished before ``before``, whose descendants have all ended too.
-    A child goes only with its root. Returns the run ids deleted (roots and descendants)."""
+    A child goes only with its root. Returns the run ids deleted (roots and descendants).
+
+    With ``budget`` (seconds) the op stops between trees once its deletes took that long (a
+    few trees at a time, at least one tree per op), so one op never holds the writer much
+    longer than the budget whatever the trees hold; the caller loops until ``()``."""
 
     statuses: tuple[records.RunStatus, ...]
     before: float
     workflow_id: str | None = None
     limit: int = 50
+    budget: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

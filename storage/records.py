@@ -144,6 +144,8 @@ class RunRecord:
     before its next step, a parked one is ``paused``."""
     version_pinned: bool = False
     """The run resumes only on its ``workflow_version`` (an explicit ``version=``)."""
+    traceparent: str | None = None
+    """The W3C trace context the run was submitted with (a child: its parent's wait span)."""
     forked_from: JSON = None
     """``{"run_id", "from_step", "reason", "at"}`` when the run is a fork (SPEC §14), else None."""
 

@@ -129,6 +129,10 @@ class Submit(Request[JSONDict]):
         type="duration", help="cancel (EXPIRED) if not started D after it is due"
     )
     version: str | None = opt(help="start on this registered version (default: the newest)")
+    traceparent: str | None = opt(
+        help="W3C traceparent: the run's spans continue that trace (the Python client sends "
+        "its current OpenTelemetry context by itself)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
@@ -34,6 +36,18 @@ JSONDict = dict[str, Any]
 R = TypeVar("R")
 _READ_LIMIT: Final = 256 * 1024 * 1024
 _STREAM_QUEUE: Final = 256
+
+
+def current_traceparent() -> str | None:
+    """The caller's current OpenTelemetry span as a W3C ``traceparent``, or None. Looks only
+    at an OpenTelemetry the application already imported: the client never imports it."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags) & 0xFF:02x}"
 
 
 class DaemonUnreachable(ConnectionError):
@@ -253,6 +267,11 @@ class Client(service.ServiceMethods):
 
     async def call(self, request: service.Request[R]) -> R:
         """Send a request object; every named method (``submit``, ``get``, ...) comes here."""
+        if isinstance(request, service.Submit) and request.traceparent is None:
+            traceparent = current_traceparent()
+            if traceparent is not None:  # the run's spans join the caller's trace
+                request = cast("service.Request[R]",
+                               dataclasses.replace(request, traceparent=traceparent))
         result: R = await self.request(request.method, request.params())
         return result
 

@@ -29,6 +29,7 @@ from orchestrator.daemon.loader import import_workflow_modules
 from orchestrator.daemon.lockfile import DatabaseLock
 from orchestrator.daemon.processes import PoolRunner
 from orchestrator.engine.engine import Engine
+from orchestrator.engine.ports import RunTracing
 from orchestrator.engine.settings import Settings
 from orchestrator.engine.supervisor import Supervisor
 from runtime.clock import Clock, SystemClock
@@ -65,6 +66,7 @@ class Orchestrator(service.ServiceMethods):
         configure_logging: bool = True,
         instrument: Instrument = NO_INSTRUMENT,
         wrap_storage: StorageWrapper | None = None,
+        tracing: RunTracing | None = None,
     ) -> None:
         self.config = config
         self._configure_logging = configure_logging
@@ -73,6 +75,7 @@ class Orchestrator(service.ServiceMethods):
         self._import_modules = import_modules
         self._instrument = instrument
         self._wrap_storage = wrap_storage
+        self._tracing = tracing  # a test's own (in-memory exporter); else from [telemetry]
         self._stack = AsyncExitStack()
         self._engine: Engine | None = None
 
@@ -119,6 +122,15 @@ class Orchestrator(service.ServiceMethods):
             process_runner=runner,
             instrument=self._instrument,
         )
+        tracing = self._tracing
+        if tracing is None and cfg.telemetry.enabled:
+            from orchestrator.engine import otel  # the `otel` extra (checked by the config)
+
+            t = cfg.telemetry
+            tracing = otel.from_config(store, t.otlp_endpoint, t.console, t.service_name)
+        if tracing is not None:
+            self._stack.push_async_callback(tracing.close)  # after the engine closed: flush
+            engine.supervisor.tracing = tracing
         self._stack.push_async_callback(engine.close)
         await engine.start()
         self._engine = engine

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import structlog
 
 import storage
-from orchestrator.engine import bridge, triggers
+from orchestrator.engine import bridge, spans, triggers
 from orchestrator.engine.flow.plan import EMPTY, plan_for
 from orchestrator.engine.messages import Cancel, Message, Resolve
 from orchestrator.engine.ports import RunHost
@@ -178,7 +178,7 @@ class RunActor:
             await self.host.storage.load_journal(self.run_id)
         )
         facts = bridge.run_facts(run, definition)
-        host = self.host.services(self.run_id, self._record)
+        host = self.host.services(run, self._record)
         return Execution(definition, run.input, facts, journal, host)
 
     async def _advance_until_parked(self, execution: Execution) -> None:
@@ -570,6 +570,7 @@ class RunActor:
             throttle_key=plan.throttle,
             expires_at=now + definition.start_timeout if definition.start_timeout else None,
             cancel_on=cancel_on,
+            traceparent=spans.child_traceparent(run, entry.wp_id) if run is not None else None,
         )
         ops: list[storage.WriteOp[Any]] = [storage.CreateChildRun(child=child, invoke=register)]
         if detach:  # nothing will ever wait on it: resolve in the same transaction

@@ -29,7 +29,7 @@ import storage
 from orchestrator import logs
 from orchestrator.api import errors, protocol, service, views
 from orchestrator.api.service import JSONDict
-from orchestrator.engine import bridge, export, replay, triggers, versions
+from orchestrator.engine import bridge, export, replay, spans, triggers, versions
 from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import Plan, plan_for
 from orchestrator.engine.holds import Holds
@@ -37,7 +37,7 @@ from orchestrator.engine.journal_edits import JournalEdits
 from orchestrator.engine.messages import Cancel, Resolve
 from orchestrator.engine.operations import RunOperations
 from orchestrator.engine.ratelimits import StoredRateLimiter
-from orchestrator.engine.retention import STATUS_GROUPS, Retention
+from orchestrator.engine.retention import MAX_INDEX_MERGES, STATUS_GROUPS, Retention
 from orchestrator.engine.schedules import Schedules
 from orchestrator.engine.settings import Settings
 from orchestrator.engine.supervisor import Supervisor
@@ -464,6 +464,7 @@ class Engine(service.ServiceMethods):
         delay: float = 0.0,
         ttl: float | None = None,
         idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> storage.CreateRun:
         """The ``CreateRun`` of a new run of ``definition`` (submitted, triggered, batched or
         scheduled): its flow plan, cancel rules, start and expiry decided now, once."""
@@ -492,6 +493,7 @@ class Engine(service.ServiceMethods):
             throttle_key=plan.throttle,
             expires_at=due + ttl if ttl is not None else None,
             cancel_on=cancel_on,
+            traceparent=traceparent,
         )
 
     async def _create(
@@ -501,6 +503,7 @@ class Engine(service.ServiceMethods):
             definition, run_input, plan, run_id=r.run_id or new_run_id(), triggered_by="api",
             tags=tuple(r.tags), priority=r.priority, delay=_seconds(r.delay) or 0.0,
             ttl=_seconds(r.ttl), idempotency_key=r.idempotency_key,
+            traceparent=_traceparent(r.traceparent),
         )
         created = await self.storage.create_run(op)
         run = created.run
@@ -583,7 +586,7 @@ class Engine(service.ServiceMethods):
                 and policy.events is not None and not r.dry_run:
             events = await self.retention.prune_events(now - policy.events)
         if runs or events:
-            await self.retention.vacuum()
+            await self.retention.vacuum(merges=MAX_INDEX_MERGES)
         return {"runs": runs, "events": events, "dry_run": r.dry_run}
 
     @handles(service.Wait)
@@ -1044,6 +1047,18 @@ class Engine(service.ServiceMethods):
         finally:
             if queue is not None:
                 hub.unfollow(r.run_id, r.stream_id, queue)
+
+
+def _traceparent(value: str | None) -> str | None:
+    """A submitted W3C ``traceparent``, checked; a malformed one is refused, never dropped."""
+    if value is None or value == "":
+        return None
+    if spans.parse_traceparent(value) is None:
+        raise errors.InvalidParams(
+            "traceparent", "a W3C traceparent '00-<32 hex>-<16 hex>-<2 hex>' with non-zero ids",
+            repr(value[: spans.MAX_TRACEPARENT + 10]),
+        )
+    return value
 
 
 def _seconds(value: float | str | None) -> float | None:

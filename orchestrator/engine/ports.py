@@ -9,7 +9,8 @@ own, and the supervisor ↔ actor ↔ timers import circle does not exist.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.engine.flow.plan import GroupId, Plan
 from orchestrator.engine.messages import Cancel, Message
@@ -28,6 +29,19 @@ Deliver = Callable[[str, "Message | None"], None]
 
 TimerStored = Callable[[float], None]
 """``timer_stored(due_at)``: a timer due at ``due_at`` was committed (wake the timer task)."""
+
+
+class RunTracing(Protocol):
+    """Trace export (SPEC §12, the ``otel`` extra; ``engine/otel.py`` implements it): the
+    engine makes a step attempt's span current and reports ended runs, nothing more."""
+
+    def step_scope(
+        self, run: RunRecord, step_id: str, attempt: int
+    ) -> AbstractContextManager[Any]: ...
+
+    def run_ended(self, run_id: str) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class FlowPort(Protocol):
@@ -55,7 +69,7 @@ class RunHost(Protocol):
         """False once shutdown began: actors stop at the next step boundary."""
         ...
 
-    def services(self, run_id: str, record: RecordFn) -> HostServices:
+    def services(self, run: RunRecord, record: RecordFn) -> HostServices:
         """The runtime host services for one run's execution (pools, limiter, limits, gate)."""
         ...
 

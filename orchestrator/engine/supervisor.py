@@ -26,7 +26,7 @@ from orchestrator.engine.changes import ChangeFeed
 from orchestrator.engine.flow.plan import Plan, group_name
 from orchestrator.engine.holds import Holds
 from orchestrator.engine.messages import Cancel, Message
-from orchestrator.engine.ports import FlowPort, TimerStored
+from orchestrator.engine.ports import FlowPort, RunTracing, TimerStored
 from orchestrator.engine.settings import Settings
 from orchestrator.engine.slots import SlotQueue, rank
 from orchestrator.engine.streams import StreamHub
@@ -116,6 +116,7 @@ class Supervisor:
         # Every task the supervisor starts besides actors (closers, storage retries): kept.
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._on_finished = on_finished
+        self.tracing: RunTracing | None = None  # set by the composition root when [telemetry] on
         self._state_listeners: dict[str, list[asyncio.Queue[str]]] = {}
         self._accepting = True
         self._started = 0
@@ -135,7 +136,9 @@ class Supervisor:
     def registry(self) -> Registry:
         return self._registry
 
-    def services(self, run_id: str, record: RecordFn) -> HostServices:
+    def services(self, run: RunRecord, record: RecordFn) -> HostServices:
+        run_id = run.run_id
+        tracing = self.tracing
         return HostServices(
             record=record,
             clock=self._clock,
@@ -145,6 +148,7 @@ class Supervisor:
             publish=self.streams.publish_for(run_id),
             gate=functools.partial(self._gate, run_id),
             limits=self._limits,
+            step_scope=None if tracing is None else functools.partial(tracing.step_scope, run),
         )
 
     def admit(self, run: RunRecord) -> None:
@@ -353,6 +357,8 @@ class Supervisor:
     def run_finished(self, run: RunRecord) -> None:
         """The run's final record, as just committed by its actor."""
         self.publish_state(run.run_id, str(run.status), run.workflow_id)
+        if self.tracing is not None:
+            self.tracing.run_ended(run.run_id)
         self._on_finished(run)
 
     def publish_state(self, run_id: str, status: str, workflow_id: str | None = None) -> None:

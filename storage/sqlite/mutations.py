@@ -35,7 +35,8 @@ _INSERT_RUN = (
     "INSERT INTO runs (run_id, workflow_id, workflow_version, status, input, tags, priority, "
     "idempotency_key, parent_run_id, root_run_id, triggered_by, created_at, scheduled_at, "
     "updated_at, parent_wp_id, flow, throttle_key, expires_at, error, finished_at, "
-    "version_pinned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "version_pinned, traceparent) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -70,6 +71,7 @@ def create_run(conn: Conn, op: ops.CreateRun) -> ops.RunCreated:
             dumps(op.error),
             op.finished_at,
             int(op.version_pinned),
+            op.traceparent,
         ),
     )
     if tags:
@@ -115,6 +117,7 @@ def create_run(conn: Conn, op: ops.CreateRun) -> ops.RunCreated:
         throttle_key=op.throttle_key,
         expires_at=op.expires_at,
         version_pinned=op.version_pinned,
+        traceparent=op.traceparent,
     )
     return ops.RunCreated(run, created=True)
 

@@ -1,13 +1,15 @@
 """Retention (SPEC §12): deleting ended runs with every row they own, old events, and giving
 free pages back to the file system.
 
-Each op deletes a small batch so one writer transaction stays a few milliseconds long; the
-caller (the engine's retention sweep or ``prune``) loops until a batch comes back short.
+Each op deletes a small batch so one writer transaction stays a few milliseconds long (a
+``PruneRuns`` with a budget stops between trees once its time is spent); the caller (the
+engine's retention sweep or ``prune``) loops until a batch comes back empty or short.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 from storage import errors, ops, records
@@ -84,12 +86,28 @@ def count_prunable_sql(
     return sql, [*params, *params]
 
 
+# Trees deleted together between two looks at the clock of a budgeted PruneRuns: small enough
+# that one group stays well under a millisecond of deletes, large enough to share statements.
+_TREES_PER_GROUP = 4
+
+
 def prune_runs(conn: Conn, op: ops.PruneRuns) -> tuple[str, ...]:
+    started = time.perf_counter()
     roots, params = prunable_roots_sql(op.statuses, op.before, op.workflow_id)
     picked = conn.execute(f"{roots} ORDER BY r.created_at LIMIT ?", [*params, op.limit]).fetchall()
     if not picked:
         return ()
     root_ids = [str(r[0]) for r in picked]
+    group = len(root_ids) if op.budget is None else _TREES_PER_GROUP
+    gone: list[str] = []
+    for i in range(0, len(root_ids), group):
+        if i and op.budget is not None and time.perf_counter() - started >= op.budget:
+            break  # the rest stays for the next op: the writer serves others in between
+        gone.extend(_delete_trees(conn, root_ids[i : i + group]))
+    return tuple(gone)
+
+
+def _delete_trees(conn: Conn, root_ids: list[str]) -> list[str]:
     marks = ", ".join("?" * len(root_ids))
     found = conn.execute(
         f"SELECT run_id, number FROM runs WHERE run_id IN ({marks}) OR root_run_id IN ({marks})",
@@ -98,7 +116,7 @@ def prune_runs(conn: Conn, op: ops.PruneRuns) -> tuple[str, ...]:
     run_ids = [str(r[0]) for r in found]
     numbers = [int(r[1]) for r in found]
     delete_runs(conn, run_ids, numbers)
-    return tuple(run_ids)
+    return run_ids
 
 
 def delete_runs(conn: Conn, run_ids: list[str], numbers: list[int]) -> None:

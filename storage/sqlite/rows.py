@@ -33,7 +33,7 @@ RUN_COLUMNS = (
     "priority, idempotency_key, parent_run_id, root_run_id, triggered_by, attempt, created_at, "
     "scheduled_at, started_at, finished_at, updated_at, diverged, recoveries, compute_seconds, "
     "parent_wp_id, needs_resume, flow, throttle_key, expires_at, cancel_requested, paused, "
-    "version_pinned, forked_from"
+    "version_pinned, forked_from, traceparent"
 )
 
 
@@ -71,6 +71,7 @@ def run_from_row(r: Row) -> records.RunRecord:
         paused=bool(r[29]),
         version_pinned=bool(r[30]),
         forked_from=loads(r[31]),
+        traceparent=r[32],
     )
 
 

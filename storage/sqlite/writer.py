@@ -285,6 +285,7 @@ class Writer:
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Request]) -> list[_Outcome]:
         if self._io_failure is not None:
             return [(fut, False, self._refusal()) for _, fut in batch]
+        self._instrument.reached("batch.begun")
         self._batches += 1
         self._requests += len(batch)
         self._largest_batch = max(self._largest_batch, len(batch))

@@ -33,6 +33,18 @@ async def echo(input: Any, ctx: Context) -> dict[str, Any]:
     return {"echo": value}
 
 
+def _current_span() -> str:
+    from opentelemetry import trace  # the otel extra (the dev extra installs it)
+
+    ctx = trace.get_current_span().get_span_context()
+    return f"{ctx.trace_id:032x}-{ctx.span_id:016x}"
+
+
+@workflow(id="e2e-traced", description="A step answering which trace span it runs under.")
+async def traced(input: Any, ctx: Context) -> str:
+    return str(await ctx.step("where", _current_span))
+
+
 async def _boom(message: str) -> None:
     raise FatalError(message, code="E2E_BOOM")
 

@@ -144,3 +144,35 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     cfg = Config.default(tmp_path)
     with pytest.raises(AttributeError):
         cfg.daemon.socket = Path("x")  # type: ignore[misc]
+
+
+def test_telemetry_section(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[telemetry]\notlp_endpoint = "http://127.0.0.1:4318"\n'
+                                      'console = true\nservice_name = "svc"\n'))
+    assert cfg.telemetry.enabled and cfg.telemetry.console
+    assert cfg.telemetry.otlp_endpoint == "http://127.0.0.1:4318"
+    assert cfg.telemetry.service_name == "svc"
+    assert not load_config(write(tmp_path, "")).telemetry.enabled
+    with pytest.raises(ConfigError, match=r"telemetry\.console"):
+        load_config(write(tmp_path, '[telemetry]\nconsole = "yes"\n'))
+    with pytest.raises(ConfigError, match=r"telemetry\.otlp_endpoint"):
+        load_config(write(tmp_path, '[telemetry]\notlp_endpoint = "localhost:4318"\n'))
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[telemetry]\nconsole = true\n', "telemetry.console"),
+    ('[telemetry]\notlp_endpoint = "http://127.0.0.1:4318"\n', "telemetry.otlp_endpoint"),
+])
+def test_traces_without_the_otel_extra_are_a_start_up_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, key: str
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def without_otel(name: str, *args: object) -> object:
+        return None if name.startswith("opentelemetry") else real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_otel)
+    with pytest.raises(ConfigError, match=rf"{key}: traces need the 'otel' extra"):
+        load_config(write(tmp_path, text))

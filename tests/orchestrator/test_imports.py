@@ -28,6 +28,19 @@ def test_importing_the_client_loads_no_database_driver_executor_or_engine() -> N
     assert out.stdout.strip() == ""
 
 
+def test_the_engine_and_daemon_load_no_opentelemetry_unless_traces_are_on() -> None:
+    """The ``otel`` extra is optional: composing a daemon without ``[telemetry]`` imports none of
+    it (and so works where it is not installed)."""
+    code = (
+        "import sys, orchestrator, orchestrator.daemon.daemon, orchestrator.engine.engine\n"
+        "import orchestrator.client.cli\n"
+        "print(','.join(m for m in sys.modules if m.startswith('opentelemetry')\n"
+        "               or m == 'orchestrator.engine.otel'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == ""
 @contextlib.contextmanager
 def no_gc() -> Iterator[None]:
     """CPython 3.11.7 raises "AST constructor recursion depth mismatch" when a collection runs

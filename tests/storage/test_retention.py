@@ -125,6 +125,27 @@ async def test_prune_deletes_ended_trees_with_every_row_and_spares_live_runs(
             assert await db.fetch("PRAGMA integrity_check") == [("ok",)]
 
 
+async def test_a_budgeted_prune_stops_between_trees_and_keeps_children_with_roots(
+    storage: st.Storage,
+) -> None:
+    # A zero budget is spent after the first group of trees: each op deletes a few whole
+    # trees (a root with its child, never one without the other), the next op goes on.
+    for i in range(6):
+        await make_run(storage, f"r{i}", created_at=1.0 + i)
+        await make_run(storage, f"r{i}/c", created_at=1.5 + i, parent_run_id=f"r{i}",
+                       root_run_id=f"r{i}")
+        await end(storage, f"r{i}/c", st.RunStatus.COMPLETED, 8.0)
+        await end(storage, f"r{i}", st.RunStatus.COMPLETED, 9.0)
+    op = st.PruneRuns(ENDED, 10.0, limit=50, budget=0.0)
+    first = await storage.execute(op)
+    assert sorted(first) == sorted([f"r{i}" for i in range(4)]
+                                   + [f"r{i}/c" for i in range(4)])
+    second = await storage.execute(op)
+    assert sorted(second) == ["r4", "r4/c", "r5", "r5/c"]
+    assert await storage.execute(op) == ()
+    assert await storage.list_runs(limit=None) == []
+
+
 async def test_prune_events(storage: st.Storage) -> None:
     for i in range(30):
         await storage.execute(st.RecordEvent(f"e{i}", "t", {"pad": "x" * 4000}, float(i),
