@@ -124,6 +124,39 @@ class BatchItem:
 
 
 @dataclass(frozen=True, slots=True)
+class RegisterDaemon(WriteOp[float]):
+    """Register a daemon process with a lease of ``lease`` seconds from the database clock.
+    Returns ``lease_until`` (database clock). ``daemon_id`` must be fresh (never reused)."""
+
+    daemon_id: str
+    name: str
+    host: str
+    pid: int
+    version: str
+    socket: str
+    http: str
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class RenewLease(WriteOp["float | None"]):
+    """Extend a live daemon's lease to ``lease`` seconds from the database clock; returns the
+    new ``lease_until``, or None if the lease had already run out or the row is gone (another
+    daemon may have adopted its runs: the daemon must stop writing)."""
+
+    daemon_id: str
+    lease: float
+    http: str | None = None  # where it listens, once known (the HTTP port may be chosen late)
+
+
+@dataclass(frozen=True, slots=True)
+class RetireDaemon(WriteOp[None]):
+    """A daemon stopping cleanly: release its runs (owner NULL) and delete its row."""
+
+    daemon_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class CreateRun(WriteOp[RunCreated]):
     """Insert a run, or return the stored one with the same ``run_id`` or the same
     ``(workflow_id, idempotency_key)``. With ``scheduled_at`` a ``start`` timer

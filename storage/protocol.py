@@ -44,6 +44,14 @@ class Storage(Protocol):
 
     # --- writes --------------------------------------------------------------------------------
 
+    def fence(self, daemon_id: str) -> None:
+        """From now on every commit first checks, in its own transaction, that daemon
+        ``daemon_id`` (registered with ``RegisterDaemon``) still holds a live lease by the
+        database clock; if not, the batch and every later one fail with ``OwnershipLost`` and
+        ``failed`` resolves with it (SPEC §13 fencing). A no-op where one daemon owns the
+        database (SQLite: the lock file)."""
+        ...
+
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:
         """Apply every op of ``batch`` in order in one transaction, or none of them.
 
@@ -127,6 +135,11 @@ class Storage(Protocol):
 
     async def non_terminal_runs(self) -> list[records.RunRecord]:
         """Every run not yet in a terminal status (recovery at start), oldest first."""
+        ...
+
+    async def list_daemons(self) -> list[records.DaemonRecord]:
+        """Every registered daemon, oldest first, with ``live`` judged by the database clock
+        (SPEC §13 ``wf daemons``)."""
         ...
 
     async def throttle_starts(self, since: float) -> list[tuple[str, float]]:

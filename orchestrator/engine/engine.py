@@ -34,6 +34,7 @@ from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import Plan, plan_for
 from orchestrator.engine.holds import Holds
 from orchestrator.engine.journal_edits import JournalEdits
+from orchestrator.engine.lease import LeaseKeeper
 from orchestrator.engine.messages import Cancel, Resolve
 from orchestrator.engine.operations import RunOperations
 from orchestrator.engine.ratelimits import StoredRateLimiter
@@ -102,6 +103,7 @@ class Engine(service.ServiceMethods):
         self._finish_waiters: dict[str, list[asyncio.Future[storage.RunRecord]]] = {}
         self._accepting = False
         self._fatal: asyncio.Future[BaseException] | None = None
+        self.lease: LeaseKeeper | None = None  # this daemon's registration, set by compose
         self.holds = Holds()
         self.admission = Admission(
             storage_=storage_,
@@ -348,6 +350,10 @@ class Engine(service.ServiceMethods):
     def _on_storage_failed(self, fut: asyncio.Future[BaseException]) -> None:
         if not fut.cancelled():
             self._on_fatal(fut.result())
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop the engine for ``exc`` (fail-stop: the daemon exits writing nothing more)."""
+        self._on_fatal(exc)
 
     def _on_fatal(self, exc: BaseException) -> None:
         if self._fatal is not None and not self._fatal.done():
@@ -925,6 +931,12 @@ class Engine(service.ServiceMethods):
                 for d in sorted(self.registry, key=lambda d: d.id)
             ]
         }
+
+    @handles(service.Daemons)
+    async def _daemons(self, r: service.Daemons) -> JSONDict:
+        me = self.lease.daemon_id if self.lease is not None else None
+        return {"daemons": [views.daemon(d, this=d.daemon_id == me)
+                            for d in await self.storage.list_daemons()]}
 
     @handles(service.Versions)
     async def _versions(self, r: service.Versions) -> JSONDict:

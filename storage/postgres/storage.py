@@ -139,13 +139,16 @@ class PostgresStorage:
     def capabilities(self) -> records.StorageCapabilities:
         return records.StorageCapabilities(
             backend="postgres", version=self._settings.get("server_version", "unknown"),
-            location=redact(self.url), many_daemons=False,
+            location=redact(self.url), many_daemons=False, fenced=True,
         )
 
     def stats(self) -> WriterStats:
         return self._writer.stats()
 
     # --- writes --------------------------------------------------------------------------------
+
+    def fence(self, daemon_id: str) -> None:
+        self._writer.fence(daemon_id)
 
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:
         if not batch:
@@ -222,6 +225,9 @@ class PostgresStorage:
 
     async def non_terminal_runs(self) -> list[records.RunRecord]:
         return await SQLiteStorage.non_terminal_runs(self._sql)
+
+    async def list_daemons(self) -> list[records.DaemonRecord]:
+        return await SQLiteStorage.list_daemons(self._sql)
 
     async def throttle_starts(self, since: float) -> list[tuple[str, float]]:
         return await SQLiteStorage.throttle_starts(self._sql, since)

@@ -31,7 +31,8 @@ from storage import errors, ops
 from storage.postgres import retention
 from storage.postgres.dialect import SyncConnection
 from storage.postgres.translate import is_batch_fatal, translate
-from storage.sqlite import interventions, journal_edits, mutations, schedules
+from storage.sqlite import daemons, interventions, journal_edits, mutations, schedules
+from storage.sqlite.daemons import DB_NOW
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,10 @@ _Request = tuple[Sequence[ops.WriteOp[Any]], "asyncio.Future[list[Any]]"]
 _Outcome = tuple["asyncio.Future[list[Any]]", bool, Any]
 _APPLY: dict[type[Any], mutations.Apply] = {
     **mutations.APPLY, **schedules.APPLY, **interventions.APPLY, **retention.APPLY,
-    **journal_edits.APPLY,
+    **journal_edits.APPLY, **daemons.APPLY,
 }
+# The writer's lease check, first in every batch of a fenced daemon (SPEC §13).
+_FENCE = f"SELECT 1 FROM daemons WHERE daemon_id = ? AND lease_until > {DB_NOW} FOR SHARE"
 _STEP_CHUNKS = (256, 64, 16, 4, 1)  # 256 rows x 11 parameters stays far below 32767
 
 
@@ -78,8 +81,10 @@ class Writer:
         self._conn: SyncConnection | None = None
         self._batches = self._requests = self._ops = 0
         self._failed = self._replayed = self._largest = 0
+        self._fence_id: str | None = None  # set by fence(): every batch checks the lease
+        self._fenced: errors.OwnershipLost | None = None  # the lease was lost: terminal
         # A lost connection is not lost data (PostgreSQL keeps what it acknowledged): the
-        # writer reconnects on the next batch, so nothing ever sets this.
+        # writer reconnects on the next batch. Only a lost lease (OwnershipLost) sets this.
         self.failed: asyncio.Future[BaseException] = loop.create_future()
 
     @classmethod
@@ -107,6 +112,10 @@ class Writer:
         self._closed = True
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
+
+    def fence(self, daemon_id: str) -> None:
+        """Check ``daemon_id``'s lease at the start of every later batch (see ``_FENCE``)."""
+        self._fence_id = daemon_id
 
     def stats(self) -> WriterStats:
         return WriterStats(self._batches, self._requests, self._ops, self._failed,
@@ -167,6 +176,9 @@ class Writer:
         self._batches += 1
         self._requests += len(batch)
         self._largest = max(self._largest, len(batch))
+        if self._fenced is not None:
+            self._failed += 1
+            return [(fut, False, self._fenced) for _, fut in batch]
         try:
             conn = self._conn
             if conn is None or conn.raw.is_closed():
@@ -178,6 +190,12 @@ class Writer:
                 conn.execute("ROLLBACK")
                 outcomes = self._apply(conn, batch, isolate=True)
             conn.execute("COMMIT")
+        except errors.OwnershipLost as exc:
+            self._failed += 1
+            self._rollback()
+            self._fenced = exc
+            self._loop.call_soon_threadsafe(_set_failed, self.failed, exc)
+            return [(fut, False, exc) for _, fut in batch]
         except Exception as exc:
             self._failed += 1
             self._rollback()
@@ -193,6 +211,8 @@ class Writer:
         outcomes: list[_Outcome] = []
         steps: list[tuple[Any, ...]] = []
         conn.execute("BEGIN")
+        if self._fence_id is not None:
+            self._check_fence(conn, self._fence_id)
         for ops_, fut in batch:
             if not isolate and all(_is_first_step_attempt(op) for op in ops_):
                 steps.extend(mutations.step_row(op) for op in ops_)  # type: ignore[arg-type]
@@ -219,6 +239,13 @@ class Writer:
         if steps:
             self._flush_steps(conn, steps)
         return outcomes
+
+    @staticmethod
+    def _check_fence(conn: SyncConnection, daemon_id: str) -> None:
+        # FOR SHARE: a rescuer deletes a dead daemon's row before it adopts the runs, and that
+        # DELETE waits for this batch; every later batch of the dead daemon then finds no row.
+        if conn.execute(_FENCE, (daemon_id,)).fetchone() is None:
+            raise errors.OwnershipLost(daemon_id)
 
     @staticmethod
     def _flush_steps(conn: SyncConnection, steps: list[tuple[Any, ...]]) -> None:
@@ -261,6 +288,11 @@ def _deliver(outcomes: list[_Outcome]) -> None:
             fut.set_result(value)
         else:
             fut.set_exception(value)
+
+
+def _set_failed(fut: asyncio.Future[BaseException], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_result(exc)
 
 
 def _set_ready(fut: asyncio.Future[None]) -> None:

@@ -1,0 +1,74 @@
+"""The daemon registry and leases (SPEC §13), one definition for both backends.
+
+Every time here is the *database's* clock (``DB_NOW``), never a daemon's: two daemons on two
+machines agree on whose lease has run out because one clock judges both. PostgreSQL runs the
+same SQL through ``storage.postgres.dialect``, which turns ``DB_NOW`` into ``now()``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from storage import ops, records
+from storage.sqlite.rows import Row
+
+# The database clock in epoch seconds (SQLite: millisecond precision). The dialect adapter
+# rewrites this exact text for PostgreSQL, so keep it verbatim.
+DB_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+DAEMON_COLUMNS = (
+    "d.daemon_id, d.name, d.host, d.pid, d.version, d.socket, d.http, d.started_at, "
+    "d.renewed_at, d.lease_until"
+)
+LIST_DAEMONS = (
+    f"SELECT {DAEMON_COLUMNS}, d.lease_until > {DB_NOW}, "
+    "(SELECT count(*) FROM runs r WHERE r.owner = d.daemon_id), "
+    f"{DB_NOW} FROM daemons d ORDER BY d.started_at, d.daemon_id"
+)
+
+
+def register_daemon(conn: sqlite3.Connection, op: ops.RegisterDaemon) -> float:
+    if op.lease <= 0:
+        raise ValueError(f"daemon lease must be positive seconds, got {op.lease!r}")
+    row = conn.execute(
+        "INSERT INTO daemons (daemon_id, name, host, pid, version, socket, http, started_at, "
+        f"renewed_at, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, {DB_NOW}, {DB_NOW}, "
+        f"{DB_NOW} + ?) RETURNING lease_until",
+        (op.daemon_id, op.name, op.host, op.pid, op.version, op.socket, op.http, op.lease),
+    ).fetchone()
+    return float(row[0])
+
+
+def renew_lease(conn: sqlite3.Connection, op: ops.RenewLease) -> float | None:
+    # Only a lease still running is renewed: once it has run out another daemon may have
+    # adopted the runs, and the late daemon must learn it is dead rather than revive.
+    row = conn.execute(
+        f"UPDATE daemons SET renewed_at = {DB_NOW}, lease_until = {DB_NOW} + ?, "
+        "http = coalesce(?, http) "
+        f"WHERE daemon_id = ? AND lease_until > {DB_NOW} RETURNING lease_until",
+        (op.lease, op.http, op.daemon_id),
+    ).fetchone()
+    return None if row is None else float(row[0])
+
+
+def retire_daemon(conn: sqlite3.Connection, op: ops.RetireDaemon) -> None:
+    conn.execute("UPDATE runs SET owner = NULL, epoch = epoch + 1 WHERE owner = ?",
+                 (op.daemon_id,))
+    conn.execute("DELETE FROM daemons WHERE daemon_id = ?", (op.daemon_id,))
+
+
+def daemon_from_row(r: Row) -> records.DaemonRecord:
+    return records.DaemonRecord(
+        daemon_id=r[0], name=r[1], host=r[2], pid=int(r[3]), version=r[4], socket=r[5],
+        http=r[6], started_at=float(r[7]), renewed_at=float(r[8]), lease_until=float(r[9]),
+        live=bool(r[10]), runs=int(r[11]), now=float(r[12]),
+    )
+
+
+APPLY: dict[type[Any], Callable[[Any, Any], Any]] = {
+    ops.RegisterDaemon: register_daemon,
+    ops.RenewLease: renew_lease,
+    ops.RetireDaemon: retire_daemon,
+}
