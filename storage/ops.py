@@ -157,6 +157,32 @@ class RetireDaemon(WriteOp[None]):
 
 
 @dataclass(frozen=True, slots=True)
+class RescueDaemons(WriteOp[tuple[str, ...]]):
+    """Declare every daemon whose lease ran out (database clock) dead: delete its row and
+    release its runs (owner NULL, epoch + 1) for a live daemon to claim. Returns the dead
+    daemons' ids. On PostgreSQL the DELETE waits for a dead daemon's batch in flight (its
+    fence holds the row FOR SHARE), so nothing it wrote can land after the release."""
+
+    daemon_id: str  # the rescuer (never declares itself dead)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    run: records.RunRecord
+    epoch: int  # the run's epoch under its new owner
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRuns(WriteOp[tuple[ClaimedRun, ...]]):
+    """Take up to ``limit`` unowned runs that are not ended for ``daemon_id`` (owner = it,
+    epoch + 1), highest priority then oldest first. Concurrent claimers on PostgreSQL skip
+    each other's rows (``FOR UPDATE SKIP LOCKED``): each run is claimed once."""
+
+    daemon_id: str
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class CreateRun(WriteOp[RunCreated]):
     """Insert a run, or return the stored one with the same ``run_id`` or the same
     ``(workflow_id, idempotency_key)``. With ``scheduled_at`` a ``start`` timer

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from storage import ops, records
+from storage.sqlite import rows
 from storage.sqlite.rows import Row
 
 # The database clock in epoch seconds (SQLite: millisecond precision). The dialect adapter
@@ -59,6 +60,40 @@ def retire_daemon(conn: sqlite3.Connection, op: ops.RetireDaemon) -> None:
     conn.execute("DELETE FROM daemons WHERE daemon_id = ?", (op.daemon_id,))
 
 
+def rescue_daemons(conn: sqlite3.Connection, op: ops.RescueDaemons) -> tuple[str, ...]:
+    dead = tuple(r[0] for r in conn.execute(
+        f"DELETE FROM daemons WHERE lease_until <= {DB_NOW} AND daemon_id <> ? "
+        "RETURNING daemon_id", (op.daemon_id,)).fetchall())
+    if dead:
+        marks = ", ".join("?" for _ in dead)
+        conn.execute(f"UPDATE runs SET owner = NULL, epoch = epoch + 1 WHERE owner IN ({marks})",
+                     dead)
+    return tuple(sorted(dead))
+
+
+_CLAIMABLE = tuple(sorted(s.value for s in records.NON_TERMINAL_STATUSES))
+
+
+def claim_runs_sql(lock: str = "") -> str:
+    """The claim, with ``lock`` appended to its row selection (PostgreSQL: ``FOR UPDATE SKIP
+    LOCKED``; SQLite has one writer and needs none)."""
+    marks = ", ".join("?" for _ in _CLAIMABLE)
+    return (
+        "UPDATE runs SET owner = ?, epoch = epoch + 1 WHERE run_id IN ("
+        f"SELECT run_id FROM runs WHERE owner IS NULL AND status IN ({marks}) "
+        f"ORDER BY priority DESC, number LIMIT ?{lock}) RETURNING {rows.RUN_COLUMNS}, epoch"
+    )
+
+
+def claim_runs(conn: sqlite3.Connection, op: ops.ClaimRuns, *, lock: str = ""
+               ) -> tuple[ops.ClaimedRun, ...]:
+    if op.limit <= 0:
+        return ()
+    found = conn.execute(claim_runs_sql(lock), (op.daemon_id, *_CLAIMABLE, op.limit)).fetchall()
+    claimed = [ops.ClaimedRun(rows.run_from_row(r[:-1]), int(r[-1])) for r in found]
+    return tuple(sorted(claimed, key=lambda c: (-c.run.priority, c.run.number)))
+
+
 def daemon_from_row(r: Row) -> records.DaemonRecord:
     return records.DaemonRecord(
         daemon_id=r[0], name=r[1], host=r[2], pid=int(r[3]), version=r[4], socket=r[5],
@@ -71,4 +106,6 @@ APPLY: dict[type[Any], Callable[[Any, Any], Any]] = {
     ops.RegisterDaemon: register_daemon,
     ops.RenewLease: renew_lease,
     ops.RetireDaemon: retire_daemon,
+    ops.RescueDaemons: rescue_daemons,
+    ops.ClaimRuns: claim_runs,
 }

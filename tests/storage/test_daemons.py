@@ -81,3 +81,36 @@ async def test_a_fenced_daemon_writes_nothing_once_its_lease_ran_out(storage: st
         await storage.execute(st.RenewLease("d1", 10.0))
     assert isinstance(storage.failed.result(), st.OwnershipLost)
     assert [r.run_id for r in await storage.list_runs()] == ["r1"]
+
+
+async def test_rescue_releases_only_the_runs_of_daemons_whose_lease_ran_out(
+    storage: st.Storage,
+) -> None:
+    await storage.execute(_register("dead", lease=0.05))
+    await storage.execute(_register("alive", lease=30))
+    for run_id in ("r1", "r2", "r3"):
+        await make_run(storage, run_id)
+    async with raw(storage) as db:
+        await db.execute("UPDATE runs SET owner = 'dead', epoch = 1 WHERE run_id IN ('r1', 'r2')")
+        await db.execute("UPDATE runs SET owner = 'alive', epoch = 1 WHERE run_id = 'r3'")
+        await asyncio.sleep(0.15)
+        assert await storage.execute(st.RescueDaemons("alive")) == ("dead",)
+        assert await storage.execute(st.RescueDaemons("alive")) == ()  # once
+        assert sorted(await db.fetch("SELECT run_id, owner, epoch FROM runs")) == [
+            ("r1", None, 2), ("r2", None, 2), ("r3", "alive", 1)]
+    assert [d.daemon_id for d in await storage.list_daemons()] == ["alive"]
+
+
+async def test_claims_take_unowned_unended_runs_by_priority_then_age(storage: st.Storage) -> None:
+    await make_run(storage, "low")
+    await make_run(storage, "high", priority=5)
+    await make_run(storage, "done")
+    await make_run(storage, "later")
+    await storage.execute(st.UpdateRun("done", at=2.0, status=st.RunStatus.COMPLETED,
+                                       finished_at=2.0))
+    first = await storage.execute(st.ClaimRuns("d1", limit=2))
+    assert [(c.run.run_id, c.epoch) for c in first] == [("high", 1), ("low", 1)]
+    rest = await storage.execute(st.ClaimRuns("d2"))
+    assert [(c.run.run_id, c.epoch) for c in rest] == [("later", 1)]
+    assert await storage.execute(st.ClaimRuns("d2")) == ()
+    assert await storage.execute(st.ClaimRuns("d2", limit=0)) == ()

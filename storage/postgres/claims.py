@@ -1,0 +1,39 @@
+"""Claims that several daemons make at once on PostgreSQL (SPEC §13): due timers and unowned
+runs are selected ``FOR UPDATE SKIP LOCKED``, so concurrent claimers take disjoint rows and a
+timer fires, a run is claimed, exactly once. Otherwise SQLite's op code, unchanged (SQLite has
+one writer: nothing to skip)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from storage import ops
+from storage.sqlite import daemons, mutations
+
+_SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+
+
+def claim_due_timers(conn: sqlite3.Connection, op: ops.ClaimDueTimers
+                     ) -> tuple[ops.FiredTimer, ...]:
+    # Locked until this batch commits: another daemon's claim skips these rows, and by the
+    # time it could see them again they are deleted (or moved a lease on, for schedules).
+    due = conn.execute(
+        "SELECT timer_id FROM timers WHERE due_at <= ? ORDER BY due_at, timer_id LIMIT ?"
+        + _SKIP_LOCKED,
+        (op.before, op.limit),
+    ).fetchall()
+    fired = (mutations.fire_timer(conn, ops.FireTimer(timer_id, op.before))
+             for (timer_id,) in due)
+    return tuple(f for f in fired if f is not None)
+
+
+def claim_runs(conn: sqlite3.Connection, op: ops.ClaimRuns) -> tuple[ops.ClaimedRun, ...]:
+    return daemons.claim_runs(conn, op, lock=_SKIP_LOCKED)
+
+
+APPLY: dict[type[Any], mutations.Apply] = {
+    ops.ClaimDueTimers: claim_due_timers,
+    ops.ClaimRuns: claim_runs,
+}
+"""Op type → its PostgreSQL form, where it differs from SQLite's."""
