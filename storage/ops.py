@@ -173,6 +173,16 @@ class ClaimedRun:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimRun(WriteOp["int | None"]):
+    """Take one run for ``daemon_id`` if nobody owns it (or it already does). Returns the
+    run's epoch under this owner, or None: another daemon drives it (SPEC §13: a run is driven
+    by at most one daemon at a time)."""
+
+    daemon_id: str
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimRuns(WriteOp[tuple[ClaimedRun, ...]]):
     """Take up to ``limit`` unowned runs that are not ended for ``daemon_id`` (owner = it,
     epoch + 1), highest priority then oldest first. Concurrent claimers on PostgreSQL skip

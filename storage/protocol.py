@@ -142,6 +142,12 @@ class Storage(Protocol):
         (SPEC §13 ``wf daemons``)."""
         ...
 
+    async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
+        """Runs ``daemon_id`` owns that another daemon moved: waiting with a resolution
+        recorded (``needs_resume``), or with a cancel requested (SPEC §13: the owner's poll
+        when a wakeup went to another daemon)."""
+        ...
+
     async def throttle_starts(self, since: float) -> list[tuple[str, float]]:
         """``(throttle_key, started_at)`` of every run with a throttle key that started at or
         after ``since``, oldest start first (the throttle windows, rebuilt at start)."""

@@ -229,6 +229,9 @@ class PostgresStorage:
     async def list_daemons(self) -> list[records.DaemonRecord]:
         return await SQLiteStorage.list_daemons(self._sql)
 
+    async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
+        return await SQLiteStorage.owned_runs_to_move(self._sql, daemon_id)
+
     async def throttle_starts(self, since: float) -> list[tuple[str, float]]:
         return await SQLiteStorage.throttle_starts(self._sql, since)
 

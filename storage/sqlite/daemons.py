@@ -71,6 +71,22 @@ def rescue_daemons(conn: sqlite3.Connection, op: ops.RescueDaemons) -> tuple[str
     return tuple(sorted(dead))
 
 
+def claim_run(conn: sqlite3.Connection, op: ops.ClaimRun) -> int | None:
+    # PostgreSQL: a second claimer blocks on the row, then re-checks the owner and gets none.
+    row = conn.execute(
+        "UPDATE runs SET epoch = CASE WHEN owner IS NULL THEN epoch + 1 ELSE epoch END, "
+        "owner = ? WHERE run_id = ? AND (owner IS NULL OR owner = ?) RETURNING epoch",
+        (op.daemon_id, op.run_id, op.daemon_id),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+OWNED_TO_RESUME = (
+    "SELECT run_id FROM runs WHERE owner = ? AND ((status = 'waiting' AND needs_resume = 1) "
+    "OR cancel_requested IS NOT NULL) ORDER BY priority DESC, number"
+)
+
+
 _CLAIMABLE = tuple(sorted(s.value for s in records.NON_TERMINAL_STATUSES))
 
 
@@ -108,4 +124,5 @@ APPLY: dict[type[Any], Callable[[Any, Any], Any]] = {
     ops.RetireDaemon: retire_daemon,
     ops.RescueDaemons: rescue_daemons,
     ops.ClaimRuns: claim_runs,
+    ops.ClaimRun: claim_run,
 }

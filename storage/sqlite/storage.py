@@ -246,6 +246,9 @@ class SQLiteStorage:
     async def list_daemons(self) -> list[records.DaemonRecord]:
         return [daemons.daemon_from_row(r) for r in await self._fetch(daemons.LIST_DAEMONS)]
 
+    async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
+        return [r[0] for r in await self._fetch(daemons.OWNED_TO_RESUME, (daemon_id,))]
+
     async def throttle_starts(self, since: float) -> list[tuple[str, float]]:
         found = await self._fetch(
             "SELECT throttle_key, started_at FROM runs WHERE throttle_key IS NOT NULL "

@@ -114,3 +114,18 @@ async def test_claims_take_unowned_unended_runs_by_priority_then_age(storage: st
     assert [(c.run.run_id, c.epoch) for c in rest] == [("later", 1)]
     assert await storage.execute(st.ClaimRuns("d2")) == ()
     assert await storage.execute(st.ClaimRuns("d2", limit=0)) == ()
+
+
+async def test_a_run_is_claimed_by_one_daemon_and_its_resolutions_are_found_by_the_owner(
+    storage: st.Storage,
+) -> None:
+    await make_run(storage, "r1")
+    assert await storage.execute(st.ClaimRun("d1", "r1")) == 1
+    assert await storage.execute(st.ClaimRun("d1", "r1")) == 1  # already its own: same epoch
+    assert await storage.execute(st.ClaimRun("d2", "r1")) is None
+    assert await storage.execute(st.ClaimRun("d2", "no-such-run")) is None
+    assert await storage.owned_runs_to_move("d1") == []
+    async with raw(storage) as db:
+        await db.execute("UPDATE runs SET status = 'waiting', needs_resume = 1")
+    assert await storage.owned_runs_to_move("d1") == ["r1"]
+    assert await storage.owned_runs_to_move("d2") == []
