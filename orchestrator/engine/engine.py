@@ -30,6 +30,7 @@ from orchestrator import logs
 from orchestrator.api import errors, protocol, service, views
 from orchestrator.api.service import JSONDict
 from orchestrator.engine import bridge, export, replay, triggers, versions
+from orchestrator.engine.cluster import ClusterLoop
 from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import Plan, plan_for
 from orchestrator.engine.holds import Holds
@@ -104,6 +105,7 @@ class Engine(service.ServiceMethods):
         self._accepting = False
         self._fatal: asyncio.Future[BaseException] | None = None
         self.lease: LeaseKeeper | None = None  # this daemon's registration, set by compose
+        self.cluster: ClusterLoop | None = None  # many daemons on the database (SPEC §13)
         self.holds = Holds()
         self.admission = Admission(
             storage_=storage_,
@@ -183,11 +185,20 @@ class Engine(service.ServiceMethods):
         self._fatal = asyncio.get_running_loop().create_future()
         self.storage.failed.add_done_callback(self._on_storage_failed)
         await self.scheduling.reconcile()
+        if self.lease is not None and self.storage.capabilities().many_daemons:
+            self.cluster = ClusterLoop(
+                self.storage, self.lease.daemon_id, min(1.0, self.lease.lease / 3),
+                claim_limit=self.settings.max_active_runs, take_over=self._take_over,
+                move=self._move_owned, timer_due=self._timer_stored,
+            )
+            self.supervisor.owner = self.lease.daemon_id
         recovered = await self._recover()
         await self.scheduling.after_recovery()
         fired = await self.timers.fire_due()  # schedules missed while down fire here, collapsed
         self.timers.start()
         self.retention.start()
+        if self.cluster is not None:
+            self.cluster.start()
         self.instrument.reached("timers.armed")
         self._accepting = True
         resumed = await versions.resume_arrived_versions(self.storage, self.registry, self.ops)
@@ -248,14 +259,26 @@ class Engine(service.ServiceMethods):
         """Restart every run that was moving when the daemon stopped. Paused runs stay as
         they are (a running one is held again before its next step); a cancel that was
         acknowledged is carried out."""
-        now = self.clock.now()
-        limit = self.settings.max_recoveries
         runs = await self.storage.non_terminal_runs()
         self.holds.workflows.update(await self.storage.paused_workflows())
+        await self.admission.rebuild(runs)
+        if self.cluster is not None:
+            # Only the runs this daemon claims are its to recover: the others are driven by
+            # live daemons (or claimed by whoever gets them first).
+            runs = await self.cluster.claim()
+        return await self._take_over(runs)
+
+    async def _take_over(self, runs: list[storage.RunRecord]) -> int:
+        """Restart or resume ``runs``, which this daemon now drives (at start, or adopted from
+        a dead daemon): in flight → restarted (recovery counted), waiting with a resolution →
+        resumed, cancel requested → carried out, paused → held."""
+        now = self.clock.now()
+        limit = self.settings.max_recoveries
         for run in runs:
+            if self.cluster is not None:
+                self.supervisor.owns(run.run_id)
             if run.paused or run.status is storage.RunStatus.PAUSED:
                 self.holds.pause(run.run_id)
-        await self.admission.rebuild(runs)
         ops: list[storage.WriteOp[Any]] = []
         to_start: list[tuple[storage.RunRecord, bool]] = []  # (run, already started)
         cancels: list[storage.RunRecord] = []
@@ -328,9 +351,18 @@ class Engine(service.ServiceMethods):
         await self._flush_full_batches()
         return len(to_start) + len(cancels)
 
+    async def _move_owned(self, run: storage.RunRecord) -> None:
+        """A run of ours that another daemon resolved or cancelled: act on it here."""
+        if run.cancel_requested is not None and not self.supervisor.knows(run.run_id):
+            await self.ops.honour_cancel(run)
+        elif run.status is storage.RunStatus.WAITING and run.needs_resume:
+            self.supervisor.deliver(run.run_id, resuming=True, priority=run.priority)
+
     async def close(self) -> None:
         """Stop the timers and the actors (in-flight steps get ``shutdown_grace``)."""
         self._accepting = False
+        if self.cluster is not None:
+            await self.cluster.close()
         await self.retention.close()
         await self.timers.stop()
         await self.scheduling.close()

@@ -120,6 +120,10 @@ class Supervisor:
         self._accepting = True
         self._started = 0
         self._failures = 0
+        # Many daemons (SPEC §13): this daemon's id once the engine runs in a cluster. An actor
+        # then first claims its run and stands down if another daemon drives it.
+        self.owner: str | None = None
+        self._owned: set[str] = set()
 
     # ------------------------------------------------------------------ RunHost
 
@@ -232,6 +236,8 @@ class Supervisor:
         error leaves a run running or waiting), never the daemon."""
         retry_later = False
         try:
+            if not await self._own(actor):
+                return
             await actor.drive()
         except asyncio.CancelledError:
             raise
@@ -262,6 +268,23 @@ class Supervisor:
                     self.deliver(actor.run_id, message)
         if retry_later and self._accepting:
             self._spawn(self._deliver_later(actor.run_id), f"retry:{actor.run_id}")
+
+    async def _own(self, actor: RunActor) -> bool:
+        """Whether this daemon may drive the actor's run: always with one daemon; in a cluster
+        only once it owns the run (claimed now if nobody does). A run another daemon owns is
+        left to it: what was delivered here is recorded, and its owner's poll finds it."""
+        if self.owner is None or actor.run_id in self._owned:
+            return True
+        if await self._storage.execute(storage.ClaimRun(self.owner, actor.run_id)) is None:
+            actor.log.debug("run.owned_elsewhere")
+            actor.mailbox.clear()
+            return False
+        self._owned.add(actor.run_id)
+        return True
+
+    def owns(self, run_id: str) -> None:
+        """Record a run this daemon claimed in bulk (a takeover)."""
+        self._owned.add(run_id)
 
     async def _fail_internal(self, actor: RunActor, cause: BaseException) -> None:
         try:
@@ -352,6 +375,7 @@ class Supervisor:
 
     def run_finished(self, run: RunRecord) -> None:
         """The run's final record, as just committed by its actor."""
+        self._owned.discard(run.run_id)
         self.publish_state(run.run_id, str(run.status), run.workflow_id)
         self._on_finished(run)
 
