@@ -154,8 +154,9 @@ class Orchestrator(service.ServiceMethods):
                     "storage.synchronous applies to SQLite only; with storage.url set, "
                     "durability is PostgreSQL's synchronous_commit (leave it 'on')"
                 )
-            # One daemon per database (SPEC §13 many daemons is phase 2): an advisory lock.
-            return await self._stack.enter_async_context(storage.PostgresStorage.open(cfg.url))
+            # Many daemons may share it (SPEC §13): leases and fencing instead of a lock.
+            return await self._stack.enter_async_context(
+                storage.PostgresStorage.open(cfg.url, exclusive=False))
         self._stack.enter_context(DatabaseLock.acquire(cfg.path))
         return await self._stack.enter_async_context(
             storage.SQLiteStorage.open(

@@ -106,6 +106,7 @@ class Engine(service.ServiceMethods):
         self._fatal: asyncio.Future[BaseException] | None = None
         self.lease: LeaseKeeper | None = None  # this daemon's registration, set by compose
         self.cluster: ClusterLoop | None = None  # many daemons on the database (SPEC §13)
+        self._moved: dict[str, float] = {}  # run → updated_at when the owner's poll resumed it
         self.holds = Holds()
         self.admission = Admission(
             storage_=storage_,
@@ -355,8 +356,12 @@ class Engine(service.ServiceMethods):
         """A run of ours that another daemon resolved or cancelled: act on it here."""
         if run.cancel_requested is not None and not self.supervisor.knows(run.run_id):
             await self.ops.honour_cancel(run)
-        elif run.status is storage.RunStatus.WAITING and run.needs_resume:
-            self.supervisor.deliver(run.run_id, resuming=True, priority=run.priority)
+        elif (run.status is storage.RunStatus.WAITING and run.needs_resume
+              # Once per change of the run: a resolution its body no longer awaits leaves
+              # the flag set (it is cleared when the run next commits "running").
+              and self._moved.get(run.run_id) != run.updated_at
+              and self.supervisor.resume_from_journal(run.run_id)):
+            self._moved[run.run_id] = run.updated_at
 
     async def close(self) -> None:
         """Stop the timers and the actors (in-flight steps get ``shutdown_grace``)."""
@@ -393,6 +398,7 @@ class Engine(service.ServiceMethods):
 
     def _on_finished(self, run: storage.RunRecord) -> None:
         self.holds.forget(run.run_id)
+        self._moved.pop(run.run_id, None)
         self.admission.ended(run)
         for fut in self._finish_waiters.pop(run.run_id, ()):
             if not fut.done():

@@ -358,6 +358,18 @@ class Supervisor:
     def take_warm(self, run_id: str) -> tuple[Execution, RunRecord] | None:
         return self._warm.pop(run_id, None)
 
+    def resume_from_journal(self, run_id: str) -> bool:
+        """Resume a parked run of ours that another daemon resolved: its warm execution (if
+        any) never saw that resolution, so it is dropped and the run replays its journal,
+        which holds it. False while an actor drives the run (asked again at the next poll)."""
+        if run_id in self._actors or run_id in self._queued:
+            return False
+        warm = self._warm.pop(run_id, None)
+        if warm is not None:
+            self._close_later(warm[0])
+        self.deliver(run_id, resuming=True)
+        return True
+
     def park(self, run_id: str, execution: Execution, run: RunRecord) -> None:
         """Keep a parked execution (and its run record) warm, or close it when over budget."""
         if self._warm_budget <= 0:
