@@ -44,12 +44,14 @@ class Storage(Protocol):
 
     # --- writes --------------------------------------------------------------------------------
 
-    def fence(self, daemon_id: str) -> None:
+    def fence(self, daemon_id: str, lease: float) -> None:
         """From now on every commit first checks, in its own transaction, that daemon
         ``daemon_id`` (registered with ``RegisterDaemon``) still holds a live lease by the
         database clock; if not, the batch and every later one fail with ``OwnershipLost`` and
-        ``failed`` resolves with it (SPEC §13 fencing). A no-op where one daemon owns the
-        database (SQLite: the lock file)."""
+        ``failed`` resolves with it (SPEC §13 fencing). The backend also makes sure that a
+        transaction of this daemon left open (the process stopped mid-batch) ends within
+        ``lease``/2, so it cannot hold up the daemons that adopt its runs. A no-op where one
+        daemon owns the database (SQLite: the lock file)."""
         ...
 
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:

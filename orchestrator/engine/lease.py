@@ -81,7 +81,7 @@ class LeaseKeeper:
 
     async def start(self) -> None:
         await self._register()
-        self.storage.fence(self.daemon_id)
+        self.storage.fence(self.daemon_id, self.lease)
         self.known = await self.storage.list_daemons()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="lease")
 

@@ -32,7 +32,12 @@ def claim_runs(conn: sqlite3.Connection, op: ops.ClaimRuns) -> tuple[ops.Claimed
     return daemons.claim_runs(conn, op, lock=_SKIP_LOCKED)
 
 
+def rescue_daemons(conn: sqlite3.Connection, op: ops.RescueDaemons) -> tuple[str, ...]:
+    return daemons.rescue_daemons(conn, op, lock=_SKIP_LOCKED)
+
+
 APPLY: dict[type[Any], mutations.Apply] = {
+    ops.RescueDaemons: rescue_daemons,
     ops.ClaimDueTimers: claim_due_timers,
     ops.ClaimRuns: claim_runs,
 }

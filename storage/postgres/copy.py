@@ -78,6 +78,11 @@ async def _copy(src: sqlite3.Connection, dst: asyncpg.Connection, where: str) ->
             data={"missing": missing})
     counts: dict[str, int] = {}
     async with dst.transaction():
+        if await dst.fetchval("SELECT EXISTS (SELECT 1 FROM daemons "
+                              "WHERE lease_until > extract(epoch FROM now()))"):
+            raise errors.InvalidOperation(
+                f"{where} has a live daemon registered: stop every daemon on it first",
+                data={"table": "daemons"})
         for table in tables:
             if await dst.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):
                 raise errors.InvalidOperation(

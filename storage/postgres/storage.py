@@ -151,8 +151,8 @@ class PostgresStorage:
 
     # --- writes --------------------------------------------------------------------------------
 
-    def fence(self, daemon_id: str) -> None:
-        self._writer.fence(daemon_id)
+    def fence(self, daemon_id: str, lease: float) -> None:
+        self._writer.fence(daemon_id, lease)
 
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:
         if not batch:

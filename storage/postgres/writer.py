@@ -82,6 +82,8 @@ class Writer:
         self._batches = self._requests = self._ops = 0
         self._failed = self._replayed = self._largest = 0
         self._fence_id: str | None = None  # set by fence(): every batch checks the lease
+        self._idle_ms = 0  # idle_in_transaction_session_timeout once fenced
+        self._session_set = True  # the session settings are in force on the connection
         self._fenced: errors.OwnershipLost | None = None  # the lease was lost: terminal
         # A lost connection is not lost data (PostgreSQL keeps what it acknowledged): the
         # writer reconnects on the next batch. Only a lost lease (OwnershipLost) sets this.
@@ -113,8 +115,13 @@ class Writer:
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
 
-    def fence(self, daemon_id: str) -> None:
-        """Check ``daemon_id``'s lease at the start of every later batch (see ``_FENCE``)."""
+    def fence(self, daemon_id: str, lease: float) -> None:
+        """Check ``daemon_id``'s lease at the start of every later batch (see ``_FENCE``), and
+        have the server end a transaction of ours left open for half a lease: a daemon stopped
+        mid-batch (SIGSTOP) would otherwise hold its lease row locked, and the others' rescue
+        with it, for as long as it stays stopped."""
+        self._idle_ms = max(100, int(lease * 500))
+        self._session_set = False
         self._fence_id = daemon_id
 
     def stats(self) -> WriterStats:
@@ -183,6 +190,10 @@ class Writer:
             conn = self._conn
             if conn is None or conn.raw.is_closed():
                 conn = self._connect()
+                self._session_set = self._idle_ms == 0
+            if not self._session_set:
+                conn.execute(f"SET idle_in_transaction_session_timeout = {self._idle_ms}")
+                self._session_set = True
             try:
                 outcomes = self._apply(conn, batch, isolate=False)
             except _Replay:

@@ -60,10 +60,19 @@ def retire_daemon(conn: sqlite3.Connection, op: ops.RetireDaemon) -> None:
     conn.execute("DELETE FROM daemons WHERE daemon_id = ?", (op.daemon_id,))
 
 
-def rescue_daemons(conn: sqlite3.Connection, op: ops.RescueDaemons) -> tuple[str, ...]:
-    dead = tuple(r[0] for r in conn.execute(
-        f"DELETE FROM daemons WHERE lease_until <= {DB_NOW} AND daemon_id <> ? "
-        "RETURNING daemon_id", (op.daemon_id,)).fetchall())
+def rescue_sql(lock: str = "") -> str:
+    """Delete the rows of daemons whose lease ran out; ``lock`` is appended to their selection
+    (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so a row a stopped daemon's open batch still holds
+    is left for a later tick instead of blocking the rescuer's writer)."""
+    return (
+        "DELETE FROM daemons WHERE daemon_id IN (SELECT daemon_id FROM daemons "
+        f"WHERE lease_until <= {DB_NOW} AND daemon_id <> ?{lock}) RETURNING daemon_id"
+    )
+
+
+def rescue_daemons(conn: sqlite3.Connection, op: ops.RescueDaemons, *, lock: str = ""
+                   ) -> tuple[str, ...]:
+    dead = tuple(r[0] for r in conn.execute(rescue_sql(lock), (op.daemon_id,)).fetchall())
     if dead:
         marks = ", ".join("?" for _ in dead)
         conn.execute(f"UPDATE runs SET owner = NULL, epoch = epoch + 1 WHERE owner IN ({marks})",

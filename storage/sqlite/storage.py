@@ -150,7 +150,7 @@ class SQLiteStorage:
 
     # --- writes --------------------------------------------------------------------------------
 
-    def fence(self, daemon_id: str) -> None:
+    def fence(self, daemon_id: str, lease: float) -> None:
         """One daemon per file (the lock file): nobody can take its runs, nothing to fence."""
 
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:

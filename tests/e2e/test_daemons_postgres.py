@@ -187,3 +187,29 @@ async def test_two_live_daemons_share_timers_and_each_fires_once(
     attempts = await _step_attempts(pg_url)
     assert {r[0]: r[1] for r in attempts} == {r: 1 for r in runs}
     assert await _fetch(pg_url, "SELECT count(*) FROM timers") == [(0,)]
+
+
+async def test_a_stopped_daemons_runs_finish_elsewhere_and_it_wakes_to_write_nothing(
+    make_daemon: Callable[..., Daemon], pg_url: str
+) -> None:
+    """SIGSTOP past the lease: the other daemon adopts the run and finishes it; SIGCONT: the
+    stopped daemon writes nothing (its timer was due, its batch is fenced) and exits."""
+    a = on_postgres(make_daemon, pg_url)
+    b = on_postgres(make_daemon, pg_url)
+    a_id, b_id = await _daemon_id(a), await _daemon_id(b)
+    async with a.client() as c:
+        await c.submit("e2e-sleep", {"seconds": 1.0}, run_id="nap")
+    await _until(lambda: _owned_by(pg_url, ["nap"], a_id), 10)
+    assert a.proc is not None
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        await _until(lambda: _owned_by(pg_url, ["nap"], b_id), LEASE + 5)
+        async with b.client() as c:
+            assert (await c.wait("nap", timeout=10))["status"] == "completed"
+        after = await _fetch(pg_url, "SELECT status, journal_seq, updated_at, epoch FROM runs")
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    code = _wait_exit(a, 10)
+    assert code == 70 and '"daemon.lease_lost"' in a.new_log()
+    assert await _fetch(pg_url, "SELECT status, journal_seq, updated_at, epoch FROM runs") == after
+    assert await _step_attempts(pg_url) == [("nap", 1)]

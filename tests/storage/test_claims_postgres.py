@@ -68,3 +68,27 @@ async def test_each_run_is_claimed_once_across_concurrent_claimers(pg_url: str) 
     finally:
         await conn.close()
     assert owners == {f"d{i}": len(got) for i, got in enumerate(results) if got}
+
+
+async def test_rescue_skips_a_dead_daemon_whose_batch_is_still_open(pg_url: str) -> None:
+    """A daemon stopped mid-batch holds its lease row (the fence's FOR SHARE): the rescuer
+    must not block on it (its own lease would lapse meanwhile), but leave it for a later tick;
+    once the stopped daemon's transaction ends (the server ends it after half a lease idle),
+    the rescue goes through."""
+    async with st.PostgresStorage.open(pg_url, exclusive=False) as s:
+        for daemon_id, lease in (("dead", 0.05), ("alive", 30.0)):
+            await s.execute(st.RegisterDaemon(daemon_id=daemon_id, name=daemon_id, host="h",
+                                              pid=1, version="v", socket="", http="",
+                                              lease=lease))
+        stalled = await asyncpg.connect(pg_url)
+        try:
+            tx = stalled.transaction()
+            await tx.start()
+            await stalled.execute("SELECT 1 FROM daemons WHERE daemon_id = 'dead' FOR SHARE")
+            await asyncio.sleep(0.1)
+            assert await asyncio.wait_for(s.execute(st.RescueDaemons("alive")), 2) == ()
+            await tx.rollback()
+        finally:
+            await stalled.close()
+        assert await s.execute(st.RescueDaemons("alive")) == ("dead",)
+

@@ -67,7 +67,7 @@ async def test_a_fenced_daemon_writes_nothing_once_its_lease_ran_out(storage: st
     may have lost its runs: the batch is refused in its own transaction, and so is every
     later one, and ``failed`` says why. SQLite (one daemon per file) has nothing to fence."""
     await storage.execute(_register("d1", lease=0.3))
-    storage.fence("d1")
+    storage.fence("d1", 0.3)
     await make_run(storage, "r1")  # a live lease: written
     await asyncio.sleep(0.45)
     if storage.capabilities().backend == "sqlite":
