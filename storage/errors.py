@@ -70,6 +70,17 @@ class OwnershipLost(StorageError):
         )
 
 
+class RunNotOwned(StorageError):
+    """Another daemon drives this run (SPEC §13): a write of its journal or status from this
+    daemon is refused. The daemon drops its actor for the run; the owner goes on with it."""
+
+    code = "RUN_NOT_OWNED"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} is driven by another daemon: this write was refused",
+                         data={"run_id": run_id})
+
+
 class SchemaTooNew(StorageError):
     """The database was written by a newer build: its schema version is unknown to this one."""
 

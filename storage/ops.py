@@ -761,3 +761,11 @@ class IncrementalVacuum(WriteOp[int]):
     ``auto_vacuum = INCREMENTAL``); returns the free pages left."""
 
     pages: int
+
+
+RUN_WRITES: tuple[type[WriteOp[Any]], ...] = (
+    RecordStepAttempt, RecordCompensation, AppendStreamChunk, ApplyMetadata, RegisterWaitpoint,
+    UpdateRun,
+)
+"""A run's journal and status writes: where daemons share a database, refused
+(``RunNotOwned``) for a run another daemon owns (SPEC §13 fencing)."""

@@ -243,7 +243,16 @@ class Supervisor:
             raise
         except BaseException as exc:  # user code can raise anything
             cause = exc.cause if isinstance(exc, HostFailure) else exc
-            if isinstance(cause, storage.StorageFull | storage.StorageBusy):
+            if isinstance(cause, storage.RunNotOwned):
+                # Another daemon drives the run now (SPEC §13): nothing of ours was written;
+                # drop the actor and what we kept of the run, and leave it to its owner.
+                actor.log.warning("run.owned_elsewhere", detail=str(cause))
+                self._owned.discard(actor.run_id)
+                warm = self._warm.pop(actor.run_id, None)
+                if warm is not None:
+                    self._close_later(warm[0])
+                actor.mailbox.clear()
+            elif isinstance(cause, storage.StorageFull | storage.StorageBusy):
                 # Nothing of it was committed; the run goes on from its journal shortly (a
                 # step whose result was lost runs again: at-least-once).
                 actor.log.warning("run.storage_unavailable", error=str(cause))

@@ -44,6 +44,8 @@ _APPLY: dict[type[Any], mutations.Apply] = {
 }
 # The writer's lease check, first in every batch of a fenced daemon (SPEC §13).
 _FENCE = f"SELECT 1 FROM daemons WHERE daemon_id = ? AND lease_until > {DB_NOW} FOR SHARE"
+_FOREIGN_RUNS = ("SELECT run_id FROM runs WHERE run_id = ANY(?) AND owner IS NOT NULL "
+                 "AND owner <> ?")
 _STEP_CHUNKS = (256, 64, 16, 4, 1)  # 256 rows x 11 parameters stays far below 32767
 
 
@@ -222,9 +224,14 @@ class Writer:
         outcomes: list[_Outcome] = []
         steps: list[tuple[Any, ...]] = []
         conn.execute("BEGIN")
+        foreign: set[str] = set()
         if self._fence_id is not None:
             self._check_fence(conn, self._fence_id)
+            foreign = self._foreign_runs(conn, self._fence_id, batch)
         for ops_, fut in batch:
+            if foreign and (run_id := _foreign_write(ops_, foreign)) is not None:
+                outcomes.append((fut, False, errors.RunNotOwned(run_id)))
+                continue
             if not isolate and all(_is_first_step_attempt(op) for op in ops_):
                 steps.extend(mutations.step_row(op) for op in ops_)  # type: ignore[arg-type]
                 outcomes.append((fut, True, [None] * len(ops_)))
@@ -259,6 +266,18 @@ class Writer:
             raise errors.OwnershipLost(daemon_id)
 
     @staticmethod
+    def _foreign_runs(conn: SyncConnection, me: str, batch: list[_Request]) -> set[str]:
+        """Runs written in ``batch`` that another daemon owns. No lock needed: a run owned by
+        us changes hands only through our own transactions or, once our lease is gone, after
+        a rescue this batch's fence check already excludes; an unowned run is nobody's."""
+        run_ids = {str(cast(Any, op).run_id) for ops_, _ in batch for op in ops_
+                   if type(op) in ops.RUN_WRITES}
+        if not run_ids:
+            return set()
+        found = conn.execute(_FOREIGN_RUNS, (sorted(run_ids), me)).fetchall()
+        return {r[0] for r in found}
+
+    @staticmethod
     def _flush_steps(conn: SyncConnection, steps: list[tuple[Any, ...]]) -> None:
         try:
             done, total = 0, len(steps)
@@ -283,6 +302,14 @@ class Writer:
         except Exception as exc:
             log.error("storage writer: ROLLBACK failed, reconnecting: %s", exc)
             conn.raw.terminate()
+
+
+def _foreign_write(batch: Sequence[ops.WriteOp[Any]], foreign: set[str]) -> str | None:
+    for op in batch:
+        run_id = cast(Any, op).run_id if type(op) in ops.RUN_WRITES else None
+        if run_id in foreign:
+            return str(run_id)
+    return None
 
 
 def _op_error(exc: Exception) -> BaseException:

@@ -92,3 +92,32 @@ async def test_rescue_skips_a_dead_daemon_whose_batch_is_still_open(pg_url: str)
             await stalled.close()
         assert await s.execute(st.RescueDaemons("alive")) == ("dead",)
 
+
+
+async def test_a_daemon_cannot_write_the_journal_of_a_run_another_daemon_owns(
+    pg_url: str,
+) -> None:
+    """Per-run fencing: journal and status writes for a run owned by another daemon are
+    refused (``RunNotOwned``), in the same transaction as the callers beside it that commit."""
+    async with st.PostgresStorage.open(pg_url, exclusive=False) as s:
+        await s.execute(st.RegisterDaemon(daemon_id="me", name="me", host="h", pid=1,
+                                          version="v", socket="", http="", lease=30.0))
+        s.fence("me", 30.0)
+        for run_id in ("mine", "theirs", "nobodys"):
+            await s.create_run(st.CreateRun(run_id=run_id, workflow_id="wf", created_at=1.0))
+        assert await s.execute(st.ClaimRun("me", "mine")) == 1
+        assert await s.execute(st.ClaimRun("other", "theirs")) == 1
+
+        def step(run_id: str) -> st.RecordStepAttempt:
+            return st.RecordStepAttempt(run_id, "s", 1, st.StepStatus.COMPLETED, output=1)
+
+        results = await asyncio.gather(
+            *(s.commit([step(r)]) for r in ("mine", "theirs", "nobodys")),
+            s.commit([st.UpdateRun("theirs", at=2.0, status=st.RunStatus.RUNNING)]),
+            return_exceptions=True)
+        assert [type(r).__name__ for r in results] == [
+            "list", "RunNotOwned", "list", "RunNotOwned"]
+        assert not s.failed.done()  # not the daemon's end: only that run is not its own
+        written = {r.run_id: len((await s.load_journal(r.run_id)).steps)
+                   for r in await s.list_runs()}
+        assert written == {"mine": 1, "theirs": 0, "nobodys": 1}
