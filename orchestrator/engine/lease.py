@@ -96,10 +96,16 @@ class LeaseKeeper:
     async def _run(self) -> None:
         while self.lost is None:
             await asyncio.sleep(self.lease / 3)
+            # A renewal stuck in the database (a lock, a dead connection) must not keep us
+            # trusting a lease that is running out: give up on it when the lease would.
+            trust = self._trusted_since + self.lease - self._monotonic()
             try:
-                await self.renew()
+                await asyncio.wait_for(self.renew(), timeout=max(0.0, trust))
             except asyncio.CancelledError:
                 raise
+            except TimeoutError:
+                if self._fenced:
+                    self._lose(storage.OwnershipLost(self.daemon_id))
             except storage.OwnershipLost as exc:
                 self._lose(exc)
             except Exception as exc:  # the database is away: the lease may still run out

@@ -32,7 +32,22 @@ def claim_runs(conn: sqlite3.Connection, op: ops.ClaimRuns) -> tuple[ops.Claimed
     return daemons.claim_runs(conn, op, lock=_SKIP_LOCKED)
 
 
+# End the writer session of every daemon whose lease ran out. A daemon stopped (SIGSTOP) inside
+# a batch keeps its lease row locked, and rows of the runs it was writing, for as long as it is
+# stopped; the server's idle-in-transaction timeout does not always end it (a session stopped
+# mid-statement is not idle). It is dead by the lease, its writes are fenced, so ending its
+# session loses nothing and frees the locks. The backend_start guard never ends a newer session
+# that happens to reuse the pid.
+_END_DEAD_WRITERS = (
+    "SELECT pg_terminate_backend(d.backend_pid::integer) FROM daemons d "
+    "JOIN pg_stat_activity a ON a.pid = d.backend_pid "
+    "WHERE d.lease_until <= extract(epoch FROM now()) AND d.daemon_id <> $1 "
+    "AND a.backend_start <= to_timestamp(d.renewed_at)"
+)
+
+
 def rescue_daemons(conn: sqlite3.Connection, op: ops.RescueDaemons) -> tuple[str, ...]:
+    conn.execute(_END_DEAD_WRITERS, (op.daemon_id,))
     return daemons.rescue_daemons(conn, op, lock=_SKIP_LOCKED)
 
 

@@ -195,6 +195,9 @@ class Writer:
                 self._session_set = self._idle_ms == 0
             if not self._session_set:
                 conn.execute(f"SET idle_in_transaction_session_timeout = {self._idle_ms}")
+                # Where a rescuer finds this session to end it once our lease ran out.
+                conn.execute("UPDATE daemons SET backend_pid = pg_backend_pid() "
+                             "WHERE daemon_id = ?", (self._fence_id,))
                 self._session_set = True
             try:
                 outcomes = self._apply(conn, batch, isolate=False)

@@ -13,7 +13,8 @@ CREATE TABLE daemons (
     http        text NOT NULL,
     started_at  double precision NOT NULL,  -- database clock, epoch seconds
     renewed_at  double precision NOT NULL,  -- database clock at the last renewal
-    lease_until double precision NOT NULL   -- database clock; past it the daemon is dead
+    lease_until double precision NOT NULL,   -- database clock; past it the daemon is dead
+    backend_pid bigint  -- PostgreSQL: its writer's backend, ended when it is declared dead
 );
 
 ALTER TABLE runs ADD COLUMN owner text;  -- daemons.daemon_id driving the run; NULL: nobody

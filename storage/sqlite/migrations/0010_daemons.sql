@@ -13,7 +13,8 @@ CREATE TABLE daemons (
     http        TEXT NOT NULL,
     started_at  REAL NOT NULL,      -- database clock, epoch seconds
     renewed_at  REAL NOT NULL,      -- database clock at the last renewal
-    lease_until REAL NOT NULL       -- database clock; past it the daemon is dead
+    lease_until REAL NOT NULL,       -- database clock; past it the daemon is dead
+    backend_pid INTEGER  -- PostgreSQL: its writer's backend, ended when it is declared dead
 );
 
 ALTER TABLE runs ADD COLUMN owner TEXT;  -- daemons.daemon_id driving the run; NULL: nobody
