@@ -52,6 +52,8 @@ class DaemonConfig:
     shutdown_grace: float = 10.0  # seconds
     max_request_bytes: int = 16777216
     max_recoveries: int = 5
+    id: str = ""  # the name `wf daemons` shows; "" = "<hostname>:<pid>"
+    lease: float = 10.0  # seconds a silent daemon keeps its runs (SPEC §13)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +280,13 @@ def _duration(key: str, value: Any, base: Path) -> float:
         raise _fail(key, value, "a duration such as '10s' or a number of seconds") from exc
 
 
+def _lease(key: str, value: Any, base: Path) -> float:
+    seconds = _duration(key, value, base)
+    if seconds < 0.5:
+        raise _fail(key, value, "a duration of at least 0.5s (renewed every third of it)")
+    return seconds
+
+
 def _age(key: str, value: Any, base: Path) -> float | None:
     """A retention age: a duration, or "" / 0 for keep forever."""
     if value == "" or (not isinstance(value, bool) and value == 0):
@@ -301,6 +310,8 @@ _SECTIONS: Final[dict[str, tuple[type[Any], dict[str, tuple[_Checker, Any]]]]] =
             "shutdown_grace": (_duration, "10s"),
             "max_request_bytes": (_int(1024), 16777216),
             "max_recoveries": (_int(1), 5),
+            "id": (_str, ""),
+            "lease": (_lease, "10s"),
         },
     ),
     "storage": (

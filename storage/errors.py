@@ -56,6 +56,31 @@ class StorageLocked(StorageError):
         )
 
 
+class OwnershipLost(StorageError):
+    """This daemon's lease ran out (judged by the database clock): another daemon may have
+    adopted its runs, so the database refuses its writes (SPEC §13 fencing). Terminal for the
+    daemon: it must stop without writing anything more."""
+
+    code = "OWNERSHIP_LOST"
+
+    def __init__(self, daemon_id: str) -> None:
+        super().__init__(
+            f"daemon {daemon_id} lost its lease: its writes are refused (fenced) and it stops",
+            data={"daemon_id": daemon_id},
+        )
+
+
+class RunNotOwned(StorageError):
+    """Another daemon drives this run (SPEC §13): a write of its journal or status from this
+    daemon is refused. The daemon drops its actor for the run; the owner goes on with it."""
+
+    code = "RUN_NOT_OWNED"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} is driven by another daemon: this write was refused",
+                         data={"run_id": run_id})
+
+
 class SchemaTooNew(StorageError):
     """The database was written by a newer build: its schema version is unknown to this one."""
 

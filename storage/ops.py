@@ -135,6 +135,75 @@ class BatchItem:
     timeout: float
 
 
+@dataclass(frozen=True, slots=True)
+class RegisterDaemon(WriteOp[float]):
+    """Register a daemon process with a lease of ``lease`` seconds from the database clock.
+    Returns ``lease_until`` (database clock). ``daemon_id`` must be fresh (never reused)."""
+
+    daemon_id: str
+    name: str
+    host: str
+    pid: int
+    version: str
+    socket: str
+    http: str
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class RenewLease(WriteOp["float | None"]):
+    """Extend a live daemon's lease to ``lease`` seconds from the database clock; returns the
+    new ``lease_until``, or None if the lease had already run out or the row is gone (another
+    daemon may have adopted its runs: the daemon must stop writing)."""
+
+    daemon_id: str
+    lease: float
+    http: str | None = None  # where it listens, once known (the HTTP port may be chosen late)
+
+
+@dataclass(frozen=True, slots=True)
+class RetireDaemon(WriteOp[None]):
+    """A daemon stopping cleanly: release its runs (owner NULL) and delete its row."""
+
+    daemon_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RescueDaemons(WriteOp[tuple[str, ...]]):
+    """Declare every daemon whose lease ran out (database clock) dead: delete its row and
+    release its runs (owner NULL, epoch + 1) for a live daemon to claim. Returns the dead
+    daemons' ids. On PostgreSQL the DELETE waits for a dead daemon's batch in flight (its
+    fence holds the row FOR SHARE), so nothing it wrote can land after the release."""
+
+    daemon_id: str  # the rescuer (never declares itself dead)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    run: records.RunRecord
+    epoch: int  # the run's epoch under its new owner
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRun(WriteOp["int | None"]):
+    """Take one run for ``daemon_id`` if nobody owns it (or it already does). Returns the
+    run's epoch under this owner, or None: another daemon drives it (SPEC §13: a run is driven
+    by at most one daemon at a time)."""
+
+    daemon_id: str
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRuns(WriteOp[tuple[ClaimedRun, ...]]):
+    """Take up to ``limit`` unowned runs that are not ended for ``daemon_id`` (owner = it,
+    epoch + 1), highest priority then oldest first. Concurrent claimers on PostgreSQL skip
+    each other's rows (``FOR UPDATE SKIP LOCKED``): each run is claimed once."""
+
+    daemon_id: str
+    limit: int = 1000
+
+
 @_frozen_by_type
 class CreateRun(WriteOp[RunCreated]):
     """Insert a run, or return the stored one with the same ``run_id`` or the same
@@ -711,3 +780,11 @@ class IncrementalVacuum(WriteOp[int]):
     ``auto_vacuum = INCREMENTAL``); returns the free pages left."""
 
     pages: int
+
+
+RUN_WRITES: tuple[type[WriteOp[Any]], ...] = (
+    RecordStepAttempt, RecordCompensation, AppendStreamChunk, ApplyMetadata, RegisterWaitpoint,
+    UpdateRun,
+)
+"""A run's journal and status writes: where daemons share a database, refused
+(``RunNotOwned``) for a run another daemon owns (SPEC §13 fencing)."""

@@ -44,6 +44,16 @@ class Storage(Protocol):
 
     # --- writes --------------------------------------------------------------------------------
 
+    def fence(self, daemon_id: str, lease: float) -> None:
+        """From now on every commit first checks, in its own transaction, that daemon
+        ``daemon_id`` (registered with ``RegisterDaemon``) still holds a live lease by the
+        database clock; if not, the batch and every later one fail with ``OwnershipLost`` and
+        ``failed`` resolves with it (SPEC §13 fencing). The backend also makes sure that a
+        transaction of this daemon left open (the process stopped mid-batch) ends within
+        ``lease``/2, so it cannot hold up the daemons that adopt its runs. A no-op where one
+        daemon owns the database (SQLite: the lock file)."""
+        ...
+
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:
         """Apply every op of ``batch`` in order in one transaction, or none of them.
 
@@ -127,6 +137,17 @@ class Storage(Protocol):
 
     async def non_terminal_runs(self) -> list[records.RunRecord]:
         """Every run not yet in a terminal status (recovery at start), oldest first."""
+        ...
+
+    async def list_daemons(self) -> list[records.DaemonRecord]:
+        """Every registered daemon, oldest first, with ``live`` judged by the database clock
+        (SPEC §13 ``wf daemons``)."""
+        ...
+
+    async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
+        """Runs ``daemon_id`` owns that another daemon moved: waiting with a resolution
+        recorded (``needs_resume``), or with a cancel requested (SPEC §13: the owner's poll
+        when a wakeup went to another daemon)."""
         ...
 
     async def throttle_starts(self, since: float) -> list[tuple[str, float]]:

@@ -397,6 +397,26 @@ class Journal:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonRecord:
+    """A daemon registered in the database (SPEC §13 ``wf daemons``). Times are the database
+    clock's epoch seconds; ``live`` and ``now`` were judged by that clock when read."""
+
+    daemon_id: str
+    name: str
+    host: str
+    pid: int
+    version: str
+    socket: str
+    http: str
+    started_at: float
+    renewed_at: float
+    lease_until: float
+    live: bool
+    runs: int  # runs it owns (always 0 on SQLite, where nobody owns runs)
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class StorageCapabilities:
     """What a backend can do, where backends differ: the orchestrator asks this instead of
     looking at the backend's type."""
@@ -407,6 +427,8 @@ class StorageCapabilities:
     many_daemons: bool  # several daemons may share it (SPEC §13; PostgreSQL in phase 2)
     # The local file holding the database (size gauges), None when it lives on a server.
     file: str | None = None
+    # Commits are fenced by the daemon's lease (``Storage.fence``): a lost lease is terminal.
+    fenced: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -360,6 +360,18 @@ class Workflows(Request[JSONDict]):
 
 
 @dataclass(frozen=True, slots=True)
+class Daemons(Request[JSONDict]):
+    """The daemons registered on the database, oldest first (SPEC §13). ``{"daemons":
+    [{"daemon_id", "name", "host", "pid", "version", "socket", "http", "started_at",
+    "renewed_at", "lease_until", "live", "runs", "this"}]}``: ``live`` and the times are the
+    database clock's; ``runs`` is how many runs the daemon drives; ``this`` marks the daemon
+    that answered."""
+
+    method = "daemons"
+    cli = ("daemons",)
+
+
+@dataclass(frozen=True, slots=True)
 class Versions(Request[JSONDict]):
     """Workflow versions and patch ids still present on live (not ended) runs.
     ``{"workflows": [{"workflow_id", "registered_version", "live_runs", "versions":
@@ -527,7 +539,7 @@ REQUESTS: tuple[type[Request[Any]], ...] = (
     Submit, Get, List, Wait, Cancel, Pause, Resume, Retry, Bulk, Reschedule, Replay, Export,
     Fork, Amend,
     SendEvent, Events, Signal, CompleteToken,
-    Workflows, Versions, Schedules, Stats, Prune,
+    Workflows, Versions, Daemons, Schedules, Stats, Prune,
     ScheduleCreate, ScheduleDelete, SchedulePause, ScheduleResume, ScheduleTrigger,
     ScheduleBackfill,
     Tail, Watch, Stream, Changes,
@@ -617,6 +629,7 @@ class ServiceMethods:
     complete_token = method(CompleteToken)
     workflows = method(Workflows)
     versions = method(Versions)
+    daemons = method(Daemons)
     schedules = method(Schedules)
     schedule_create = method(ScheduleCreate)
     schedule_delete = method(ScheduleDelete)

@@ -173,3 +173,14 @@ def archives(found: Sequence[records.ArchiveRecord]) -> list[JSONDict]:
          "started_at": a.started_at, "finished_at": a.finished_at, "journal": a.journal}
         for a in found
     ]
+
+
+def daemon(record: records.DaemonRecord, *, this: bool) -> JSONDict:
+    """One registered daemon (``wf daemons``); times are the database clock's."""
+    return {
+        "daemon_id": record.daemon_id, "name": record.name, "host": record.host,
+        "pid": record.pid, "version": record.version, "socket": record.socket,
+        "http": record.http, "started_at": record.started_at, "renewed_at": record.renewed_at,
+        "lease_until": record.lease_until, "live": record.live, "runs": record.runs,
+        "this": this,
+    }

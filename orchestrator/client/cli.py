@@ -111,6 +111,7 @@ _HUMAN: Final[dict[str, Callable[[Any], str]]] = {
     "export": lambda r: orjson.dumps(r, option=orjson.OPT_INDENT_2).decode(),
     "workflows": lambda r: tables.format_list(r.get("workflows", []), "no workflows"),
     "schedules": lambda r: tables.format_schedules(r.get("schedules", [])),
+    "daemons": lambda r: tables.format_daemons(r.get("daemons", [])),
     "events": lambda r: tables.format_events(r.get("events", [])),
     "schedule_trigger": lambda r: tables.format_runs(r.get("runs", [])),
     "schedule_backfill": lambda r: tables.format_runs(r.get("runs", [])),

@@ -289,6 +289,28 @@ def format_list(items: Sequence[Any], empty: str) -> str:
     return table(tuple(columns), rows)
 
 
+def format_daemons(items: Sequence[Mapping[str, Any]]) -> str:
+    """``wf daemons``: name, host, pid, live or lapsed, lease left, runs owned, listeners."""
+    if not items:
+        return "no daemons registered"
+    rows = [
+        (
+            f"{d.get('name')}{' *' if d.get('this') else ''}",
+            d.get("pid"),
+            "live" if d.get("live") else "lease expired",
+            iso_time(d.get("started_at")),
+            iso_time(d.get("lease_until")),
+            d.get("runs"),
+            d.get("socket"),
+            d.get("http") or "-",
+            d.get("version"),
+        )
+        for d in items
+    ]
+    return table(("name (* = answering)", "pid", "state", "started", "lease until", "runs",
+                  "socket", "http", "version"), rows)
+
+
 def format_schedules(items: Sequence[Mapping[str, Any]]) -> str:
     """``wf schedules``: name, workflow, rule, zone, next and last fire, paused, counters."""
     if not items:

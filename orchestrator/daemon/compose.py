@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any, TypeVar
 
 import storage
@@ -29,6 +30,7 @@ from orchestrator.daemon.loader import import_workflow_modules
 from orchestrator.daemon.lockfile import DatabaseLock
 from orchestrator.daemon.processes import PoolRunner
 from orchestrator.engine.engine import Engine
+from orchestrator.engine.lease import Identity, LeaseKeeper
 from orchestrator.engine.ports import RunTracing
 from orchestrator.engine.settings import Settings
 from orchestrator.engine.supervisor import Supervisor
@@ -50,6 +52,13 @@ class Hooks:
     instrument: Instrument = NO_INSTRUMENT
     wrap_storage: StorageWrapper | None = None
     adjust_config: Callable[[Config], Config] | None = None
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("wf-engine")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class Orchestrator(service.ServiceMethods):
@@ -131,6 +140,18 @@ class Orchestrator(service.ServiceMethods):
         if tracing is not None:
             self._stack.push_async_callback(tracing.close)  # after the engine closed: flush
             engine.supervisor.tracing = tracing
+        # Registered before recovery writes anything, so those writes are fenced too; retired
+        # after the engine stopped its actors (the exit stack unwinds last in, first out).
+        keeper = LeaseKeeper(
+            store,
+            Identity.of_this_process(cfg.daemon.id, version=package_version(),
+                                     socket_path=str(cfg.daemon.socket)),
+            cfg.daemon.lease,
+            on_lost=engine.fail,
+        )
+        await keeper.start()
+        self._stack.push_async_callback(keeper.close)
+        engine.lease = keeper
         self._stack.push_async_callback(engine.close)
         await engine.start()
         self._engine = engine
@@ -145,8 +166,9 @@ class Orchestrator(service.ServiceMethods):
                     "storage.synchronous applies to SQLite only; with storage.url set, "
                     "durability is PostgreSQL's synchronous_commit (leave it 'on')"
                 )
-            # One daemon per database (SPEC §13 many daemons is phase 2): an advisory lock.
-            return await self._stack.enter_async_context(storage.PostgresStorage.open(cfg.url))
+            # Many daemons may share it (SPEC §13): leases and fencing instead of a lock.
+            return await self._stack.enter_async_context(
+                storage.PostgresStorage.open(cfg.url, exclusive=False))
         self._stack.enter_context(DatabaseLock.acquire(cfg.path))
         return await self._stack.enter_async_context(
             storage.SQLiteStorage.open(

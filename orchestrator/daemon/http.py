@@ -4,24 +4,16 @@ the engine's status feed, and uvicorn on the daemon's loop. Off when ``http.list
 from __future__ import annotations
 
 import os
-from importlib import metadata
 from typing import Any
 
-from orchestrator.daemon.compose import Orchestrator
+from orchestrator.daemon.compose import Orchestrator, package_version
 from orchestrator.daemon.server import SocketServer
 from orchestrator.http.app import create_app
-from orchestrator.http.daemons import this_process
+from orchestrator.http.daemons import registered, this_process
 from orchestrator.http.history import History
 from orchestrator.http.metrics import Metrics
 from orchestrator.http.server import HttpServer
 from orchestrator.http.settings import HttpSettings
-
-
-def _version() -> str:
-    try:
-        return metadata.version("wf-engine")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _file_size(path: str) -> float | None:
@@ -71,7 +63,7 @@ def build_http(orch: Orchestrator, socket: SocketServer | None = None) -> HttpSe
     cfg = orch.config
     if cfg.http.host is None:
         return None
-    metrics = Metrics(lambda: gauges(orch, socket), clock=orch.clock, version=_version())
+    metrics = Metrics(lambda: gauges(orch, socket), clock=orch.clock, version=package_version())
     orch.engine.supervisor.changes.observers.append(metrics.observe_change)
 
     async def ready() -> bool:
@@ -87,9 +79,14 @@ def build_http(orch: Orchestrator, socket: SocketServer | None = None) -> HttpSe
 
     # The file path, or the PostgreSQL URL without its password.
     database = orch.engine.storage.capabilities().location
-    daemons = this_process(version=_version(), database=database,
-                           socket_path=str(cfg.daemon.socket), http=listening,
-                           clock=orch.clock)
+    keeper = orch.engine.lease
+    if keeper is not None:
+        keeper.http = lambda: f"http://{listening()}/"
+        daemons = registered(keeper, database=database)
+    else:
+        daemons = this_process(version=package_version(), database=database,
+                               socket_path=str(cfg.daemon.socket), http=listening,
+                               clock=orch.clock)
     app = create_app(orch, HttpSettings.from_config(cfg), readiness=ready, metrics=metrics,
                      history=history, daemons=daemons)
     server = HttpServer(app, cfg.http.host, cfg.http.port, background=[history.run])

@@ -30,10 +30,12 @@ from orchestrator import logs
 from orchestrator.api import errors, protocol, service, views
 from orchestrator.api.service import JSONDict
 from orchestrator.engine import bridge, export, replay, spans, triggers, versions
+from orchestrator.engine.cluster import ClusterLoop
 from orchestrator.engine.flow.admission import Admission
 from orchestrator.engine.flow.plan import Plan, plan_for
 from orchestrator.engine.holds import Holds
 from orchestrator.engine.journal_edits import JournalEdits
+from orchestrator.engine.lease import LeaseKeeper
 from orchestrator.engine.messages import Cancel, Resolve
 from orchestrator.engine.operations import RunOperations
 from orchestrator.engine.ratelimits import StoredRateLimiter
@@ -102,6 +104,9 @@ class Engine(service.ServiceMethods):
         self._finish_waiters: dict[str, list[asyncio.Future[storage.RunRecord]]] = {}
         self._accepting = False
         self._fatal: asyncio.Future[BaseException] | None = None
+        self.lease: LeaseKeeper | None = None  # this daemon's registration, set by compose
+        self.cluster: ClusterLoop | None = None  # many daemons on the database (SPEC §13)
+        self._moved: dict[str, float] = {}  # run → updated_at when the owner's poll resumed it
         self.holds = Holds()
         self.admission = Admission(
             storage_=storage_,
@@ -181,11 +186,20 @@ class Engine(service.ServiceMethods):
         self._fatal = asyncio.get_running_loop().create_future()
         self.storage.failed.add_done_callback(self._on_storage_failed)
         await self.scheduling.reconcile()
+        if self.lease is not None and self.storage.capabilities().many_daemons:
+            self.cluster = ClusterLoop(
+                self.storage, self.lease.daemon_id, min(1.0, self.lease.lease / 3),
+                claim_limit=self.settings.max_active_runs, take_over=self._take_over,
+                move=self._move_owned, timer_due=self._timer_stored,
+            )
+            self.supervisor.owner = self.lease.daemon_id
         recovered = await self._recover()
         await self.scheduling.after_recovery()
         fired = await self.timers.fire_due()  # schedules missed while down fire here, collapsed
         self.timers.start()
         self.retention.start()
+        if self.cluster is not None:
+            self.cluster.start()
         self.instrument.reached("timers.armed")
         self._accepting = True
         resumed = await versions.resume_arrived_versions(self.storage, self.registry, self.ops)
@@ -246,14 +260,26 @@ class Engine(service.ServiceMethods):
         """Restart every run that was moving when the daemon stopped. Paused runs stay as
         they are (a running one is held again before its next step); a cancel that was
         acknowledged is carried out."""
-        now = self.clock.now()
-        limit = self.settings.max_recoveries
         runs = await self.storage.non_terminal_runs()
         self.holds.workflows.update(await self.storage.paused_workflows())
+        await self.admission.rebuild(runs)
+        if self.cluster is not None:
+            # Only the runs this daemon claims are its to recover: the others are driven by
+            # live daemons (or claimed by whoever gets them first).
+            runs = await self.cluster.claim()
+        return await self._take_over(runs)
+
+    async def _take_over(self, runs: list[storage.RunRecord]) -> int:
+        """Restart or resume ``runs``, which this daemon now drives (at start, or adopted from
+        a dead daemon): in flight → restarted (recovery counted), waiting with a resolution →
+        resumed, cancel requested → carried out, paused → held."""
+        now = self.clock.now()
+        limit = self.settings.max_recoveries
         for run in runs:
+            if self.cluster is not None:
+                self.supervisor.owns(run.run_id)
             if run.paused or run.status is storage.RunStatus.PAUSED:
                 self.holds.pause(run.run_id)
-        await self.admission.rebuild(runs)
         ops: list[storage.WriteOp[Any]] = []
         to_start: list[tuple[storage.RunRecord, bool]] = []  # (run, already started)
         cancels: list[storage.RunRecord] = []
@@ -326,9 +352,22 @@ class Engine(service.ServiceMethods):
         await self._flush_full_batches()
         return len(to_start) + len(cancels)
 
+    async def _move_owned(self, run: storage.RunRecord) -> None:
+        """A run of ours that another daemon resolved or cancelled: act on it here."""
+        if run.cancel_requested is not None and not self.supervisor.knows(run.run_id):
+            await self.ops.honour_cancel(run)
+        elif (run.status is storage.RunStatus.WAITING and run.needs_resume
+              # Once per change of the run: a resolution its body no longer awaits leaves
+              # the flag set (it is cleared when the run next commits "running").
+              and self._moved.get(run.run_id) != run.updated_at
+              and self.supervisor.resume_from_journal(run.run_id)):
+            self._moved[run.run_id] = run.updated_at
+
     async def close(self) -> None:
         """Stop the timers and the actors (in-flight steps get ``shutdown_grace``)."""
         self._accepting = False
+        if self.cluster is not None:
+            await self.cluster.close()
         await self.retention.close()
         await self.timers.stop()
         await self.scheduling.close()
@@ -349,12 +388,17 @@ class Engine(service.ServiceMethods):
         if not fut.cancelled():
             self._on_fatal(fut.result())
 
+    def fail(self, exc: BaseException) -> None:
+        """Stop the engine for ``exc`` (fail-stop: the daemon exits writing nothing more)."""
+        self._on_fatal(exc)
+
     def _on_fatal(self, exc: BaseException) -> None:
         if self._fatal is not None and not self._fatal.done():
             self._fatal.set_result(exc)
 
     def _on_finished(self, run: storage.RunRecord) -> None:
         self.holds.forget(run.run_id)
+        self._moved.pop(run.run_id, None)
         self.admission.ended(run)
         for fut in self._finish_waiters.pop(run.run_id, ()):
             if not fut.done():
@@ -928,6 +972,12 @@ class Engine(service.ServiceMethods):
                 for d in sorted(self.registry, key=lambda d: d.id)
             ]
         }
+
+    @handles(service.Daemons)
+    async def _daemons(self, r: service.Daemons) -> JSONDict:
+        me = self.lease.daemon_id if self.lease is not None else None
+        return {"daemons": [views.daemon(d, this=d.daemon_id == me)
+                            for d in await self.storage.list_daemons()]}
 
     @handles(service.Versions)
     async def _versions(self, r: service.Versions) -> JSONDict:

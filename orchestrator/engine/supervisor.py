@@ -121,6 +121,10 @@ class Supervisor:
         self._accepting = True
         self._started = 0
         self._failures = 0
+        # Many daemons (SPEC §13): this daemon's id once the engine runs in a cluster. An actor
+        # then first claims its run and stands down if another daemon drives it.
+        self.owner: str | None = None
+        self._owned: set[str] = set()
 
     # ------------------------------------------------------------------ RunHost
 
@@ -236,12 +240,23 @@ class Supervisor:
         error leaves a run running or waiting), never the daemon."""
         retry_later = False
         try:
+            if not await self._own(actor):
+                return
             await actor.drive()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # user code can raise anything
             cause = exc.cause if isinstance(exc, HostFailure) else exc
-            if isinstance(cause, storage.StorageFull | storage.StorageBusy):
+            if isinstance(cause, storage.RunNotOwned):
+                # Another daemon drives the run now (SPEC §13): nothing of ours was written;
+                # drop the actor and what we kept of the run, and leave it to its owner.
+                actor.log.warning("run.owned_elsewhere", detail=str(cause))
+                self._owned.discard(actor.run_id)
+                warm = self._warm.pop(actor.run_id, None)
+                if warm is not None:
+                    self._close_later(warm[0])
+                actor.mailbox.clear()
+            elif isinstance(cause, storage.StorageFull | storage.StorageBusy):
                 # Nothing of it was committed; the run goes on from its journal shortly (a
                 # step whose result was lost runs again: at-least-once).
                 actor.log.warning("run.storage_unavailable", error=str(cause))
@@ -266,6 +281,23 @@ class Supervisor:
                     self.deliver(actor.run_id, message)
         if retry_later and self._accepting:
             self._spawn(self._deliver_later(actor.run_id), f"retry:{actor.run_id}")
+
+    async def _own(self, actor: RunActor) -> bool:
+        """Whether this daemon may drive the actor's run: always with one daemon; in a cluster
+        only once it owns the run (claimed now if nobody does). A run another daemon owns is
+        left to it: what was delivered here is recorded, and its owner's poll finds it."""
+        if self.owner is None or actor.run_id in self._owned:
+            return True
+        if await self._storage.execute(storage.ClaimRun(self.owner, actor.run_id)) is None:
+            actor.log.debug("run.owned_elsewhere")
+            actor.mailbox.clear()
+            return False
+        self._owned.add(actor.run_id)
+        return True
+
+    def owns(self, run_id: str) -> None:
+        """Record a run this daemon claimed in bulk (a takeover)."""
+        self._owned.add(run_id)
 
     async def _fail_internal(self, actor: RunActor, cause: BaseException) -> None:
         try:
@@ -339,6 +371,18 @@ class Supervisor:
     def take_warm(self, run_id: str) -> tuple[Execution, RunRecord] | None:
         return self._warm.pop(run_id, None)
 
+    def resume_from_journal(self, run_id: str) -> bool:
+        """Resume a parked run of ours that another daemon resolved: its warm execution (if
+        any) never saw that resolution, so it is dropped and the run replays its journal,
+        which holds it. False while an actor drives the run (asked again at the next poll)."""
+        if run_id in self._actors or run_id in self._queued:
+            return False
+        warm = self._warm.pop(run_id, None)
+        if warm is not None:
+            self._close_later(warm[0])
+        self.deliver(run_id, resuming=True)
+        return True
+
     def park(self, run_id: str, execution: Execution, run: RunRecord) -> None:
         """Keep a parked execution (and its run record) warm, or close it when over budget."""
         if self._warm_budget <= 0:
@@ -356,6 +400,7 @@ class Supervisor:
 
     def run_finished(self, run: RunRecord) -> None:
         """The run's final record, as just committed by its actor."""
+        self._owned.discard(run.run_id)
         self.publish_state(run.run_id, str(run.status), run.workflow_id)
         if self.tracing is not None:
             self.tracing.run_ended(run.run_id)

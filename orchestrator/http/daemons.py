@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from runtime.clock import Clock, SystemClock
 
@@ -45,3 +46,75 @@ def this_process(*, version: str = "unknown", database: str = "", socket_path: s
 
 def uptime(info: DaemonInfo, now: float | None = None) -> float:
     return max(0.0, (time.time() if now is None else now) - info.started_at)
+
+
+class RegisteredDaemon(Protocol):
+    """A row of the daemon registry (``storage.DaemonRecord``'s shape; the HTTP wing does not
+    import storage)."""
+
+    @property
+    def daemon_id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def socket(self) -> str: ...
+
+    @property
+    def http(self) -> str: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+    @property
+    def lease_until(self) -> float: ...
+
+    @property
+    def live(self) -> bool: ...
+
+    @property
+    def runs(self) -> int: ...
+
+    @property
+    def now(self) -> float: ...
+
+
+class _Registry(Protocol):
+    """What ``registered`` reads: the lease keeper's last view of the daemon registry."""
+
+    @property
+    def daemon_id(self) -> str: ...
+
+    @property
+    def known(self) -> Sequence[RegisteredDaemon]: ...
+
+
+def registered(keeper: _Registry, *, database: str = "") -> Daemons:
+    """The daemons registered on the database, as this daemon's lease keeper last read them
+    (at its last renewal: at most a third of a lease old). Each row's own times are the
+    database clock's, so a lapsed lease shows as such whichever machine serves the page."""
+
+    def listed() -> Sequence[DaemonInfo]:
+        return [
+            DaemonInfo(
+                name=d.name, pid=d.pid, host=d.host, version=d.version,
+                started_at=d.started_at, database=database, socket=d.socket,
+                http=d.http, this=d.daemon_id == keeper.daemon_id,
+                status="running" if d.live else "lease expired",
+                extra={"daemon id": d.daemon_id, "runs owned": str(d.runs),
+                       "lease left": f"{max(0.0, d.lease_until - d.now):.1f}s"},
+            )
+            for d in keeper.known
+        ]
+
+    return listed

@@ -26,6 +26,8 @@ _FIRST = ("runs", "waitpoints")
 # Identity columns whose sequence must continue after the copied rows.
 _IDENTITIES = (("runs", "number"), ("steps", "id"), ("signal_inbox", "seq"),
                ("waitpoints", "rowid"))
+# Live process state, not data: the daemons that will run on PostgreSQL register themselves.
+_NOT_COPIED = ("daemons",)
 # Columns SQLite keeps implicitly that the PostgreSQL twin stores.
 _IMPLICIT = {"waitpoints": "rowid"}
 
@@ -37,7 +39,8 @@ def _tables(conn: sqlite3.Connection) -> list[str]:
     virtual = [name for name, sql in found if str(sql).upper().startswith("CREATE VIRTUAL")]
     # A virtual table (full-text index) and its shadow tables are rebuilt, not copied.
     names = [n for n, _ in found
-             if n not in virtual and not any(n.startswith(f"{v}_") for v in virtual)]
+             if n not in virtual and not any(n.startswith(f"{v}_") for v in virtual)
+             and n not in _NOT_COPIED]
     return sorted(names, key=lambda n: (_FIRST.index(n) if n in _FIRST else len(_FIRST), n))
 
 
@@ -75,6 +78,11 @@ async def _copy(src: sqlite3.Connection, dst: asyncpg.Connection, where: str) ->
             data={"missing": missing})
     counts: dict[str, int] = {}
     async with dst.transaction():
+        if await dst.fetchval("SELECT EXISTS (SELECT 1 FROM daemons "
+                              "WHERE lease_until > extract(epoch FROM now()))"):
+            raise errors.InvalidOperation(
+                f"{where} has a live daemon registered: stop every daemon on it first",
+                data={"table": "daemons"})
         for table in tables:
             if await dst.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):
                 raise errors.InvalidOperation(
@@ -100,6 +108,8 @@ async def _copy(src: sqlite3.Connection, dst: asyncpg.Connection, where: str) ->
                     data={"table": table, "copied": copied, "expected": len(rows)})
             counts[table] = copied
         src.execute("COMMIT")
+        # Nobody drives the copied runs yet: the first daemon on PostgreSQL claims them.
+        await dst.execute("UPDATE runs SET owner = NULL WHERE owner IS NOT NULL")
         for table in tables:
             await dst.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
         await dst.execute("INSERT INTO run_search (number, body) "

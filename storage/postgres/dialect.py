@@ -18,6 +18,8 @@ from typing import Any
 
 import asyncpg
 
+from storage.sqlite.daemons import DB_NOW
+
 # Primary keys of the tables written with ``INSERT OR REPLACE``: PostgreSQL's upsert needs them.
 _REPLACE_KEYS: dict[str, tuple[str, ...]] = {
     "run_cancel_on": ("run_id", "rule"),
@@ -31,6 +33,7 @@ _OR_REPLACE = re.compile(r"^\s*INSERT OR REPLACE INTO (\w+) \(([^)]*)\)", re.IGN
 _INSERT_INTO = re.compile(r"^\s*INSERT INTO (\w+) ", re.IGNORECASE)
 _JSON_EXTRACT = re.compile(r"json_extract\((\w+), '\$\.(\w+)'\)")
 _LIMIT_PARAM = re.compile(r"\bLIMIT \?")
+_PG_NOW = "(extract(epoch FROM now())::double precision)"
 
 
 @lru_cache(maxsize=4096)
@@ -54,6 +57,8 @@ def to_postgres(sql: str) -> str:
     sql = _JSON_EXTRACT.sub(r"(\1::jsonb ->> '\2')", sql)
     # SQLite's LIMIT -1 means "no limit"; PostgreSQL's is LIMIT NULL.
     sql = _LIMIT_PARAM.sub("LIMIT NULLIF(?::bigint, -1)", sql)
+    # The database clock: leases are judged by PostgreSQL's.
+    sql = sql.replace(DB_NOW, _PG_NOW)
     return _number_params(sql) + suffix
 
 

@@ -5,8 +5,10 @@ asyncpg pool on the caller's loop; they run ``SQLiteStorage``'s read code (one d
 each query) over connections that rewrite its SQL with ``storage.postgres.dialect``, and a
 snapshot is a read-only REPEATABLE READ transaction.
 
-Phase 1 of many daemons (SPEC §13): one daemon per database. ``open(exclusive=True)`` holds a
-session advisory lock for the life of the storage; a second opener gets ``StorageLocked``.
+Many daemons (SPEC §13) share one database with ``open(exclusive=False)``: each registers a
+lease and its writes are fenced by it (``fence``). ``open(exclusive=True)`` instead holds a
+session advisory lock for the life of the storage (a second opener gets ``StorageLocked``):
+the one-process tools (tests, ``wf migrate --to``) that must have the database to themselves.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class PostgresStorage:
         self._readers = readers
         self._timer_reader = timers  # the scheduler's own connection, as on SQLite
         self._settings: dict[str, str] = {}
+        self._shared = False  # opened for many daemons (not exclusive)
 
     @classmethod
     @asynccontextmanager
@@ -119,6 +122,7 @@ class PostgresStorage:
                 try:
                     storage = cls(url, writer, _Readers(pool), _Readers(timer_pool))
                     storage._settings = settings
+                    storage._shared = not exclusive
                     yield storage
                 finally:
                     await pool.close()
@@ -139,13 +143,16 @@ class PostgresStorage:
     def capabilities(self) -> records.StorageCapabilities:
         return records.StorageCapabilities(
             backend="postgres", version=self._settings.get("server_version", "unknown"),
-            location=redact(self.url), many_daemons=False,
+            location=redact(self.url), many_daemons=self._shared, fenced=True,
         )
 
     def stats(self) -> WriterStats:
         return self._writer.stats()
 
     # --- writes --------------------------------------------------------------------------------
+
+    def fence(self, daemon_id: str, lease: float) -> None:
+        self._writer.fence(daemon_id, lease)
 
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:
         if not batch:
@@ -222,6 +229,12 @@ class PostgresStorage:
 
     async def non_terminal_runs(self) -> list[records.RunRecord]:
         return await SQLiteStorage.non_terminal_runs(self._sql)
+
+    async def list_daemons(self) -> list[records.DaemonRecord]:
+        return await SQLiteStorage.list_daemons(self._sql)
+
+    async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
+        return await SQLiteStorage.owned_runs_to_move(self._sql, daemon_id)
 
     async def throttle_starts(self, since: float) -> list[tuple[str, float]]:
         return await SQLiteStorage.throttle_starts(self._sql, since)

@@ -28,10 +28,11 @@ from typing import Any, cast
 import asyncpg
 
 from storage import errors, ops
-from storage.postgres import retention
+from storage.postgres import claims, retention
 from storage.postgres.dialect import SyncConnection
 from storage.postgres.translate import is_batch_fatal, translate
-from storage.sqlite import interventions, journal_edits, mutations, schedules
+from storage.sqlite import daemons, interventions, journal_edits, mutations, schedules
+from storage.sqlite.daemons import DB_NOW
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,12 @@ _Request = tuple[Sequence[ops.WriteOp[Any]], "asyncio.Future[list[Any]]"]
 _Outcome = tuple["asyncio.Future[list[Any]]", bool, Any]
 _APPLY: dict[type[Any], mutations.Apply] = {
     **mutations.APPLY, **schedules.APPLY, **interventions.APPLY, **retention.APPLY,
-    **journal_edits.APPLY,
+    **journal_edits.APPLY, **daemons.APPLY, **claims.APPLY,
 }
+# The writer's lease check, first in every batch of a fenced daemon (SPEC §13).
+_FENCE = f"SELECT 1 FROM daemons WHERE daemon_id = ? AND lease_until > {DB_NOW} FOR SHARE"
+_FOREIGN_RUNS = ("SELECT run_id FROM runs WHERE run_id = ANY(?) AND owner IS NOT NULL "
+                 "AND owner <> ?")
 _STEP_CHUNKS = (256, 64, 16, 4, 1)  # 256 rows x 11 parameters stays far below 32767
 
 
@@ -78,8 +83,12 @@ class Writer:
         self._conn: SyncConnection | None = None
         self._batches = self._requests = self._ops = 0
         self._failed = self._replayed = self._largest = 0
+        self._fence_id: str | None = None  # set by fence(): every batch checks the lease
+        self._idle_ms = 0  # idle_in_transaction_session_timeout once fenced
+        self._session_set = True  # the session settings are in force on the connection
+        self._fenced: errors.OwnershipLost | None = None  # the lease was lost: terminal
         # A lost connection is not lost data (PostgreSQL keeps what it acknowledged): the
-        # writer reconnects on the next batch, so nothing ever sets this.
+        # writer reconnects on the next batch. Only a lost lease (OwnershipLost) sets this.
         self.failed: asyncio.Future[BaseException] = loop.create_future()
 
     @classmethod
@@ -107,6 +116,15 @@ class Writer:
         self._closed = True
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
+
+    def fence(self, daemon_id: str, lease: float) -> None:
+        """Check ``daemon_id``'s lease at the start of every later batch (see ``_FENCE``), and
+        have the server end a transaction of ours left open for half a lease: a daemon stopped
+        mid-batch (SIGSTOP) would otherwise hold its lease row locked, and the others' rescue
+        with it, for as long as it stays stopped."""
+        self._idle_ms = max(100, int(lease * 500))
+        self._session_set = False
+        self._fence_id = daemon_id
 
     def stats(self) -> WriterStats:
         return WriterStats(self._batches, self._requests, self._ops, self._failed,
@@ -167,10 +185,20 @@ class Writer:
         self._batches += 1
         self._requests += len(batch)
         self._largest = max(self._largest, len(batch))
+        if self._fenced is not None:
+            self._failed += 1
+            return [(fut, False, self._fenced) for _, fut in batch]
         try:
             conn = self._conn
             if conn is None or conn.raw.is_closed():
                 conn = self._connect()
+                self._session_set = self._idle_ms == 0
+            if not self._session_set:
+                conn.execute(f"SET idle_in_transaction_session_timeout = {self._idle_ms}")
+                # Where a rescuer finds this session to end it once our lease ran out.
+                conn.execute("UPDATE daemons SET backend_pid = pg_backend_pid() "
+                             "WHERE daemon_id = ?", (self._fence_id,))
+                self._session_set = True
             try:
                 outcomes = self._apply(conn, batch, isolate=False)
             except _Replay:
@@ -178,6 +206,12 @@ class Writer:
                 conn.execute("ROLLBACK")
                 outcomes = self._apply(conn, batch, isolate=True)
             conn.execute("COMMIT")
+        except errors.OwnershipLost as exc:
+            self._failed += 1
+            self._rollback()
+            self._fenced = exc
+            self._loop.call_soon_threadsafe(_set_failed, self.failed, exc)
+            return [(fut, False, exc) for _, fut in batch]
         except Exception as exc:
             self._failed += 1
             self._rollback()
@@ -193,7 +227,14 @@ class Writer:
         outcomes: list[_Outcome] = []
         steps: list[tuple[Any, ...]] = []
         conn.execute("BEGIN")
+        foreign: set[str] = set()
+        if self._fence_id is not None:
+            self._check_fence(conn, self._fence_id)
+            foreign = self._foreign_runs(conn, self._fence_id, batch)
         for ops_, fut in batch:
+            if foreign and (run_id := _foreign_write(ops_, foreign)) is not None:
+                outcomes.append((fut, False, errors.RunNotOwned(run_id)))
+                continue
             if not isolate and all(_is_first_step_attempt(op) for op in ops_):
                 steps.extend(mutations.step_row(op) for op in ops_)  # type: ignore[arg-type]
                 outcomes.append((fut, True, [None] * len(ops_)))
@@ -219,6 +260,25 @@ class Writer:
         if steps:
             self._flush_steps(conn, steps)
         return outcomes
+
+    @staticmethod
+    def _check_fence(conn: SyncConnection, daemon_id: str) -> None:
+        # FOR SHARE: a rescuer deletes a dead daemon's row before it adopts the runs, and that
+        # DELETE waits for this batch; every later batch of the dead daemon then finds no row.
+        if conn.execute(_FENCE, (daemon_id,)).fetchone() is None:
+            raise errors.OwnershipLost(daemon_id)
+
+    @staticmethod
+    def _foreign_runs(conn: SyncConnection, me: str, batch: list[_Request]) -> set[str]:
+        """Runs written in ``batch`` that another daemon owns. No lock needed: a run owned by
+        us changes hands only through our own transactions or, once our lease is gone, after
+        a rescue this batch's fence check already excludes; an unowned run is nobody's."""
+        run_ids = {str(cast(Any, op).run_id) for ops_, _ in batch for op in ops_
+                   if type(op) in ops.RUN_WRITES}
+        if not run_ids:
+            return set()
+        found = conn.execute(_FOREIGN_RUNS, (sorted(run_ids), me)).fetchall()
+        return {r[0] for r in found}
 
     @staticmethod
     def _flush_steps(conn: SyncConnection, steps: list[tuple[Any, ...]]) -> None:
@@ -247,6 +307,14 @@ class Writer:
             conn.raw.terminate()
 
 
+def _foreign_write(batch: Sequence[ops.WriteOp[Any]], foreign: set[str]) -> str | None:
+    for op in batch:
+        run_id = cast(Any, op).run_id if type(op) in ops.RUN_WRITES else None
+        if run_id in foreign:
+            return str(run_id)
+    return None
+
+
 def _op_error(exc: Exception) -> BaseException:
     if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], type):
         return errors.InvalidOperation(f"not a storage write op: {exc.args[0].__name__}")
@@ -261,6 +329,11 @@ def _deliver(outcomes: list[_Outcome]) -> None:
             fut.set_result(value)
         else:
             fut.set_exception(value)
+
+
+def _set_failed(fut: asyncio.Future[BaseException], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_result(exc)
 
 
 def _set_ready(fut: asyncio.Future[None]) -> None:

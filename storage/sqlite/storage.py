@@ -18,7 +18,7 @@ import aiosqlite
 
 from storage import errors, ops, protocol, records
 from storage.instruments import NO_INSTRUMENT, Instrument
-from storage.sqlite import pragmas, retention, rows
+from storage.sqlite import daemons, pragmas, retention, rows
 from storage.sqlite.translate import translate_errors
 from storage.sqlite.writer import SetMaxPageCount, Writer, WriterStats
 
@@ -150,6 +150,9 @@ class SQLiteStorage:
 
     # --- writes --------------------------------------------------------------------------------
 
+    def fence(self, daemon_id: str, lease: float) -> None:
+        """One daemon per file (the lock file): nobody can take its runs, nothing to fence."""
+
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:
         if not batch:
             return []
@@ -239,6 +242,12 @@ class SQLiteStorage:
             _NON_TERMINAL,
         )
         return [rows.run_from_row(r) for r in found]
+
+    async def list_daemons(self) -> list[records.DaemonRecord]:
+        return [daemons.daemon_from_row(r) for r in await self._fetch(daemons.LIST_DAEMONS)]
+
+    async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
+        return [r[0] for r in await self._fetch(daemons.OWNED_TO_RESUME, (daemon_id,))]
 
     async def throttle_starts(self, since: float) -> list[tuple[str, float]]:
         found = await self._fetch(

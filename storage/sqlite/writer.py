@@ -30,7 +30,15 @@ from typing import Any
 
 from storage import errors, ops
 from storage.instruments import NO_INSTRUMENT, Instrument
-from storage.sqlite import interventions, journal_edits, pragmas, retention, schedules, schema
+from storage.sqlite import (
+    daemons,
+    interventions,
+    journal_edits,
+    pragmas,
+    retention,
+    schedules,
+    schema,
+)
 from storage.sqlite.mutations import APPLY, STEP_CHUNKS, Apply, step_row, upsert_steps_sql
 from storage.sqlite.translate import is_batch_fatal, primary_code, translate
 
@@ -81,6 +89,7 @@ _APPLY: dict[type[Any], Apply] = {
     **interventions.APPLY,
     **journal_edits.APPLY,
     **retention.APPLY,
+    **daemons.APPLY,
     SetMaxPageCount: _set_max_page_count,
 }
 # Errors after which the file's durable content is unknown (SPEC §4: fail-stop). Not FULL or

@@ -270,6 +270,17 @@ async def _workflows(c: Client, engine: Engine) -> None:
     assert set(listed[0]) == {"id", "version", "description", "tags", "timeout", "origin"}
 
 
+@case(service.Daemons)
+async def _daemons(c: Client, engine: Engine) -> None:
+    assert await c.daemons() == {"daemons": []}  # this bare engine registered no lease
+    await engine.storage.execute(storage.RegisterDaemon(
+        daemon_id="d1", name="h:1", host="h", pid=1, version="v", socket="/s", http="",
+        lease=30))
+    (d,) = (await c.daemons())["daemons"]
+    assert (d["daemon_id"], d["name"], d["live"], d["runs"], d["this"]) == (
+        "d1", "h:1", True, 0, False)
+
+
 @case(service.Versions)
 async def _versions(c: Client, engine: Engine) -> None:
     await c.submit("event", {"type": "paid"}, run_id="ev")
