@@ -243,6 +243,8 @@ class Engine(service.ServiceMethods):
     def _ended_unstarted(self, run: storage.RunRecord) -> None:
         """A run that never started ended (expired, cancelled while queued, replaced)."""
         self.supervisor.publish_state(run.run_id, str(run.status), run.workflow_id)
+        if self.supervisor.tracing is not None:  # its one span says why it never ran
+            self.supervisor.tracing.run_ended(run.run_id)
         self._on_finished(run)
         if run.parent_run_id is not None and run.parent_wp_id is not None:
             self.ops.spawn(self._resume_parent(run), f"resume:{run.parent_run_id}")

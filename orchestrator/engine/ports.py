@@ -33,11 +33,14 @@ TimerStored = Callable[[float], None]
 
 class RunTracing(Protocol):
     """Trace export (SPEC §12, the ``otel`` extra; ``engine/otel.py`` implements it): the
-    engine makes a step attempt's span current and reports ended runs, nothing more."""
+    engine makes a step attempt's span current and reports parked and ended runs, nothing
+    more."""
 
     def step_scope(
         self, run: RunRecord, step_id: str, attempt: int
     ) -> AbstractContextManager[Any]: ...
+
+    def run_parked(self, run_id: str) -> None: ...
 
     def run_ended(self, run_id: str) -> None: ...
 

@@ -385,6 +385,8 @@ class Supervisor:
 
     def park(self, run_id: str, execution: Execution, run: RunRecord) -> None:
         """Keep a parked execution (and its run record) warm, or close it when over budget."""
+        if self.tracing is not None:
+            self.tracing.run_parked(run_id)
         if self._warm_budget <= 0:
             self._close_later(execution)
             return
