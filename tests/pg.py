@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,12 +55,19 @@ class Cluster:
     port: int
     user: str
     _names: Iterator[int]
+    _ctl: list[str] = field(default_factory=list)  # pg_ctl -D <data> -l <log>, as its user
 
     def url(self, dbname: str) -> str:
         return f"postgresql://{self.user}@/{dbname}?host={self.socket_dir}&port={self.port}"
 
     def next_name(self) -> str:
         return f"t{os.getpid()}_{next(self._names)}"
+
+    def restart(self, mode: str = "immediate") -> None:
+        """``pg_ctl restart -m mode``: ``immediate`` is a crash of the server (no checkpoint,
+        every session cut; the restart replays the WAL). The same options as the first start."""
+        subprocess.run([*self._ctl, "-m", mode, "-w", "-t", "60", "restart"], check=True,
+                       capture_output=True, timeout=90)
 
 
 def start_cluster() -> Iterator[Cluster]:
@@ -98,7 +105,8 @@ def start_cluster() -> Iterator[Cluster]:
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"starting PostgreSQL failed: {exc.stderr.decode()}") from exc
-    cluster = Cluster(tmp, port, "postgres", itertools.count())
+    cluster = Cluster(tmp, port, "postgres", itertools.count(),
+                      [*prefix, f"{bindir}/pg_ctl", "-D", data, "-l", f"{tmp}/server.log"])
     try:
         run_sync(_make_template(cluster))
         yield cluster

@@ -16,6 +16,15 @@ _BUSY = (
     asyncpg.exceptions.LockNotAvailableError,
     asyncpg.exceptions.QueryCanceledError,
 )
+# The server or the session went away (a restart, a failover, pg_terminate_backend, a network
+# cut): transient, like a lock held too long. The op may or may not have committed, which every
+# caller of a storage write already allows for (ops are idempotent; the engine re-reads).
+_GONE = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
+    ConnectionError,
+    OSError,
+)
 _FULL = (asyncpg.exceptions.DiskFullError, asyncpg.exceptions.InsufficientResourcesError)
 _INVALID = (
     asyncpg.exceptions.IntegrityConstraintViolationError,
@@ -44,6 +53,12 @@ def is_batch_fatal(exc: BaseException) -> bool:
     )
 
 
+def _gone(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.exceptions.InterfaceError):
+        return "closed" in str(exc)  # "connection is closed"; other InterfaceErrors are bugs
+    return isinstance(exc, _GONE)
+
+
 def translate(exc: BaseException) -> BaseException:
     """The storage error for ``exc`` (a new instance with ``exc`` as its cause)."""
     if isinstance(exc, errors.StorageError) or not isinstance(exc, Exception):
@@ -55,6 +70,9 @@ def translate(exc: BaseException) -> BaseException:
         out = errors.StorageFull(f"storage full: {exc}", data=data)
     elif isinstance(exc, _BUSY):
         out = errors.StorageBusy(f"storage busy: {exc}", data=data)
+    elif _gone(exc):
+        out = errors.StorageBusy(f"storage unavailable: {type(exc).__name__}: {exc}",
+                                 data={**data, "unavailable": True})
     elif isinstance(exc, _INVALID):
         out = errors.InvalidOperation(f"constraint failed: {exc}", data=data)
     elif isinstance(exc, orjson.JSONEncodeError):

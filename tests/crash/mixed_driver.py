@@ -160,7 +160,7 @@ def ledger_rows(path: Path) -> list[tuple[str, str, int, int]]:
         return []
     rows = []
     for line in path.read_text().splitlines():
-        run_id, key, attempt, inc = line.split()
+        run_id, key, attempt, inc = line.split()[:4]
         rows.append((run_id, key, int(attempt), int(inc)))
     return rows
 

@@ -5,8 +5,8 @@ steps, sleeps, event waits, signals, tokens, a step that fails N times then succ
 fixed backoff, a child run, a final ``FatalError`` that triggers compensation). The output is a
 deterministic function of the input, so ``runtime.testing`` can say how each run must end.
 
-Every step body and compensation appends ``run_id step_key attempt incarnation`` to the ledger
-named by ``WF_MIXED_LEDGER`` (O_APPEND, fsynced). Only the daemon's environment sets it: the
+Every step body and compensation appends ``run_id step_key attempt incarnation time`` to the
+ledger named by ``WF_MIXED_LEDGER`` (O_APPEND, fsynced). Only the daemon's environment sets it: the
 in-process reference run writes nothing. Step outputs carry the incarnation that ran them
 (``inc``), which the workflow output leaves out.
 """
@@ -14,6 +14,7 @@ in-process reference run writes nothing. Step outputs carry the incarnation that
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from runtime import (
@@ -48,7 +49,8 @@ def append_line(run_id: str, key: str, attempt: int) -> None:
     path = os.environ.get(LEDGER_ENV)
     if not path:
         return  # the in-process reference run
-    append_durably(path, f"{run_id} {key} {attempt} {incarnation()}\n")
+    # The wall time lets the many-daemon checks order lines against commits (cluster_driver).
+    append_durably(path, f"{run_id} {key} {attempt} {incarnation()} {time.time():.6f}\n")
 
 
 # Payloads the driver delivers are functions of the waitpoint, so the reference run can be

@@ -189,3 +189,22 @@ async def test_every_index_has_its_twin(pg_url: str, tmp_path: Path) -> None:
     finally:
         await conn.close()
     assert on_pg - {"run_search_body"} == on_sqlite
+
+
+async def test_a_lost_session_is_transient_and_the_writer_reconnects(pg_url: str) -> None:
+    """pg_terminate_backend (or a server restart) under a write: the caller gets STORAGE_BUSY,
+    which the engine retries, not a plain storage error it would fail the run with (issue 20:
+    the crash campaign's database restart showed a daemon's timer task dying of it)."""
+    async with st.PostgresStorage.open(pg_url) as s:
+        await make_run(s, "r1")
+        admin = await asyncpg.connect(pg_url)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            with pytest.raises(st.StorageBusy, match="storage unavailable"):
+                await s.execute(st.RecordStepAttempt("r1", "a", 1, DONE))
+        finally:
+            await admin.close()
+        await s.execute(st.RecordStepAttempt("r1", "b", 1, DONE))  # a new session
+        assert [x.step_id for x in (await s.load_journal("r1")).steps] == ["b"]

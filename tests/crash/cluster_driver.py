@@ -1,0 +1,611 @@
+"""The mixed-workload crash round on PostgreSQL with two daemons (issue 20, Reliability).
+
+Two real ``wf daemon`` processes share one PostgreSQL database under the workload of
+``mixed_workflows.py`` (``mix-plan`` runs: steps, sleeps, events, signals, tokens, retries,
+children, compensation). Requests go to either daemon at random. A seeded list of
+*disruptions* is played meanwhile:
+
+- ``kill``: ``kill -9`` of one daemon, restarted after a random pause (sometimes armed to die
+  inside a later commit batch: ``WF_CRASH_AT=batch.begun|batch.executed:n``);
+- ``stop``: SIGSTOP of one daemon past its lease, then SIGCONT: it must exit 70 (lease lost)
+  and have committed nothing after it woke; the other adopts its runs meanwhile;
+- ``pgrestart``: ``pg_ctl restart -m immediate`` of the server (every session cut, WAL replay);
+- ``terminate``: ``pg_terminate_backend`` of one daemon's writer session;
+- ``listen``: ``pg_terminate_backend`` of one daemon's LISTEN session, when daemons have one.
+
+Then both daemons run to the end, every run drains, and the checks of the SQLite campaign
+follow, adapted to two daemons alive at once (incarnation numbers are global, in start order):
+nothing acknowledged lost; every run ends as ``runtime.testing`` says; every acknowledged
+delivery resolved its wait; a step's committed attempt ran in the incarnation that committed it
+and never ran after its result was committed; any other incarnation that ran it died (kill,
+stop, crash point), so in-flight steps run at most once more per takeover; timers never fire
+early. Every violation starts with ``seed=<seed>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from orchestrator.client import Client, RemoteError
+from tests.crash import mixed_workflows as mw
+from tests.crash.daemon_process import DaemonProcess
+from tests.crash.mixed_driver import (
+    BIG,
+    DRAIN_GRACE,
+    LOST,
+    POLL,
+    ROOT,
+    TERMINAL,
+    Incarnation,
+    MixedRound,
+    Request,
+    plan_seconds,
+)
+
+SUBMITTERS = 6
+# Errors a daemon answers while the database is away: the outcome is unknown, not refused.
+UNKNOWN_OUTCOME = ("STORAGE", "OWNERSHIP_LOST", "UNAVAILABLE", "INTERNAL")
+KINDS = ("kill", "stop", "pgrestart", "terminate", "listen")
+WEIGHTS = (40, 15, 15, 20, 10)
+
+
+def ledger_lines(path: Path) -> list[tuple[str, str, int, int, float]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        run_id, key, attempt, inc, at = line.split()
+        out.append((run_id, key, int(attempt), int(inc), float(at)))
+    return out
+
+
+@dataclass
+class Slot:
+    """One of the two daemons: its process across restarts and what is expected of it."""
+
+    name: str
+    daemon: DaemonProcess
+    inc: Incarnation | None = None
+    expect: str = ""  # why it is about to die: kill | stop ("" = it must not)
+    restarting: bool = False
+
+
+@dataclass
+class ClusterReport:
+    seed: int
+    runs: int = 0
+    disruptions: Counter[str] = field(default_factory=Counter)
+    deaths: Counter[str] = field(default_factory=Counter)
+    acked: int = 0
+    indeterminate: int = 0
+    deliveries: int = 0
+    ledger_lines: int = 0
+    reruns: int = 0  # step executions by an incarnation that died before committing them
+    adopted: int = 0
+    drain_seconds: float = 0.0
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        dis = " ".join(f"{k}={v}" for k, v in sorted(self.disruptions.items())) or "none"
+        deaths = " ".join(f"{k}={v}" for k, v in sorted(self.deaths.items())) or "none"
+        return (f"seed={self.seed} runs={self.runs} acked={self.acked} "
+                f"indeterminate={self.indeterminate} deliveries={self.deliveries} "
+                f"disruptions[{dis}] deaths[{deaths}] ledger={self.ledger_lines} "
+                f"reruns={self.reruns} drain={self.drain_seconds:.1f}s "
+                f"time={self.seconds:.1f}s violations={len(self.violations)}")
+
+
+class ClusterRound(MixedRound):
+    """One seeded round; ``restart_db`` restarts the PostgreSQL server (``-m immediate``)."""
+
+    def __init__(self, workdir: Path, seed: int, runs: int, url: str,
+                 restart_db: Callable[[], None], *, lease: float = 2.0, scale: float = 1.0,
+                 disruptions: int = 4) -> None:
+        super().__init__(workdir, seed, runs, scale=scale)
+        # Concurrency limits are per daemon for now (docs/decisions.md, issue 20 phase 2):
+        # the flow-controlled twin stays out of the many-daemon mix.
+        self.limited = set()
+        for inp in self.inputs.values():
+            inp.pop("group", None)
+        self.url = url
+        self.lease = lease
+        self.restart_db = restart_db
+        self.creport = ClusterReport(seed, runs)
+        self.slots = [self._slot(workdir, name) for name in ("a", "b")]
+        # Every kind comes up within a few rounds (rotated by seed), then at random.
+        kinds = [KINDS[(seed + i) % len(KINDS)] if i < len(KINDS) else
+                 self.rng.choices(KINDS, WEIGHTS)[0] for i in range(disruptions)]
+        self.rng.shuffle(kinds)
+        self.plan = [(round(self.rng.uniform(0.2, 1.2), 3), kind, self.rng.randrange(2),
+                      self.rng.random()) for kind in kinds]
+        self.released = 0  # runs the submitters may send: a wave per disruption
+        self.generation = 0  # bumped by every disruption: deliveries may be sent again
+        self.stops: list[tuple[int, float]] = []  # (incarnation, SIGCONT time)
+        self.cuts: list[tuple[float, float]] = []  # database restarts and killed sessions
+        self.listener_seen = False
+        self.deadline = 0.0
+
+    def _slot(self, workdir: Path, name: str) -> Slot:
+        root = workdir / name
+        root.mkdir()
+        daemon = DaemonProcess(
+            root, modules=["tests.crash.mixed_workflows"], paths=[ROOT],
+            extra=f"max_recoveries = 1000\nlease = \"{self.lease}s\"",
+            env={mw.LEDGER_ENV: str(self.ledger)})
+        text = daemon.config_path.read_text()
+        daemon.config_path.write_text(text.replace(
+            f"path = {json.dumps(str(daemon.db))}", f"url = {json.dumps(self.url)}"))
+        return Slot(name, daemon)
+
+    def violation(self, msg: str) -> None:
+        self.creport.violations.append(f"seed={self.seed} {msg}")
+
+    # ---------------------------------------------------------------- daemons
+
+    async def start(self, slot: Slot, crash_at: str | None = None) -> None:  # type: ignore[override]
+        """Start ``slot`` as the next incarnation (global numbering, in start order)."""
+        slot.restarting = True
+        failures = 0
+        try:
+            while True:
+                inc = Incarnation(len(self.incs) + 1, time.time())
+                self.incs.append(inc)
+                slot.daemon.incarnation = inc.number - 1
+                env = None
+                if crash_at:
+                    env = {"WF_CRASH_AT": crash_at, "WF_CRASH_AFTER": "timers.armed"}
+                try:
+                    await asyncio.to_thread(slot.daemon.start, env)
+                except RuntimeError as exc:
+                    inc.ended_at, inc.end = time.time(), "startup"
+                    self.creport.deaths["startup"] += 1
+                    if "crash point" not in str(exc):
+                        # The database may be restarting under it: try again, a few times.
+                        failures += 1
+                        if failures > 20:
+                            self.violation(f"daemon {slot.name} failed to start: "
+                                           f"{str(exc)[-800:]}")
+                            raise
+                        await asyncio.sleep(0.5)
+                    crash_at = None
+                    continue
+                inc.ready_at = time.time()
+                slot.inc, slot.expect = inc, ""
+                return
+        finally:
+            slot.restarting = False
+
+    def live(self) -> list[Slot]:
+        return [s for s in self.slots if not s.restarting and s.expect == ""
+                and s.daemon.proc is not None and s.daemon.proc.poll() is None]
+
+    def _died(self, slot: Slot, how: str) -> None:
+        inc = slot.inc
+        if inc is not None and inc.ended_at is None:
+            inc.ended_at, inc.end = time.time(), how
+        self.creport.deaths[how] += 1
+        self.generation += 1
+
+    async def monitor(self) -> None:
+        """A daemon that dies unasked must have died at its armed crash point (then it is
+        restarted) or lost its lease to a database outage (exit 70); anything else is a
+        violation."""
+        while True:
+            for slot in self.slots:
+                proc = slot.daemon.proc
+                if slot.restarting or slot.expect or proc is None or proc.poll() is None:
+                    continue
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                if "crash point batch." in err:
+                    self._died(slot, "batch")
+                elif proc.returncode == 70:
+                    self._died(slot, "lease_lost")
+                else:
+                    self._died(slot, "unexpected")
+                    number = slot.inc.number if slot.inc else None
+                    self.violation(f"daemon {slot.name} (incarnation {number}) exited "
+                                   f"{proc.returncode}: {err[-800:]} {slot.daemon.tail(8)}")
+                await self.start(slot)
+            await asyncio.sleep(0.05)
+
+    # ---------------------------------------------------------------- disruptions
+
+    async def chaos(self, todo: list[str]) -> None:
+        waves = len(self.plan) + 1
+        for n, (delay, kind, target, extra) in enumerate(self.plan):
+            # A wave of new runs, so every disruption lands on work in progress.
+            self.released = len(todo) * (n + 1) // waves
+            await asyncio.sleep(delay)
+            slot = self.slots[target]
+            while slot not in self.live():
+                await asyncio.sleep(0.05)
+            if kind == "listen" and not await self._listener_pid(slot):
+                self.creport.skipped.append(
+                    "listen: the daemons hold no LISTEN session (no listener in this build)")
+                kind = "terminate"
+            self.creport.disruptions[kind] += 1
+            self.generation += 1
+            cut_from = time.time()
+            if kind == "kill":
+                await self._kill(slot, extra)
+            elif kind == "stop":
+                await self._stop(slot, extra)
+            elif kind == "pgrestart":
+                await asyncio.to_thread(self.restart_db)
+            elif kind == "terminate":
+                await self._terminate(slot, "SELECT pg_terminate_backend(backend_pid) FROM "
+                                            "daemons WHERE pid = $1 AND backend_pid IS NOT NULL")
+            else:
+                await self._terminate(slot, "SELECT pg_terminate_backend($1::integer)",
+                                      await self._listener_pid(slot))
+            if kind in ("pgrestart", "terminate", "listen"):
+                self.cuts.append((cut_from, time.time()))
+
+    async def _kill(self, slot: Slot, extra: float) -> None:
+        slot.expect = "kill"
+        slot.daemon.kill9()
+        self._died(slot, "kill")
+        await asyncio.sleep(extra * 2 * self.lease)  # sometimes long enough to be adopted
+        armed = None
+        if extra < 0.4:
+            point = self.rng.choice(["batch.begun", "batch.executed"])
+            armed = f"{point}:{self.rng.randint(2, 60)}"
+        await self.start(slot, armed)
+
+    async def _stop(self, slot: Slot, extra: float) -> None:
+        proc = slot.daemon.proc
+        assert proc is not None and slot.inc is not None
+        slot.expect = "stop"
+        inc = slot.inc
+        os.kill(proc.pid, signal.SIGSTOP)
+        await asyncio.sleep(self.lease * (1.5 + extra))
+        woke = time.time()
+        self.stops.append((inc.number, woke))
+        os.kill(proc.pid, signal.SIGCONT)
+        code = await asyncio.to_thread(_wait, proc, 15.0)
+        self._died(slot, "stop")
+        log = slot.daemon.tail(400)
+        if code != 70 or '"daemon.lease_lost"' not in log:
+            self.violation(f"daemon {slot.name} (incarnation {inc.number}) stopped past its "
+                           f"lease exited {code} after SIGCONT (want 70 and daemon.lease_lost)")
+        await self.start(slot)
+
+    async def _terminate(self, slot: Slot, sql: str, arg: int | None = None) -> None:
+        proc = slot.daemon.proc
+        if proc is None:
+            return
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            conn = await asyncpg.connect(self.url)
+            try:
+                await conn.execute(sql, arg if arg is not None else proc.pid)
+            finally:
+                await conn.close()
+
+    async def _listener_pid(self, slot: Slot) -> int | None:
+        """A daemon's LISTEN session, if the daemons keep one (any of them: the session does
+        not say whose it is)."""
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            conn = await asyncpg.connect(self.url)
+            try:
+                pid = await conn.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid() "
+                    "ORDER BY random() LIMIT 1")
+            finally:
+                await conn.close()
+            return None if pid is None else int(pid)
+        return None
+
+    # ---------------------------------------------------------------- the round
+
+    async def run(self) -> ClusterReport:  # type: ignore[override]
+        t0 = time.monotonic()
+        details: dict[str, dict[str, Any]] = {}
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for slot in self.slots:
+                await self.start(slot)
+            todo = list(self.inputs)
+            tasks = [asyncio.ensure_future(self.monitor()),
+                     asyncio.ensure_future(self.deliverer_loop())]
+            submitters = [asyncio.ensure_future(self.submit_loop(todo))
+                          for _ in range(SUBMITTERS)]
+            await self.chaos(todo)
+            self.released = len(todo)
+            await asyncio.gather(*submitters)
+            await self.drain()
+            details = await self.collect_any()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, *LOST):
+                    await task
+            for slot in self.slots:
+                proc = slot.daemon.proc
+                if proc is not None and proc.poll() is None:
+                    code = slot.daemon.stop()
+                    if code != 0:
+                        self.violation(f"daemon {slot.name} exited {code} on SIGTERM: "
+                                       f"{slot.daemon.tail(5)}")
+                if slot.inc is not None and slot.inc.ended_at is None:
+                    slot.inc.ended_at, slot.inc.end = time.time(), "clean"
+        self.creport.adopted = sum(
+            '"runs.adopted"' in line for s in self.slots
+            for line in (s.daemon.log_path.read_text().splitlines()
+                         if s.daemon.log_path.exists() else []))
+        if details:
+            await self.check_cluster(details)
+        self.creport.seconds = time.monotonic() - t0
+        return self.creport
+
+    async def client_call(self, fn: Callable[[Client], Any]) -> Any:
+        """``fn`` on a client of a live daemon picked at random (LOST if none answers)."""
+        live = self.live()
+        if not live:
+            await asyncio.sleep(0.05)
+            raise ConnectionError("no live daemon")
+        slot = self.rng.choice(live)
+        async with Client.connect(slot.daemon.socket) as c:
+            return await fn(c)
+
+    async def submit_loop(self, todo: list[str]) -> None:
+        while True:
+            run_id = next((r for r in todo if r not in self.submits), None)
+            if run_id is None:
+                return
+            if todo.index(run_id) >= self.released:
+                await asyncio.sleep(0.02)
+                continue
+            req = Request("submit", run_id, len(self.incs))
+            self.submits[run_id] = req
+            self.last_send = time.time()
+            try:
+                await self.client_call(
+                    lambda c, r=run_id: c.submit(mw.PARENT, self.inputs[r], run_id=r))
+                req.state = "acked"
+            except RemoteError as exc:
+                unknown = exc.code.startswith(UNKNOWN_OUTCOME)
+                req.state = "indeterminate" if unknown else "refused"
+                req.detail = f"{exc.code}: {exc.message}"
+            except LOST:
+                req.state = "indeterminate"
+
+    async def deliverer_loop(self) -> None:
+        seen: dict[str, tuple[float, int]] = {}
+        while True:
+            with contextlib.suppress(*LOST, RemoteError):
+                waiting = await self.client_call(
+                    lambda c: c.list(status="waiting", limit=BIG))
+                for run in waiting["runs"]:
+                    run_id = run["run_id"]
+                    plan = (self.inputs.get(run_id) or self.children.get(run_id) or {}).get(
+                        "plan")
+                    if not plan or not any(op[0] in ("event", "signal", "token") for op in plan):
+                        continue
+                    mark = (run["updated_at"], self.generation)
+                    if seen.get(run_id) == mark:
+                        continue
+                    seen[run_id] = mark
+                    detail = await self.client_call(lambda c, r=run_id: c.get(r))
+                    for wp in detail["waitpoints"]:
+                        if wp["status"] == "waiting":
+                            await self.deliver_one(run_id, wp)
+            await asyncio.sleep(POLL)
+
+    async def deliver_one(self, run_id: str, wp: dict[str, Any]) -> None:
+        kind = wp["kind"]
+        if kind == "EVENT":
+            key: tuple[str, ...] = ("event", mw.event_id(wp["match"]))
+        elif kind == "SIGNAL":
+            key = ("signal", run_id, str(wp["match"]["n"]))
+        elif kind == "MANUAL":
+            key = ("token", wp["token_id"])
+        else:
+            return
+        prev = self.deliveries.get(key)
+        if prev is not None and (prev.state == "acked" or prev.incarnation == self.generation):
+            return
+        req = Request(key[0], run_id, self.generation)
+        self.deliveries[key] = req
+        self.creport.deliveries += 1
+        self.last_send = time.time()
+
+        async def send(c: Client) -> None:
+            if kind == "EVENT":
+                await c.send_event(mw.EVENT_TYPE, mw.event_payload(wp["match"]),
+                                   event_id=mw.event_id(wp["match"]))
+            elif kind == "SIGNAL":
+                await c.signal(run_id, mw.SIGNAL, mw.signal_payload(wp["match"]))
+            else:
+                await c.complete_token(wp["token_id"], mw.token_payload(wp["token_id"]))
+
+        try:
+            await self.client_call(send)
+            req.state = "acked"
+        except RemoteError as exc:
+            req.detail = f"{exc.code}: {exc.message}"
+            if exc.code == "TOKEN_CONFLICT" and prev is not None:
+                req.state = "acked"  # an earlier, indeterminate completion landed
+            elif exc.code.startswith(UNKNOWN_OUTCOME):
+                req.state = "indeterminate"
+            else:
+                req.state = "refused"
+                self.violation(f"{key} to {run_id} refused: {req.detail}")
+        except LOST:
+            req.state = "indeterminate"
+
+    async def drain(self) -> None:
+        ready = time.time()
+        slack = max(plan_seconds(i["plan"]) for i in self.inputs.values())
+        while True:
+            try:
+                runs = (await self.client_call(lambda c: c.list(limit=BIG)))["runs"]
+            except (*LOST, RemoteError):
+                await asyncio.sleep(POLL)
+                continue
+            pending = [r for r in runs if r["status"] not in TERMINAL]
+            if not pending:
+                break
+            bound = max(ready, self.last_send) + DRAIN_GRACE + slack + 2 * self.lease
+            if time.time() > bound:
+                for r in pending[:20]:
+                    detail = await self.client_call(lambda c, x=r["run_id"]: c.get(x))
+                    waiting = [(w["waitpoint_id"], w["status"]) for w in detail["waitpoints"]]
+                    self.violation(f"run {r['run_id']} still {r['status']} "
+                                   f"{time.time() - ready:.1f}s into the drain, waitpoints "
+                                   f"{waiting}; deliveries: {self._sent_to(r['run_id'])}")
+                break
+            await asyncio.sleep(POLL)
+        self.creport.drain_seconds = time.time() - ready
+
+    async def collect_any(self) -> dict[str, dict[str, Any]]:
+        for _ in range(100):
+            live = self.live()
+            if live:
+                with contextlib.suppress(*LOST):
+                    self.daemon = live[0].daemon  # collect() reads through self.daemon
+                    return await self.collect()
+            await asyncio.sleep(0.1)
+        self.violation("no live daemon to collect the results from")
+        return {}
+
+    # ---------------------------------------------------------------- checks
+
+    async def check_cluster(self, details: dict[str, dict[str, Any]]) -> None:
+        await self.check(details)  # the SQLite campaign's checks, with the overrides below
+        self.creport.acked, self.creport.indeterminate = self.report.acked, \
+            self.report.indeterminate
+        self._check_stopped_wrote_nothing(details)
+
+    def _check_ledger(self, details: dict[str, dict[str, Any]]) -> None:
+        rows = ledger_lines(self.ledger)
+        self.creport.ledger_lines = len(rows)
+        lines: dict[tuple[str, str], list[tuple[int, int, float]]] = defaultdict(list)
+        for run_id, key, attempt, inc, at in rows:
+            lines[(run_id, key)].append((attempt, inc, at))
+        expected: set[tuple[str, str]] = set()
+        for run_id, detail in details.items():
+            for step in detail["steps"]:
+                sid = step["step_id"]
+                expected.add((run_id, sid))
+                self._cluster_step(run_id, step, lines.get((run_id, sid), []))
+            for comp in detail.get("compensations", []):
+                key = f"{comp['step_id']}#undo"
+                expected.add((run_id, key))
+                got = lines.get((run_id, key), [])
+                if not got:
+                    self.violation(f"{run_id} {key}: compensation recorded but no ledger line")
+                self._cluster_lines(run_id, key, 0, None, comp["finished_at"], got)
+        for run_id, key in set(lines) - expected:
+            self.violation(f"ledger lines for {run_id} {key} with no recorded step: "
+                           f"{lines[(run_id, key)]}")
+
+    def _cluster_step(self, run_id: str, step: dict[str, Any],
+                      lines: list[tuple[int, int, float]]) -> None:
+        sid = step["step_id"]
+        recorded = {a["attempt"]: a for a in step["attempts"]}
+        if step["attempt"] != max(recorded, default=step["attempt"]):
+            self.violation(f"{run_id} {sid}: committed attempt {step['attempt']} is not the "
+                           f"last recorded {sorted(recorded)}")
+        ran = {a for a, _, _ in lines}
+        if ran - set(recorded) or max(ran, default=0) != step["attempt"]:
+            self.violation(f"{run_id} {sid}: ledger attempts {sorted(ran)} but recorded "
+                           f"{sorted(recorded)} (committed {step['attempt']})")
+        for attempt, rec in recorded.items():
+            committed = None
+            if attempt == step["attempt"] and step["status"] == "ok" and isinstance(
+                    step["output"], dict):
+                committed = step["output"].get("inc")
+            if committed is None and rec.get("error"):
+                found = re.search(r"\(inc (\d+)\)", str(rec["error"].get("message")))
+                committed = int(found.group(1)) if found else None
+            got = [line for line in lines if line[0] == attempt]
+            if not got:
+                self.violation(f"{run_id} {sid} attempt {attempt}: recorded but no ledger line")
+                continue
+            self._cluster_lines(run_id, sid, attempt, committed, rec.get("finished_at"), got)
+
+    def _cluster_lines(self, run_id: str, key: str, attempt: int, committed: int | None,
+                       finished_at: float | None, lines: list[tuple[int, int, float]]) -> None:
+        where = f"{run_id} {key} attempt {attempt} (committed by incarnation {committed})"
+        incs = [inc for _, inc, _ in lines]
+        if committed is not None and committed not in incs:
+            self.violation(f"{where}: no ledger line from the committing incarnation: {lines}")
+        # Within one incarnation a step runs again only after a commit lost to a database
+        # outage (its result was not recorded: the actor retries from the journal).
+        by_inc: dict[int, list[float]] = defaultdict(list)
+        for _, inc, at in lines:
+            by_inc[inc].append(at)
+        for inc, times in by_inc.items():
+            times.sort()
+            for t1, t2 in itertools.pairwise(times):
+                if not any(t1 <= b and a <= t2 for a, b in self.cuts):
+                    self.violation(f"{where}: ran twice in incarnation {inc} with no database "
+                                   f"outage between: {lines}")
+            self.creport.reruns += len(times) - 1
+        # Every other incarnation that ran it must have died (in flight at a takeover).
+        final = committed if committed is not None else max(lines, key=lambda x: x[2])[1]
+        for _, inc, at in lines:
+            if finished_at is not None and at > finished_at + 0.001:
+                self.violation(f"{where}: incarnation {inc} ran it at {at:.3f}, after its "
+                               f"result was recorded at {finished_at:.3f}: {lines}")
+            if inc == final:
+                continue
+            self.creport.reruns += 1
+            ended = self.incs[inc - 1].end if 0 < inc <= len(self.incs) else "?"
+            if ended in ("running", "clean"):
+                self.violation(f"{where}: incarnation {inc} ran it too and did not die "
+                               f"(duplicate execution without a takeover): {lines}")
+
+    def _check_timers(self, details: dict[str, dict[str, Any]]) -> None:
+        for run_id, detail in details.items():
+            for wp in detail["waitpoints"]:
+                if wp["kind"] != "DATETIME" or wp["due_at"] is None:
+                    continue
+                due, fired = wp["due_at"], wp["resolved_at"]
+                if fired is not None and fired < due - 0.001:
+                    self.violation(f"{run_id} {wp['waitpoint_id']} fired {due - fired:.3f}s "
+                                   "early")
+
+    def _check_stopped_wrote_nothing(self, details: dict[str, dict[str, Any]]) -> None:
+        """A daemon stopped past its lease commits nothing once it wakes: no step attempt it
+        ran is recorded with a finish after its SIGCONT."""
+        for inc, woke in self.stops:
+            for run_id, detail in details.items():
+                for step in detail["steps"]:
+                    out = step["output"]
+                    for rec in step["attempts"]:
+                        mine = (rec["attempt"] == step["attempt"] and isinstance(out, dict)
+                                and out.get("inc") == inc) or f"(inc {inc})" in str(
+                                    (rec.get("error") or {}).get("message"))
+                        if mine and (rec.get("finished_at") or 0) >= woke:
+                            self.violation(f"{run_id} {step['step_id']} attempt "
+                                           f"{rec['attempt']} committed by incarnation {inc} "
+                                           f"after it woke from SIGSTOP past its lease")
+
+
+def _wait(proc: Any, timeout: float) -> int | None:
+    try:
+        return int(proc.wait(timeout=timeout))
+    except Exception:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+
