@@ -28,7 +28,7 @@ from typing import Any, cast
 import asyncpg
 
 from storage import errors, ops
-from storage.postgres import claims, retention
+from storage.postgres import claims, locks, retention
 from storage.postgres.dialect import SyncConnection
 from storage.postgres.translate import is_batch_fatal, translate
 from storage.sqlite import daemons, interventions, journal_edits, mutations, schedules
@@ -231,6 +231,8 @@ class Writer:
         if self._fence_id is not None:
             self._check_fence(conn, self._fence_id)
             foreign = self._foreign_runs(conn, self._fence_id, batch)
+        # Before any op reads: what a concurrent batch of another daemon would race (locks.py).
+        locks.lock(conn, (op for ops_, _ in batch for op in ops_))
         for ops_, fut in batch:
             if foreign and (run_id := _foreign_write(ops_, foreign)) is not None:
                 outcomes.append((fut, False, errors.RunNotOwned(run_id)))

@@ -72,6 +72,8 @@ async def run_rounds(cluster: pg.Cluster, tmp_path: Path, seeds: list[int], runs
             await pg.drop_database(cluster, url)
         reports.append(rep)
         sys.stderr.write(f"cluster round {n}/{len(seeds)} {rep.line()}\n")
+        for v in rep.violations[:20]:  # at once: a later timeout must not swallow them
+            sys.stderr.write(f"  VIOLATION {v}\n")
     sys.stderr.write(summary(reports) + "\n")
     return reports
 
