@@ -247,6 +247,8 @@ class RunActor:
             self._holding = False  # whatever a hold committed, the parked status is the last
             if self.mailbox:  # a delivery arrived while "waiting" was being committed
                 continue
+            if await self._resolved_elsewhere(outcome.waiting_on):
+                continue
             self.log.info(
                 "run.paused" if paused else "run.waiting",
                 waitpoints=[w.wp_id for w in outcome.waiting_on],
@@ -261,6 +263,22 @@ class RunActor:
                 dataclasses.replace(run, status=parked, recoveries=0),
             )
             return
+
+    async def _resolved_elsewhere(self, waiting_on: Sequence[rj.WaitpointRegistered]) -> bool:
+        """Many daemons: post the resolutions another daemon committed for what the body now
+        parks on, and say whether there were any. Such a resolution reaches the owner only
+        through the run's resume flag, and this actor's "running" (riding on its first commit)
+        cleared that flag: one committed after the journal was read would be lost, the run
+        left waiting on a resolved waitpoint (reviews/scaleout.md §2.6). Read after "waiting"
+        is committed, so a resolution committed later sets the flag again, which the owner's
+        poll finds."""
+        if not waiting_on or not self.host.storage.capabilities().many_daemons:
+            return False
+        for wp in waiting_on:
+            stored = await self.host.storage.get_waitpoint(self.run_id, wp.wp_id)
+            if stored is not None and not stored.is_waiting:
+                self.mailbox.append(Resolve(bridge.resolution(stored)))
+        return bool(self.mailbox)
 
     async def _hold_diverged(
         self, outcome: Outcome, execution: Execution, compute_before: float

@@ -53,10 +53,12 @@ def is_batch_fatal(exc: BaseException) -> bool:
     )
 
 
-def _gone(exc: BaseException) -> bool:
+def connection_unusable(exc: BaseException) -> bool:
+    """The session is gone or its protocol state is broken (seen after a SIGSTOP past the
+    lease: "another operation is in progress"): only a new connection can go on."""
     if isinstance(exc, asyncpg.exceptions.InterfaceError):
         return "closed" in str(exc)  # "connection is closed"; other InterfaceErrors are bugs
-    return isinstance(exc, _GONE)
+    return isinstance(exc, (*_GONE, asyncpg.exceptions.InternalClientError))
 
 
 def translate(exc: BaseException) -> BaseException:
@@ -70,7 +72,7 @@ def translate(exc: BaseException) -> BaseException:
         out = errors.StorageFull(f"storage full: {exc}", data=data)
     elif isinstance(exc, _BUSY):
         out = errors.StorageBusy(f"storage busy: {exc}", data=data)
-    elif _gone(exc):
+    elif connection_unusable(exc):
         out = errors.StorageBusy(f"storage unavailable: {type(exc).__name__}: {exc}",
                                  data={**data, "unavailable": True})
     elif isinstance(exc, _INVALID):

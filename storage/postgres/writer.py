@@ -30,7 +30,7 @@ import asyncpg
 from storage import errors, ops
 from storage.postgres import claims, locks, retention
 from storage.postgres.dialect import SyncConnection
-from storage.postgres.translate import is_batch_fatal, translate
+from storage.postgres.translate import connection_unusable, is_batch_fatal, translate
 from storage.sqlite import daemons, interventions, journal_edits, mutations, schedules
 from storage.sqlite.daemons import DB_NOW
 
@@ -214,7 +214,10 @@ class Writer:
             return [(fut, False, exc) for _, fut in batch]
         except Exception as exc:
             self._failed += 1
-            self._rollback()
+            if connection_unusable(exc) and self._conn is not None:
+                self._conn.raw.terminate()  # the next batch connects afresh
+            else:
+                self._rollback()
             return [(fut, False, translate(exc)) for _, fut in batch]
         self._ops += sum(len(ops_) for ops_, _ in batch)
         return outcomes

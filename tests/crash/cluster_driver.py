@@ -281,9 +281,11 @@ class ClusterRound(MixedRound):
         code = await asyncio.to_thread(_wait, proc, 15.0)
         self._died(slot, "stop")
         log = slot.daemon.tail(400)
-        if code != 70 or '"daemon.lease_lost"' not in log:
+        # Whichever notices first stops it: the lease keeper (daemon.lease_lost) or a write
+        # refused by the fence or a dead session (daemon.fail_stop); either way exit 70.
+        if code != 70 or '"daemon.fail_stop"' not in log:
             self.violation(f"daemon {slot.name} (incarnation {inc.number}) stopped past its "
-                           f"lease exited {code} after SIGCONT (want 70 and daemon.lease_lost)")
+                           f"lease exited {code} after SIGCONT (want 70 and daemon.fail_stop)")
         await self.start(slot)
 
     async def _terminate(self, slot: Slot, sql: str, arg: int | None = None) -> None:
