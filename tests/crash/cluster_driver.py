@@ -95,6 +95,7 @@ class ClusterReport:
     deliveries: int = 0
     ledger_lines: int = 0
     reruns: int = 0  # step executions by an incarnation that died before committing them
+    woke_runs: int = 0  # of those, run by a frozen daemon as it woke, after another recorded
     adopted: int = 0
     drain_seconds: float = 0.0
     seconds: float = 0.0
@@ -107,7 +108,7 @@ class ClusterReport:
         return (f"seed={self.seed} runs={self.runs} acked={self.acked} "
                 f"indeterminate={self.indeterminate} deliveries={self.deliveries} "
                 f"disruptions[{dis}] deaths[{deaths}] ledger={self.ledger_lines} "
-                f"reruns={self.reruns} drain={self.drain_seconds:.1f}s "
+                f"reruns={self.reruns} woke_runs={self.woke_runs} drain={self.drain_seconds:.1f}s "
                 f"time={self.seconds:.1f}s violations={len(self.violations)}")
 
 
@@ -342,6 +343,7 @@ class ClusterRound(MixedRound):
             for slot in self.slots:
                 proc = slot.daemon.proc
                 if proc is not None and proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGCONT)  # cut short while stopped: let it end
                     code = slot.daemon.stop()
                     if code != 0:
                         self.violation(f"daemon {slot.name} exited {code} on SIGTERM: "
@@ -564,8 +566,13 @@ class ClusterRound(MixedRound):
             self.creport.reruns += len(times) - 1
         # Every other incarnation that ran it must have died (in flight at a takeover).
         final = committed if committed is not None else max(lines, key=lambda x: x[2])[1]
+        woke = dict(self.stops)
         for _, inc, at in lines:
-            if finished_at is not None and at > finished_at + 0.001:
+            if inc in woke and at >= woke[inc] and inc != final:
+                # Begun before its daemon froze (SIGSTOP) and run when it woke, before the
+                # lease keeper stopped it: in flight at the takeover, not a new start.
+                self.creport.woke_runs += 1
+            elif finished_at is not None and at > finished_at + 0.001:
                 self.violation(f"{where}: incarnation {inc} ran it at {at:.3f}, after its "
                                f"result was recorded at {finished_at:.3f}: {lines}")
             if inc == final:

@@ -53,6 +53,7 @@ def summary(reports: list[ClusterReport]) -> str:
             f"disruptions={dict(sorted(dis.items()))} deaths={dict(sorted(deaths.items()))} "
             f"ledger_lines={sum(r.ledger_lines for r in reports)} "
             f"reruns={sum(r.reruns for r in reports)} "
+            f"woke_runs={sum(r.woke_runs for r in reports)} "
             f"adoptions={sum(r.adopted for r in reports)} "
             f"seconds={sum(r.seconds for r in reports):.0f} skipped={skipped} "
             f"violations={sum(len(r.violations) for r in reports)}")
