@@ -534,8 +534,8 @@ class ClusterRound(MixedRound):
                            f"{sorted(recorded)} (committed {step['attempt']})")
         for attempt, rec in recorded.items():
             committed = None
-            if attempt == step["attempt"] and step["status"] == "ok" and isinstance(
-                    step["output"], dict):
+            if attempt == step["attempt"] and step["status"] in ("completed", "ok") and \
+                    isinstance(step["output"], dict):
                 committed = step["output"].get("inc")
             if committed is None and rec.get("error"):
                 found = re.search(r"\(inc (\d+)\)", str(rec["error"].get("message")))
@@ -565,7 +565,10 @@ class ClusterRound(MixedRound):
                                    f"outage between: {lines}")
             self.creport.reruns += len(times) - 1
         # Every other incarnation that ran it must have died (in flight at a takeover).
-        final = committed if committed is not None else max(lines, key=lambda x: x[2])[1]
+        final = committed
+        if final is None:  # not said by the result: the last run before it was recorded
+            before = [x for x in lines if finished_at is None or x[2] <= finished_at + 0.001]
+            final = max(before or lines, key=lambda x: x[2])[1]
         woke = dict(self.stops)
         for _, inc, at in lines:
             if inc in woke and at >= woke[inc] and inc != final:
