@@ -32,7 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 # The long reliability campaign (SPEC §10, docs/reliability.md): every check at campaign size
-# (~1.5 h on 2 cores: the 100 x 500 mixed crash rounds take about an hour).
+# (~2 h on 2 cores: the 100 x 500 mixed crash rounds take about an hour, the 50 PostgreSQL
+# two-daemon rounds of tests/crash/test_cluster_crashes.py about 25 minutes).
 # `make reliability SEED=1234` replays a run.
 reliability: $(DEV_STAMP)
 	.ci/system-deps

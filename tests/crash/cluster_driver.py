@@ -406,11 +406,12 @@ class ClusterRound(MixedRound):
                     mark = (run["updated_at"], self.generation)
                     if seen.get(run_id) == mark:
                         continue
-                    seen[run_id] = mark
                     detail = await self.client_call(lambda c, r=run_id: c.get(r))
                     for wp in detail["waitpoints"]:
                         if wp["status"] == "waiting":
                             await self.deliver_one(run_id, wp)
+                    # Only once looked at: a daemon lost mid-look must not hide the run.
+                    seen[run_id] = mark
             await asyncio.sleep(POLL)
 
     async def deliver_one(self, run_id: str, wp: dict[str, Any]) -> None:
