@@ -250,11 +250,14 @@ class ClusterRound(MixedRound):
             elif kind == "pgrestart":
                 await asyncio.to_thread(self.restart_db)
             elif kind == "terminate":
-                await self._terminate(slot, "SELECT pg_terminate_backend(backend_pid) FROM "
-                                            "daemons WHERE pid = $1 AND backend_pid IS NOT NULL")
+                hit = await self._terminate(
+                    slot, "SELECT pg_terminate_backend(backend_pid::integer) FROM daemons "
+                          "WHERE pid = $1 AND backend_pid IS NOT NULL")
+                self.creport.disruptions["terminate_hit"] += hit
             else:
-                await self._terminate(slot, "SELECT pg_terminate_backend($1::integer)",
-                                      await self._listener_pid(slot))
+                hit = await self._terminate(slot, "SELECT pg_terminate_backend($1::integer)",
+                                            await self._listener_pid(slot))
+                self.creport.disruptions["listen_hit"] += hit
             if kind in ("pgrestart", "terminate", "listen"):
                 self.cuts.append((cut_from, time.time()))
 
@@ -289,16 +292,18 @@ class ClusterRound(MixedRound):
                            f"lease exited {code} after SIGCONT (want 70 and daemon.fail_stop)")
         await self.start(slot)
 
-    async def _terminate(self, slot: Slot, sql: str, arg: int | None = None) -> None:
+    async def _terminate(self, slot: Slot, sql: str, arg: int | None = None) -> bool:
+        """Whether a session was ended (its writer may not have one open yet)."""
         proc = slot.daemon.proc
         if proc is None:
-            return
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            return False
+        with contextlib.suppress(OSError, asyncpg.CannotConnectNowError):
             conn = await asyncpg.connect(self.url)
             try:
-                await conn.execute(sql, arg if arg is not None else proc.pid)
+                return bool(await conn.fetchval(sql, arg if arg is not None else proc.pid))
             finally:
                 await conn.close()
+        return False
 
     async def _listener_pid(self, slot: Slot) -> int | None:
         """A daemon's LISTEN session, if the daemons keep one (any of them: the session does
