@@ -47,6 +47,8 @@ _FENCE = f"SELECT 1 FROM daemons WHERE daemon_id = ? AND lease_until > {DB_NOW} 
 _FOREIGN_RUNS = ("SELECT run_id FROM runs WHERE run_id = ANY(?) AND owner IS NOT NULL "
                  "AND owner <> ?")
 _STEP_CHUNKS = (256, 64, 16, 4, 1)  # 256 rows x 11 parameters stays far below 32767
+_DEADLOCK_RETRIES = 3
+_RETRY_WHOLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 
 
 class _Replay(Exception):
@@ -83,6 +85,7 @@ class Writer:
         self._conn: SyncConnection | None = None
         self._batches = self._requests = self._ops = 0
         self._failed = self._replayed = self._largest = 0
+        self._deadlocks = 0  # batches retried whole after the server broke a deadlock
         self._fence_id: str | None = None  # set by fence(): every batch checks the lease
         self._idle_ms = 0  # idle_in_transaction_session_timeout once fenced
         self._session_set = True  # the session settings are in force on the connection
@@ -188,6 +191,19 @@ class Writer:
         if self._fenced is not None:
             self._failed += 1
             return [(fut, False, self._fenced) for _, fut in batch]
+        for _ in range(_DEADLOCK_RETRIES):
+            outcomes = self._try_batch(batch)
+            if outcomes is not None:
+                return outcomes
+            self._deadlocks += 1
+        outcomes = self._try_batch(batch, last=True)
+        assert outcomes is not None  # the last attempt reports its failure to the callers
+        return outcomes
+
+    def _try_batch(self, batch: list[_Request], *, last: bool = False) -> list[_Outcome] | None:
+        """One attempt at ``batch``; None when the server chose it as a deadlock's (or a
+        serialization failure's) victim and it may be tried again: it was rolled back whole,
+        and two daemons' batches that take rows in different orders resolve on a retry."""
         try:
             conn = self._conn
             if conn is None or conn.raw.is_closed():
@@ -213,6 +229,9 @@ class Writer:
             self._loop.call_soon_threadsafe(_set_failed, self.failed, exc)
             return [(fut, False, exc) for _, fut in batch]
         except Exception as exc:
+            if not last and isinstance(exc, _RETRY_WHOLE):
+                self._rollback()
+                return None
             self._failed += 1
             if connection_unusable(exc) and self._conn is not None:
                 self._conn.raw.terminate()  # the next batch connects afresh

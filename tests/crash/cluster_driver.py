@@ -412,14 +412,21 @@ class ClusterRound(MixedRound):
                     if seen.get(run_id) == mark:
                         continue
                     detail = await self.client_call(lambda c, r=run_id: c.get(r))
+                    settled = True
                     for wp in detail["waitpoints"]:
                         if wp["status"] == "waiting":
-                            await self.deliver_one(run_id, wp)
-                    # Only once looked at: a daemon lost mid-look must not hide the run.
-                    seen[run_id] = mark
+                            settled &= await self.deliver_one(run_id, wp)
+                    # Only once looked at and delivered: a daemon lost mid-look or mid-send
+                    # must not hide the run from the next look.
+                    if settled:
+                        seen[run_id] = mark
             await asyncio.sleep(POLL)
 
-    async def deliver_one(self, run_id: str, wp: dict[str, Any]) -> None:
+    async def deliver_one(self, run_id: str, wp: dict[str, Any]) -> bool:
+        """Send what ``wp`` (seen waiting just now) waits for; False if the outcome is unknown.
+        An earlier send whose outcome was unknown is sent again: the wait was registered before
+        it and is still waiting, so it did not land (a signal is not idempotent: a second one
+        that landed would go to the inbox)."""
         kind = wp["kind"]
         if kind == "EVENT":
             key: tuple[str, ...] = ("event", mw.event_id(wp["match"]))
@@ -428,10 +435,11 @@ class ClusterRound(MixedRound):
         elif kind == "MANUAL":
             key = ("token", wp["token_id"])
         else:
-            return
+            return True
         prev = self.deliveries.get(key)
-        if prev is not None and (prev.state == "acked" or prev.incarnation == self.generation):
-            return
+        if prev is not None and (prev.state == "acked" or (
+                prev.incarnation == self.generation and prev.state != "indeterminate")):
+            return True
         req = Request(key[0], run_id, self.generation)
         self.deliveries[key] = req
         self.creport.deliveries += 1
@@ -460,6 +468,7 @@ class ClusterRound(MixedRound):
                 self.violation(f"{key} to {run_id} refused: {req.detail}")
         except LOST:
             req.state = "indeterminate"
+        return req.state != "indeterminate"
 
     async def drain(self) -> None:
         ready = time.time()
