@@ -22,7 +22,7 @@ from tests.e2e.conftest import Daemon
 pytestmark = pytest.mark.slow
 
 RUNS = 30
-LEASE = 2.0  # the owner's poll ticks every third of it; 1 s was lost on a loaded machine
+LEASE = 3.0  # the owner's poll ticks every third of it; 1-2 s leases were lost under load
 
 
 def _pair(make_daemon: Callable[..., Daemon], url: str) -> tuple[Daemon, Daemon]:
