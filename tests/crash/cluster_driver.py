@@ -139,8 +139,7 @@ class ClusterRound(MixedRound):
         self.generation = 0  # bumped by every disruption: deliveries may be sent again
         self.stops: list[tuple[int, float]] = []  # (incarnation, SIGCONT time)
         self.cuts: list[tuple[float, float]] = []  # database restarts and killed sessions
-        self.listener_seen = False
-        self.deadline = 0.0
+        self.phase = "created"  # where the round is: a round that hangs reports it
 
     def _slot(self, workdir: Path, name: str) -> Slot:
         root = workdir / name
@@ -234,6 +233,7 @@ class ClusterRound(MixedRound):
             self.released = len(todo) * (n + 1) // waves
             await asyncio.sleep(delay)
             slot = self.slots[target]
+            self.phase = f"waiting for daemon {slot.name} to be live for {kind}"
             while slot not in self.live():
                 await asyncio.sleep(0.05)
             if kind == "listen" and not await self._listener_pid(slot):
@@ -243,6 +243,7 @@ class ClusterRound(MixedRound):
             self.creport.disruptions[kind] += 1
             self.generation += 1
             cut_from = time.time()
+            self.phase = f"disruption {kind} of daemon {slot.name}"
             if kind == "kill":
                 await self._kill(slot, extra)
             elif kind == "stop":
@@ -327,6 +328,7 @@ class ClusterRound(MixedRound):
         details: dict[str, dict[str, Any]] = {}
         tasks: list[asyncio.Task[None]] = []
         try:
+            self.phase = "starting"
             for slot in self.slots:
                 await self.start(slot)
             todo = list(self.inputs)
@@ -336,8 +338,11 @@ class ClusterRound(MixedRound):
                           for _ in range(SUBMITTERS)]
             await self.chaos(todo)
             self.released = len(todo)
+            self.phase = "submitting the rest"
             await asyncio.gather(*submitters)
+            self.phase = "draining"
             await self.drain()
+            self.phase = "collecting"
             details = await self.collect_any()
         finally:
             for task in tasks:

@@ -14,6 +14,7 @@ WAL replay finds it (a power cut is SQLite's campaign item 3b).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections import Counter
@@ -33,6 +34,7 @@ ROUNDS = campaign.rounds(ci=3, campaign=50)
 DISRUPTIONS = 6 if campaign.CAMPAIGN else 4
 SCALE = 1.0 if campaign.CAMPAIGN else 0.3
 LEASE = 2.0
+ROUND_TIMEOUT = 180.0  # a round takes 10-40 s
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +68,14 @@ async def run_rounds(cluster: pg.Cluster, tmp_path: Path, seeds: list[int], runs
         workdir = tmp_path / f"round-{seed}"
         workdir.mkdir()
         url = await pg.create_database(cluster)
+        rnd = ClusterRound(workdir, seed, runs, url, cluster.restart, lease=LEASE,
+                           scale=SCALE, disruptions=DISRUPTIONS)
         try:
-            rep = await ClusterRound(workdir, seed, runs, url, cluster.restart, lease=LEASE,
-                                     scale=SCALE, disruptions=DISRUPTIONS).run()
+            rep = await asyncio.wait_for(rnd.run(), ROUND_TIMEOUT)
+        except TimeoutError:
+            rep = rnd.creport  # the round's cleanup ran on the cancellation
+            rep.violations.append(f"seed={seed} the round hung ({ROUND_TIMEOUT:.0f} s) "
+                                  f"while {rnd.phase}")
         finally:
             await pg.drop_database(cluster, url)
         reports.append(rep)
