@@ -35,6 +35,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,7 @@ class ClusterRound(MixedRound):
         self.generation = 0  # bumped by every disruption: deliveries may be sent again
         self.stops: list[tuple[int, float]] = []  # (incarnation, SIGCONT time)
         self.cuts: list[tuple[float, float]] = []  # database restarts and killed sessions
+        self.unavailable: dict[str, list[float]] = {}  # run -> its commits lost (from logs)
         self.phase = "created"  # where the round is: a round that hangs reports it
 
     def _slot(self, workdir: Path, name: str) -> Slot:
@@ -512,7 +514,21 @@ class ClusterRound(MixedRound):
 
     # ---------------------------------------------------------------- checks
 
+    def _unavailable(self) -> dict[str, list[float]]:
+        """When each run's commit failed for want of the database (``run.storage_unavailable``
+        in the daemons' logs): the actor then retries from the journal, so a step whose result
+        that commit carried runs again in the same incarnation. A killed session is noticed at
+        its next use, later than the driver's record of the cut, hence the logs."""
+        out: dict[str, list[float]] = defaultdict(list)
+        for slot in self.slots:
+            for rec in slot.daemon.events():
+                if rec.get("event") == "run.storage_unavailable" and rec.get("run_id"):
+                    at = datetime.fromisoformat(str(rec["timestamp"]).replace("Z", "+00:00"))
+                    out[str(rec["run_id"])].append(at.timestamp())
+        return out
+
     async def check_cluster(self, details: dict[str, dict[str, Any]]) -> None:
+        self.unavailable = self._unavailable()
         await self.check(details)  # the SQLite campaign's checks, with the overrides below
         self.creport.acked, self.creport.indeterminate = self.report.acked, \
             self.report.indeterminate
@@ -580,7 +596,8 @@ class ClusterRound(MixedRound):
         for inc, times in by_inc.items():
             times.sort()
             for t1, t2 in itertools.pairwise(times):
-                if not any(t1 <= b and a <= t2 for a, b in self.cuts):
+                lost = any(t1 <= u <= t2 for u in self.unavailable.get(run_id, ()))
+                if not lost and not any(t1 <= b and a <= t2 for a, b in self.cuts):
                     self.violation(f"{where}: ran twice in incarnation {inc} with no database "
                                    f"outage between: {lines}")
             self.creport.reruns += len(times) - 1
