@@ -11,7 +11,7 @@ from orchestrator.daemon.server import SocketServer
 from orchestrator.http.app import create_app
 from orchestrator.http.daemons import registered, this_process
 from orchestrator.http.history import History
-from orchestrator.http.metrics import Metrics
+from orchestrator.http.metrics import Count, Metrics, Tallied
 from orchestrator.http.server import HttpServer
 from orchestrator.http.settings import HttpSettings
 
@@ -58,12 +58,39 @@ def gauges(orch: Orchestrator, socket: SocketServer | None) -> dict[str, float |
     return out
 
 
+def tallies(orch: Orchestrator) -> list[Tallied | Count]:
+    """The histograms (and the counters they imply) kept in memory by the engine and the
+    storage writer."""
+    t = orch.engine.supervisor.tallies
+    out: list[Tallied | Count] = [
+        Count("wf_events_received", "new events committed (re-sent event ids not counted)",
+              t.events_received),
+        Tallied("wf_step_duration_seconds", "step attempt durations", ("workflow", "outcome"),
+                t.steps.snapshot(), "wf_step_attempts",
+                "step attempts by workflow and outcome (ok, error)"),
+        Tallied("wf_timer_lag_seconds", "timer firing lag (claimed at - due at)", ("kind",),
+                t.timer_lag.snapshot(), "wf_timers_fired", "timers fired by kind "
+                "(schedule: schedule fires; start: delayed starts; sleep, timeout, retry, ...)"),
+    ]
+    commit_tally: Any = getattr(orch.engine.storage, "commit_tally", None)
+    if callable(commit_tally):
+        c = commit_tally()
+        out += [
+            Tallied("wf_storage_commit_seconds", "group commit latency (begin to COMMIT)", (),
+                    {(): c.seconds.snapshot()}),
+            Tallied("wf_storage_batch_requests", "requests per group commit", (),
+                    {(): c.sizes.snapshot()}),
+        ]
+    return out
+
+
 def build_http(orch: Orchestrator, socket: SocketServer | None = None) -> HttpServer | None:
     """The HTTP server for a composed orchestrator, not started; None when HTTP is off."""
     cfg = orch.config
     if cfg.http.host is None:
         return None
-    metrics = Metrics(lambda: gauges(orch, socket), clock=orch.clock, version=package_version())
+    metrics = Metrics(lambda: gauges(orch, socket), clock=orch.clock, version=package_version(),
+                      tallies=lambda: tallies(orch))
     orch.engine.supervisor.changes.observers.append(metrics.observe_change)
 
     async def ready() -> bool:

@@ -22,6 +22,7 @@ from orchestrator.engine.messages import Resolve
 from orchestrator.engine.ports import Deliver
 from runtime.clock import Clock
 from storage.instruments import NO_INSTRUMENT, Instrument
+from storage.tally import LATENCY_BUCKETS, Histograms
 
 log = structlog.get_logger("wf.timers")
 
@@ -58,6 +59,7 @@ class Timers:
         instrument: Instrument = NO_INSTRUMENT,
         on_run_timer: Callable[[storage.TimerRecord], None] | None = None,
         on_schedule_timer: Callable[[storage.TimerRecord], None] | None = None,
+        lag: Histograms | None = None,
     ) -> None:
         self._storage = storage_
         self._clock = clock
@@ -72,6 +74,7 @@ class Timers:
         self._lag_total = 0.0
         self._lag_max = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._lag = lag if lag is not None else Histograms(LATENCY_BUCKETS)  # by timer kind
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="timers")
@@ -113,6 +116,7 @@ class Timers:
                     lag = max(0.0, claimed - item.timer.due_at)
                     self._lag_total += lag
                     self._lag_max = max(self._lag_max, lag)
+                    self._lag.observe((str(item.timer.kind),), lag)
             for item in fired:
                 self._dispatch(item)
             total += len(fired)

@@ -29,6 +29,7 @@ from storage.postgres.translate import translate_errors
 from storage.postgres.writer import Writer, WriterStats
 from storage.sqlite import rows
 from storage.sqlite.storage import SQLiteStorage, list_runs_query
+from storage.tally import CommitTally
 
 R = TypeVar("R")
 
@@ -148,6 +149,10 @@ class PostgresStorage:
 
     def stats(self) -> WriterStats:
         return self._writer.stats()
+
+    def commit_tally(self) -> CommitTally:
+        """The writer's group commits: sizes and times (``/metrics`` histograms)."""
+        return self._writer.commits
 
     # --- writes --------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from storage.instruments import NO_INSTRUMENT, Instrument
 from storage.sqlite import daemons, pragmas, retention, rows
 from storage.sqlite.translate import translate_errors
 from storage.sqlite.writer import SetMaxPageCount, Writer, WriterStats
+from storage.tally import CommitTally
 
 R = TypeVar("R")
 
@@ -184,6 +185,10 @@ class SQLiteStorage:
 
     def stats(self) -> WriterStats:
         return self._writer.stats()
+
+    def commit_tally(self) -> CommitTally:
+        """The writer's group commits: sizes and times (``/metrics`` histograms)."""
+        return self._writer.commits
 
     # --- reads ---------------------------------------------------------------------------------
 
