@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
@@ -26,7 +26,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.api.service import TERMINAL_STATUSES
 from runtime.clock import Clock, SystemClock
-from storage.tally import HistogramSnapshot
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # 10 ms .. 7 days
@@ -35,6 +34,19 @@ DURATION_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 360
 
 Gauges = Callable[[], Mapping[str, float | None]]
 """``name -> value`` read at scrape time; each becomes ``wf_<name>``; None = no sample."""
+
+
+class HistogramSnapshot(Protocol):
+    """``storage.tally.HistogramSnapshot``'s shape (the HTTP wing does not import storage)."""
+
+    @property
+    def bounds(self) -> tuple[float, ...]: ...
+
+    @property
+    def counts(self) -> tuple[int, ...]: ...
+
+    @property
+    def sum(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +155,8 @@ class Metrics:
         self._gauges = gauges
         # Plain totals beside the labelled counters: what the health page's charts sample.
         self.totals: dict[str, float] = dict.fromkeys(
-            ("runs_submitted", "runs_started", "runs_finished", "run_status_changes", "run_duration_sum",
-             "run_duration_count"), 0.0)
+            ("runs_submitted", "runs_started", "runs_finished", "run_status_changes",
+             "run_duration_sum", "run_duration_count"), 0.0)
 
     def observe_change(self, run_id: str, status: str, workflow_id: str | None) -> None:
         """A run status change was committed (called by the engine's change feed)."""
