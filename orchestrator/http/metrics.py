@@ -72,7 +72,17 @@ class Count:
     value: float
 
 
-Tallies = Callable[[], Iterable[Tallied | Count]]
+@dataclass(frozen=True, slots=True)
+class LabelledGauge:
+    """A gauge with one label, read from a value the daemon refreshes off the scrape path."""
+
+    name: str
+    doc: str
+    label: str
+    values: Mapping[str, float]
+
+
+Tallies = Callable[[], Iterable[Tallied | Count | LabelledGauge]]
 
 
 def _le(bound: float) -> str:
@@ -87,6 +97,12 @@ class _TallyCollector(Collector):
         for t in self._tallies():
             if isinstance(t, Count):
                 yield CounterMetricFamily(t.name, t.doc, value=t.value)
+                continue
+            if isinstance(t, LabelledGauge):
+                gauge = GaugeMetricFamily(t.name, t.doc, labels=[t.label])
+                for value, n in sorted(t.values.items()):
+                    gauge.add_metric([value], n)
+                yield gauge
                 continue
             hist = HistogramMetricFamily(t.name, t.doc, labels=list(t.labels))
             counter = (CounterMetricFamily(t.counter, t.counter_doc, labels=list(t.labels))

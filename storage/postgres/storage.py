@@ -286,6 +286,9 @@ class PostgresStorage:
     async def next_timer_due(self) -> float | None:
         return await SQLiteStorage.next_timer_due(self._sql)
 
+    async def waiting_by_kind(self) -> dict[str, int]:
+        return await SQLiteStorage.waiting_by_kind(self._sql)
+
     async def due_timers(self, before: float, limit: int) -> list[records.TimerRecord]:
         return await SQLiteStorage.due_timers(self._sql, before, limit)
 

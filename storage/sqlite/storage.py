@@ -445,6 +445,11 @@ class SQLiteStorage:
         value = found[0][0] if found else None
         return None if value is None else float(value)
 
+    async def waiting_by_kind(self) -> dict[str, int]:
+        found = await self._fetch(
+            "SELECT kind, count(*) FROM waitpoints WHERE status = 'waiting' GROUP BY kind")
+        return {str(kind): int(n) for kind, n in found}
+
     async def due_timers(self, before: float, limit: int) -> list[records.TimerRecord]:
         found = await self._fetch(DUE_TIMERS_SQL, (before, limit))
         return [rows.timer_from_row(r) for r in found]
