@@ -21,6 +21,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -33,6 +34,7 @@ from storage.postgres.dialect import SyncConnection
 from storage.postgres.translate import connection_unusable, is_batch_fatal, translate
 from storage.sqlite import daemons, interventions, journal_edits, mutations, schedules
 from storage.sqlite.daemons import DB_NOW
+from storage.tally import CommitTally
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class Writer:
         self._batches = self._requests = self._ops = 0
         self._failed = self._replayed = self._largest = 0
         self._deadlocks = 0  # batches retried whole after the server broke a deadlock
+        self.commits = CommitTally.new()  # committed batches: size and time to COMMIT
         self._fence_id: str | None = None  # set by fence(): every batch checks the lease
         self._idle_ms = 0  # idle_in_transaction_session_timeout once fenced
         self._session_set = True  # the session settings are in force on the connection
@@ -204,6 +207,7 @@ class Writer:
         """One attempt at ``batch``; None when the server chose it as a deadlock's (or a
         serialization failure's) victim and it may be tried again: it was rolled back whole,
         and two daemons' batches that take rows in different orders resolve on a retry."""
+        began = time.perf_counter()
         try:
             conn = self._conn
             if conn is None or conn.raw.is_closed():
@@ -239,6 +243,7 @@ class Writer:
                 self._rollback()
             return [(fut, False, translate(exc)) for _, fut in batch]
         self._ops += sum(len(ops_) for ops_, _ in batch)
+        self.commits.observe(len(batch), time.perf_counter() - began)
         return outcomes
 
     def _apply(self, conn: SyncConnection, batch: list[_Request], *, isolate: bool
