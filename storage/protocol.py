@@ -13,7 +13,7 @@ Errors: every method may raise ``StorageError`` (``StorageFull`` when the disk i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from storage import ops, records
@@ -142,6 +142,15 @@ class Storage(Protocol):
     async def list_daemons(self) -> list[records.DaemonRecord]:
         """Every registered daemon, oldest first, with ``live`` judged by the database clock
         (SPEC §13 ``wf daemons``)."""
+        ...
+
+    async def listen_for_runs(
+        self, daemon_id: str, on_wake: Callable[[str | None], None]
+    ) -> None:
+        """Until cancelled, call ``on_wake(run_id)`` when another daemon changed a run
+        ``daemon_id`` owns (resolved, cancelled, paused), and ``on_wake(None)`` when such news
+        may have been missed (after a reconnection): look at every owned run. Returns at once
+        where no other daemon can write (SQLite: one daemon per file)."""
         ...
 
     async def owned_runs_to_move(self, daemon_id: str) -> list[str]:

@@ -9,7 +9,11 @@ Every tick (a third of the lease, at most a second) a daemon in a cluster:
 - re-reads the earliest timer, so timers of adopted runs fire here (claims are SKIP LOCKED:
   each fires once whichever daemon gets it);
 - resumes its own runs that another daemon resolved or cancelled (the resolution is recorded
-  there; the owner finds it here within a tick, instead of a LISTEN/NOTIFY hop for now).
+  there; the owner finds it here within a tick).
+
+Between ticks the other daemons' NOTIFY wakes the same "move my runs" pass at once
+(``Storage.listen_for_runs``): a signal sent to a daemon that does not own the run reaches its
+owner in milliseconds, and the tick is only the fallback for a notification lost.
 """
 
 from __future__ import annotations
@@ -44,7 +48,11 @@ class ClusterLoop:
         self._move = move
         self._timer_due = timer_due
         self._task: asyncio.Task[None] | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._mover_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # set by a notification: run the move pass now
         self.adopted = 0
+        self.woken = 0  # move passes a notification (or a reconnection) started
 
     async def claim(self) -> list[storage.RunRecord]:
         """Rescue the dead, then claim what nobody owns; the claimed runs, to take over."""
@@ -56,7 +64,30 @@ class ClusterLoop:
         return [c.run for c in claimed]
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="cluster")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="cluster")
+        self._mover_task = loop.create_task(self._mover(), name="cluster-wakeups")
+        self._listen_task = loop.create_task(
+            self._storage.listen_for_runs(self.daemon_id, self._on_wake), name="cluster-listen")
+
+    def _on_wake(self, run_id: str | None) -> None:
+        # Coalesced: a burst of notifications costs one pass, which sees every owned run
+        # that needs moving (a run id of None, after a reconnection, means the same).
+        self._wake.set()
+
+    async def _mover(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self.woken += 1
+            try:
+                await self.move_owned()
+            except asyncio.CancelledError:
+                raise
+            except storage.OwnershipLost:
+                return  # the lease keeper stops the daemon
+            except Exception as exc:  # the poll tries again
+                log.warning("cluster.wakeup_failed", error=repr(exc))
 
     async def _run(self) -> None:
         while True:
@@ -78,13 +109,18 @@ class ClusterLoop:
         due = await self._storage.next_timer_due()
         if due is not None:
             self._timer_due(due)
+        await self.move_owned()
+
+    async def move_owned(self) -> None:
+        """Act on this daemon's runs that another daemon resolved, cancelled or paused."""
         for run_id in await self._storage.owned_runs_to_move(self.daemon_id):
             run = await self._storage.get_run(run_id)
             if run is not None:
                 await self._move(run)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [t for t in (self._task, self._listen_task, self._mover_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = self._listen_task = self._mover_task = None

@@ -188,7 +188,8 @@ class Engine(service.ServiceMethods):
         await self.scheduling.reconcile()
         if self.lease is not None and self.storage.capabilities().many_daemons:
             self.cluster = ClusterLoop(
-                self.storage, self.lease.daemon_id, min(1.0, self.lease.lease / 3),
+                self.storage, self.lease.daemon_id,
+                self.settings.cluster_poll or min(1.0, self.lease.lease / 3),
                 claim_limit=self.settings.max_active_runs, take_over=self._take_over,
                 move=self._move_owned, timer_due=self._timer_stored,
             )

@@ -246,6 +246,11 @@ class SQLiteStorage:
     async def list_daemons(self) -> list[records.DaemonRecord]:
         return [daemons.daemon_from_row(r) for r in await self._fetch(daemons.LIST_DAEMONS)]
 
+    async def listen_for_runs(
+        self, daemon_id: str, on_wake: Callable[[str | None], None]
+    ) -> None:
+        return  # one daemon per file: nobody else resolves our runs
+
     async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
         return [r[0] for r in await self._fetch(daemons.OWNED_TO_RESUME, (daemon_id,))]
 

@@ -1,0 +1,78 @@
+"""Cross-daemon wakeups on PostgreSQL (SPEC §13): after a commit that resolves, cancels or
+pauses a run another daemon owns, that owner hears the run id on its channel; a LISTEN session
+the server killed comes back by itself and says so (``None``: look at everything)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+import storage as st
+from storage.postgres.notify import application_name
+
+
+async def _sql(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def runs(pg_url: str) -> AsyncIterator[str]:
+    await _sql(pg_url, "INSERT INTO runs (run_id, workflow_id, status, input, created_at, "
+                       "updated_at, owner) VALUES ('mine', 'wf', 'waiting', 'null', 1, 1, 'A'), "
+                       "('free', 'wf', 'waiting', 'null', 1, 1, NULL)")
+    yield pg_url
+
+
+async def _next(heard: asyncio.Queue[str | None]) -> str | None:
+    return await asyncio.wait_for(heard.get(), 5)
+
+
+async def test_the_owner_hears_of_a_signal_and_its_listener_survives_termination(
+    runs: str,
+) -> None:
+    heard: asyncio.Queue[str | None] = asyncio.Queue()
+    async with st.PostgresStorage.open(runs, exclusive=False) as owner, \
+            st.PostgresStorage.open(runs, exclusive=False) as other:
+        listening = asyncio.create_task(owner.listen_for_runs("A", heard.put_nowait))
+        try:
+            assert await _next(heard) is None  # connected: look at everything once
+            await other.execute(st.SendSignal("free", "go", 1, sent_at=2.0))  # nobody's
+            await other.execute(st.SendSignal("mine", "go", 1, sent_at=2.0))
+            assert await _next(heard) == "mine"
+            await other.execute(st.RequestCancel("mine", at=3.0, reason="x"))
+            assert await _next(heard) == "mine"
+
+            (pid,) = [r[0] for r in await _sql(
+                runs, "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                application_name("A"))]
+            await _sql(runs, "SELECT pg_terminate_backend($1)", pid)
+            assert await _next(heard) is None  # reconnected: what was missed is looked for
+            await other.execute(st.SendSignal("mine", "go", 2, sent_at=4.0))
+            assert await _next(heard) == "mine"
+            assert heard.empty()
+        finally:
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
+
+
+async def test_an_exclusive_opener_notifies_nobody(runs: str) -> None:
+    """One process on the database (tests, tools): no other daemon to wake."""
+    heard: asyncio.Queue[str | None] = asyncio.Queue()
+    async with st.PostgresStorage.open(runs, exclusive=False) as owner:
+        listening = asyncio.create_task(owner.listen_for_runs("A", heard.put_nowait))
+        try:
+            assert await _next(heard) is None
+            async with st.PostgresStorage.open(runs) as tool:
+                await tool.execute(st.SendSignal("mine", "go", 1, sent_at=2.0))
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(heard.get(), 0.3)
+        finally:
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
