@@ -98,18 +98,24 @@ class _Registry(Protocol):
     @property
     def known(self) -> Sequence[RegisteredDaemon]: ...
 
+    @property
+    def http(self) -> Callable[[], str]: ...
+
 
 def registered(keeper: _Registry, *, database: str = "") -> Daemons:
     """The daemons registered on the database, as this daemon's lease keeper last read them
     (at its last renewal: at most a third of a lease old). Each row's own times are the
-    database clock's, so a lapsed lease shows as such whichever machine serves the page."""
+    database clock's, so a lapsed lease shows as such whichever machine serves the page.
+    This daemon's own address is read live: its row was written before the listener bound
+    its port, and is brought up to date only at the next renewal."""
 
     def listed() -> Sequence[DaemonInfo]:
         return [
             DaemonInfo(
                 name=d.name, pid=d.pid, host=d.host, version=d.version,
                 started_at=d.started_at, database=database, socket=d.socket,
-                http=d.http, this=d.daemon_id == keeper.daemon_id,
+                http=keeper.http() if d.daemon_id == keeper.daemon_id else d.http,
+                this=d.daemon_id == keeper.daemon_id,
                 status="running" if d.live else "lease expired",
                 extra={"daemon id": d.daemon_id, "runs owned": str(d.runs),
                        "lease left": f"{max(0.0, d.lease_until - d.now):.1f}s"},

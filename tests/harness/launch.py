@@ -5,6 +5,9 @@ environment of this process only (product code reads no test switch anywhere):
 
 - ``WF_CRASH_AT=<point>:<nth>[,...]``: SIGKILL the process the ``nth`` time execution passes
   ``point`` (:data:`POINTS`), exactly where a power cut or ``kill -9`` would hurt most.
+  ``WF_CRASH_AFTER=<point>``: count passages only once ``point`` has been passed (e.g.
+  ``timers.armed``: a workload point, not the start-up's own writes such as the daemon's
+  registration in the registry).
 - ``WF_TEST_<MUTANT>=1``: a deliberate bug (:data:`MUTANTS`), so a campaign can prove that its
   checks fail when they should. ``WF_TEST_SYNCHRONOUS=<value>`` overrides ``storage.synchronous``.
 """
@@ -61,16 +64,27 @@ def parse_crash_points(spec: str) -> dict[str, int]:
     return armed
 
 
+def _known_point(name: str) -> str:
+    if name and name not in POINTS:
+        raise ValueError(f"WF_CRASH_AFTER: unknown crash point {name!r}; known: {sorted(POINTS)}")
+    return name
+
+
 class CampaignInstrument(Instrument):
     """Crash points and the writer's fail-stop mutant."""
 
-    def __init__(self, armed: Mapping[str, int], keep_writing_after_io_error: bool) -> None:
+    def __init__(self, armed: Mapping[str, int], keep_writing_after_io_error: bool,
+                 after: str = "") -> None:
         self._armed = dict(armed)
         self._seen: dict[str, int] = {}
         self._keep_writing = keep_writing_after_io_error
+        self._after = after  # counting starts once this point has been passed ("": at once)
 
     def reached(self, point: str) -> None:
-        if point not in self._armed:
+        if point == self._after:
+            self._after = ""
+            return
+        if point not in self._armed or self._after:
             return
         count = self._seen.get(point, 0) + 1
         self._seen[point] = count
@@ -143,7 +157,8 @@ def _unsaved_record(op: storage.CreateRun) -> storage.RunRecord:
 def hooks_from_env(env: Mapping[str, str]) -> Hooks:
     mutants = frozenset(m for m in MUTANTS if env.get(f"WF_TEST_{m}") == "1")
     instrument = CampaignInstrument(
-        parse_crash_points(env.get("WF_CRASH_AT", "")), "SKIP_IO_FAIL_STOP" in mutants
+        parse_crash_points(env.get("WF_CRASH_AT", "")), "SKIP_IO_FAIL_STOP" in mutants,
+        after=_known_point(env.get("WF_CRASH_AFTER", "")),
     )
     storage_mutants = mutants - {"SKIP_IO_FAIL_STOP"}
     wrap: Any = (lambda inner: MutantStorage(inner, storage_mutants)) if storage_mutants else None
