@@ -8,6 +8,12 @@ whose rollback would leave a wakeup for nothing). Each daemon LISTENs on its own
 dedicated connection; when that connection is lost it reconnects with backoff and asks for one
 full poll (notifications sent while it was away are gone). The cluster loop's poll stays the
 fallback: a lost NOTIFY costs one poll interval, never a resolution.
+
+Status changes go the other way round, to everyone: each daemon announces the status changes it
+committed on one shared channel (``wf_run_state``), so ``wait``, ``watch`` and ``changes`` on a
+daemon that does not drive the run see them too (each listener skips its own announcements).
+The sender coalesces them (``orchestrator/engine/cluster.py``) and packs many per notification,
+under PostgreSQL's payload limit.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 
 from storage import ops, records
 
@@ -28,6 +35,10 @@ log = logging.getLogger(__name__)
 NOTIFY_OWNERS = ("SELECT pg_notify('wf_daemon_' || owner, run_id) FROM runs "
                  "WHERE run_id = ANY($1::text[]) AND owner IS NOT NULL "
                  "AND owner IS DISTINCT FROM $2")
+STATES_CHANNEL = "wf_run_state"  # every daemon's status changes, for every other daemon
+# One statement, autocommitted: the notifications are delivered together, in this order.
+NOTIFY_STATES = f"SELECT pg_notify('{STATES_CHANNEL}', p) FROM unnest($1::text[]) AS p"
+MAX_PAYLOAD = 7000  # bytes per notification (PostgreSQL refuses 8000 and more)
 KEEPALIVE = 5.0  # seconds between liveness queries on the LISTEN connection
 BACKOFF = (0.05, 2.0)  # first and longest wait between reconnection attempts
 
@@ -69,14 +80,52 @@ def runs_to_wake(batch: Sequence[ops.WriteOp[Any]], results: Sequence[Any]) -> s
     return runs
 
 
+def pack_states(daemon_id: str, changes: Sequence[records.StatusChange]) -> list[str]:
+    """``changes`` as notification payloads of at most ``MAX_PAYLOAD`` bytes, in order, each
+    ``{"d": sender, "c": [[run_id, status, workflow_id], ...]}``."""
+    head = len(orjson.dumps({"d": daemon_id, "c": []}))
+    payloads: list[str] = []
+    batch: list[list[str | None]] = []
+    size = head
+    for change in changes:
+        item: list[str | None] = [change.run_id, change.status, change.workflow_id]
+        length = len(orjson.dumps(item)) + 1
+        if head + length > MAX_PAYLOAD:
+            continue  # ids this long cannot travel: the listeners' poll covers the run
+        if batch and size + length > MAX_PAYLOAD:
+            payloads.append(orjson.dumps({"d": daemon_id, "c": batch}).decode())
+            batch, size = [], head
+        batch.append(item)
+        size += length
+    if batch:
+        payloads.append(orjson.dumps({"d": daemon_id, "c": batch}).decode())
+    return payloads
+
+
+def unpack_states(daemon_id: str, payload: str) -> list[records.StatusChange]:
+    """The changes another daemon announced in ``payload``; none if it is our own (or not
+    one of ours: the channel is public, a stray payload is ignored)."""
+    try:
+        doc = orjson.loads(payload)
+        if doc["d"] == daemon_id:
+            return []
+        return [records.StatusChange(str(r), str(s), None if w is None else str(w))
+                for r, s, w in doc["c"]]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        log.warning("listen.bad_payload: %r", exc)
+        return []
+
+
 async def listen(
     url: str,
     daemon_id: str,
     on_wake: Callable[[str | None], None],
+    on_states: Callable[[Sequence[records.StatusChange]], None],
     *,
     keepalive: float = KEEPALIVE,
 ) -> None:
-    """LISTEN on ``daemon_id``'s channel until cancelled: ``on_wake(run_id)`` per notification,
+    """LISTEN on ``daemon_id``'s channel and the status channel until cancelled:
+    ``on_wake(run_id)`` per wakeup, ``on_states(changes)`` per other daemon's announcement,
     ``on_wake(None)`` after every (re)connection (poll everything: what was sent while the
     connection was away is lost). Connection loss → reconnect with exponential backoff."""
     delay = BACKOFF[0]
@@ -89,7 +138,7 @@ async def listen(
         else:
             delay = BACKOFF[0]
             try:
-                await _session(conn, daemon_id, on_wake, keepalive)
+                await _session(conn, daemon_id, on_wake, on_states, keepalive)
             except (TimeoutError, OSError, asyncpg.PostgresError,
                     asyncpg.InterfaceError) as exc:
                 log.warning("listen.lost: %r (reconnect in %.2fs)", exc, delay)
@@ -103,13 +152,21 @@ async def _session(
     conn: asyncpg.Connection,
     daemon_id: str,
     on_wake: Callable[[str | None], None],
+    on_states: Callable[[Sequence[records.StatusChange]], None],
     keepalive: float,
 ) -> None:
     """LISTEN on ``conn`` until it is lost."""
     lost = asyncio.Event()
+
+    def heard_states(_c: object, _pid: int, _ch: str, payload: object) -> None:
+        changes = unpack_states(daemon_id, str(payload))
+        if changes:
+            on_states(changes)
+
     conn.add_termination_listener(lambda _c: lost.set())
     await conn.add_listener(
         channel(daemon_id), lambda _c, _pid, _ch, payload: on_wake(str(payload)))
+    await conn.add_listener(STATES_CHANNEL, heard_states)
     on_wake(None)
     while not conn.is_closed():
         try:

@@ -188,9 +188,23 @@ class PostgresStorage:
             log.warning("notify.failed: %r", exc)
 
     async def listen_for_runs(
-        self, daemon_id: str, on_wake: Callable[[str | None], None]
+        self,
+        daemon_id: str,
+        on_wake: Callable[[str | None], None],
+        on_states: Callable[[Sequence[records.StatusChange]], None],
     ) -> None:
-        await notify.listen(self.url, daemon_id, on_wake)
+        await notify.listen(self.url, daemon_id, on_wake, on_states)
+
+    async def announce_states(
+        self, daemon_id: str, changes: Sequence[records.StatusChange]
+    ) -> None:
+        if not self._shared or not changes:
+            return
+        try:
+            async with self._readers.connection() as conn:
+                await conn.raw.execute(notify.NOTIFY_STATES, notify.pack_states(daemon_id, changes))
+        except Exception as exc:  # a hint: the listeners' polls are the fallback
+            log.warning("notify.states_failed: %r", exc)
 
     async def create_run(self, run: ops.CreateRun) -> ops.RunCreated:
         return await self.execute(run)
@@ -264,6 +278,9 @@ class PostgresStorage:
 
     async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
         return await SQLiteStorage.owned_runs_to_move(self._sql, daemon_id)
+
+    async def paused_runs(self, daemon_id: str, among: Sequence[str] = ()) -> list[str]:
+        return await SQLiteStorage.paused_runs(self._sql, daemon_id, among)
 
     async def throttle_starts(self, since: float) -> list[tuple[str, float]]:
         return await SQLiteStorage.throttle_starts(self._sql, since)

@@ -5,6 +5,7 @@ killed is re-established and delivery goes on."""
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import Callable
@@ -88,3 +89,33 @@ async def test_a_killed_listen_connection_is_reestablished_and_delivery_continue
     assert await _deliver(b, a, "after") < BOUND
     assert set((await _statuses(a, ["before", "after"])).values()) == {"completed"}
 
+
+
+async def test_a_pause_sent_to_the_other_daemon_holds_the_run_on_its_owner(
+    make_daemon: Callable[..., Daemon], pg_url: str
+) -> None:
+    """Paused through the daemon that does not own it while parked on a sleep: the owner keeps
+    the sleep's firing for the resume instead of running the next step; resumed through the
+    other daemon too, it finishes on the owner without waiting for the poll."""
+    a = _daemon(make_daemon, pg_url)
+    b = _daemon(make_daemon, pg_url)
+    a_id = await _daemon_id(a)
+    async with a.client() as c:
+        await c.submit("e2e-sleep", {"seconds": 0.5}, run_id="nap")
+
+    async def parked() -> bool:
+        return ((await _statuses(a, ["nap"]))["nap"] == "waiting"
+                and await _owned_by(pg_url, ["nap"], a_id))
+
+    await _until(parked, 10)
+    async with b.client() as s:
+        assert (await s.pause("nap"))["status"] == "paused"
+    await asyncio.sleep(1.0)  # the sleep came due meanwhile
+    assert (await _statuses(a, ["nap"]))["nap"] == "paused"
+    assert await _fetch(pg_url, "SELECT count(*) FROM steps WHERE step_id = 'after'") == [(0,)]
+    async with b.client() as s, a.client() as o:
+        start = time.monotonic()
+        await s.resume("nap")
+        done = await o.wait("nap", timeout=POLL * 2)
+        took = time.monotonic() - start
+    assert done["status"] == "completed" and took < BOUND, (done, took)
