@@ -20,7 +20,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +55,12 @@ class Cluster:
     port: int
     user: str
     _names: Iterator[int]
+    _restart: Callable[[], None] | None = None
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m immediate``: every session is cut, as in a database crash."""
+        assert self._restart is not None
+        self._restart()
 
     def url(self, dbname: str) -> str:
         return f"postgresql://{self.user}@/{dbname}?host={self.socket_dir}&port={self.port}"
@@ -85,6 +91,8 @@ def start_cluster() -> Iterator[Cluster]:
         shutil.chown(tmp, "postgres", "postgres")
     data = f"{tmp}/data"
     port = 5432  # with no TCP listener the port only names the socket file in `tmp`
+    options = (f"-c listen_addresses='' -k {tmp} -p {port} -c fsync=off "
+               "-c full_page_writes=off -c max_connections=200")
 
     def run(*args: str) -> None:
         subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=60)
@@ -93,12 +101,16 @@ def start_cluster() -> Iterator[Cluster]:
         run(f"{bindir}/initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
             "--locale=C", "--no-sync")
         run(f"{bindir}/pg_ctl", "-D", data, "-l", f"{tmp}/server.log", "-w", "-t", "30",
-            "-o", f"-c listen_addresses='' -k {tmp} -p {port} -c fsync=off "
-            "-c full_page_writes=off -c max_connections=200", "start")
+            "-o", options, "start")
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"starting PostgreSQL failed: {exc.stderr.decode()}") from exc
-    cluster = Cluster(tmp, port, "postgres", itertools.count())
+
+    def restart() -> None:
+        run(f"{bindir}/pg_ctl", "-D", data, "-l", f"{tmp}/server.log", "-m", "immediate", "-w",
+            "-t", "30", "-o", options, "restart")
+
+    cluster = Cluster(tmp, port, "postgres", itertools.count(), restart)
     try:
         run_sync(_make_template(cluster))
         yield cluster

@@ -718,13 +718,22 @@ class Engine(service.ServiceMethods):
                 return await self._run_or_404(run_id)
             heard = asyncio.ensure_future(states.get())
             try:
-                await asyncio.wait((fut, heard), timeout=remaining)
+                await asyncio.wait((fut, heard), timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
             finally:
                 heard.cancel()
             if fut.done():
                 return fut.result()
+            announced = (heard.done() and not heard.cancelled()) or not states.empty()
             while not states.empty():
                 states.get_nowait()
+            # A run driven here announces its end through ``fut``: no read for it (many
+            # waiters would otherwise cost a read each per interval), but after a change
+            # announced by another daemon (which may have ended it: a cancel of a run that
+            # never started).
+            if self.supervisor.is_live(run_id) or (
+                    not announced and self.supervisor.drives(run_id)):
+                continue
             run = await self._run_or_404(run_id)
             if run.is_terminal:
                 return run

@@ -253,7 +253,10 @@ class RunOperations:
             return stored
         if stored.status is _RUN_STATUS.WAITING and run.status is _RUN_STATUS.PAUSED:
             self._supervisor.publish_state(run.run_id, "waiting", run.workflow_id)
-        self._supervisor.resume_held(run.run_id, kept)
+        if live or self._supervisor.drives(run.run_id):
+            self._supervisor.resume_held(run.run_id, kept)
+        # else another daemon drives it (its move pass resumes it, woken by NOTIFY), or nobody
+        # does yet (whoever claims it finds it waiting with its resume flag set).
         return stored
 
     def paused_elsewhere(self, run: storage.RunRecord) -> None:

@@ -14,6 +14,7 @@ import pytest
 import storage as st
 from storage.postgres import notify
 from storage.postgres.notify import application_name
+from tests import pg
 
 
 async def _sql(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
@@ -123,3 +124,29 @@ def test_payloads_stay_under_the_notify_limit() -> None:
     assert [c for p in payloads for c in notify.unpack_states("other", p)] == changes
     assert notify.unpack_states("d" * 36, payloads[0]) == []  # its own
     assert notify.unpack_states("other", "not json") == []
+
+
+async def test_listening_comes_back_after_a_database_restart(
+    runs: str, pg_cluster: pg.Cluster
+) -> None:
+    """``pg_ctl restart -m immediate`` cuts every session: the listener reconnects by itself
+    (backoff), says so (``None``: look at everything), and hears wakeups and status
+    announcements again."""
+    woken: asyncio.Queue[str | None] = asyncio.Queue()
+    heard: asyncio.Queue[list[st.StatusChange]] = asyncio.Queue()
+    async with st.PostgresStorage.open(runs, exclusive=False) as owner:
+        listening = asyncio.create_task(owner.listen_for_runs(
+            "A", woken.put_nowait, lambda c: heard.put_nowait(list(c))))
+        try:
+            assert await _next(woken) is None
+            await asyncio.to_thread(pg_cluster.restart)
+            assert await asyncio.wait_for(woken.get(), 15) is None  # back, by itself
+            async with st.PostgresStorage.open(runs, exclusive=False) as other:
+                await other.execute(st.SendSignal("mine", "go", 1, sent_at=2.0))
+                assert await _next(woken) == "mine"
+                await other.announce_states("B", [st.StatusChange("mine", "waiting", "wf")])
+                assert await asyncio.wait_for(heard.get(), 5) == [
+                    st.StatusChange("mine", "waiting", "wf")]
+        finally:
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
