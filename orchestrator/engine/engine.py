@@ -171,6 +171,7 @@ class Engine(service.ServiceMethods):
         self.timers = Timers(
             storage_, self.clock, self.supervisor.deliver, self._on_fatal, instrument,
             on_run_timer=self._run_timer, on_schedule_timer=self.scheduling.on_timer,
+            lag=self.supervisor.tallies.timer_lag,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -248,6 +249,8 @@ class Engine(service.ServiceMethods):
     def _ended_unstarted(self, run: storage.RunRecord) -> None:
         """A run that never started ended (expired, cancelled while queued, replaced)."""
         self.supervisor.publish_state(run.run_id, str(run.status), run.workflow_id)
+        if self.supervisor.tracing is not None:  # its one span says why it never ran
+            self.supervisor.tracing.run_ended(run.run_id)
         self._on_finished(run)
         if run.parent_run_id is not None and run.parent_wp_id is not None:
             self.ops.spawn(self._resume_parent(run), f"resume:{run.parent_run_id}")
@@ -877,6 +880,8 @@ class Engine(service.ServiceMethods):
         )
         result = await self.storage.record_event(op)
         self.instrument.reached("event.committed")
+        if result.inserted:
+            self.supervisor.tallies.events_received += 1
         for wp in result.resolved:
             self.supervisor.deliver(wp.run_id, Resolve(bridge.resolution(wp)))
         for run in result.started:

@@ -1,11 +1,14 @@
 """Trace export through OpenTelemetry (SPEC §12, the ``otel`` extra). Imported only when
 ``[telemetry]`` asks for traces, so the engine runs without the extra installed.
 
-Spans are built after the fact from the run's committed journal (``spans.run_spans``) when the
-run ends, with explicit ids and times: a run that sleeps for a week holds no open span, and a
-second export of the same run (a crash before the batch left, a recovery) repeats the same ids.
-The SDK's ``BatchSpanProcessor`` exports on its own thread, so the daemon's loop never waits
-for the collector; the journal read is one storage read per ended run.
+Spans are built after the fact from the run's committed journal (``spans.run_spans``), with
+explicit ids and times: a run that sleeps for a week holds no open span, and a second export of
+the same run (a crash before the batch left, a recovery) repeats the same ids. They leave when
+the run ends, and, so that a long run is visible while it goes on, whenever it parks: what has
+finished by then (steps, resolved waits), at most once per ``progress_every`` seconds per run
+(a later park inside that window schedules one export at its end). The run's own span leaves
+when it ends. The SDK's ``BatchSpanProcessor`` exports on its own thread, so the daemon's loop
+never waits for the collector; each export is one journal read.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import asyncio
 import contextlib
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -89,8 +94,18 @@ def console_exporter() -> SpanExporter:
                                formatter=lambda span: span.to_json(indent=None) + "\n")
 
 
+@dataclass(slots=True)
+class _Live:
+    """What was exported of a run still going (dropped when it ends)."""
+
+    last: float  # monotonic time of the last progress export
+    sent: set[int] = field(default_factory=set)  # span ids exported
+    later: asyncio.TimerHandle | None = None  # a progress export due at the window's end
+
+
 class OtelTracing:
-    """The engine's ``RunTracing``: step scopes, and the spans of every ended run."""
+    """The engine's ``RunTracing``: step scopes, and the spans of every run, as it parks and
+    when it ends."""
 
     def __init__(
         self,
@@ -100,8 +115,13 @@ class OtelTracing:
         service_name: str = "wf",
         batch: bool = True,
         install_global: bool = False,
+        progress_every: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._storage = storage_
+        self._every = progress_every
+        self._monotonic = monotonic
+        self._live: dict[str, _Live] = {}
         self._ids = _JournalIds()
         self.provider = TracerProvider(
             resource=Resource.create({"service.name": service_name}), id_generator=self._ids
@@ -132,31 +152,79 @@ class OtelTracing:
             otel_context.detach(token)
 
     def run_ended(self, run_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._export_run(run_id),
-                                                      name=f"trace:{run_id}")
+        live = self._live.pop(run_id, None)
+        if live is not None and live.later is not None:
+            live.later.cancel()
+        self._spawn(self._export_run(run_id, live.sent if live else None), run_id)
+
+    def run_parked(self, run_id: str) -> None:
+        now = self._monotonic()
+        live = self._live.get(run_id)
+        if live is None:
+            self._live[run_id] = _Live(now)
+        elif live.later is not None:
+            return  # an export is already due at the end of the window
+        elif now - live.last < self._every:
+            live.later = asyncio.get_running_loop().call_later(
+                live.last + self._every - now, self._progress_due, run_id)
+            return
+        else:
+            live.last = now
+        self._spawn(self._export_progress(run_id), run_id)
+
+    def _progress_due(self, run_id: str) -> None:
+        live = self._live.get(run_id)
+        if live is not None:
+            live.later = None
+            live.last = self._monotonic()
+            self._spawn(self._export_progress(run_id), run_id)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], run_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"trace:{run_id}")
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def close(self) -> None:
         """Export what ended runs are still owed, then flush the processor (on a thread: the
         exporter may block on the network)."""
+        for live in self._live.values():
+            if live.later is not None:
+                live.later.cancel()
+        self._live.clear()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
         await asyncio.to_thread(self.provider.shutdown)
 
     # --- export -------------------------------------------------------------------------------
-    async def _export_run(self, run_id: str) -> None:
+    async def _load(self, run_id: str) -> storage.Journal | None:
         try:
-            journal = await self._storage.load_journal(run_id)
+            return await self._storage.load_journal(run_id)
         except storage.StorageError as exc:  # traces are best effort: the run is committed
             log.warning("trace.export_failed", run_id=run_id, error=str(exc))
-            return
-        self.export(journal)
+            return None
 
-    def export(self, journal: storage.Journal) -> None:
-        """Hand every span of one run to the processor."""
+    async def _export_run(self, run_id: str, sent: set[int] | None) -> None:
+        journal = await self._load(run_id)
+        if journal is not None:
+            self.export(journal, skip=sent or set())
+
+    async def _export_progress(self, run_id: str) -> None:
+        journal = await self._load(run_id)
+        live = self._live.get(run_id)
+        if journal is None or live is None:  # ended meanwhile: its final export covers it
+            return
         for record in spans.run_spans(journal):
-            self._emit(record)
+            if record.done and record.parent_id is not None and record.span_id not in live.sent:
+                live.sent.add(record.span_id)
+                self._emit(record)
+
+    def export(self, journal: storage.Journal, skip: set[int] | frozenset[int] = frozenset()
+               ) -> None:
+        """Hand every span of one run to the processor (but those in ``skip``, sent already
+        while it went on)."""
+        for record in spans.run_spans(journal):
+            if record.span_id not in skip:
+                self._emit(record)
 
     def _emit(self, rec: spans.SpanRecord) -> None:
         ctx: Any

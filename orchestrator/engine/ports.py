@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.engine.flow.plan import GroupId, Plan
 from orchestrator.engine.messages import Cancel, Message
+from orchestrator.engine.tallies import EngineTallies
 from runtime.clock import Clock
 from runtime.facts import HostServices, RecordFn
 from runtime.workflow import Registry
@@ -33,11 +34,14 @@ TimerStored = Callable[[float], None]
 
 class RunTracing(Protocol):
     """Trace export (SPEC §12, the ``otel`` extra; ``engine/otel.py`` implements it): the
-    engine makes a step attempt's span current and reports ended runs, nothing more."""
+    engine makes a step attempt's span current and reports parked and ended runs, nothing
+    more."""
 
     def step_scope(
         self, run: RunRecord, step_id: str, attempt: int
     ) -> AbstractContextManager[Any]: ...
+
+    def run_parked(self, run_id: str) -> None: ...
 
     def run_ended(self, run_id: str) -> None: ...
 
@@ -78,6 +82,11 @@ class RunHost(Protocol):
         ...
 
     def timer_stored(self, due_at: float) -> None: ...
+
+    @property
+    def tallies(self) -> EngineTallies:
+        """In-memory counts for ``/metrics`` (step attempts by workflow and outcome)."""
+        ...
 
     def admit(self, run: RunRecord) -> None:
         """A new run (a child) was committed: admission starts it, or queues or delays it."""

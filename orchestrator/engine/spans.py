@@ -97,6 +97,7 @@ class SpanRecord:
     error: str | None = None  # the status description of an ERROR span
     remote_parent: bool = False
     sampled: bool = True
+    done: bool = True  # False: still open (a step in flight, a wait unresolved) in a live run
 
 
 _WAIT_KINDS = {
@@ -116,21 +117,25 @@ def _error_code(error: Any) -> str | None:
 
 
 def run_spans(journal: storage.Journal) -> list[SpanRecord]:
-    """Every span of one ended run, children first, the run's own span last."""
+    """Every span of one run, children first, the run's own span last. Of a run still going,
+    what is still open (a step in flight, an unresolved wait, the run itself) has
+    ``done=False``; an ended run's open waits end with it."""
     run = journal.run
     trace_id, remote = run_trace(run)
     sampled = remote.sampled if remote else True
     root = span_id_for(run.run_id, "run")
     end = run.finished_at if run.finished_at is not None else run.updated_at
+    ended = run.status in storage.TERMINAL_STATUSES
     base = {"wf.run_id": run.run_id, "wf.workflow_id": run.workflow_id}
     out: list[SpanRecord] = []
 
     def add(name: str, entry: str, start: float, stop: float | None, attrs: dict[str, Any],
             error: Any = None) -> None:
+        done = ended or stop is not None
         stop = start if stop is None else max(stop, start)
         out.append(SpanRecord(name, trace_id, span_id_for(run.run_id, entry), root, start, stop,
                               {**base, **attrs}, _error_text(error) if error else None,
-                              sampled=sampled))
+                              sampled=sampled, done=done))
 
     for a in journal.attempts:
         if a.started_at is None:
@@ -149,7 +154,8 @@ def run_spans(journal: storage.Journal) -> list[SpanRecord]:
         if w.signal_name:
             attrs["wf.signal.name"] = w.signal_name
         add(f"wait {kind}", f"wp:{w.wp_id}", w.registered_at,
-            w.resolved_at if w.resolved_at is not None else end, attrs)
+            w.resolved_at if w.resolved_at is not None else end if ended else None,
+            attrs)
     for c in journal.compensations:
         add(f"compensate {c.step_id}", f"compensate:{c.step_id}", c.finished_at, c.finished_at,
             {"wf.step_id": c.step_id, "wf.compensation.outcome": str(c.status)},
@@ -165,7 +171,7 @@ def run_spans(journal: storage.Journal) -> list[SpanRecord]:
         f"workflow {run.workflow_id}", trace_id, root, remote.span_id if remote else None,
         run.created_at, max(end, run.created_at), {**base, **attrs},
         (_error_text(run.error) if run.error else str(run.status)) if failed else None,
-        remote_parent=remote is not None, sampled=sampled,
+        remote_parent=remote is not None, sampled=sampled, done=ended,
     ))
     return out
 

@@ -61,9 +61,18 @@ async def child(input: dict[str, Any], ctx: Context) -> str:
     return "child done"
 
 
+async def waiter(input: dict[str, Any], ctx: Context) -> str:
+    await ctx.step("a", in_thread)
+    await ctx.wait_for_event("trace.one")
+    await ctx.step("b", in_thread)
+    await ctx.wait_for_event("trace.two")
+    await ctx.step("c", in_thread)
+    return "done"
+
+
 def registry() -> Registry:
     reg = Registry()
-    for wid, fn in (("trace-parent", parent), ("trace-child", child)):
+    for wid, fn in (("trace-parent", parent), ("trace-child", child), ("trace-waiter", waiter)):
         reg.register(WorkflowDefinition(id=wid, fn=fn, version="1", origin=f"{__name__}.{wid}"))
     return reg
 
@@ -176,6 +185,49 @@ def test_span_ids_are_a_function_of_run_and_entry() -> None:
     assert 0 < a < 2**64 and 0 < spans.trace_id_for("run-1") < 2**128
     assert spans.parse_traceparent(TRACEPARENT) == spans.TraceContext(CALLER_TRACE, CALLER_SPAN)
     assert spans.parse_traceparent(TRACEPARENT).header() == TRACEPARENT  # type: ignore[union-attr]
+
+
+def names_of(exporter: InMemorySpanExporter) -> list[str]:
+    return sorted(s.name for s in exporter.get_finished_spans())
+
+
+async def test_a_parked_run_shows_what_it_did_so_far_and_nothing_twice(tmp_path: Path) -> None:
+    """A run parked for long is visible before it ends: its finished steps leave when it
+    parks (the wait it parks on and the run's own span only once they end); a second park
+    inside the window leaves at the window's end; the final export repeats none of them."""
+    exporter = InMemorySpanExporter()
+    async with open_engine(tmp_path / "wf.db", Settings(shutdown_grace=GRACE),
+                           registry()) as engine:
+        tracing = OtelTracing(engine.storage, [exporter], batch=False, progress_every=0.5)
+        engine.supervisor.tracing = tracing
+        rid = (await engine.submit("trace-waiter", {}, run_id="long"))["run_id"]
+        await until(lambda: names_of(exporter) == ["step a"], "step a before the run ends")
+        assert (await engine.storage.get_run(rid)).status is storage.RunStatus.WAITING  # type: ignore[union-attr]
+        await engine.send_event("trace.one", {})
+        await until(lambda: names_of(exporter) == ["step a", "step b", "wait event"],
+                    "the second park's spans at the window's end")
+        await engine.send_event("trace.two", {})
+        assert (await engine.wait(rid, timeout=10))["status"] == "completed"
+        await until(lambda: "workflow trace-waiter" in names_of(exporter), "the run's span")
+        await tracing.close()
+    assert names_of(exporter) == ["step a", "step b", "step c", "wait event", "wait event",
+                                  "workflow trace-waiter"]
+    assert len({s.context.span_id for s in exporter.get_finished_spans()}) == 6
+
+
+async def test_a_run_that_never_started_still_exports_its_span(tmp_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    async with open_engine(tmp_path / "wf.db", Settings(shutdown_grace=GRACE),
+                           registry()) as engine:
+        tracing = OtelTracing(engine.storage, [exporter], batch=False)
+        engine.supervisor.tracing = tracing
+        rid = (await engine.submit("trace-child", {}, delay=3600))["run_id"]
+        await engine.cancel(rid, reason="not needed")
+        await until(lambda: names_of(exporter) == ["workflow trace-child"], "its span")
+        await tracing.close()
+    (root,) = exporter.get_finished_spans()
+    assert root.attributes is not None and root.attributes["wf.status"] == "cancelled"
+    assert root.status.status_code is StatusCode.ERROR
 
 
 _ = storage  # the storage package is what the journal comes from (import kept for readers)
