@@ -126,6 +126,7 @@ def test_payloads_stay_under_the_notify_limit() -> None:
     assert notify.unpack_states("other", "not json") == []
 
 
+@pytest.mark.slow  # restarts the session's PostgreSQL (a few seconds)
 async def test_listening_comes_back_after_a_database_restart(
     runs: str, pg_cluster: pg.Cluster
 ) -> None:
