@@ -54,6 +54,7 @@ class DaemonConfig:
     max_recoveries: int = 5
     id: str = ""  # the name `wf daemons` shows; "" = "<hostname>:<pid>"
     lease: float = 10.0  # seconds a silent daemon keeps its runs (SPEC §13)
+    poll: float | None = None  # cluster poll; None = min(1 s, lease/3) (NOTIFY is the fast path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +288,16 @@ def _lease(key: str, value: Any, base: Path) -> float:
     return seconds
 
 
+def _poll(key: str, value: Any, base: Path) -> float | None:
+    """The cluster poll: "" for the default (a third of the lease, 1 s at most)."""
+    if value == "":
+        return None
+    seconds = _duration(key, value, base)
+    if seconds <= 0:
+        raise _fail(key, value, "a duration > 0 ('' for min(1s, lease/3))")
+    return seconds
+
+
 def _age(key: str, value: Any, base: Path) -> float | None:
     """A retention age: a duration, or "" / 0 for keep forever."""
     if value == "" or (not isinstance(value, bool) and value == 0):
@@ -312,6 +323,7 @@ _SECTIONS: Final[dict[str, tuple[type[Any], dict[str, tuple[_Checker, Any]]]]] =
             "max_recoveries": (_int(1), 5),
             "id": (_str, ""),
             "lease": (_lease, "10s"),
+            "poll": (_poll, ""),
         },
     ),
     "storage": (

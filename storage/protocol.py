@@ -13,7 +13,7 @@ Errors: every method may raise ``StorageError`` (``StorageFull`` when the disk i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from storage import ops, records
@@ -144,10 +144,37 @@ class Storage(Protocol):
         (SPEC §13 ``wf daemons``)."""
         ...
 
+    async def listen_for_runs(
+        self,
+        daemon_id: str,
+        on_wake: Callable[[str | None], None],
+        on_states: Callable[[Sequence[records.StatusChange]], None],
+    ) -> None:
+        """Until cancelled, call ``on_wake(run_id)`` when another daemon changed a run
+        ``daemon_id`` owns (resolved, cancelled, paused, resumed), ``on_states(changes)`` when
+        other daemons announced status changes (``announce_states``), and ``on_wake(None)``
+        when such news may have been missed (after each (re)connection): look at every owned
+        run. Returns at once where no other daemon can write (SQLite: one daemon per file)."""
+        ...
+
+    async def announce_states(
+        self, daemon_id: str, changes: Sequence[records.StatusChange]
+    ) -> None:
+        """Tell every other daemon listening (``listen_for_runs``) of status changes
+        ``daemon_id`` committed. A hint, never raised: a loss is covered by the listeners'
+        polls. Nothing where one daemon is alone on the storage."""
+        ...
+
     async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
         """Runs ``daemon_id`` owns that another daemon moved: waiting with a resolution
         recorded (``needs_resume``), or with a cancel requested (SPEC §13: the owner's poll
         when a wakeup went to another daemon)."""
+        ...
+
+    async def paused_runs(self, daemon_id: str, among: Sequence[str] = ()) -> list[str]:
+        """The runs not ended and paused (the flag or the status) that ``daemon_id`` owns or
+        that are in ``among``: the owner's poll compares them with the pauses it holds in
+        memory, to mirror a pause or a resume made through another daemon (SPEC §13)."""
         ...
 
     async def throttle_starts(self, since: float) -> list[tuple[str, float]]:

@@ -354,6 +354,16 @@ class ArchiveRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A committed status change of a run, as one daemon tells the others (SPEC §13: ``wait``,
+    ``watch`` and ``changes`` on a daemon that does not drive the run)."""
+
+    run_id: str
+    status: str
+    workflow_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AmendmentRecord:
     """One ``amend`` of a step's recorded result (append-only audit trail)."""
 

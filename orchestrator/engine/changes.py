@@ -74,13 +74,34 @@ class ChangeFeed:
 
     def publish(self, run_id: str, status: str, workflow_id: str | None = None) -> None:
         """A status change of ``run_id`` was committed."""
+        change = self._append(run_id, status, workflow_id)
+        for observe in self.observers:
+            observe(run_id, status, workflow_id)
+        self._offer(change)
+
+    def relay(self, run_id: str, status: str, workflow_id: str | None = None) -> None:
+        """A status change another daemon committed and announced (SPEC §13): followers see
+        it like ours; the observers do not (they count this daemon's own changes, and tell
+        the other daemons of them)."""
+        self._offer(self._append(run_id, status, workflow_id))
+
+    def missed(self) -> None:
+        """Other daemons' changes may have been lost (their announcements arrived on a
+        connection that was then re-established): each follower gets a ``gap`` notice, so it
+        re-reads what it shows."""
+        notice: Change = {"type": "gap", "since": self._seq, "oldest": self._seq + 1}
+        for follower in self._followers:
+            follower.offer(notice)
+
+    def _append(self, run_id: str, status: str, workflow_id: str | None) -> Change:
         self._seq += 1
         self.published += 1
         change: Change = {"seq": self._seq, "run_id": run_id, "workflow_id": workflow_id,
                           "status": status, "at": self._clock.now()}
         self._recent.append(change)
-        for observe in self.observers:
-            observe(run_id, status, workflow_id)
+        return change
+
+    def _offer(self, change: Change) -> None:
         for follower in self._followers:
             follower.offer(change)
 

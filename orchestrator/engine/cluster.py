@@ -1,6 +1,7 @@
 """Many daemons on one database (SPEC §13): the loop through which a daemon takes its share.
 
-Every tick (a third of the lease, at most a second) a daemon in a cluster:
+Every tick (``daemon.poll``: a third of the lease, at most a second, by default) a daemon in a
+cluster:
 - declares dead every daemon whose lease ran out (database clock) and releases its runs
   (``RescueDaemons``; on PostgreSQL the release waits for a dead daemon's batch in flight);
 - claims unowned runs that are not ended (``ClaimRuns``, ``FOR UPDATE SKIP LOCKED``) and takes
@@ -8,20 +9,32 @@ Every tick (a third of the lease, at most a second) a daemon in a cluster:
   once more per takeover), a waiting one with a resolution resumes, a cancel is carried out;
 - re-reads the earliest timer, so timers of adopted runs fire here (claims are SKIP LOCKED:
   each fires once whichever daemon gets it);
-- resumes its own runs that another daemon resolved or cancelled (the resolution is recorded
-  there; the owner finds it here within a tick, instead of a LISTEN/NOTIFY hop for now).
+- moves its own runs that another daemon resolved, cancelled, paused or resumed (recorded
+  there; the owner finds it here within a tick): the "move pass".
+
+Between ticks the other daemons' NOTIFY wakes the same move pass at once
+(``Storage.listen_for_runs``): a signal sent to a daemon that does not own the run reaches its
+owner in milliseconds, and the tick is only the fallback for a notification lost.
+
+The other way round, every status change this daemon commits is announced to the others
+(``Storage.announce_states``, coalesced: one announcement at a time, the changes made meanwhile
+go in the next), and theirs reach this daemon's ``wait``, ``watch`` and ``changes``
+(``on_states``); ``on_missed`` after the listening connection came back (announcements sent
+while it was away are gone: the readers re-read).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 import structlog
 
 import storage
 
 log = structlog.get_logger("wf.cluster")
+
+Move = Callable[[str, storage.RunRecord | None], Awaitable[None]]
 
 
 class ClusterLoop:
@@ -33,8 +46,11 @@ class ClusterLoop:
         *,
         claim_limit: int,
         take_over: Callable[[list[storage.RunRecord]], Awaitable[int]],
-        move: Callable[[storage.RunRecord], Awaitable[None]],
+        move: Move,
         timer_due: Callable[[float], None],
+        held: Callable[[], Collection[str]] = frozenset,
+        on_states: Callable[[Sequence[storage.StatusChange]], None] = lambda _c: None,
+        on_missed: Callable[[], None] = lambda: None,
     ) -> None:
         self._storage = storage_
         self.daemon_id = daemon_id
@@ -43,20 +59,89 @@ class ClusterLoop:
         self._take_over = take_over
         self._move = move
         self._timer_due = timer_due
-        self._task: asyncio.Task[None] | None = None
+        self._held = held
+        self._on_states = on_states
+        self._on_missed = on_missed
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()  # set by a notification: run the move pass now
+        self._moving = asyncio.Lock()  # one move pass at a time (tick and wakeup may meet)
+        self._unsent: list[storage.StatusChange] = []  # our changes not yet announced
+        self._send = asyncio.Event()
+        self._connections = 0
         self.adopted = 0
+        self.woken = 0  # move passes a notification (or a reconnection) started
+        self.announced = 0  # status changes announced to the other daemons
 
     async def claim(self) -> list[storage.RunRecord]:
         """Rescue the dead, then claim what nobody owns; the claimed runs, to take over."""
         dead = await self._storage.execute(storage.RescueDaemons(self.daemon_id))
         if dead:
-            log.warning("daemons.rescued", dead=list(dead))
-        claimed = await self._storage.execute(
-            storage.ClaimRuns(self.daemon_id, limit=self._claim_limit))
+            log.warning("daemons.rescued", daemons=list(dead))
+        claimed = await self._storage.execute(storage.ClaimRuns(self.daemon_id, self._claim_limit))
         return [c.run for c in claimed]
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="cluster")
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run(), name="cluster"),
+            loop.create_task(self._mover(), name="cluster-wakeups"),
+            loop.create_task(self._announcer(), name="cluster-announce"),
+            loop.create_task(
+                self._storage.listen_for_runs(self.daemon_id, self._on_wake, self._heard),
+                name="cluster-listen"),
+        ]
+
+    # ------------------------------------------------------------------ heard from the others
+
+    def _on_wake(self, run_id: str | None) -> None:
+        # Coalesced: a burst of notifications costs one pass, which sees every owned run
+        # that needs moving (a run id of None, after a reconnection, means the same).
+        if run_id is None:
+            self._connections += 1
+            if self._connections > 1:
+                self._on_missed()
+        self._wake.set()
+
+    def _heard(self, changes: Sequence[storage.StatusChange]) -> None:
+        self._on_states(changes)
+
+    async def _mover(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self.woken += 1
+            try:
+                await self.move_owned()
+            except asyncio.CancelledError:
+                raise
+            except storage.OwnershipLost:
+                return  # the lease keeper stops the daemon
+            except Exception as exc:  # the poll tries again
+                log.warning("cluster.wakeup_failed", error=repr(exc))
+
+    # ------------------------------------------------------------------ told to the others
+
+    def state_changed(self, run_id: str, status: str, workflow_id: str | None) -> None:
+        """A status change this daemon committed (a ``ChangeFeed`` observer): announce it."""
+        self._unsent.append(storage.StatusChange(run_id, status, workflow_id))
+        self._send.set()
+
+    async def _announcer(self) -> None:
+        # One announcement in flight at a time; what is committed meanwhile goes in the next
+        # one (as group commit does), so a busy daemon sends a few large notifications.
+        while True:
+            await self._send.wait()
+            self._send.clear()
+            changes, self._unsent = self._unsent, []
+            try:
+                await self._storage.announce_states(self.daemon_id, changes)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a hint: the others' polls are the fallback
+                log.warning("cluster.announce_failed", error=repr(exc))
+            self.announced += len(changes)
+
+    # ------------------------------------------------------------------ the poll
 
     async def _run(self) -> None:
         while True:
@@ -78,13 +163,23 @@ class ClusterLoop:
         due = await self._storage.next_timer_due()
         if due is not None:
             self._timer_due(due)
-        for run_id in await self._storage.owned_runs_to_move(self.daemon_id):
-            run = await self._storage.get_run(run_id)
-            if run is not None:
-                await self._move(run)
+        await self.move_owned()
+
+    async def move_owned(self) -> None:
+        """Act on this daemon's runs that another daemon resolved, cancelled, paused or
+        resumed: those waiting with a resolution or a cancel request, those paused in storage
+        and not held here, and those held here whose pause is gone (resumed, or ended)."""
+        async with self._moving:
+            to_move = await self._storage.owned_runs_to_move(self.daemon_id)
+            held = set(self._held())
+            paused = set(await self._storage.paused_runs(self.daemon_id, sorted(held)))
+            listed = set(to_move)
+            to_move += sorted((paused ^ held) - listed)
+            for run_id in to_move:
+                await self._move(run_id, await self._storage.get_run(run_id))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -54,6 +54,7 @@ from storage.instruments import NO_INSTRUMENT, Instrument
 log = structlog.get_logger("wf")
 
 R = TypeVar("R")
+_ENDED = frozenset(str(s) for s in storage.TERMINAL_STATUSES)
 Handler = Callable[[Any, Any], Awaitable[Any]]
 StreamHandler = Callable[[Any, Any], AsyncIterator[JSONDict]]
 
@@ -189,11 +190,15 @@ class Engine(service.ServiceMethods):
         await self.scheduling.reconcile()
         if self.lease is not None and self.storage.capabilities().many_daemons:
             self.cluster = ClusterLoop(
-                self.storage, self.lease.daemon_id, min(1.0, self.lease.lease / 3),
+                self.storage, self.lease.daemon_id,
+                self.settings.cluster_poll or min(1.0, self.lease.lease / 3),
                 claim_limit=self.settings.max_active_runs, take_over=self._take_over,
-                move=self._move_owned, timer_due=self._timer_stored,
+                move=self._move_owned, timer_due=self._timer_stored, held=self.holds.runs,
+                on_states=self._heard_states, on_missed=self.supervisor.changes.missed,
             )
             self.supervisor.owner = self.lease.daemon_id
+            # Every status change committed here is announced to the other daemons.
+            self.supervisor.changes.observers.append(self.cluster.state_changed)
         recovered = await self._recover()
         await self.scheduling.after_recovery()
         fired = await self.timers.fire_due()  # schedules missed while down fire here, collapsed
@@ -283,6 +288,10 @@ class Engine(service.ServiceMethods):
                 self.supervisor.owns(run.run_id)
             if run.paused or run.status is storage.RunStatus.PAUSED:
                 self.holds.pause(run.run_id)
+            else:
+                # Storage says: not paused. A hold kept from a pause made here while another
+                # daemon drove the run, and lifted there since, would block it for ever.
+                self.holds.resume(run.run_id)
         ops: list[storage.WriteOp[Any]] = []
         to_start: list[tuple[storage.RunRecord, bool]] = []  # (run, already started)
         cancels: list[storage.RunRecord] = []
@@ -355,16 +364,40 @@ class Engine(service.ServiceMethods):
         await self._flush_full_batches()
         return len(to_start) + len(cancels)
 
-    async def _move_owned(self, run: storage.RunRecord) -> None:
-        """A run of ours that another daemon resolved or cancelled: act on it here."""
-        if run.cancel_requested is not None and not self.supervisor.knows(run.run_id):
-            await self.ops.honour_cancel(run)
+    async def _move_owned(self, run_id: str, run: storage.RunRecord | None) -> None:
+        """A run of ours that another daemon resolved, cancelled, paused or resumed, or one
+        held here whose pause is gone from storage (the cluster's move pass): act on it here
+        as if it had happened here."""
+        if self.holds.is_changing(run_id):
+            return  # a pause or resume of ours is being committed: storage lags memory
+        if run is None or run.is_terminal:
+            self.holds.forget(run_id)  # it ended (or was pruned) elsewhere: nothing to hold
+            return
+        if run.cancel_requested is not None:
+            if run_id not in self.ops.cancels_delivered:
+                # Once: the cancel reaches its actor (started for it if the run is parked,
+                # warm or cold), which carries it out to the end.
+                await self.ops.honour_cancel(run)
+        elif run.paused or run.status is storage.RunStatus.PAUSED:
+            self.ops.paused_elsewhere(run)
+        elif self.holds.is_paused(run_id):
+            self.ops.resumed_elsewhere(run)
         elif (run.status is storage.RunStatus.WAITING and run.needs_resume
               # Once per change of the run: a resolution its body no longer awaits leaves
               # the flag set (it is cleared when the run next commits "running").
-              and self._moved.get(run.run_id) != run.updated_at
-              and self.supervisor.resume_from_journal(run.run_id)):
-            self._moved[run.run_id] = run.updated_at
+              and self._moved.get(run_id) != run.updated_at
+              and self.supervisor.resume_from_journal(run_id)):
+            self._moved[run_id] = run.updated_at
+
+    def _heard_states(self, changes: Sequence[storage.StatusChange]) -> None:
+        """Status changes other daemons committed: to this daemon's watchers and feed."""
+        for change in changes:
+            self.supervisor.relay_state(change.run_id, change.status, change.workflow_id)
+            if change.status in _ENDED and not self.supervisor.knows(change.run_id):
+                # Ended where it was driven: drop what this daemon kept of it (a pause or a
+                # cancel made through here).
+                self.holds.forget(change.run_id)
+                self.ops.cancels_delivered.discard(change.run_id)
 
     async def close(self) -> None:
         """Stop the timers and the actors (in-flight steps get ``shutdown_grace``)."""
@@ -402,6 +435,7 @@ class Engine(service.ServiceMethods):
     def _on_finished(self, run: storage.RunRecord) -> None:
         self.holds.forget(run.run_id)
         self._moved.pop(run.run_id, None)
+        self.ops.cancels_delivered.discard(run.run_id)
         self.admission.ended(run)
         for fut in self._finish_waiters.pop(run.run_id, ()):
             if not fut.done():
@@ -643,23 +677,73 @@ class Engine(service.ServiceMethods):
     async def _wait_for(self, run_id: str, timeout: float | None) -> storage.RunRecord:
         fut: asyncio.Future[storage.RunRecord] = asyncio.get_running_loop().create_future()
         self._finish_waiters.setdefault(run_id, []).append(fut)
+        # In a cluster another daemon may drive the run: its end comes as an announcement
+        # (listened to before the first read, so one between the two is not missed).
+        states = self.supervisor.listen_state(run_id) if self.cluster is not None else None
         try:
             # A run the supervisor holds live is not over and will announce its end: no read
             # (10k clients waiting at once would otherwise queue 10k reads).
             if self.supervisor.is_live(run_id) or not (
                 run := await self._run_or_404(run_id)
             ).is_terminal:
+                if states is not None:
+                    return await self._until_ended(run_id, fut, states, timeout)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(fut), timeout)
                 # The final record comes with the notification: no second read.
                 run = fut.result() if fut.done() else await self._run_or_404(run_id)
             return run
         finally:
+            if states is not None:
+                self.supervisor.unlisten_state(run_id, states)
             waiters = self._finish_waiters.get(run_id)
             if waiters and fut in waiters:
                 waiters.remove(fut)
                 if not waiters:
                     del self._finish_waiters[run_id]
+
+    async def _until_ended(
+        self,
+        run_id: str,
+        fut: asyncio.Future[storage.RunRecord],
+        states: asyncio.Queue[str],
+        timeout: float | None,
+    ) -> storage.RunRecord:
+        """``wait`` in a cluster: the run as it ended here (``fut``), or as read after a status
+        change (announced by the daemon driving it), re-read at least every poll interval in
+        case an announcement was lost; as it stands when ``timeout`` runs out."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            remaining = self._poll_interval() if deadline is None else min(
+                self._poll_interval(), deadline - loop.time())
+            if remaining <= 0:
+                return await self._run_or_404(run_id)
+            heard = asyncio.ensure_future(states.get())
+            try:
+                await asyncio.wait((fut, heard), timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                heard.cancel()
+            if fut.done():
+                return fut.result()
+            announced = (heard.done() and not heard.cancelled()) or not states.empty()
+            while not states.empty():
+                states.get_nowait()
+            # A run driven here announces its end through ``fut``: no read for it (many
+            # waiters would otherwise cost a read each per interval), but after a change
+            # announced by another daemon (which may have ended it: a cancel of a run that
+            # never started).
+            if self.supervisor.is_live(run_id) or (
+                    not announced and self.supervisor.drives(run_id)):
+                continue
+            run = await self._run_or_404(run_id)
+            if run.is_terminal:
+                return run
+
+    def _poll_interval(self) -> float:
+        """How often a reader re-reads a run another daemon may drive (the cluster's poll)."""
+        return self.cluster.interval if self.cluster is not None else 1.0
 
     # Run operations (cancel, pause, resume, retry, bulk): orchestrator.engine.operations.
 
@@ -1066,9 +1150,21 @@ class Engine(service.ServiceMethods):
             run = await self._run_or_404(r.run_id)
             yield views.run(run)
             while not run.is_terminal:
-                await queue.get()
-                run = await self._run_or_404(r.run_id)
-                yield views.run(run)
+                if self.cluster is None:
+                    await queue.get()
+                    heard = True
+                else:
+                    # Another daemon may drive it: its changes come as announcements, and a
+                    # re-read every poll interval finds one that was lost.
+                    try:
+                        await asyncio.wait_for(queue.get(), self._poll_interval())
+                        heard = True
+                    except TimeoutError:
+                        heard = False
+                fresh = await self._run_or_404(r.run_id)
+                if heard or fresh.status is not run.status:
+                    yield views.run(fresh)
+                run = fresh
         finally:
             self.supervisor.unlisten_state(r.run_id, queue)
 

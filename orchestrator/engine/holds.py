@@ -10,6 +10,9 @@ admission before it starts a pending run.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from orchestrator.engine.messages import Message
 from storage.records import RunRecord, RunStatus
 
@@ -21,6 +24,10 @@ class Holds:
     def __init__(self) -> None:
         self._runs: dict[str, list[Message]] = {}
         self.workflows: set[str] = set()
+        # Runs whose pause or resume this daemon is committing: memory and storage disagree
+        # until it is done, which the cluster's move pass must not take for another
+        # daemon's doing.
+        self._changing: dict[str, int] = {}
 
     # ------------------------------------------------------------------ runs
 
@@ -41,6 +48,24 @@ class Holds:
             return False
         kept.append(message)
         return True
+
+    def runs(self) -> list[str]:
+        """The runs paused here."""
+        return list(self._runs)
+
+    @contextlib.contextmanager
+    def changing(self, run_id: str) -> Iterator[None]:
+        """Around this daemon's commit of a pause or a resume of ``run_id``."""
+        self._changing[run_id] = self._changing.get(run_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._changing.pop(run_id) - 1
+            if left:
+                self._changing[run_id] = left
+
+    def is_changing(self, run_id: str) -> bool:
+        return run_id in self._changing
 
     def forget(self, run_id: str) -> None:
         """The run ended: nothing is kept for it any more."""

@@ -42,6 +42,10 @@ log = structlog.get_logger("wf")
 BULK_CHUNK = 256
 """Runs a bulk action moves at once: their commits share transactions (group commit)."""
 
+RECHECK = 1.0
+"""Seconds between re-reads of a run an operation waits on (the fallback for a status change
+announced by another daemon and lost)."""
+
 WaitFor = Callable[[str, float | None], Awaitable[storage.RunRecord]]
 
 _RUN_STATUS = storage.RunStatus
@@ -70,6 +74,9 @@ class RunOperations:
         self._wait_for = wait_for
         self.holds = supervisor.holds
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Runs whose cancel was handed to their actor here (until they end): the cluster's
+        # move pass does not hand it over again.
+        self.cancels_delivered: set[str] = set()
 
     async def _run_or_404(self, run_id: str) -> storage.RunRecord:
         run = await self._storage.get_run(run_id)
@@ -110,6 +117,7 @@ class RunOperations:
 
     def _carry_out(self, run: storage.RunRecord, cancel: Cancel) -> None:
         """Deliver a cancel already requested in storage."""
+        self.cancels_delivered.add(run.run_id)
         if run.status is _RUN_STATUS.PENDING:
             self._admission.forget(run.run_id)  # its actor ends it, with its journal
         self._supervisor.deliver(run.run_id, cancel, resuming=True)
@@ -148,6 +156,8 @@ class RunOperations:
         run = await self.pause_run(await self._run_or_404(run_id))
         if not run.is_terminal and run.status is not _RUN_STATUS.PAUSED and (
             self._supervisor.has_actor(run_id)
+            # In a cluster a running run may have its actor on another daemon.
+            or (self._supervisor.owner is not None and run.status is _RUN_STATUS.RUNNING)
         ):
             # Running: held once its in-flight step is recorded. Answer then (or after the
             # grace); the pause is durable either way.
@@ -161,6 +171,10 @@ class RunOperations:
             raise errors.RunNotActive(run.run_id, str(run.status), "pause")
         if run.paused:
             return run
+        with self.holds.changing(run.run_id):
+            return await self._pause_run(run)
+
+    async def _pause_run(self, run: storage.RunRecord) -> storage.RunRecord:
         # In memory first: from here on its actor holds it and deliveries are kept, so a park
         # or a resolution racing with the commit below cannot slip past the pause.
         self.holds.pause(run.run_id)
@@ -218,6 +232,10 @@ class RunOperations:
                 except storage.InvalidOperation as exc:
                     raise errors.RunNotActive(run.run_id, "running", "resume") from exc
             raise errors.RunNotActive(run.run_id, str(run.status), "resume")
+        with self.holds.changing(run.run_id):
+            return await self._resume_run(run)
+
+    async def _resume_run(self, run: storage.RunRecord) -> storage.RunRecord:
         live = self._supervisor.has_actor(run.run_id)
         # A run held mid-body by its actor commits "running" itself as it goes on; a parked
         # one is "waiting" with its resume flag set (recovery restarts it if we crash now).
@@ -235,8 +253,35 @@ class RunOperations:
             return stored
         if stored.status is _RUN_STATUS.WAITING and run.status is _RUN_STATUS.PAUSED:
             self._supervisor.publish_state(run.run_id, "waiting", run.workflow_id)
-        self._supervisor.resume_held(run.run_id, kept)
+        if live or self._supervisor.drives(run.run_id):
+            self._supervisor.resume_held(run.run_id, kept)
+        # else another daemon drives it (its move pass resumes it, woken by NOTIFY), or nobody
+        # does yet (whoever claims it finds it waiting with its resume flag set).
         return stored
+
+    def paused_elsewhere(self, run: storage.RunRecord) -> None:
+        """Another daemon paused ``run``, which this daemon drives: hold it here as if paused
+        here (its actor stops before the next step, resolutions are kept for the resume)."""
+        if not self.holds.is_paused(run.run_id):
+            self.holds.pause(run.run_id)
+            log.info("run.paused_elsewhere", run_id=run.run_id, workflow_id=run.workflow_id)
+
+    def resumed_elsewhere(self, run: storage.RunRecord) -> None:
+        """A run held here whose pause another daemon lifted (or that ended there): lift it
+        here too, as after a resume of ours. A run parked here replays its journal rather
+        than going on warm: resolutions recorded by other daemons meanwhile are only there."""
+        kept = self.holds.resume(run.run_id)
+        if kept is None or run.is_terminal:
+            return
+        log.info("run.resumed_elsewhere", run_id=run.run_id, workflow_id=run.workflow_id,
+                 kept=len(kept))
+        if run.status is _RUN_STATUS.PENDING:
+            if not self._supervisor.knows(run.run_id):
+                self._spawn(self._admission.release(run), f"release:{run.run_id}")
+        elif self._supervisor.has_actor(run.run_id):
+            self._supervisor.resume_held(run.run_id, kept)  # held mid-body: it goes on
+        elif self._supervisor.drives(run.run_id):
+            self._supervisor.resume_from_journal(run.run_id)
 
     async def resume_workflow(self, workflow_id: str) -> JSONDict:
         if self._registry.get(workflow_id) is None and workflow_id not in self.holds.workflows:
@@ -341,8 +386,10 @@ class RunOperations:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
+                # Re-read at least every RECHECK: the change may be another daemon's and its
+                # announcement lost (SPEC §13).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(queue.get(), remaining)
+                    await asyncio.wait_for(queue.get(), min(remaining, RECHECK))
                 run = await self._run_or_404(run_id)
             return run
         finally:

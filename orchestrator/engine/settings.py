@@ -22,6 +22,8 @@ class Settings:
     max_payload_bytes: int = 2_097_152
     max_journal_entries: int = 100_000
     deadlock_timeout: float = 2.0
+    # Many daemons: seconds between the cluster loop's polls (None: min(1 s, lease/3)).
+    cluster_poll: float | None = None
     # Embedders and tests keep everything unless they say otherwise; the daemon passes the
     # config's [retention] ages (SPEC defaults 30d/90d/7d).
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
@@ -36,6 +38,7 @@ class Settings:
             max_payload_bytes=config.limits.max_payload_bytes,
             max_journal_entries=config.limits.max_journal_entries,
             deadlock_timeout=config.runtime.deadlock_timeout,
+            cluster_poll=config.daemon.poll,
             retention=RetentionPolicy(
                 completed=config.retention.completed,
                 failed=config.retention.failed,

@@ -301,6 +301,10 @@ class Supervisor:
         """Record a run this daemon claimed in bulk (a takeover)."""
         self._owned.add(run_id)
 
+    def drives(self, run_id: str) -> bool:
+        """This daemon drives the run: always with one daemon; in a cluster, once claimed."""
+        return self.owner is None or run_id in self._owned
+
     async def _fail_internal(self, actor: RunActor, cause: BaseException) -> None:
         try:
             await actor.fail_internal(cause)
@@ -413,6 +417,13 @@ class Supervisor:
     def publish_state(self, run_id: str, status: str, workflow_id: str | None = None) -> None:
         """A status change of the run was committed: tell its watchers and the change feed."""
         self.changes.publish(run_id, status, workflow_id)
+        for queue in self._state_listeners.get(run_id, ()):
+            queue.put_nowait(status)
+
+    def relay_state(self, run_id: str, status: str, workflow_id: str | None = None) -> None:
+        """Another daemon committed and announced a status change of the run (SPEC §13): tell
+        its watchers here and this daemon's change feed (not its metrics)."""
+        self.changes.relay(run_id, status, workflow_id)
         for queue in self._state_listeners.get(run_id, ()):
             queue.put_nowait(status)
 

@@ -14,15 +14,16 @@ the one-process tools (tests, ``wf migrate --to``) that must have the database t
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
 import asyncpg
 
 from storage import errors, ops, records
-from storage.postgres import schema
+from storage.postgres import notify, schema
 from storage.postgres.dialect import to_postgres
 from storage.postgres.search import trigram_search
 from storage.postgres.translate import translate_errors
@@ -32,6 +33,7 @@ from storage.sqlite.storage import SQLiteStorage, list_runs_query
 from storage.tally import CommitTally
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 DAEMON_LOCK = 0x77666467  # pg_try_advisory_lock key: one daemon per database in phase 1 ("wfdg")
 
@@ -46,6 +48,10 @@ class _Conn:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
+
+    @property
+    def raw(self) -> asyncpg.Connection:
+        return self._conn
 
     async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(await self._conn.fetch(to_postgres(sql), *params))
@@ -81,6 +87,7 @@ class PostgresStorage:
         self._timer_reader = timers  # the scheduler's own connection, as on SQLite
         self._settings: dict[str, str] = {}
         self._shared = False  # opened for many daemons (not exclusive)
+        self._daemon_id: str | None = None  # set by fence(): not notified of its own writes
 
     @classmethod
     @asynccontextmanager
@@ -157,16 +164,52 @@ class PostgresStorage:
     # --- writes --------------------------------------------------------------------------------
 
     def fence(self, daemon_id: str, lease: float) -> None:
+        self._daemon_id = daemon_id
         self._writer.fence(daemon_id, lease)
 
     async def commit(self, batch: Sequence[ops.WriteOp[Any]]) -> list[Any]:
         if not batch:
             return []
-        return await self._writer.submit(batch)
+        results = await self._writer.submit(batch)
+        await self._notify_owners(batch, results)
+        return results
 
     async def execute(self, op: ops.WriteOp[R]) -> R:
-        result: R = (await self._writer.submit((op,)))[0]
-        return result
+        return cast(R, (await self.commit((op,)))[0])
+
+    async def _notify_owners(self, batch: Sequence[ops.WriteOp[Any]], results: list[Any]) -> None:
+        """After COMMIT returned: wake the owners of the runs ``batch`` resolved, cancelled or
+        paused (SPEC §13). Only with many daemons; a failure here loses no data (the owner's
+        poll finds the change), so it is logged, never raised to a caller whose op committed."""
+        if not self._shared:
+            return
+        runs = notify.runs_to_wake(batch, results)
+        if not runs:
+            return
+        try:
+            async with self._readers.connection() as conn:
+                await conn.raw.execute(notify.NOTIFY_OWNERS, sorted(runs), self._daemon_id)
+        except Exception as exc:  # the poll is the fallback
+            log.warning("notify.failed: %r", exc)
+
+    async def listen_for_runs(
+        self,
+        daemon_id: str,
+        on_wake: Callable[[str | None], None],
+        on_states: Callable[[Sequence[records.StatusChange]], None],
+    ) -> None:
+        await notify.listen(self.url, daemon_id, on_wake, on_states)
+
+    async def announce_states(
+        self, daemon_id: str, changes: Sequence[records.StatusChange]
+    ) -> None:
+        if not self._shared or not changes:
+            return
+        try:
+            async with self._readers.connection() as conn:
+                await conn.raw.execute(notify.NOTIFY_STATES, notify.pack_states(daemon_id, changes))
+        except Exception as exc:  # a hint: the listeners' polls are the fallback
+            log.warning("notify.states_failed: %r", exc)
 
     async def create_run(self, run: ops.CreateRun) -> ops.RunCreated:
         return await self.execute(run)
@@ -240,6 +283,9 @@ class PostgresStorage:
 
     async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
         return await SQLiteStorage.owned_runs_to_move(self._sql, daemon_id)
+
+    async def paused_runs(self, daemon_id: str, among: Sequence[str] = ()) -> list[str]:
+        return await SQLiteStorage.paused_runs(self._sql, daemon_id, among)
 
     async def throttle_starts(self, since: float) -> list[tuple[str, float]]:
         return await SQLiteStorage.throttle_starts(self._sql, since)

@@ -90,10 +90,22 @@ def claim_run(conn: sqlite3.Connection, op: ops.ClaimRun) -> int | None:
     return None if row is None else int(row[0])
 
 
+_LIVE = ", ".join(f"'{s.value}'" for s in sorted(records.NON_TERMINAL_STATUSES))
+# An ended run keeps its owner and its cancel request: not one to move.
 OWNED_TO_RESUME = (
     "SELECT run_id FROM runs WHERE owner = ? AND ((status = 'waiting' AND needs_resume = 1) "
-    "OR cancel_requested IS NOT NULL) ORDER BY priority DESC, number"
+    f"OR (cancel_requested IS NOT NULL AND status IN ({_LIVE}))) ORDER BY priority DESC, number"
 )
+
+_PAUSED = f"(paused = 1 OR status = 'paused') AND status IN ({_LIVE})"
+OWNED_PAUSED = f"SELECT run_id FROM runs WHERE owner = ? AND {_PAUSED}"
+PAUSED_CHUNK = 500  # run ids per "IN (...)" of paused_among: far below either backend's limit
+
+
+def paused_among(count: int) -> str:
+    """The paused runs among ``count`` run ids (bound after the SQL)."""
+    marks = ", ".join("?" for _ in range(count))
+    return f"SELECT run_id FROM runs WHERE run_id IN ({marks}) AND {_PAUSED}"
 
 
 _CLAIMABLE = tuple(sorted(s.value for s in records.NON_TERMINAL_STATUSES))

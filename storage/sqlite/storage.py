@@ -251,8 +251,29 @@ class SQLiteStorage:
     async def list_daemons(self) -> list[records.DaemonRecord]:
         return [daemons.daemon_from_row(r) for r in await self._fetch(daemons.LIST_DAEMONS)]
 
+    async def listen_for_runs(
+        self,
+        daemon_id: str,
+        on_wake: Callable[[str | None], None],
+        on_states: Callable[[Sequence[records.StatusChange]], None],
+    ) -> None:
+        return  # one daemon per file: nobody else resolves our runs
+
+    async def announce_states(
+        self, daemon_id: str, changes: Sequence[records.StatusChange]
+    ) -> None:
+        return  # one daemon per file: nobody else to tell
+
     async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
         return [r[0] for r in await self._fetch(daemons.OWNED_TO_RESUME, (daemon_id,))]
+
+    async def paused_runs(self, daemon_id: str, among: Sequence[str] = ()) -> list[str]:
+        found = {r[0] for r in await self._fetch(daemons.OWNED_PAUSED, (daemon_id,))}
+        ids = sorted(set(among) - found)
+        for start in range(0, len(ids), daemons.PAUSED_CHUNK):
+            chunk = ids[start:start + daemons.PAUSED_CHUNK]
+            found.update(r[0] for r in await self._fetch(daemons.paused_among(len(chunk)), chunk))
+        return sorted(found)
 
     async def throttle_starts(self, since: float) -> list[tuple[str, float]]:
         found = await self._fetch(

@@ -239,6 +239,16 @@ async def gated(input: dict[str, Any], ctx: Context) -> str:
     return "done"
 
 
+@workflow(id="e2e-started-gated",
+          description="Step 'first', then 'gated' waits for input['gate'], then 'after'.")
+async def started_gated(input: dict[str, Any], ctx: Context) -> str:
+    # Its first commit says "running": a pause through another daemon sees a started run.
+    await ctx.step("first", _note, input["ledger"], "first")
+    await ctx.step("gated", _gated, input["marker"], input["gate"], input["ledger"])
+    await ctx.step("after", _note, input["ledger"], "after")
+    return "done"
+
+
 def _flaky(fix: str, ledger: str) -> str:
     if not Path(fix).exists():
         raise FatalError("not fixed yet", code="E2E_FLAKY")

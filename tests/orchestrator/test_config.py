@@ -25,6 +25,7 @@ def test_defaults_match_the_spec(tmp_path: Path) -> None:
     assert cfg.daemon.shutdown_grace == 10.0
     assert cfg.daemon.max_request_bytes == 16777216
     assert cfg.daemon.max_recoveries == 5
+    assert cfg.daemon.poll is None  # min(1 s, lease/3)
     assert cfg.storage.path == tmp_path.resolve() / "wf.db"
     assert cfg.storage.synchronous == "full"
     assert cfg.storage.url == ""  # SQLite at storage.path
@@ -100,6 +101,8 @@ format = "console"
         ("[daemon]\nshutdown_grace = 'soon'\n", "daemon.shutdown_grace"),
         ("[daemon]\nmax_request_bytes = -1\n", "daemon.max_request_bytes"),
         ("[daemon]\nmax_recoveries = 0\n", "daemon.max_recoveries"),
+        ("[daemon]\npoll = 0\n", "daemon.poll"),
+        ("[daemon]\npoll = 'often'\n", "daemon.poll"),
         ("[storage]\npath = ''\n", "storage.path"),
         ("[storage]\nsynchronous = 'off'\n", "storage.synchronous"),
         ("[storage]\nurl = 'mysql://db/wf'\n", "storage.url"),
@@ -176,3 +179,7 @@ def test_traces_without_the_otel_extra_are_a_start_up_error(
     monkeypatch.setattr(importlib.util, "find_spec", without_otel)
     with pytest.raises(ConfigError, match=rf"{key}: traces need the 'otel' extra"):
         load_config(write(tmp_path, text))
+
+
+def test_daemon_poll_takes_a_duration(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "[daemon]\npoll = '5s'\n")).daemon.poll == 5.0

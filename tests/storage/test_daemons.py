@@ -129,3 +129,39 @@ async def test_a_run_is_claimed_by_one_daemon_and_its_resolutions_are_found_by_t
         await db.execute("UPDATE runs SET status = 'waiting', needs_resume = 1")
     assert await storage.owned_runs_to_move("d1") == ["r1"]
     assert await storage.owned_runs_to_move("d2") == []
+
+
+async def test_an_ended_run_is_not_moved_for_its_leftover_cancel_request(
+    storage: st.Storage,
+) -> None:
+    """An ended run keeps its owner and its cancel request: the owner's poll skips it."""
+    await make_run(storage, "r1")
+    assert await storage.execute(st.ClaimRun("d1", "r1")) == 1
+    await storage.execute(st.RequestCancel("r1", at=2.0, reason="x"))
+    assert await storage.owned_runs_to_move("d1") == ["r1"]
+    await storage.execute(st.UpdateRun("r1", at=3.0, status=st.RunStatus.CANCELLED,
+                                       finished_at=3.0))
+    assert await storage.owned_runs_to_move("d1") == []
+
+
+async def test_paused_runs_are_the_owners_and_those_asked_about(storage: st.Storage) -> None:
+    """What the owner's poll compares with the pauses it holds in memory (SPEC §13): its own
+    paused runs (flag or status) and, among the runs named, those paused, never ended ones."""
+    for run_id in ("mine", "parked", "free", "theirs", "done", "plain"):
+        await make_run(storage, run_id)
+    for run_id in ("mine", "parked", "done", "plain"):
+        assert await storage.execute(st.ClaimRun("d1", run_id)) == 1
+    assert await storage.execute(st.ClaimRun("d2", "theirs")) == 1
+    async with raw(storage) as db:
+        await db.execute("UPDATE runs SET status = 'waiting' WHERE run_id = 'parked'")
+    for run_id in ("mine", "parked", "free", "theirs", "done"):
+        await storage.execute(st.RequestPause(run_id, at=2.0))
+    await storage.execute(st.UpdateRun("done", at=3.0, status=st.RunStatus.COMPLETED,
+                                       finished_at=3.0))
+    assert (await storage.get_run("parked")).status is st.RunStatus.PAUSED  # type: ignore[union-attr]
+    assert await storage.paused_runs("d1") == ["mine", "parked"]
+    assert await storage.paused_runs("d1", ["free", "plain", "gone"]) == ["free", "mine",
+                                                                           "parked"]
+    assert await storage.paused_runs("d2", [f"x{i}" for i in range(1200)]) == ["theirs"]
+    await storage.execute(st.ResumeRun("parked", at=4.0, status=st.RunStatus.WAITING))
+    assert await storage.paused_runs("d1") == ["mine"]
