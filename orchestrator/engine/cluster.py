@@ -8,6 +8,8 @@ Every tick (a third of the lease, at most a second) a daemon in a cluster:
   once more per takeover), a waiting one with a resolution resumes, a cancel is carried out;
 - re-reads the earliest timer, so timers of adopted runs fire here (claims are SKIP LOCKED:
   each fires once whichever daemon gets it);
+- admits queued runs of concurrency groups with room (``AdmitRuns``, flow control's safety
+  net: the daemon where a slot frees admits the next run at once, this catches the rest);
 - resumes its own runs that another daemon resolved or cancelled (the resolution is recorded
   there; the owner finds it here within a tick, instead of a LISTEN/NOTIFY hop for now).
 """
@@ -35,6 +37,7 @@ class ClusterLoop:
         take_over: Callable[[list[storage.RunRecord]], Awaitable[int]],
         move: Callable[[storage.RunRecord], Awaitable[None]],
         timer_due: Callable[[float], None],
+        pump: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._storage = storage_
         self.daemon_id = daemon_id
@@ -43,6 +46,7 @@ class ClusterLoop:
         self._take_over = take_over
         self._move = move
         self._timer_due = timer_due
+        self._pump = pump
         self._task: asyncio.Task[None] | None = None
         self.adopted = 0
 
@@ -75,6 +79,10 @@ class ClusterLoop:
         if claimed:
             self.adopted += await self._take_over(claimed)
             log.info("runs.adopted", runs=len(claimed))
+        if self._pump is not None:
+            # Flow control's safety net: queued runs whose slot freed without a pump reaching
+            # them (a lock was busy, a pause was lifted, a limit was raised) start within a tick.
+            await self._pump()
         due = await self._storage.next_timer_due()
         if due is not None:
             self._timer_due(due)

@@ -9,7 +9,7 @@ import sqlite3
 from typing import Any
 
 from storage import ops
-from storage.sqlite import daemons, mutations
+from storage.sqlite import admission, daemons, mutations
 
 _SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 
@@ -51,7 +51,33 @@ def rescue_daemons(conn: sqlite3.Connection, op: ops.RescueDaemons) -> tuple[str
     return daemons.rescue_daemons(conn, op, lock=_SKIP_LOCKED)
 
 
+class AdvisoryLocks:
+    """Admission's locks (``storage.sqlite.admission``): transaction advisory locks on a
+    64-bit hash of the name, released when the batch's transaction ends."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def lock(self, name: str) -> None:
+        self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", ("wf:" + name,))
+
+    def try_lock(self, name: str) -> bool:
+        row = self._conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(?, 0))",
+                                 ("wf:" + name,)).fetchone()
+        return bool(row[0])
+
+
+def admit_runs(conn: sqlite3.Connection, op: ops.AdmitRuns) -> ops.Admitted:
+    return admission.admit_runs(conn, op, locks=AdvisoryLocks(conn))
+
+
+def debounce_submit(conn: sqlite3.Connection, op: ops.DebounceSubmit) -> ops.DebouncedCreated:
+    return admission.debounce_submit(conn, op, locks=AdvisoryLocks(conn))
+
+
 APPLY: dict[type[Any], mutations.Apply] = {
+    ops.AdmitRuns: admit_runs,
+    ops.DebounceSubmit: debounce_submit,
     ops.RescueDaemons: rescue_daemons,
     ops.ClaimDueTimers: claim_due_timers,
     ops.ClaimRuns: claim_runs,

@@ -31,7 +31,7 @@ from storage import errors, ops
 from storage.postgres import claims, retention
 from storage.postgres.dialect import SyncConnection
 from storage.postgres.translate import is_batch_fatal, translate
-from storage.sqlite import daemons, interventions, journal_edits, mutations, schedules
+from storage.sqlite import admission, daemons, interventions, journal_edits, mutations, schedules
 from storage.sqlite.daemons import DB_NOW
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ _Request = tuple[Sequence[ops.WriteOp[Any]], "asyncio.Future[list[Any]]"]
 _Outcome = tuple["asyncio.Future[list[Any]]", bool, Any]
 _APPLY: dict[type[Any], mutations.Apply] = {
     **mutations.APPLY, **schedules.APPLY, **interventions.APPLY, **retention.APPLY,
-    **journal_edits.APPLY, **daemons.APPLY, **claims.APPLY,
+    **journal_edits.APPLY, **daemons.APPLY, **admission.APPLY, **claims.APPLY,
 }
 # The writer's lease check, first in every batch of a fenced daemon (SPEC §13).
 _FENCE = f"SELECT 1 FROM daemons WHERE daemon_id = ? AND lease_until > {DB_NOW} FOR SHARE"

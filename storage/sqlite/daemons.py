@@ -106,6 +106,9 @@ def claim_runs_sql(lock: str = "") -> str:
     return (
         "UPDATE runs SET owner = ?, epoch = epoch + 1 WHERE run_id IN ("
         f"SELECT run_id FROM runs WHERE owner IS NULL AND status IN ({marks}) "
+        # A pending run whose start is still to come is nobody's: its start timer fires on
+        # whichever daemon claims the timer, and that daemon's actor claims the run then.
+        f"AND NOT (status = 'pending' AND coalesce(scheduled_at, 0) > {DB_NOW}) "
         f"ORDER BY priority DESC, number LIMIT ?{lock}) RETURNING {rows.RUN_COLUMNS}, epoch"
     )
 
