@@ -195,6 +195,7 @@ class Engine(service.ServiceMethods):
             )
             self.supervisor.owner = self.lease.daemon_id
             self.admission.share(self.lease.daemon_id)
+            self.admission.disown = self.supervisor.disown
         recovered = await self._recover()
         await self.scheduling.after_recovery()
         fired = await self.timers.fire_due()  # schedules missed while down fire here, collapsed

@@ -299,6 +299,11 @@ class Supervisor:
         """Record a run this daemon claimed in bulk (a takeover)."""
         self._owned.add(run_id)
 
+    def disown(self, run_id: str) -> None:
+        """This daemon does not drive the run any more (queued for admission across daemons,
+        which may let it start elsewhere): an actor for it claims it first again."""
+        self._owned.discard(run_id)
+
     async def _fail_internal(self, actor: RunActor, cause: BaseException) -> None:
         try:
             await actor.fail_internal(cause)

@@ -155,14 +155,20 @@ class _Decision:
                                                  updated_at=self.op.at))
 
     def queue(self, run: records.RunRecord, groups: tuple[ops.GroupKey, ...]) -> None:
+        """Queue ``run`` on ``groups``. A queued run is nobody's (``ClaimRuns`` leaves it
+        alone): whichever daemon's pump admits it claims it then, and no other daemon still
+        believes it drives it."""
         self.conn.executemany("INSERT OR IGNORE INTO run_groups (grp, run_id) VALUES (?, ?)",
                               [(group_text(g), run.run_id) for g in groups])
+        self.conn.execute("UPDATE runs SET owner = NULL WHERE run_id = ? AND owner IS NOT NULL",
+                          (run.run_id,))
 
     def queued_in(self, group: ops.GroupKey, limit: int) -> list[records.RunRecord]:
         found = self.conn.execute(
             f"SELECT {_R_COLUMNS} FROM run_groups g JOIN runs r ON r.run_id = g.run_id "
-            f"WHERE g.grp = ? AND {_QUEUED} ORDER BY r.priority DESC, r.number LIMIT ?",
-            (group_text(group), self.op.at, self.op.at, limit)).fetchall()
+            f"WHERE g.grp = ? AND {_QUEUED} AND (r.owner IS NULL OR r.owner = ?) "
+            "ORDER BY r.priority DESC, r.number LIMIT ?",
+            (group_text(group), self.op.at, self.op.at, self.op.daemon_id, limit)).fetchall()
         return [rows.run_from_row(r) for r in found]
 
     # --------------------------------------------------------------- the pump

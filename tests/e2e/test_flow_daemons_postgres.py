@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,12 @@ from tests.e2e.test_flow_control import WORKFLOWS, peak_per_key, read_ledger
 pytestmark = pytest.mark.slow
 
 LEASE = 1.0
+
+
+def _once_each(ledger: list[list[Any]]) -> None:
+    """No run was driven by two daemons: one start and one end line per run."""
+    lines = Counter((line[1], line[2]) for line in ledger)
+    assert set(lines.values()) == {1}, [k for k, n in lines.items() if n > 1]
 
 
 def _daemon(make_daemon: Callable[..., Daemon], url: str) -> Daemon:
@@ -92,6 +99,7 @@ async def test_concurrency_one_holds_across_two_daemons_and_every_run_completes(
     entries = read_ledger(ledger)
     peaks = peak_per_key(entries, {r["run_id"]: r["output"] for r in done}, -1, 0.0)
     assert peaks == {"all": 1}
+    _once_each(entries)
 
 
 async def test_a_keyed_concurrency_two_holds_per_key_across_two_daemons(
@@ -102,7 +110,9 @@ async def test_a_keyed_concurrency_two_holds_per_key_across_two_daemons(
     run_ids = await _submit_alternately(pair, "flow-pair", inputs)
     done = await _wait_all(pair[1], run_ids)
     assert {run["status"] for run in done} == {"completed"}
-    peaks = peak_per_key(read_ledger(ledger), {r["run_id"]: r["output"] for r in done}, -1, 0.0)
+    entries = read_ledger(ledger)
+    _once_each(entries)
+    peaks = peak_per_key(entries, {r["run_id"]: r["output"] for r in done}, -1, 0.0)
     assert set(peaks) == {"k0", "k1", "k2"}
     assert max(peaks.values()) <= 2, peaks
     assert 2 in peaks.values()  # the limit was reached: the check had something to check
@@ -120,7 +130,7 @@ async def test_a_throttle_spaces_starts_across_two_daemons(
     admitted = sorted(r[0] for r in await _fetch(
         pg_url, "SELECT admitted_at FROM runs WHERE workflow_id = 'flow-spaced'"))
     assert len(admitted) == 4
-    assert all(b - a >= 1.0 for a, b in itertools.pairwise(admitted)), admitted
+    assert all(b - a >= 0.999 for a, b in itertools.pairwise(admitted)), admitted
     starts = sorted(run["started_at"] for run in done)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(gap >= 0.8 for gap in gaps), gaps  # generous: a start follows its admission

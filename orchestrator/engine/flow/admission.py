@@ -85,6 +85,9 @@ class Admission:
         # Many daemons (SPEC §13): this daemon's id once admission is decided in the database
         # (``share``); None with one daemon, whose decisions stay in memory as above.
         self.daemon_id: str | None = None
+        # Told when this daemon no longer drives a run it offered (queued, throttled, taken
+        # by another daemon): an actor started for it later must claim it first.
+        self.disown: Callable[[str], None] = lambda run_id: None
         self.rules = self.limits.rules(
             (d.id, rule_of(d.throttle)) for d in registry if d.throttle is not None)
 
@@ -186,6 +189,8 @@ class Admission:
             for queued in result.replaced_queued:
                 self._spawn(self._end(queued, "CONCURRENCY_REPLACED", reason))
         mine = self._start_admitted(result.admitted, run.run_id)
+        if mine is None:
+            self.disown(run.run_id)
         if result.offered == "refused" and result.group is not None:
             return await self._end(
                 run, "CONCURRENCY_LIMIT",
@@ -399,6 +404,7 @@ class Admission:
         if self.daemon_id is not None and plan.groups:
             # Admitted, then held back by a pause before it started: its slots go back.
             self.gate.release(run_id)
+            self.disown(run_id)
             self._spawn(self.pump_shared(plan.groups, release=(run_id,)))
         elif self.gate.holds(run_id):  # let start, then held back by its actor: not started
             self._start_entries(self.gate.release(run_id))
