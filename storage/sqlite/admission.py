@@ -222,8 +222,8 @@ def admit_runs(conn: sqlite3.Connection, op: ops.AdmitRuns, *, locks: Locks = NO
     d.lock(names)
     if op.release:
         marks = ", ".join("?" for _ in op.release)
-        conn.execute(f"UPDATE runs SET admitted_at = NULL WHERE run_id IN ({marks}) "
-                     "AND status = 'pending'", op.release)
+        conn.execute(f"UPDATE runs SET admitted_at = NULL, owner = NULL WHERE run_id IN "
+                     f"({marks}) AND status = 'pending'", op.release)
     result = ops.Admitted("none")
     if op.offer is not None:
         result = _offer(d, offer, offer_groups)
