@@ -195,3 +195,20 @@ async def test_two_writers_on_one_postgres_never_admit_above_the_limit(
             assert sum(res.offered == "admitted" for res in results) == 2
     finally:
         await pg.drop_database(pg_cluster, url)
+
+
+async def test_a_queued_run_is_nobodys_until_a_pump_admits_it(storage: st.Storage) -> None:
+    """Queueing clears the run's owner and ``ClaimRuns`` leaves it alone, so no daemon but
+    the one whose pump admits it believes it drives it."""
+    await make_run(storage, "holder", flow=GROUP)
+    await make_run(storage, "queued", flow=GROUP)
+    await storage.execute(_admit("holder"))
+    async with raw(storage) as db:
+        await db.execute("UPDATE runs SET owner = 'd2' WHERE run_id = 'queued'")
+    assert (await storage.execute(_admit("queued"))).offered == "queued"
+    assert await storage.execute(st.ClaimRuns("d3")) == ()
+    async with raw(storage) as db:
+        assert await db.fetch("SELECT owner FROM runs WHERE run_id = 'queued'") == [(None,)]
+    await _finish(storage, "holder")
+    pumped = await storage.execute(_admit(pump=(("g", None),), daemon="d3"))
+    assert [r.run_id for r in pumped.admitted] == ["queued"]
