@@ -279,9 +279,9 @@ class Admitted:
 
 @dataclass(frozen=True, slots=True)
 class AdmitRuns(WriteOp[Admitted]):
-    """Admission in the database, atomic across daemons (SPEC §2a, §13). Serialised per
-    concurrency group and throttle window (PostgreSQL: transaction advisory locks; SQLite has
-    one writer). Holders of a group are counted from the runs' stored status (running,
+    """Admission in the database, atomic across daemons (SPEC §2a, §13). Serialised with every
+    other admission decision (PostgreSQL: one transaction advisory lock; SQLite has one
+    writer). Holders of a group are counted from the runs' stored status (running,
     waiting, paused, or pending with ``admitted_at``), a throttle window from the stored
     ``admitted_at`` of its runs: nothing a crash can leak.
 
@@ -312,8 +312,8 @@ class DebouncedCreated:
 
 @dataclass(frozen=True, slots=True)
 class DebounceSubmit(WriteOp[DebouncedCreated]):
-    """A debounced submission across daemons, in one transaction serialised on
-    ``(workflow, key)``: collapse into the key's pending run whose start has not come
+    """A debounced submission across daemons, in one transaction serialised with every other
+    admission decision: collapse into the key's pending run whose start has not come
     (its start moves to ``at + period``, never past its creation + ``max_wait``; its expiry
     moves with it; ``trailing`` replaces the input), else create ``create``."""
 

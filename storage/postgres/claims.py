@@ -51,20 +51,19 @@ def rescue_daemons(conn: sqlite3.Connection, op: ops.RescueDaemons) -> tuple[str
     return daemons.rescue_daemons(conn, op, lock=_SKIP_LOCKED)
 
 
+# Admission's one lock (storage.sqlite.admission): "wfad" as a 64-bit advisory lock key.
+ADMISSION_LOCK = 0x77666164
+
+
 class AdvisoryLocks:
-    """Admission's locks (``storage.sqlite.admission``): transaction advisory locks on a
-    64-bit hash of the name, released when the batch's transaction ends."""
+    """Admission's lock: a transaction advisory lock, released when the batch's transaction
+    ends (commit or rollback)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def lock(self, name: str) -> None:
-        self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", ("wf:" + name,))
-
-    def try_lock(self, name: str) -> bool:
-        row = self._conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(?, 0))",
-                                 ("wf:" + name,)).fetchone()
-        return bool(row[0])
+    def lock(self) -> None:
+        self._conn.execute("SELECT pg_advisory_xact_lock(?::bigint)", (ADMISSION_LOCK,))
 
 
 def admit_runs(conn: sqlite3.Connection, op: ops.AdmitRuns) -> ops.Admitted:

@@ -3,10 +3,11 @@ transaction that many daemons serialise on (``AdmitRuns``), and a debounced subm
 collapses into the key's pending run whichever daemon receives it (``DebounceSubmit``).
 
 One definition for both backends. SQLite has one writer, so nothing needs locking there
-(``NO_LOCKS``); PostgreSQL passes transaction advisory locks (``storage.postgres.claims``):
-every group and throttle window the decision is about is locked before it is counted. The
-locks an op needs up front are taken in sorted order; those it meets on the way (a queued
-run's other groups) are only tried, and a run whose lock is busy is left for a later pump.
+(``NO_LOCKS``); PostgreSQL passes one transaction advisory lock (``storage.postgres.claims``)
+that every admission and debounce decision takes first, so decisions of all daemons are
+serialised. One lock, not one per group: a batch holds its locks until it commits and may carry
+several decisions, so per-group locks taken in op order deadlocked two daemons' batches (the
+deadlock detector's second stalled both writers past a 1 s lease in the e2e test).
 
 Nothing here is a counter: a group's holders are the runs in ``run_groups`` whose stored status
 holds a slot (running, waiting, paused, or pending with ``admitted_at``), its queue the pending
@@ -39,18 +40,15 @@ _BUSY_PUMP_GROUPS = 32  # groups the periodic safety net looks at per call
 
 
 class Locks(Protocol):
-    def lock(self, name: str) -> None: ...
-    def try_lock(self, name: str) -> bool: ...
+    def lock(self) -> None:
+        """Serialise this transaction with every other admission decision until it ends."""
 
 
 class _NoLocks:
     """SQLite: one writer, every transaction is alone."""
 
-    def lock(self, name: str) -> None:
+    def lock(self) -> None:
         return None
-
-    def try_lock(self, name: str) -> bool:
-        return True
 
 
 NO_LOCKS: Locks = _NoLocks()
@@ -73,42 +71,19 @@ def fairness(groups: Iterable[ops.GroupKey]) -> str:
     return next((key for _, key in groups if key is not None), "")
 
 
-def _group_lock(group: ops.GroupKey) -> str:
-    return "group:" + group_text(group)
-
-
-def _throttle_lock(window: str) -> str:
-    return "throttle:" + window
-
-
 class _Decision:
-    """The state of one ``AdmitRuns`` transaction: the locks it holds, the holders it counted."""
+    """The state of one ``AdmitRuns`` transaction: the holders it counted, what it admitted."""
 
-    def __init__(self, conn: sqlite3.Connection, op: ops.AdmitRuns, locks: Locks) -> None:
+    def __init__(self, conn: sqlite3.Connection, op: ops.AdmitRuns) -> None:
         self.conn = conn
         self.op = op
-        self.locks = locks
-        self.held: set[str] = set()
         self.holders: dict[ops.GroupKey, Counter[str]] = {}  # group -> fairness key -> count
         self.admitted: list[records.RunRecord] = []
-
-    def lock(self, names: Iterable[str]) -> None:
-        for name in sorted(set(names) - self.held):
-            self.locks.lock(name)
-            self.held.add(name)
-
-    def try_lock(self, name: str) -> bool:
-        if name in self.held:
-            return True
-        if not self.locks.try_lock(name):
-            return False
-        self.held.add(name)
-        return True
 
     # --------------------------------------------------------------- counting
 
     def count(self, group: ops.GroupKey) -> Counter[str]:
-        """The group's holders by fairness key (its lock is held)."""
+        """The group's holders by fairness key."""
         found = self.holders.get(group)
         if found is not None:
             return found
@@ -129,7 +104,7 @@ class _Decision:
         return limit is not None and sum(self.count(group).values()) >= limit
 
     def throttled_until(self, run: records.RunRecord) -> float | None:
-        """When the run's throttle window has room, if later than now (its lock is held)."""
+        """When the run's throttle window has room, if later than now."""
         rule = self.op.rules.throttle(run.workflow_id)
         if rule is None or run.throttle_key is None:
             return None
@@ -174,9 +149,9 @@ class _Decision:
     # --------------------------------------------------------------- the pump
 
     def pump(self, group: ops.GroupKey) -> None:
-        """Admit queued runs of ``group`` (its lock is held) while it has room: fewest holders
+        """Admit queued runs of ``group`` while it has room: fewest holders
         of their fairness key first, then priority, then age; a run starts only when each of
-        its other groups has room too (and its lock is free) and its throttle lets it."""
+        its other groups has room too and its throttle lets it."""
         limit = self.op.rules.limit(group)
         room = self.op.limit if limit is None else limit - sum(self.count(group).values())
         if room <= 0:
@@ -198,28 +173,20 @@ class _Decision:
         for other in plan_groups(run.flow):
             if other == pumped:
                 continue
-            if not self.try_lock(_group_lock(other)) or self.full(other):
+            if self.full(other):
                 return False
-        if run.throttle_key is not None and self.op.rules.throttle(run.workflow_id):
-            if not self.try_lock(_throttle_lock(run.throttle_key)):
-                return False
-            if self.throttled_until(run) is not None:
-                return False
-        return True
+        return self.throttled_until(run) is None
 
 
 def admit_runs(conn: sqlite3.Connection, op: ops.AdmitRuns, *, locks: Locks = NO_LOCKS
                ) -> ops.Admitted:
-    d = _Decision(conn, op, locks)
+    locks.lock()
+    d = _Decision(conn, op)
     offer = None
     if op.offer is not None:
         row = conn.execute(_SELECT_RUN, (op.offer,)).fetchone()
         offer = None if row is None else rows.run_from_row(row)
     offer_groups = () if offer is None else plan_groups(offer.flow)
-    names = [_group_lock(g) for g in (*offer_groups, *op.pump)]
-    if offer is not None and offer.throttle_key is not None:
-        names.append(_throttle_lock(offer.throttle_key))
-    d.lock(names)
     if op.release:
         marks = ", ".join("?" for _ in op.release)
         conn.execute(f"UPDATE runs SET admitted_at = NULL, owner = NULL WHERE run_id IN "
@@ -231,8 +198,7 @@ def admit_runs(conn: sqlite3.Connection, op: ops.AdmitRuns, *, locks: Locks = NO
         d.pump(group)
     if op.pump_queued:
         for group in _groups_with_queued(d):
-            if d.try_lock(_group_lock(group)):
-                d.pump(group)
+            d.pump(group)
     offered = result.offered
     if offered == "queued" and offer is not None and any(
             r.run_id == offer.run_id for r in d.admitted):
@@ -320,7 +286,7 @@ _DEBOUNCE_TARGET = (
 def debounce_submit(conn: sqlite3.Connection, op: ops.DebounceSubmit, *,
                     locks: Locks = NO_LOCKS) -> ops.DebouncedCreated:
     create = op.create
-    locks.lock("debounce:" + orjson.dumps([create.workflow_id, op.key]).decode())
+    locks.lock()
     now = create.created_at
     # Its start timer has not come due: the run has not been let start, so it may still move.
     row = conn.execute(_DEBOUNCE_TARGET, (create.workflow_id, now, op.key)).fetchone()

@@ -548,11 +548,12 @@ class Admission:
 
     def waits_for_slot(self, run: storage.RunRecord) -> bool:
         """A pending run whose concurrency groups have no room now (at recovery: it was
-        queued, not started). With many daemons: any run with groups or a throttle, which the
-        database admits (again, if it was admitted before its daemon died)."""
+        queued, not started). With many daemons: a run with groups or a throttle that the
+        database has not admitted (one it admitted may have started before its daemon died:
+        it restarts as any pending run does, counting a recovery, and holds its slots)."""
         plan = plan_of(run)
         if self.daemon_id is not None:
-            return run.status is storage.RunStatus.PENDING and (
+            return run.status is storage.RunStatus.PENDING and run.admitted_at is None and (
                 bool(plan.groups) or plan.throttle is not None)
         return bool(plan.groups) and self.gate.full(plan.groups) is not None
 
