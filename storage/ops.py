@@ -204,6 +204,126 @@ class ClaimRuns(WriteOp[tuple[ClaimedRun, ...]]):
     limit: int = 1000
 
 
+# --- flow control across daemons (issue 20, phase 3) --------------------------------------------
+
+GroupKey = tuple[str, str | None]
+"""A concurrency group ``(scope, key)``; ``key`` is None for an unkeyed limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleRule:
+    """``limit`` starts per ``period`` seconds, ``burst`` of them at once (SPEC §2a)."""
+
+    limit: int
+    period: float
+    burst: int
+
+    def next_start(self, times: list[float], now: float) -> float:
+        """The earliest time at or after ``now`` a start may happen after the sorted start
+        ``times``: the sliding window (no more than ``limit`` in any ``period``) and, with
+        ``burst < limit``, a cell-rate spacing of ``period / limit`` (GCRA)."""
+        at = now
+        if len(times) >= self.limit:
+            at = max(at, times[-self.limit] + self.period)
+        if self.burst < self.limit and times:
+            interval = self.period / self.limit
+            tat = times[0]
+            for t in times:
+                tat = max(tat, t) + interval
+            at = max(at, tat - (self.burst - 1) * interval)
+        return at
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRules:
+    """What the registered workflows declare, as data for an admission op (storage knows no
+    workflows): concurrency limits by ``(scope, keyed)``, limits of unkeyed groups whose scope
+    starts with a prefix (a schedule's own group), throttles by workflow id."""
+
+    limits: tuple[tuple[str, bool, int], ...] = ()
+    prefixes: tuple[tuple[str, int], ...] = ()
+    throttles: tuple[tuple[str, ThrottleRule], ...] = ()
+
+    def limit(self, group: GroupKey) -> int | None:
+        scope, key = group
+        for s, keyed, limit in self.limits:
+            if s == scope and keyed == (key is not None):
+                return limit
+        if key is None:
+            for prefix, limit in self.prefixes:
+                if scope.startswith(prefix):
+                    return limit
+        return None
+
+    def throttle(self, workflow_id: str) -> ThrottleRule | None:
+        return next((rule for wf, rule in self.throttles if wf == workflow_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """What :class:`AdmitRuns` decided. ``offered``: ``admitted`` (it may start here now),
+    ``queued`` (on ``group``, full), ``throttled`` (not before ``throttled_until``),
+    ``refused`` (``group`` full and its strategy is cancel-newest: the caller ends it),
+    ``gone`` (not a pending run, or admitted already by another daemon), ``none`` (no offer).
+    ``admitted`` lists every run the op let start (the offered one and queued ones a pump
+    took), each now owned by the caller. ``replaced_*``: cancel-in-progress found ``group``
+    full: its holders to cancel, its queued runs (taken out of every queue) to end."""
+
+    offered: Literal["admitted", "queued", "throttled", "refused", "gone", "none"]
+    admitted: tuple[records.RunRecord, ...] = ()
+    group: GroupKey | None = None
+    throttled_until: float | None = None
+    replaced_holders: tuple[str, ...] = ()
+    replaced_queued: tuple[records.RunRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitRuns(WriteOp[Admitted]):
+    """Admission in the database, atomic across daemons (SPEC §2a, §13). Serialised with every
+    other admission decision (PostgreSQL: one transaction advisory lock; SQLite has one
+    writer). Holders of a group are counted from the runs' stored status (running,
+    waiting, paused, or pending with ``admitted_at``), a throttle window from the stored
+    ``admitted_at`` of its runs: nothing a crash can leak.
+
+    ``offer``: a pending run that is due; it is queued on its groups and admitted if the
+    queue order lets it (``strategies``: the workflow's strategy per group of its plan).
+    ``release``: pending runs admitted but not started (held by a pause) go back to the
+    queue. ``pump``: groups where a slot may have freed; ``pump_queued``: every group with
+    due queued runs (a daemon's periodic safety net). Queued runs are taken fewest holders of
+    their fairness key first, then priority, then age; each admitted run becomes the caller's
+    (``owner``)."""
+
+    daemon_id: str
+    at: float
+    rules: FlowRules
+    offer: str | None = None
+    strategies: tuple[str, ...] = ()
+    pump: tuple[GroupKey, ...] = ()
+    release: tuple[str, ...] = ()
+    pump_queued: bool = False
+    limit: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class DebouncedCreated:
+    run: records.RunRecord
+    created: bool  # False: the submission collapsed into ``run``, or the run existed
+
+
+@dataclass(frozen=True, slots=True)
+class DebounceSubmit(WriteOp[DebouncedCreated]):
+    """A debounced submission across daemons, in one transaction serialised with every other
+    admission decision: collapse into the key's pending run whose start has not come
+    (its start moves to ``at + period``, never past its creation + ``max_wait``; its expiry
+    moves with it; ``trailing`` replaces the input), else create ``create``."""
+
+    create: CreateRun
+    key: str
+    period: float
+    max_wait: float | None
+    trailing: bool
+
+
 @_frozen_by_type
 class CreateRun(WriteOp[RunCreated]):
     """Insert a run, or return the stored one with the same ``run_id`` or the same

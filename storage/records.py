@@ -148,6 +148,9 @@ class RunRecord:
     """The W3C trace context the run was submitted with (a child: its parent's wait span)."""
     forked_from: JSON = None
     """``{"run_id", "from_step", "reason", "at"}`` when the run is a fork (SPEC §14), else None."""
+    admitted_at: float | None = None
+    """Many daemons: when admission let this pending run start (it holds its concurrency slots
+    from then on, and it is its throttle start); None otherwise and with one daemon."""
 
     @property
     def is_terminal(self) -> bool:

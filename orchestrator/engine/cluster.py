@@ -9,6 +9,8 @@ cluster:
   once more per takeover), a waiting one with a resolution resumes, a cancel is carried out;
 - re-reads the earliest timer, so timers of adopted runs fire here (claims are SKIP LOCKED:
   each fires once whichever daemon gets it);
+- admits queued runs of concurrency groups with room (``AdmitRuns``, flow control's safety
+  net: the daemon where a slot frees admits the next run at once, this catches the rest);
 - moves its own runs that another daemon resolved, cancelled, paused or resumed (recorded
   there; the owner finds it here within a tick): the "move pass".
 
@@ -51,6 +53,7 @@ class ClusterLoop:
         held: Callable[[], Collection[str]] = frozenset,
         on_states: Callable[[Sequence[storage.StatusChange]], None] = lambda _c: None,
         on_missed: Callable[[], None] = lambda: None,
+        pump: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._storage = storage_
         self.daemon_id = daemon_id
@@ -68,6 +71,7 @@ class ClusterLoop:
         self._unsent: list[storage.StatusChange] = []  # our changes not yet announced
         self._send = asyncio.Event()
         self._connections = 0
+        self._pump = pump
         self.adopted = 0
         self.woken = 0  # move passes a notification (or a reconnection) started
         self.announced = 0  # status changes announced to the other daemons
@@ -160,6 +164,10 @@ class ClusterLoop:
         if claimed:
             self.adopted += await self._take_over(claimed)
             log.info("runs.adopted", runs=len(claimed))
+        if self._pump is not None:
+            # Flow control's safety net: queued runs whose slot freed without a pump reaching
+            # them (a lock was busy, a pause was lifted, a limit was raised) start within a tick.
+            await self._pump()
         due = await self._storage.next_timer_due()
         if due is not None:
             self._timer_due(due)

@@ -195,10 +195,13 @@ class Engine(service.ServiceMethods):
                 claim_limit=self.settings.max_active_runs, take_over=self._take_over,
                 move=self._move_owned, timer_due=self._timer_stored, held=self.holds.runs,
                 on_states=self._heard_states, on_missed=self.supervisor.changes.missed,
+                pump=self.admission.pump_shared,
             )
             self.supervisor.owner = self.lease.daemon_id
             # Every status change committed here is announced to the other daemons.
             self.supervisor.changes.observers.append(self.cluster.state_changed)
+            self.admission.share(self.lease.daemon_id)
+            self.admission.disown = self.supervisor.disown
         recovered = await self._recover()
         await self.scheduling.after_recovery()
         fired = await self.timers.fire_due()  # schedules missed while down fire here, collapsed
@@ -217,6 +220,8 @@ class Engine(service.ServiceMethods):
 
     def _start_run(self, run: storage.RunRecord) -> None:
         """Admission let ``run`` start: give it an actor (or a place in the actor queue)."""
+        if run.admitted_at is not None and self.cluster is not None:
+            self.supervisor.owns(run.run_id)  # the admission claimed it for this daemon
         self.supervisor.deliver(run.run_id, known=run, resuming=run.recoveries > 0)
 
     def _cancel_started(self, run_id: str, cancel: Cancel) -> None:
@@ -505,6 +510,8 @@ class Engine(service.ServiceMethods):
         plan = self._plan(definition, run_input)
         if plan.debounce is None or r.run_id is not None or r.idempotency_key is not None:
             return await self._create(r, definition, run_input, plan)
+        if self.admission.daemon_id is not None:
+            return await self._debounce_shared(r, definition, run_input, plan)
         async with self.admission.debounce_guard(r.workflow_id, plan.debounce):
             target = self.admission.debounce_target(r.workflow_id, plan.debounce)
             if target is not None:
@@ -580,16 +587,42 @@ class Engine(service.ServiceMethods):
     async def _create(
         self, r: service.Submit, definition: WorkflowDefinition, run_input: Any, plan: Plan
     ) -> JSONDict:
-        op = self._run_op(
+        op = self._submit_op(r, definition, run_input, plan)
+        created = await self.storage.create_run(op)
+        if not created.created:
+            return views.run(created.run)
+        return await self._submitted(r, created.run, plan)
+
+    def _submit_op(self, r: service.Submit, definition: WorkflowDefinition, run_input: Any,
+                   plan: Plan) -> storage.CreateRun:
+        return self._run_op(
             definition, run_input, plan, run_id=r.run_id or new_run_id(), triggered_by="api",
             tags=tuple(r.tags), priority=r.priority, delay=_seconds(r.delay) or 0.0,
             ttl=_seconds(r.ttl), idempotency_key=r.idempotency_key,
             traceparent=_traceparent(r.traceparent),
         )
-        created = await self.storage.create_run(op)
-        run = created.run
-        if not created.created:
-            return views.run(run)
+
+    async def _debounce_shared(
+        self, r: service.Submit, definition: WorkflowDefinition, run_input: Any, plan: Plan
+    ) -> JSONDict:
+        """Many daemons: collapse into the key's pending run, or create it, in one transaction
+        serialised on (workflow, key) in the database, whichever daemon got the submission."""
+        spec = definition.debounce
+        assert spec is not None and plan.debounce is not None
+        done = await self.storage.execute(storage.DebounceSubmit(
+            self._submit_op(r, definition, run_input, plan), plan.debounce,
+            spec.period_seconds, spec.max_wait_seconds, spec.mode == "trailing"))
+        if done.created:
+            return await self._submitted(r, done.run, plan)
+        moved = done.run
+        if moved.scheduled_at is not None:
+            self.timers.notify(moved.scheduled_at)
+        log.info("run.debounced", run_id=moved.run_id, workflow_id=r.workflow_id)
+        return {**views.run(moved), "debounced": True}
+
+    async def _submitted(self, r: service.Submit, run: storage.RunRecord, plan: Plan
+                         ) -> JSONDict:
+        """A submitted run was just created: announce it, then admission or its timer."""
         log.info("run.submitted", run_id=run.run_id, workflow_id=r.workflow_id,
                  delay=_seconds(r.delay))
         self.supervisor.publish_state(run.run_id, "pending", run.workflow_id)

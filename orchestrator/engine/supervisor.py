@@ -305,6 +305,11 @@ class Supervisor:
         """This daemon drives the run: always with one daemon; in a cluster, once claimed."""
         return self.owner is None or run_id in self._owned
 
+    def disown(self, run_id: str) -> None:
+        """This daemon does not drive the run any more (queued for admission across daemons,
+        which may let it start elsewhere): an actor for it claims it first again."""
+        self._owned.discard(run_id)
+
     async def _fail_internal(self, actor: RunActor, cause: BaseException) -> None:
         try:
             await actor.fail_internal(cause)

@@ -9,7 +9,7 @@ import sqlite3
 from typing import Any
 
 from storage import ops
-from storage.sqlite import daemons, mutations
+from storage.sqlite import admission, daemons, mutations
 
 _SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 
@@ -51,7 +51,32 @@ def rescue_daemons(conn: sqlite3.Connection, op: ops.RescueDaemons) -> tuple[str
     return daemons.rescue_daemons(conn, op, lock=_SKIP_LOCKED)
 
 
+# Admission's one lock (storage.sqlite.admission): "wfad" as a 64-bit advisory lock key.
+ADMISSION_LOCK = 0x77666164
+
+
+class AdvisoryLocks:
+    """Admission's lock: a transaction advisory lock, released when the batch's transaction
+    ends (commit or rollback)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def lock(self) -> None:
+        self._conn.execute("SELECT pg_advisory_xact_lock(?::bigint)", (ADMISSION_LOCK,))
+
+
+def admit_runs(conn: sqlite3.Connection, op: ops.AdmitRuns) -> ops.Admitted:
+    return admission.admit_runs(conn, op, locks=AdvisoryLocks(conn))
+
+
+def debounce_submit(conn: sqlite3.Connection, op: ops.DebounceSubmit) -> ops.DebouncedCreated:
+    return admission.debounce_submit(conn, op, locks=AdvisoryLocks(conn))
+
+
 APPLY: dict[type[Any], mutations.Apply] = {
+    ops.AdmitRuns: admit_runs,
+    ops.DebounceSubmit: debounce_submit,
     ops.RescueDaemons: rescue_daemons,
     ops.ClaimDueTimers: claim_due_timers,
     ops.ClaimRuns: claim_runs,

@@ -32,7 +32,7 @@ from storage import errors, ops
 from storage.postgres import claims, locks, retention
 from storage.postgres.dialect import SyncConnection
 from storage.postgres.translate import connection_unusable, is_batch_fatal, translate
-from storage.sqlite import daemons, interventions, journal_edits, mutations, schedules
+from storage.sqlite import admission, daemons, interventions, journal_edits, mutations, schedules
 from storage.sqlite.daemons import DB_NOW
 from storage.tally import CommitTally
 
@@ -42,7 +42,7 @@ _Request = tuple[Sequence[ops.WriteOp[Any]], "asyncio.Future[list[Any]]"]
 _Outcome = tuple["asyncio.Future[list[Any]]", bool, Any]
 _APPLY: dict[type[Any], mutations.Apply] = {
     **mutations.APPLY, **schedules.APPLY, **interventions.APPLY, **retention.APPLY,
-    **journal_edits.APPLY, **daemons.APPLY, **claims.APPLY,
+    **journal_edits.APPLY, **daemons.APPLY, **admission.APPLY, **claims.APPLY,
 }
 # The writer's lease check, first in every batch of a fenced daemon (SPEC §13).
 _FENCE = f"SELECT 1 FROM daemons WHERE daemon_id = ? AND lease_until > {DB_NOW} FOR SHARE"

@@ -118,6 +118,13 @@ def claim_runs_sql(lock: str = "") -> str:
     return (
         "UPDATE runs SET owner = ?, epoch = epoch + 1 WHERE run_id IN ("
         f"SELECT run_id FROM runs WHERE owner IS NULL AND status IN ({marks}) "
+        # A pending run whose start is still to come is nobody's: its start timer fires on
+        # whichever daemon claims the timer, and that daemon's actor claims the run then.
+        f"AND NOT (status = 'pending' AND coalesce(scheduled_at, 0) > {DB_NOW}) "
+        # Nor a run queued on a concurrency group: the daemon whose admission lets it start
+        # claims it then (storage/sqlite/admission.py).
+        "AND NOT (status = 'pending' AND admitted_at IS NULL AND EXISTS "
+        "(SELECT 1 FROM run_groups g WHERE g.run_id = runs.run_id)) "
         f"ORDER BY priority DESC, number LIMIT ?{lock}) RETURNING {rows.RUN_COLUMNS}, epoch"
     )
 

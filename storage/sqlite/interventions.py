@@ -165,7 +165,7 @@ def _retry(
         "UPDATE runs SET status = 'pending', attempt = ?, started_at = ?, finished_at = NULL, "
         "output = NULL, error = NULL, compute_seconds = 0, recoveries = 0, needs_resume = 0, "
         "diverged = 0, scheduled_at = NULL, expires_at = NULL, cancel_requested = NULL, "
-        "paused = 0, updated_at = ? WHERE run_id = ?",
+        "paused = 0, admitted_at = NULL, updated_at = ? WHERE run_id = ?",
         (attempt, started_at, at, run_id),
     )
     out.append(_load(conn, run_id))

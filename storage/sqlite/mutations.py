@@ -178,8 +178,11 @@ def reschedule_pending(conn: Conn, op: ops.ReschedulePending) -> records.RunReco
         )
     expires_at = run.expires_at if op.expires_at is ops.UNSET else op.expires_at
     new_input = run.input if op.input is ops.UNSET else op.input
+    # Many daemons: a run moved to a later start is nobody's until then (whoever fires its
+    # start timer drives it); one driven nowhere yet loses nothing by this.
+    owner = "owner = NULL, " if op.scheduled_at is not None else ""
     conn.execute(
-        "UPDATE runs SET scheduled_at = ?, expires_at = ?, input = ?, updated_at = ? "
+        f"UPDATE runs SET {owner}scheduled_at = ?, expires_at = ?, input = ?, updated_at = ? "
         "WHERE run_id = ?",
         (op.scheduled_at, expires_at, dumps(new_input), op.at, op.run_id),
     )

@@ -36,6 +36,7 @@ _BY_RUN_ID = (
     ("run_archive", "run_id"),
     ("run_amendments", "run_id"),
     ("run_tags", "run_id"),
+    ("run_groups", "run_id"),
 )
 _BY_RUN_NO = ("step_attempts", "steps")
 

@@ -33,7 +33,7 @@ RUN_COLUMNS = (
     "priority, idempotency_key, parent_run_id, root_run_id, triggered_by, attempt, created_at, "
     "scheduled_at, started_at, finished_at, updated_at, diverged, recoveries, compute_seconds, "
     "parent_wp_id, needs_resume, flow, throttle_key, expires_at, cancel_requested, paused, "
-    "version_pinned, forked_from, traceparent"
+    "version_pinned, forked_from, traceparent, admitted_at"
 )
 
 
@@ -72,6 +72,7 @@ def run_from_row(r: Row) -> records.RunRecord:
         version_pinned=bool(r[30]),
         forked_from=loads(r[31]),
         traceparent=r[32],
+        admitted_at=r[33],
     )
 
 

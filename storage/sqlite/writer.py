@@ -31,6 +31,7 @@ from typing import Any
 from storage import errors, ops
 from storage.instruments import NO_INSTRUMENT, Instrument
 from storage.sqlite import (
+    admission,
     daemons,
     interventions,
     journal_edits,
@@ -91,6 +92,7 @@ _APPLY: dict[type[Any], Apply] = {
     **journal_edits.APPLY,
     **retention.APPLY,
     **daemons.APPLY,
+    **admission.APPLY,
     SetMaxPageCount: _set_max_page_count,
 }
 # Errors after which the file's durable content is unknown (SPEC §4: fail-stop). Not FULL or

@@ -79,3 +79,22 @@ async def single(input: Any, ctx: Context) -> Any:
           description="One at a time; newcomers queue. Waits for the signal 'go'.")
 async def queue(input: Any, ctx: Context) -> Any:
     return await ctx.wait_for_signal("go")
+
+
+@workflow(id="flow-one", concurrency=Concurrency(1),
+          description="One at a time in all; start, sleep, end in the ledger.")
+async def one(input: dict[str, Any], ctx: Context) -> str:
+    return await _bracketed(input, ctx)
+
+
+@workflow(id="flow-pair", concurrency=Concurrency(2, key=lambda i: i["key"]),
+          description="At most 2 at once per input key; start, sleep, end in the ledger.")
+async def pair(input: dict[str, Any], ctx: Context) -> str:
+    return await _bracketed(input, ctx)
+
+
+@workflow(id="flow-spaced", throttle=Throttle(1, "1s"),
+          description="One start per second; notes its start in the ledger.")
+async def spaced(input: dict[str, Any], ctx: Context) -> Any:
+    await ctx.step("start", _start, input["ledger"], input["key"], ctx.run.id)
+    return input

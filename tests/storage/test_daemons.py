@@ -116,6 +116,22 @@ async def test_claims_take_unowned_unended_runs_by_priority_then_age(storage: st
     assert await storage.execute(st.ClaimRuns("d2", limit=0)) == ()
 
 
+async def test_a_pending_run_whose_start_is_to_come_is_not_claimed(storage: st.Storage) -> None:
+    """Its start timer fires on whichever daemon claims the timer, whose actor then claims
+    the run; owned by another daemon meanwhile, it would be left for an owner that never
+    starts it. A start moved later releases the run likewise."""
+    import time
+
+    now = time.time()
+    await make_run(storage, "later", created_at=now, scheduled_at=now + 600)
+    await make_run(storage, "due", created_at=now, scheduled_at=now - 1)
+    claimed = await storage.execute(st.ClaimRuns("d1"))
+    assert [c.run.run_id for c in claimed] == ["due"]
+    await storage.execute(st.ReschedulePending("due", at=now, scheduled_at=now + 600))
+    async with raw(storage) as db:
+        assert await db.fetch("SELECT owner FROM runs WHERE run_id = 'due'") == [(None,)]
+
+
 async def test_a_run_is_claimed_by_one_daemon_and_its_resolutions_are_found_by_the_owner(
     storage: st.Storage,
 ) -> None:

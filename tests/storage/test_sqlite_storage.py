@@ -171,7 +171,8 @@ async def test_hot_query_is_an_index_lookup(tmp_path: Path, name: str) -> None:
 
 async def test_disk_full_fails_the_batch_keeps_data_and_recovers(tmp_path: Path) -> None:
     path = tmp_path / "wf.db"
-    async with st.SQLiteStorage.open(path, max_page_count=64) as s:
+    # A little above what the schema needs (66 pages with 0012's table and indexes).
+    async with st.SQLiteStorage.open(path, max_page_count=96) as s:
         await make_run(s, "r1")
         acked: list[int] = []
         with pytest.raises(st.StorageFull) as err:

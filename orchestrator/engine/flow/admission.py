@@ -29,7 +29,7 @@ import storage
 from orchestrator.engine import bridge
 from orchestrator.engine.flow.concurrency import Entry, Gate, fairness_key
 from orchestrator.engine.flow.plan import EMPTY, GroupId, Limits, Plan, group_name
-from orchestrator.engine.flow.throttle import Windows
+from orchestrator.engine.flow.throttle import Windows, rule_of
 from orchestrator.engine.holds import Holds
 from orchestrator.engine.messages import Cancel
 from runtime import errors as rt_errors
@@ -82,8 +82,23 @@ class Admission:
         self._busy: set[str] = set()  # a decision about the run is being committed
         self._debounce_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Many daemons (SPEC §13): this daemon's id once admission is decided in the database
+        # (``share``); None with one daemon, whose decisions stay in memory as above.
+        self.daemon_id: str | None = None
+        # Told when this daemon no longer drives a run it offered (queued, throttled, taken
+        # by another daemon): an actor started for it later must claim it first.
+        self.disown: Callable[[str], None] = lambda run_id: None
+        self.rules = self.limits.rules(
+            (d.id, rule_of(d.throttle)) for d in registry if d.throttle is not None)
 
     # ------------------------------------------------------------------ start-up
+
+    def share(self, daemon_id: str) -> None:
+        """Decide admission in the database from now on (many daemons on one database): a run
+        with concurrency groups or a throttle is admitted by ``storage.AdmitRuns``, atomically
+        across daemons; the in-memory gate then only mirrors this daemon's own holders (for
+        the invoke deadlock check and ``stats``)."""
+        self.daemon_id = daemon_id
 
     async def rebuild(self, runs: Iterable[storage.RunRecord]) -> None:
         """Derive every group's holders, the debounce keys and the throttle windows from
@@ -126,6 +141,8 @@ class Admission:
         if definition is None:  # its actor fails it (WORKFLOW_NOT_FOUND)
             self._start_run(run)
             return run
+        if self.daemon_id is not None and (plan.groups or plan.throttle is not None):
+            return await self._offer_shared(run, plan)
         if plan.throttle is not None and definition.throttle is not None:
             at = self.windows.next_start(plan.throttle, definition.throttle, now, run.run_id)
             if at > now:
@@ -151,6 +168,77 @@ class Admission:
                       fairness_key(plan.groups), front=front)
         self._start_entries(self.gate.admit(entry))
         return run
+
+    async def _offer_shared(self, run: storage.RunRecord, plan: Plan) -> storage.RunRecord:
+        """Many daemons: the database decides (``storage.AdmitRuns``) and this daemon starts
+        what it admitted, the offered run and any queued runs the same decision took."""
+        assert self.daemon_id is not None
+        strategies = tuple(self.limits.strategy(run.workflow_id, g) for g in plan.groups)
+        self._busy.add(run.run_id)
+        try:
+            result = await self._storage.execute(storage.AdmitRuns(
+                self.daemon_id, self._clock.now(), self.rules, offer=run.run_id,
+                strategies=strategies))
+        finally:
+            self._busy.discard(run.run_id)
+        if result.group is not None and (result.replaced_holders or result.replaced_queued):
+            reason = (f"replaced by run {run.run_id} "
+                      f"(concurrency group {group_name(result.group)})")
+            for run_id in result.replaced_holders:
+                self._cancel_run(run_id, Cancel(reason, True, code="CONCURRENCY_REPLACED"))
+            for queued in result.replaced_queued:
+                self._spawn(self._end(queued, "CONCURRENCY_REPLACED", reason))
+        mine = self._start_admitted(result.admitted, run.run_id)
+        if mine is None:
+            self.disown(run.run_id)
+        if result.offered == "refused" and result.group is not None:
+            return await self._end(
+                run, "CONCURRENCY_LIMIT",
+                f"concurrency group {group_name(result.group)} is full "
+                f"(limit {self.limits.limit(result.group)}, strategy cancel-newest)",
+            )
+        if result.offered == "throttled" and result.throttled_until is not None:
+            return await self._delay_shared(run, result.throttled_until)
+        return mine or run
+
+    def _start_admitted(self, runs: Iterable[storage.RunRecord], offered: str = ""
+                        ) -> storage.RunRecord | None:
+        """Start the runs the database admitted for this daemon; the offered one's record."""
+        mine = None
+        for admitted in runs:
+            groups = plan_of(admitted).groups
+            if groups:
+                self.gate.hold(admitted.run_id, groups)
+            self._queued.pop(admitted.run_id, None)
+            self._throttled.pop(admitted.run_id, None)
+            self._start_run(admitted)
+            if admitted.run_id == offered:
+                mine = admitted
+        return mine
+
+    async def _delay_shared(self, run: storage.RunRecord, at: float) -> storage.RunRecord:
+        """Throttled across daemons: wait ``pending`` for ``at`` with a durable start timer
+        (whichever daemon fires it offers the run again; no turn is reserved)."""
+        self._throttled[run.run_id] = at
+        self._busy.add(run.run_id)
+        try:
+            moved = await self._storage.execute(
+                storage.ReschedulePending(run.run_id, at=self._clock.now(), scheduled_at=at))
+        finally:
+            self._busy.discard(run.run_id)
+        self._timer_stored(at)
+        return moved
+
+    async def pump_shared(self, groups: tuple[GroupId, ...] = (),
+                          release: tuple[str, ...] = ()) -> None:
+        """Many daemons: start queued runs where a slot may have freed (``groups``), or in
+        every group with due queued runs (none given: the periodic safety net)."""
+        if self.daemon_id is None:
+            return
+        result = await self._storage.execute(storage.AdmitRuns(
+            self.daemon_id, self._clock.now(), self.rules, pump=groups, release=release,
+            pump_queued=not groups))
+        self._start_admitted(result.admitted)
 
     def _begin(self, run: storage.RunRecord, plan: Plan, definition: WorkflowDefinition) -> None:
         """Start ``run`` now (its slots, if any, are already held)."""
@@ -282,6 +370,9 @@ class Admission:
     def pump(self) -> None:
         """Start whatever queued runs every group has room for (after start-up: a limit the
         deploy raised starts queued runs at once)."""
+        if self.daemon_id is not None:
+            self._spawn(self.pump_shared())
+            return
         self._start_entries(self.gate.pump())
 
     def ended(self, run: storage.RunRecord) -> None:
@@ -290,6 +381,13 @@ class Admission:
         self._held.pop(run.run_id, None)
         self._queued.pop(run.run_id, None)
         self.gate.remove(run.run_id)
+        if self.daemon_id is not None:
+            self._throttled.pop(run.run_id, None)
+            groups = plan_of(run).groups
+            if groups:  # a slot may have freed: whoever is queued starts, here
+                self.gate.release(run.run_id)
+                self._spawn(self.pump_shared(groups))
+            return
         if self.gate.holds(run.run_id):
             self._start_entries(self.gate.release(run.run_id))
 
@@ -302,7 +400,13 @@ class Admission:
         run_id = run.run_id
         self.gate.remove(run_id)
         self._queued.pop(run_id, None)
-        if self.gate.holds(run_id):  # let start, then held back by its actor: not started
+        plan = plan_of(run)
+        if self.daemon_id is not None and plan.groups:
+            # Admitted, then held back by a pause before it started: its slots go back.
+            self.gate.release(run_id)
+            self.disown(run_id)
+            self._spawn(self.pump_shared(plan.groups, release=(run_id,)))
+        elif self.gate.holds(run_id):  # let start, then held back by its actor: not started
             self._start_entries(self.gate.release(run_id))
         if run.scheduled_at is None or run.scheduled_at <= self._clock.now():
             self._held[run_id] = run
@@ -444,8 +548,13 @@ class Admission:
 
     def waits_for_slot(self, run: storage.RunRecord) -> bool:
         """A pending run whose concurrency groups have no room now (at recovery: it was
-        queued, not started)."""
+        queued, not started). With many daemons: a run with groups or a throttle that the
+        database has not admitted (one it admitted may have started before its daemon died:
+        it restarts as any pending run does, counting a recovery, and holds its slots)."""
         plan = plan_of(run)
+        if self.daemon_id is not None:
+            return run.status is storage.RunStatus.PENDING and run.admitted_at is None and (
+                bool(plan.groups) or plan.throttle is not None)
         return bool(plan.groups) and self.gate.full(plan.groups) is not None
 
     def deadlock(self, chain: Iterable[str], plan: Plan) -> GroupId | None:

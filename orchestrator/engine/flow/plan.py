@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import storage
 from runtime.flow import Concurrency, Strategy, resolve_key
 from runtime.workflow import WorkflowDefinition
 
@@ -106,6 +107,14 @@ class Limits:
         if found is None and key is None and scope.startswith(SCHEDULE_SCOPE):
             return 1  # a schedule's own group (schedule_group): one of its runs at a time
         return found
+
+    def rules(self, throttles: Iterable[tuple[str, storage.ThrottleRule]]) -> storage.FlowRules:
+        """These limits (and ``throttles`` by workflow id) as data for storage's admission op."""
+        return storage.FlowRules(
+            limits=tuple((scope, keyed, limit) for (scope, keyed), limit in self._by_kind.items()),
+            prefixes=((SCHEDULE_SCOPE, 1),),
+            throttles=tuple(throttles),
+        )
 
     def strategy(self, workflow_id: str, group: GroupId) -> Strategy:
         """The strategy ``workflow_id`` declared for ``group`` (``queue`` if it declares none)."""

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import storage
 from runtime.flow import Throttle
+
+
+def rule_of(spec: Throttle) -> storage.ThrottleRule:
+    """The throttle as storage's admission op applies it (one definition of the rule)."""
+    return storage.ThrottleRule(spec.limit, spec.period_seconds, spec.burst or spec.limit)
 
 
 @dataclass(slots=True)
@@ -34,23 +40,12 @@ class Windows:
         window = self._windows.get(key)
         if window is None:
             return now
-        period = spec.period_seconds
-        window.starts = [t for t in window.starts if t > now - 2 * period]
+        window.starts = [t for t in window.starts if t > now - 2 * spec.period_seconds]
         mine = window.reserved.get(run_id)
         ahead = [at for r, at in window.reserved.items()
                  if r != run_id and (mine is None or (at, r) < (mine, run_id))]
         times = sorted([*window.starts, *ahead])
-        at = now
-        if len(times) >= spec.limit:
-            at = max(at, times[-spec.limit] + period)
-        burst = spec.burst or spec.limit
-        if burst < spec.limit and times:
-            interval = period / spec.limit
-            tat = times[0]
-            for t in times:
-                tat = max(tat, t) + interval
-            at = max(at, tat - (burst - 1) * interval)
-        return at
+        return rule_of(spec).next_start(times, now)
 
     def reserve(self, key: str, run_id: str, at: float) -> None:
         """Promise ``run_id`` a start at ``at`` (the next run gets the turn after)."""
