@@ -42,7 +42,7 @@ WRITER_AREAS: tuple[tuple[str, str], ...] = (
     ("update_run", "SQL: update run (+ search index trigger on output)"),
     ("_flush_steps", "SQL: insert step rows (+ journal_seq triggers)"),
     ("record_step_attempt", "SQL: insert step rows (+ journal_seq triggers)"),
-    ("step_row", "building rows in Python"),
+    ("record_first_attempts", "building rows in Python"),
     ("_checkpoint", "WAL checkpoint"),
     ("_file_size", "WAL size check"),
 )

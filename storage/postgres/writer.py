@@ -46,7 +46,6 @@ _APPLY: dict[type[Any], mutations.Apply] = {
 _FENCE = f"SELECT 1 FROM daemons WHERE daemon_id = ? AND lease_until > {DB_NOW} FOR SHARE"
 _FOREIGN_RUNS = ("SELECT run_id FROM runs WHERE run_id = ANY(?) AND owner IS NOT NULL "
                  "AND owner <> ?")
-_STEP_CHUNKS = (256, 64, 16, 4, 1)  # 256 rows x 11 parameters stays far below 32767
 
 
 class _Replay(Exception):
@@ -225,7 +224,7 @@ class Writer:
         ``isolate`` any op error raises ``_Replay``; with it, each caller gets a savepoint."""
         as_sqlite = cast(Any, conn)  # the op functions are typed for sqlite3; see dialect.py
         outcomes: list[_Outcome] = []
-        steps: list[tuple[Any, ...]] = []
+        steps: list[ops.RecordStepAttempt] = []
         conn.execute("BEGIN")
         foreign: set[str] = set()
         if self._fence_id is not None:
@@ -236,7 +235,7 @@ class Writer:
                 outcomes.append((fut, False, errors.RunNotOwned(run_id)))
                 continue
             if not isolate and all(_is_first_step_attempt(op) for op in ops_):
-                steps.extend(mutations.step_row(op) for op in ops_)  # type: ignore[arg-type]
+                steps.extend(ops_)  # type: ignore[arg-type]  # checked: all step attempts
                 outcomes.append((fut, True, [None] * len(ops_)))
                 continue
             if steps and any(type(op) is ops.RecordStepAttempt and op.attempt > 1 for op in ops_):
@@ -281,14 +280,9 @@ class Writer:
         return {r[0] for r in found}
 
     @staticmethod
-    def _flush_steps(conn: SyncConnection, steps: list[tuple[Any, ...]]) -> None:
+    def _flush_steps(conn: SyncConnection, steps: list[ops.RecordStepAttempt]) -> None:
         try:
-            done, total = 0, len(steps)
-            for size in _STEP_CHUNKS:
-                sql = mutations.upsert_steps_sql(size)
-                while total - done >= size:
-                    conn.execute(sql, [p for row in steps[done : done + size] for p in row])
-                    done += size
+            mutations.record_first_attempts(cast(Any, conn), steps)
         except Exception as exc:
             if is_batch_fatal(exc):
                 raise
