@@ -281,10 +281,12 @@ STEP_CHUNKS = (256, 64, 16, 4, 1)
 
 
 @cache
-def upsert_steps_sql(rows_count: int) -> str:
-    """``UPSERT_STEP`` for ``rows_count`` rows in one statement: SQLite runs it in one call,
-    so the writer thread gives up and re-takes the GIL once per chunk, not once per row."""
-    return _INSERT_STEP_HEAD + ", ".join([_STEP_VALUES] * rows_count) + _UPSERT_STEP_TAIL
+def insert_steps_sql(rows_count: int) -> str:
+    """First attempts for ``rows_count`` rows in one statement: SQLite runs it in one call, so
+    the writer thread gives up and re-takes the GIL once per chunk, not once per row. A row
+    already there is left alone (and the statement's row count says so)."""
+    return (_INSERT_STEP_HEAD + ", ".join([_STEP_VALUES] * rows_count)
+            + " ON CONFLICT (run_no, step_id) DO NOTHING")
 
 
 @cache
@@ -320,27 +322,19 @@ def record_first_attempts(conn: Conn, steps: list[ops.RecordStepAttempt]) -> Non
     if len(runs) != len(wanted):
         raise NotCoalesced("a step's run does not exist")
     params: list[Any] = []
-    given = 0
     for op in steps:
         run = runs[op.run_id]
         seq = run[1]
         run[1] = seq + 1
-        given += seq
         params += (run[0], op.step_id, op.position, op.attempt, op.status.value,
                    dumps(op.output), dumps(op.error), op.started_at, op.finished_at,
                    op.runtime, op.retry_at, seq)
-    returned = 0
     done = 0
     for chunk in _chunks(len(steps)):
-        for (seq,) in conn.execute(
-            upsert_steps_sql(chunk), params[done * 12 : (done + chunk) * 12]
-        ).fetchall():
-            returned += seq
+        cur = conn.execute(insert_steps_sql(chunk), params[done * 12 : (done + chunk) * 12])
         done += chunk
-    # Each row returns the number it was given if it took it, a smaller one (the existing
-    # row's) or nothing if it did not: the sums are equal only if every row took its number.
-    if returned != given:
-        raise NotCoalesced("a step row was already recorded")
+        if cur.rowcount != chunk:  # a row was there: the op would replace it, unnumbered
+            raise NotCoalesced("a step row was already recorded")
 
 
 def _chunks(total: int) -> list[int]:
