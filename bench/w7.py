@@ -30,6 +30,8 @@ from bench.common import say, sequential_steps, steps_burst
 from bench.ours import CONFIG, REPO, Daemon, warm_up
 
 _TICK = os.sysconf("SC_CLK_TCK")
+_WAIT_SLICE_S = 0.2
+_LIVE = frozenset({"pending", "running", "waiting", "paused"})
 
 
 def _cpu(pid: int) -> float:
@@ -122,7 +124,16 @@ class _RoundRobin:
         return run
 
     async def wait(self, run_id: str, **kw: Any) -> Any:
-        return await self._where[run_id].wait(run_id, **kw)
+        client = self._where[run_id]
+        if len(self._clients) == 1:
+            return await client.wait(run_id, **kw)
+        # With 2 daemons a run submitted to one may be claimed and finished by the other, and
+        # a `wait` on the first then does not learn of its end until it re-reads the run (no
+        # cross-daemon wake-up for `wait` yet): wait in short slices.
+        while True:
+            run = await client.wait(run_id, timeout=_WAIT_SLICE_S)
+            if run["status"] not in _LIVE:
+                return run
 
 
 async def ours_cell(cluster: pgcluster.Cluster, daemons: int, workload: str,
@@ -162,7 +173,20 @@ async def ours_cell(cluster: pgcluster.Cluster, daemons: int, workload: str,
             for d in procs:
                 d.stop()
     result["daemons"] = daemons
+    result["runs_per_owner"] = await _runs_per_owner(url)
     return result
+
+
+async def _runs_per_owner(url: str) -> list[int]:
+    """How the runs were shared out: the runs each daemon ended up driving."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        found = await conn.fetch("SELECT count(*) FROM runs GROUP BY owner ORDER BY 1 DESC")
+    finally:
+        await conn.close()
+    return [int(r[0]) for r in found]
 
 
 async def _report_stuck(url: str, procs: list[Daemon]) -> None:

@@ -226,6 +226,81 @@ def update_run(conn: Conn, op: ops.UpdateRun) -> None:
         _close_run(conn, op.run_id)
 
 
+# Casts that give every VALUES column of ``update_runs`` its type on PostgreSQL (parameters in
+# a VALUES list would otherwise be text); SQLite takes the same names as affinities.
+_UPDATE_CASTS = {"status": "TEXT", "output": "TEXT", "error": "TEXT",
+                 "started_at": "DOUBLE PRECISION", "finished_at": "DOUBLE PRECISION",
+                 "attempt": "INTEGER", "diverged": "INTEGER", "recoveries": "INTEGER",
+                 "priority": "INTEGER"}
+_RunShape = tuple[tuple[str, ...], str, bool]  # fields set, status class, adds compute
+
+
+def _shape(op: ops.UpdateRun) -> _RunShape:
+    fields = tuple(name for name, _ in _UPDATE_FIELDS if getattr(op, name) is not ops.UNSET)
+    status = ("" if op.status is ops.UNSET else "running" if op.status is records.RunStatus.RUNNING
+              else "terminal" if op.status in records.TERMINAL_STATUSES else "other")
+    return fields, status, bool(op.add_compute_seconds)
+
+
+@cache
+def _update_runs_sql(shape: _RunShape, rows_count: int) -> str:
+    fields, status, adds = shape
+    names = ["rid", "v_at", *(f"v_{f}" for f in fields)] + (["v_add"] if adds else [])
+    casts = ["?", "CAST(? AS DOUBLE PRECISION)",
+             *(f"CAST(? AS {_UPDATE_CASTS[f]})" for f in fields)]
+    if adds:
+        casts.append("CAST(? AS DOUBLE PRECISION)")
+    sets = ["updated_at = c.v_at", *(f"{f} = c.v_{f}" for f in fields)]
+    if status == "running":
+        sets.append("needs_resume = 0")
+    elif status == "terminal":
+        sets.append("paused = 0")
+    if adds:
+        sets.append("compute_seconds = compute_seconds + c.v_add")
+    values = ", ".join([f"({', '.join(casts)})"] * rows_count)
+    return (f"WITH c({', '.join(names)}) AS (VALUES {values}) "
+            f"UPDATE runs SET {', '.join(sets)} FROM c WHERE run_id = c.rid RETURNING run_id")
+
+
+def update_runs(conn: Conn, updates: list[ops.UpdateRun]) -> None:
+    """``update_run`` for many runs, one each (the PostgreSQL writer's set-based path): one
+    statement per chunk of ops that set the same fields, and the ended runs closed together.
+    Raises ``NotCoalesced`` if a run is missing (the writer then applies op by op)."""
+    by_shape: dict[_RunShape, list[ops.UpdateRun]] = {}
+    for op in updates:
+        by_shape.setdefault(_shape(op), []).append(op)
+    ended: list[str] = []
+    for shape, group in by_shape.items():
+        fields, status, adds = shape
+        encoders = [encode for name, encode in _UPDATE_FIELDS if name in fields]
+        params: list[Any] = []
+        for op in group:
+            params += (op.run_id, op.at,
+                       *(enc(getattr(op, f)) for f, enc in zip(fields, encoders, strict=True)))
+            if adds:
+                params.append(op.add_compute_seconds)
+        width = len(params) // len(group)
+        done = 0
+        for chunk in _chunks(len(group)):
+            found = conn.execute(_update_runs_sql(shape, chunk),
+                                 params[done * width : (done + chunk) * width]).fetchall()
+            done += chunk
+            if len(found) != chunk:
+                raise NotCoalesced("a run to update does not exist")
+        if status == "terminal":
+            ended += (op.run_id for op in group)
+    done = 0
+    for chunk in _chunks(len(ended)):
+        part = ended[done : done + chunk]
+        done += chunk
+        marks = ", ".join(["?"] * chunk)
+        # _close_run for all of them at once.
+        conn.execute(f"DELETE FROM timers WHERE run_id IN ({marks})", part)
+        conn.execute(f"UPDATE waitpoints SET status = 'cancelled' WHERE status = 'waiting' "
+                     f"AND run_id IN ({marks})", part)
+        conn.execute(f"DELETE FROM run_cancel_on WHERE run_id IN ({marks})", part)
+
+
 def create_child_run(conn: Conn, op: ops.CreateChildRun) -> ops.ChildRunCreated:
     created = create_run(conn, op.child)
     waitpoint = None if op.invoke is None else register_waitpoint(conn, op.invoke).waitpoint
