@@ -45,8 +45,10 @@ _APPLY: dict[type[Any], mutations.Apply] = {
 }
 # The writer's lease check, first in every batch of a fenced daemon (SPEC §13).
 _FENCE = f"SELECT 1 FROM daemons WHERE daemon_id = ? AND lease_until > {DB_NOW} FOR SHARE"
-_FOREIGN_RUNS = ("SELECT run_id FROM runs WHERE run_id = ANY(?) AND owner IS NOT NULL "
-                 "AND owner <> ?")
+_FENCE_AND_FOREIGN = (
+    f"SELECT EXISTS ({_FENCE}), ARRAY(SELECT run_id FROM runs WHERE run_id = ANY(?) "
+    "AND owner IS NOT NULL AND owner <> ?)"
+)
 
 
 class _Replay(Exception):
@@ -264,8 +266,7 @@ class Writer:
         conn.execute("BEGIN")
         foreign: set[str] = set()
         if self._fence_id is not None:
-            self._check_fence(conn, self._fence_id)
-            foreign = self._foreign_runs(conn, self._fence_id, batch)
+            foreign = self._check_fence(conn, self._fence_id, batch)
         for ops_, fut in batch:
             if foreign and (run_id := _foreign_write(ops_, foreign)) is not None:
                 outcomes.append((fut, False, errors.RunNotOwned(run_id)))
@@ -303,23 +304,25 @@ class Writer:
         return outcomes
 
     @staticmethod
-    def _check_fence(conn: SyncConnection, daemon_id: str) -> None:
-        # FOR SHARE: a rescuer deletes a dead daemon's row before it adopts the runs, and that
-        # DELETE waits for this batch; every later batch of the dead daemon then finds no row.
-        if conn.execute(_FENCE, (daemon_id,)).fetchone() is None:
-            raise errors.OwnershipLost(daemon_id)
+    def _check_fence(conn: SyncConnection, me: str, batch: list[_Request]) -> set[str]:
+        """Check our lease (else ``OwnershipLost``) and return the runs written in ``batch``
+        that another daemon owns, in one round trip (a batch's fixed cost on PostgreSQL).
 
-    @staticmethod
-    def _foreign_runs(conn: SyncConnection, me: str, batch: list[_Request]) -> set[str]:
-        """Runs written in ``batch`` that another daemon owns. No lock needed: a run owned by
-        us changes hands only through our own transactions or, once our lease is gone, after
-        a rescue this batch's fence check already excludes; an unowned run is nobody's."""
-        run_ids = {str(cast(Any, op).run_id) for ops_, _ in batch for op in ops_
-                   if type(op) in ops.RUN_WRITES}
+        FOR SHARE on our lease row: a rescuer deletes a dead daemon's row before it adopts the
+        runs, and that DELETE waits for this batch; every later batch of the dead daemon then
+        finds no row. No lock for the runs: a run owned by us changes hands only through our
+        own transactions or, once our lease is gone, after a rescue the fence excludes; an
+        unowned run is nobody's."""
+        run_ids = sorted({str(cast(Any, op).run_id) for ops_, _ in batch for op in ops_
+                          if type(op) in ops.RUN_WRITES})
         if not run_ids:
+            if conn.execute(_FENCE, (me,)).fetchone() is None:
+                raise errors.OwnershipLost(me)
             return set()
-        found = conn.execute(_FOREIGN_RUNS, (sorted(run_ids), me)).fetchall()
-        return {r[0] for r in found}
+        live, foreign = conn.execute(_FENCE_AND_FOREIGN, (me, run_ids, me)).fetchone()
+        if not live:
+            raise errors.OwnershipLost(me)
+        return set(foreign)
 
     @staticmethod
     def _flush(conn: SyncConnection, pending: _Pending) -> None:
