@@ -215,6 +215,10 @@ class Storage(Protocol):
         """The earliest timer due time, or None when no timer is stored."""
         ...
 
+    async def waiting_by_kind(self) -> dict[str, int]:
+        """How many waitpoints are waiting, by kind (a partial index: no table scan)."""
+        ...
+
     async def due_timers(self, before: float, limit: int) -> list[records.TimerRecord]:
         """Up to ``limit`` timers with ``due_at <= before``, oldest first (ties by timer id)."""
         ...

@@ -33,6 +33,27 @@ _SUN_PATH_MAX: Final = 107  # sockaddr_un.sun_path is 108 bytes including the NU
 _CLOSE: Final = None  # sentinel in the outbound queue
 
 
+# A lingering close after REQUEST_TOO_LARGE (as HTTP servers do): closing a Unix socket whose
+# receive queue still holds the rest of the line makes Linux reset the peer (ECONNRESET or
+# EPIPE), and the client may lose the reply before reading it. So the rest is read and thrown
+# away while it keeps coming, within bounds a hostile peer cannot stretch.
+LINGER_QUIET: Final = 0.2  # seconds without data: the peer has stopped sending
+LINGER_MAX: Final = 2.0  # seconds in all
+LINGER_BYTES: Final = 64 * 1024 * 1024
+
+
+async def _linger(reader: asyncio.StreamReader) -> None:
+    loop = asyncio.get_running_loop()
+    until = loop.time() + LINGER_MAX
+    left = LINGER_BYTES
+    with contextlib.suppress(TimeoutError, OSError, ValueError, asyncio.LimitOverrunError):
+        while left > 0 and (remaining := until - loop.time()) > 0:
+            chunk = await asyncio.wait_for(reader.read(65536), min(LINGER_QUIET, remaining))
+            if not chunk:
+                return
+            left -= len(chunk)
+
+
 class SocketInUse(RuntimeError):
     """A live server already answers on the socket path (another daemon is running)."""
 
@@ -333,6 +354,7 @@ class SocketServer:
                 for task in list(conn.requests.values()):
                     task.cancel()
                 await conn.send(protocol.error_line(None, err))
+                await _linger(reader)
                 return
             if not line:
                 return

@@ -457,6 +457,10 @@ class RunActor:
         if isinstance(entry, rj.StepAttempt):
             self.instrument.reached("step.returned")
             await self._commit(bridge.step_op(run_id, entry))
+            if self.run is not None:
+                self.host.tallies.steps.observe(
+                    (self.run.workflow_id, "ok" if entry.status == "ok" else "error"),
+                    entry.finished_at - entry.started_at)
             if entry.status == "ok":
                 if self._debug:
                     self.log.debug(

@@ -170,6 +170,7 @@ class Engine(service.ServiceMethods):
         self.timers = Timers(
             storage_, self.clock, self.supervisor.deliver, self._on_fatal, instrument,
             on_run_timer=self._run_timer, on_schedule_timer=self.scheduling.on_timer,
+            lag=self.supervisor.tallies.timer_lag,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -795,6 +796,8 @@ class Engine(service.ServiceMethods):
         )
         result = await self.storage.record_event(op)
         self.instrument.reached("event.committed")
+        if result.inserted:
+            self.supervisor.tallies.events_received += 1
         for wp in result.resolved:
             self.supervisor.deliver(wp.run_id, Resolve(bridge.resolution(wp)))
         for run in result.started:

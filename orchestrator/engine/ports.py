@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.engine.flow.plan import GroupId, Plan
 from orchestrator.engine.messages import Cancel, Message
+from orchestrator.engine.tallies import EngineTallies
 from runtime.clock import Clock
 from runtime.facts import HostServices, RecordFn
 from runtime.workflow import Registry
@@ -81,6 +82,11 @@ class RunHost(Protocol):
         ...
 
     def timer_stored(self, due_at: float) -> None: ...
+
+    @property
+    def tallies(self) -> EngineTallies:
+        """In-memory counts for ``/metrics`` (step attempts by workflow and outcome)."""
+        ...
 
     def admit(self, run: RunRecord) -> None:
         """A new run (a child) was committed: admission starts it, or queues or delays it."""

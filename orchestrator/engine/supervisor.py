@@ -30,6 +30,7 @@ from orchestrator.engine.ports import FlowPort, RunTracing, TimerStored
 from orchestrator.engine.settings import Settings
 from orchestrator.engine.slots import SlotQueue, rank
 from orchestrator.engine.streams import StreamHub
+from orchestrator.engine.tallies import EngineTallies
 from runtime._signals import HostFailure, Suspended
 from runtime.clock import Clock
 from runtime.executor import Execution
@@ -116,6 +117,7 @@ class Supervisor:
         # Every task the supervisor starts besides actors (closers, storage retries): kept.
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._on_finished = on_finished
+        self.tallies = EngineTallies()  # what /metrics reads: steps, timer lag, events
         self.tracing: RunTracing | None = None  # set by the composition root when [telemetry] on
         self._state_listeners: dict[str, list[asyncio.Queue[str]]] = {}
         self._accepting = True

@@ -10,6 +10,7 @@ actors. A new timer earlier than the one waited for wakes the task through ``not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from orchestrator.engine.messages import Resolve
 from orchestrator.engine.ports import Deliver
 from runtime.clock import Clock
 from storage.instruments import NO_INSTRUMENT, Instrument
+from storage.tally import LATENCY_BUCKETS, Histograms
 
 log = structlog.get_logger("wf.timers")
 
@@ -30,6 +32,8 @@ BATCH = 1000
 MAX_WAIT = 1.0
 # After a full disk, try firing again this often: writes resume once space returns.
 FULL_RETRY = 1.0
+# How long stop() lets a firing in progress finish before cancelling it.
+STOP_GRACE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,7 @@ class Timers:
         instrument: Instrument = NO_INSTRUMENT,
         on_run_timer: Callable[[storage.TimerRecord], None] | None = None,
         on_schedule_timer: Callable[[storage.TimerRecord], None] | None = None,
+        lag: Histograms | None = None,
     ) -> None:
         self._storage = storage_
         self._clock = clock
@@ -72,8 +77,11 @@ class Timers:
         self._lag_total = 0.0
         self._lag_max = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._lag = lag if lag is not None else Histograms(LATENCY_BUCKETS)  # by timer kind
 
     def start(self) -> asyncio.Task[None]:
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name="timers")
         self._task.add_done_callback(self._died)
         return self._task
@@ -85,9 +93,21 @@ class Timers:
             self._on_fatal(task.exception())  # type: ignore[arg-type]  # checked above
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop between firings, not inside one: a firing cancelled after its claim
+        committed would leave its timers leased and undelivered until the lease ran out (a
+        schedule's fire, a batch's flush). Past ``STOP_GRACE`` (a backlog still firing), cancel."""
+        task = self._task
+        if task is None or task.done():
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STOP_GRACE)
+        except TimeoutError:
+            task.cancel()
+        except Exception:  # reported by _died already
+            pass
+        await asyncio.gather(task, return_exceptions=True)
 
     def notify(self, due_at: float) -> None:
         """A timer due at ``due_at`` was stored: wake up if it is earlier than the awaited one."""
@@ -113,10 +133,11 @@ class Timers:
                     lag = max(0.0, claimed - item.timer.due_at)
                     self._lag_total += lag
                     self._lag_max = max(self._lag_max, lag)
+                    self._lag.observe((str(item.timer.kind),), lag)
             for item in fired:
                 self._dispatch(item)
             total += len(fired)
-            if len(fired) < BATCH:
+            if len(fired) < BATCH or self._stopping:
                 break
         self._fired += total
         return total
@@ -140,7 +161,7 @@ class Timers:
                 self._deliver(timer.run_id, None)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 await self.fire_due()
@@ -148,9 +169,12 @@ class Timers:
             except (storage.StorageFull, storage.StorageBusy) as exc:
                 # Nothing was fired (the batch rolled back whole): try again shortly.
                 log.warning("timers.storage_unavailable", error=str(exc))
-                await asyncio.sleep(FULL_RETRY)
+                with contextlib.suppress(TimeoutError):  # stop() ends the pause early
+                    await asyncio.wait_for(self._wake.wait(), FULL_RETRY)
                 continue
             now = self._clock.now()
+            if self._stopping:
+                return
             if due is not None and due <= now:
                 continue
             self._waiting_until = due if due is not None else math.inf

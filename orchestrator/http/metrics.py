@@ -10,11 +10,17 @@ workflow ids, statuses, gauge names; never a run id.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import Final
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +34,90 @@ DURATION_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 360
 
 Gauges = Callable[[], Mapping[str, float | None]]
 """``name -> value`` read at scrape time; each becomes ``wf_<name>``; None = no sample."""
+
+
+class HistogramSnapshot(Protocol):
+    """``storage.tally.HistogramSnapshot``'s shape (the HTTP wing does not import storage)."""
+
+    @property
+    def bounds(self) -> tuple[float, ...]: ...
+
+    @property
+    def counts(self) -> tuple[int, ...]: ...
+
+    @property
+    def sum(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Tallied:
+    """One family read from the engine's in-memory tallies at scrape time: a histogram per
+    label tuple, and optionally a ``<counter>_total`` counting its observations (attempts of
+    a step histogram, fires of a timer kind)."""
+
+    name: str
+    doc: str
+    labels: tuple[str, ...]
+    series: Mapping[tuple[str, ...], HistogramSnapshot]
+    counter: str = ""  # also expose the counts as this counter (without ``_total``)
+    counter_doc: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """A plain counter kept in memory (exposed as ``<name>_total``)."""
+
+    name: str
+    doc: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledGauge:
+    """A gauge with one label, read from a value the daemon refreshes off the scrape path."""
+
+    name: str
+    doc: str
+    label: str
+    values: Mapping[str, float]
+
+
+Tallies = Callable[[], Iterable[Tallied | Count | LabelledGauge]]
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+class _TallyCollector(Collector):
+    def __init__(self, tallies: Tallies) -> None:
+        self._tallies = tallies
+
+    def collect(self) -> Iterator[Metric]:
+        for t in self._tallies():
+            if isinstance(t, Count):
+                yield CounterMetricFamily(t.name, t.doc, value=t.value)
+                continue
+            if isinstance(t, LabelledGauge):
+                gauge = GaugeMetricFamily(t.name, t.doc, labels=[t.label])
+                for value, n in sorted(t.values.items()):
+                    gauge.add_metric([value], n)
+                yield gauge
+                continue
+            hist = HistogramMetricFamily(t.name, t.doc, labels=list(t.labels))
+            counter = (CounterMetricFamily(t.counter, t.counter_doc, labels=list(t.labels))
+                       if t.counter else None)
+            for labels, snap in sorted(t.series.items()):
+                running, buckets = 0, []
+                for bound, n in zip((*snap.bounds, float("inf")), snap.counts, strict=True):
+                    running += n
+                    buckets.append(("+Inf" if bound == float("inf") else _le(bound), running))
+                hist.add_metric(list(labels), buckets, snap.sum)
+                if counter is not None:
+                    counter.add_metric(list(labels), running)
+            yield hist
+            if counter is not None:
+                yield counter
 
 
 class _GaugeCollector(Collector):
@@ -54,12 +144,15 @@ class Metrics:
     """One registry per daemon (not the process-global one: tests open many daemons)."""
 
     def __init__(self, gauges: Gauges | None = None, *, clock: Clock | None = None,
-                 version: str = "") -> None:
+                 version: str = "", tallies: Tallies | None = None) -> None:
         self.clock = clock or SystemClock()
         self.registry = CollectorRegistry()
         r = self.registry
-        self.runs_started = Counter("wf_runs_started", "runs submitted (entered pending)",
-                                    ["workflow"], registry=r)
+        self.runs_submitted = Counter("wf_runs_submitted", "runs submitted (entered pending)",
+                                      ["workflow"], registry=r)
+        self.runs_started = Counter(
+            "wf_runs_started", "runs that began running (first time this daemon saw it)",
+            ["workflow"], registry=r)
         self.runs_finished = Counter("wf_runs_finished", "runs that reached a terminal status",
                                      ["workflow", "status"], registry=r)
         self.run_duration = Histogram(
@@ -71,12 +164,15 @@ class Metrics:
                                      ["route", "code"], registry=r)
         r.register(_BuildInfo(version or "unknown"))
         r.register(_GaugeCollector(lambda: dict(gauges() if gauges else {})))
+        if tallies is not None:
+            r.register(_TallyCollector(tallies))
         self._started_at: dict[str, float] = {}  # active runs only: popped at terminal
+        self._running: set[str] = set()  # active runs seen running: popped at terminal
         self._gauges = gauges
         # Plain totals beside the labelled counters: what the health page's charts sample.
         self.totals: dict[str, float] = dict.fromkeys(
-            ("runs_started", "runs_finished", "run_status_changes", "run_duration_sum",
-             "run_duration_count"), 0.0)
+            ("runs_submitted", "runs_started", "runs_finished", "run_status_changes",
+             "run_duration_sum", "run_duration_count"), 0.0)
 
     def observe_change(self, run_id: str, status: str, workflow_id: str | None) -> None:
         """A run status change was committed (called by the engine's change feed)."""
@@ -87,6 +183,7 @@ class Metrics:
         if status in TERMINAL_STATUSES:
             self.runs_finished.labels(workflow, status).inc()
             totals["runs_finished"] += 1
+            self._running.discard(run_id)
             started = self._started_at.pop(run_id, None)
             if started is not None:
                 duration = max(0.0, self.clock.now() - started)
@@ -94,9 +191,13 @@ class Metrics:
                 totals["run_duration_sum"] += duration
                 totals["run_duration_count"] += 1
         elif status == "pending" and run_id not in self._started_at:
+            self.runs_submitted.labels(workflow).inc()
+            totals["runs_submitted"] += 1
+            self._started_at[run_id] = self.clock.now()
+        elif status == "running" and run_id not in self._running:
+            self._running.add(run_id)
             self.runs_started.labels(workflow).inc()
             totals["runs_started"] += 1
-            self._started_at[run_id] = self.clock.now()
 
     def figures(self) -> dict[str, float | None]:
         """Every in-memory figure at once (the gauges and the totals): what the health page

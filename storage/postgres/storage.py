@@ -29,6 +29,7 @@ from storage.postgres.translate import translate_errors
 from storage.postgres.writer import Writer, WriterStats
 from storage.sqlite import rows
 from storage.sqlite.storage import SQLiteStorage, list_runs_query
+from storage.tally import CommitTally
 
 R = TypeVar("R")
 
@@ -148,6 +149,10 @@ class PostgresStorage:
 
     def stats(self) -> WriterStats:
         return self._writer.stats()
+
+    def commit_tally(self) -> CommitTally:
+        """The writer's group commits: sizes and times (``/metrics`` histograms)."""
+        return self._writer.commits
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -280,6 +285,9 @@ class PostgresStorage:
 
     async def next_timer_due(self) -> float | None:
         return await SQLiteStorage.next_timer_due(self._sql)
+
+    async def waiting_by_kind(self) -> dict[str, int]:
+        return await SQLiteStorage.waiting_by_kind(self._sql)
 
     async def due_timers(self, before: float, limit: int) -> list[records.TimerRecord]:
         return await SQLiteStorage.due_timers(self._sql, before, limit)

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -34,6 +35,7 @@ from storage.postgres.dialect import SyncConnection
 from storage.postgres.translate import is_batch_fatal, translate
 from storage.sqlite import daemons, interventions, journal_edits, mutations, schedules
 from storage.sqlite.daemons import DB_NOW
+from storage.tally import CommitTally
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,7 @@ class Writer:
         self._conn: SyncConnection | None = None
         self._batches = self._requests = self._ops = 0
         self._failed = self._replayed = self._largest = 0
+        self.commits = CommitTally.new()  # committed batches: size and time to COMMIT
         self._fence_id: str | None = None  # set by fence(): every batch checks the lease
         self._idle_ms = 0  # idle_in_transaction_session_timeout once fenced
         self._session_set = True  # the session settings are in force on the connection
@@ -225,6 +228,7 @@ class Writer:
         if self._fenced is not None:
             self._failed += 1
             return [(fut, False, self._fenced) for _, fut in batch]
+        began = time.perf_counter()
         try:
             conn = self._conn
             if conn is None or conn.raw.is_closed():
@@ -254,6 +258,7 @@ class Writer:
             self._rollback()
             return [(fut, False, translate(exc)) for _, fut in batch]
         self._ops += sum(len(ops_) for ops_, _ in batch)
+        self.commits.observe(len(batch), time.perf_counter() - began)
         return outcomes
 
     def _apply(self, conn: SyncConnection, batch: list[_Request], *, isolate: bool

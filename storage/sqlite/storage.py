@@ -21,6 +21,7 @@ from storage.instruments import NO_INSTRUMENT, Instrument
 from storage.sqlite import daemons, pragmas, retention, rows
 from storage.sqlite.translate import translate_errors
 from storage.sqlite.writer import SetMaxPageCount, Writer, WriterStats
+from storage.tally import CommitTally
 
 R = TypeVar("R")
 
@@ -184,6 +185,10 @@ class SQLiteStorage:
 
     def stats(self) -> WriterStats:
         return self._writer.stats()
+
+    def commit_tally(self) -> CommitTally:
+        """The writer's group commits: sizes and times (``/metrics`` histograms)."""
+        return self._writer.commits
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -439,6 +444,11 @@ class SQLiteStorage:
         found = await self._fetch(NEXT_TIMER_SQL, pool=self._timer_reader)
         value = found[0][0] if found else None
         return None if value is None else float(value)
+
+    async def waiting_by_kind(self) -> dict[str, int]:
+        found = await self._fetch(
+            "SELECT kind, count(*) FROM waitpoints WHERE status = 'waiting' GROUP BY kind")
+        return {str(kind): int(n) for kind, n in found}
 
     async def due_timers(self, before: float, limit: int) -> list[records.TimerRecord]:
         found = await self._fetch(DUE_TIMERS_SQL, (before, limit))

@@ -41,6 +41,7 @@ from storage.sqlite import (
 )
 from storage.sqlite.mutations import APPLY, Apply, record_first_attempts
 from storage.sqlite.translate import is_batch_fatal, primary_code, translate
+from storage.tally import CommitTally
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class Writer:
         self._ops = 0
         self._failed_batches = 0
         self._largest_batch = 0
+        self.commits = CommitTally.new()  # committed batches: size and time to COMMIT
         self._io_failure: sqlite3.Error | None = None  # set once: no write is applied after it
         self._effective = ("unknown", "unknown")  # (synchronous, journal_mode), read at open
         self.failed: asyncio.Future[BaseException] = loop.create_future()
@@ -298,6 +300,7 @@ class Writer:
         self._batches += 1
         self._requests += len(batch)
         self._largest_batch = max(self._largest_batch, len(batch))
+        began = time.perf_counter()
         try:
             try:
                 outcomes = self._apply(conn, batch, coalesce=True)
@@ -314,6 +317,7 @@ class Writer:
             self._stop_on_io_error(exc)
             return [(fut, False, translate(exc)) for _, fut in batch]
         self._ops += sum(len(ops_) for ops_, _ in batch)
+        self.commits.observe(len(batch), time.perf_counter() - began)
         return outcomes
 
     def _apply(

@@ -92,6 +92,33 @@ async def test_api_over_tcp_against_a_real_daemon(http_daemon: Daemon,
     assert finished[("e2e-echo", "completed")] == 1
     assert families["wf_db_bytes"].samples[0].value > 0
     assert run_id not in text
+    # Each SPEC §12 family the run fed, from the engine's and the writer's in-memory tallies.
+    def total(name: str, **labels: str) -> float:
+        return sum(s.value for s in families[name].samples if s.name == f"{name}_total"
+                   and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    assert total("wf_runs_submitted", workflow="e2e-echo") == 1
+    assert total("wf_runs_started", workflow="e2e-echo") == 1
+    assert total("wf_step_attempts", workflow="e2e-echo", outcome="ok") == 1
+    steps = families["wf_step_duration_seconds"]
+    assert steps.type == "histogram"
+    assert [s.value for s in steps.samples if s.name.endswith("_count")
+            and s.labels["workflow"] == "e2e-echo"] == [1]
+    commits = families["wf_storage_commit_seconds"].samples
+    assert next(s.value for s in commits if s.name.endswith("_count")) >= 2
+    inf = [s for s in families["wf_storage_batch_requests"].samples
+           if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"]
+    assert inf and inf[0].value >= 2
+    assert total("wf_events_received") == 0
+    # A sleep's timer and an event: timer lag by kind, events received.
+    sleep = (await api.post("/api/v1/submit", json={"workflow_id": "e2e-sleep",
+                                                    "input": {"seconds": 0.05}})).json()
+    await api.post("/api/v1/send_event", json={"type": "metrics.test", "payload": {}})
+    await api.get("/api/v1/wait", params={"run_id": sleep["run_id"], "timeout": "5s"})
+    families = {f.name: f for f in text_string_to_metric_families((await api.get("/metrics")).text)}
+    assert total("wf_events_received") == 1
+    assert total("wf_timers_fired", kind="sleep") == 1
+    assert families["wf_timer_lag_seconds"].type == "histogram"
 
 
 async def test_streaming_methods_are_server_sent_events(http_daemon: Daemon,

@@ -250,3 +250,29 @@ def test_wf_dashboard_prints_the_login_url(tmp_path: Path, capsys, monkeypatch) 
     conf.write_text('[http]\nlisten = "[::]:9000"\ntoken = "a b"\n')
     assert cli.run(["--config", str(conf), "dashboard", "--no-open"]) == 0
     assert capsys.readouterr().out.strip() == "http://127.0.0.1:9000/login?token=a%20b"
+
+
+def test_tallies_become_prometheus_families() -> None:
+    """Histograms with their implied counters, plain counters and labelled gauges, as the
+    daemon's HTTP side hands them over (tallies from the engine, the writer, the counts)."""
+    from orchestrator.http.metrics import Count, LabelledGauge, Tallied
+    from storage.tally import Histograms
+
+    steps = Histograms((0.1, 1.0))
+    for value in (0.05, 0.1, 0.5, 2.0):
+        steps.observe(("wf", "ok"), value)
+    metrics = Metrics(tallies=lambda: [
+        Tallied("wf_step_duration_seconds", "d", ("workflow", "outcome"), steps.snapshot(),
+                "wf_step_attempts", "n"),
+        Count("wf_events_received", "e", 3),
+        LabelledGauge("wf_waitpoints_waiting", "w", "kind", {"EVENT": 2, "SIGNAL": 1}),
+    ])
+    families = {f.name: f for f in text_string_to_metric_families(
+        metrics.exposition().decode())}
+    buckets = {s.labels["le"]: s.value for s in families["wf_step_duration_seconds"].samples
+               if s.name.endswith("_bucket")}
+    assert buckets == {"0.1": 2, "1.0": 3, "+Inf": 4}  # cumulative; 0.1 falls in le=0.1
+    assert [s.value for s in families["wf_step_attempts"].samples] == [4]
+    assert [s.value for s in families["wf_events_received"].samples] == [3]
+    assert {s.labels["kind"]: s.value for s in families["wf_waitpoints_waiting"].samples} == {
+        "EVENT": 2, "SIGNAL": 1}

@@ -119,6 +119,24 @@ async def test_request_too_large_closes_only_that_connection(server: SocketServe
     assert server.stats().errors_by_code["REQUEST_TOO_LARGE"] == 1
 
 
+async def test_the_too_large_reply_survives_the_rest_of_the_line_still_arriving(
+    server: SocketServer,
+) -> None:
+    """Far more than the limit in one write (more than the socket buffers hold): the server
+    answers before the line ends. Closing with the rest unread would reset the connection and
+    the reply could be lost (Linux resets a Unix socket closed with unread data); the server
+    reads the rest away first, then closes cleanly."""
+    for _ in range(5):
+        big = await Raw.open(server.path)
+        big.writer.write(b'{"id": 1, "method": "get", "params": {"run_id": "'
+                         + b"x" * 2_000_000 + b'"}}\n')
+        reply = await big.recv()
+        assert reply["error"]["code"] == "REQUEST_TOO_LARGE"
+        await big.writer.drain()  # everything was taken: no broken pipe
+        assert await big.reader.read() == b""
+        await big.close()
+
+
 async def test_unexpected_exception_is_internal_and_server_survives(
     server: SocketServer, raw: Raw, store: FaultyStorage
 ) -> None:

@@ -171,3 +171,18 @@ async def test_resolve_waitpoint_reports_only_the_first_resolution(storage: st.S
     assert await storage.next_timer_due() is None
     journal = await storage.load_journal("r1")
     assert [w.wp_id for w in journal.waitpoints] == ["invoke:c:0"]
+
+
+async def test_waiting_waitpoints_are_counted_by_kind(storage: st.Storage) -> None:
+    """What ``/metrics`` reports as ``wf_waitpoints_waiting{kind}``: only those still waiting."""
+    assert await storage.waiting_by_kind() == {}
+    for run in ("a", "b", "c"):
+        await make_run(storage, run)
+    await storage.execute(event_wp("a"))
+    await storage.execute(event_wp("b"))
+    await storage.execute(signal_wp("c"))
+    assert await storage.waiting_by_kind() == {"EVENT": 2, "SIGNAL": 1}
+    await storage.record_event(st.RecordEvent("e1", "order.paid", {}, 20.0, deep_subset))
+    assert await storage.waiting_by_kind() == {"SIGNAL": 1}
+    await storage.send_signal(st.SendSignal("c", "approve", None, 21.0))
+    assert await storage.waiting_by_kind() == {}

@@ -39,7 +39,7 @@ def _ratio(num: str, den: str) -> Callable[[History], list[Point]]:
 
 CHARTS: Final = (
     Chart("runs_finished", "Runs ended", "per s", _rate("runs_finished")),
-    Chart("runs_started", "Runs submitted", "per s", _rate("runs_started")),
+    Chart("runs_started", "Runs submitted", "per s", _rate("runs_submitted")),
     Chart("storage_ops", "Journal writes (steps, waits, resolutions)", "per s",
           _rate("storage_ops")),
     Chart("storage_batches", "Commits (transactions)", "per s", _rate("storage_batches")),
