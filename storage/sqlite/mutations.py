@@ -310,7 +310,7 @@ def create_child_run(conn: Conn, op: ops.CreateChildRun) -> ops.ChildRunCreated:
 # --- journal -----------------------------------------------------------------------------------
 
 # Journal numbers (SPEC §3): every entry takes its run's next ``journal_seq`` in the op that
-# writes it (migration 0011 dropped the triggers that did it). The run's row is updated first,
+# writes it (migration 0012 dropped the triggers that did it). The run's row is updated first,
 # taking the number: on PostgreSQL that row lock orders two writers of one run's journal (the
 # owner's step and another daemon's resolution), so no number is handed out twice. An op
 # whose write turns out to add no entry (a conflict) gives its number back in the same

@@ -1,4 +1,4 @@
--- PostgreSQL twin of storage/sqlite/migrations/0011_journal_seq_in_ops.sql: the journal
+-- PostgreSQL twin of storage/sqlite/migrations/0012_journal_seq_in_ops.sql: the journal
 -- numbers are assigned by the ops, so the numbering triggers and their functions go. Each op
 -- takes its numbers with an UPDATE of the run's row first (a row lock), so two daemons
 -- writing one run's journal (an owner's step, another daemon's resolution) never share one.
