@@ -84,10 +84,11 @@ async def long_wait_wf(k: int, r: int) -> list[float]:
     return out
 
 
-def launch(db: Path, poll: float | None) -> dict[str, Any]:
+def launch(url: str, poll: float | None) -> dict[str, Any]:
+    """Launch DBOS on ``url`` (``sqlite:///file`` or, for W7, ``postgresql://...``)."""
     config: DBOSConfig = {
         "name": "wfbench",
-        "system_database_url": f"sqlite:///{db}",
+        "system_database_url": url,
         "log_level": "WARNING",
     }
     if poll is not None:
@@ -102,6 +103,10 @@ def pragmas() -> dict[str, Any]:
     from dbos._dbos import _get_dbos_instance
 
     engine = _get_dbos_instance()._sys_db.engine
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as c:
+            return {"synchronous_commit": c.exec_driver_sql("SHOW synchronous_commit").scalar(),
+                    "fsync": c.exec_driver_sql("SHOW fsync").scalar()}
     with engine.connect() as c:
         sync = c.exec_driver_sql("PRAGMA synchronous").scalar()
         mode = c.exec_driver_sql("PRAGMA journal_mode").scalar()
@@ -282,8 +287,8 @@ def _child(workload: str, params: dict[str, Any], poll: float | None) -> dict[st
 
     async def main() -> None:
         nonlocal result
-        db = Path(params["db"])
-        result["pragmas"] = launch(db, poll)
+        url = params.get("pg_url") or f"sqlite:///{params['db']}"
+        result["pragmas"] = launch(url, poll)
         params["launch_seconds"] = time.perf_counter() - t0
         result.update(await WORKLOADS[workload](params))
         if workload == "W5park":
@@ -297,6 +302,11 @@ def _child(workload: str, params: dict[str, Any], poll: float | None) -> dict[st
 
 def run_cell(workload: str, params: dict[str, Any], poll: float | None) -> dict[str, Any]:
     """One cell; this process is the DBOS application (W5: its two children are)."""
+    if "pg_url" in params:  # W7: DBOS on PostgreSQL, its native backend
+        result = _child(workload, params, poll)
+        with contextlib.suppress(Exception):
+            DBOS.destroy()
+        return result
     if "db" in params:  # a W5 child
         result = _child(workload, params, poll)
         print(json.dumps(result), flush=True)

@@ -7,8 +7,9 @@ Sides: ``ours-daemon`` (a real ``wf daemon`` subprocess, driven over its Unix so
 ``dbos-default`` and ``dbos-tuned`` (DBOS Transact, async API, SQLite system database;
 tuned = a shorter notification polling interval). Every (side, workload) cell runs in its own
 subprocess in a fresh temporary directory on the same disk, with a timeout. W6 is the raw
-sqlite3 limit on that disk with our pragmas. Progress goes to stderr; the table to stdout; the
-figures to ``bench/results/latest.json``.
+sqlite3 limit on that disk with our pragmas. W7 is PostgreSQL (bench/w7.py: its own throwaway
+cluster, 1 and 2 daemons, DBOS on the same server, the raw commit rate). Progress goes to
+stderr; the table to stdout; the figures to ``bench/results/latest.json``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from bench.common import say
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
 SIDES = ("ours-daemon", "ours-embedded", "dbos-default", "dbos-tuned")
-WORKLOADS = ("W1", "W1c", "W2", "W2small", "W3", "W4", "W5", "W6", "W8")
+WORKLOADS = ("W1", "W1c", "W2", "W2small", "W3", "W4", "W5", "W6", "W7", "W8")
 TUNED_POLL_S = 0.05
 
 # Which sides run which workload. W5 is about the daemon process (RSS, restart); DBOS-tuned only
@@ -352,6 +353,18 @@ def main(argv: list[str] | None = None) -> int:
         if wl == "W6":
             results["cells"]["W6"] = {"raw": w6(args.w6_seconds)}
             continue
+        if wl == "W7":  # PostgreSQL: its own cluster, sides and table (bench/w7.py)
+            from bench import w7
+
+            try:
+                results["cells"]["W7"] = w7.run(
+                    args.quick, args.n_scale, dbos=any(s.startswith("dbos") for s in sides),
+                    timeout=args.timeout)
+            except RuntimeError as exc:  # no PostgreSQL server binaries: the rest still runs
+                say(f"W7 skipped: {exc}")
+                results["cells"]["W7"] = {"error": str(exc), "cells": {}}
+            out.write_text(json.dumps(results, indent=2) + "\n")
+            continue
         for side in MATRIX[wl]:
             if side not in sides:
                 continue
@@ -362,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
             out.write_text(json.dumps(results, indent=2) + "\n")  # partial results survive
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
     text = table(results)
+    if "W7" in results["cells"]:
+        from bench import w7
+
+        text += "\n\n" + w7.table(results["cells"]["W7"])
     results["table_markdown"] = text
     out.write_text(json.dumps(results, indent=2) + "\n")
     m = results["machine"]

@@ -40,9 +40,8 @@ WRITER_AREAS: tuple[tuple[str, str], ...] = (
     ("create_run", "SQL: insert run (+ search index trigger)"),
     ("_close_run", "SQL: close run (timers, waitpoints)"),
     ("update_run", "SQL: update run (+ search index trigger on output)"),
-    ("_flush_steps", "SQL: insert step rows (+ journal_seq triggers)"),
-    ("record_step_attempt", "SQL: insert step rows (+ journal_seq triggers)"),
-    ("step_row", "building rows in Python"),
+    ("_flush_steps", "SQL: insert step rows (numbers taken once per run per batch)"),
+    ("record_step_attempt", "SQL: insert step rows (numbers taken once per run per batch)"),
     ("_checkpoint", "WAL checkpoint"),
     ("_file_size", "WAL size check"),
 )

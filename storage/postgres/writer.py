@@ -9,9 +9,10 @@ The op functions are SQLite's own (``storage.sqlite.mutations`` and friends) run
 
 Savepoints are costly on PostgreSQL (a subtransaction each; past 64 per transaction every
 snapshot slows), so the batch first runs *optimistically*, every caller straight into the one
-transaction and first step attempts as multi-row upserts. Only if some caller's op fails is the
-transaction rolled back and the batch replayed with one savepoint per caller, so the failure
-stays that caller's. Ops are deterministic in the database state, so the replay computes the
+transaction, first step attempts and run updates as set-based statements (many callers' rows
+in one statement). Only if some caller's op fails is the transaction rolled back and the
+batch replayed with one savepoint per caller, so the failure stays that caller's. Ops are
+deterministic in the database state, so the replay computes the
 same results for the callers that did not fail.
 """
 
@@ -51,6 +52,10 @@ _FOREIGN_RUNS = ("SELECT run_id FROM runs WHERE run_id = ANY(?) AND owner IS NOT
 _STEP_CHUNKS = (256, 64, 16, 4, 1)  # 256 rows x 11 parameters stays far below 32767
 _DEADLOCK_RETRIES = 3
 _RETRY_WHOLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+_FENCE_AND_FOREIGN = (
+    f"SELECT EXISTS ({_FENCE}), ARRAY(SELECT run_id FROM runs WHERE run_id = ANY(?) "
+    "AND owner IS NOT NULL AND owner <> ?)"
+)
 
 
 class _Replay(Exception):
@@ -68,8 +73,43 @@ class WriterStats:
     queued: int
 
 
-def _is_first_step_attempt(op: ops.WriteOp[Any]) -> bool:
-    return type(op) is ops.RecordStepAttempt and op.attempt == 1
+def _is_coalesced(op: ops.WriteOp[Any]) -> bool:
+    """Ops written set-based for many callers at once: first step attempts, run updates."""
+    kind = type(op)
+    return kind is ops.UpdateRun or (kind is ops.RecordStepAttempt and cast(Any, op).attempt == 1)
+
+
+# Ops that leave a run's status row alone, so a pending coalesced update of another run need
+# not be written before them. Anything else (an event resolving some run's wait sets its
+# needs_resume, which a pending `running` update clears) writes the pending rows first.
+_BESIDE_UPDATES = frozenset({ops.RecordStepAttempt, ops.RegisterWaitpoint, ops.AppendStreamChunk,
+                             ops.RecordCompensation, ops.ApplyMetadata, ops.CreateRun})
+
+
+class _Pending:
+    """The coalesced rows of a batch not yet written."""
+
+    __slots__ = ("steps", "updated", "updates")
+
+    def __init__(self) -> None:
+        self.steps: list[ops.RecordStepAttempt] = []
+        self.updates: list[ops.UpdateRun] = []
+        self.updated: set[str] = set()
+
+    def must_flush_before(self, batch: Sequence[ops.WriteOp[Any]]) -> bool:
+        """A caller applied op by op must see the coalesced rows written before it if it
+        records a later attempt (it archives the earlier one) or may touch an updated run."""
+        if self.steps and any(type(op) is ops.RecordStepAttempt and op.attempt > 1
+                              for op in batch):
+            return True
+        return bool(self.updates) and any(
+            type(op) not in _BESIDE_UPDATES or cast(Any, op).run_id in self.updated
+            for op in batch)
+
+    def clear(self) -> None:
+        self.steps.clear()
+        self.updates.clear()
+        self.updated.clear()
 
 
 class Writer:
@@ -252,24 +292,30 @@ class Writer:
         ``isolate`` any op error raises ``_Replay``; with it, each caller gets a savepoint."""
         as_sqlite = cast(Any, conn)  # the op functions are typed for sqlite3; see dialect.py
         outcomes: list[_Outcome] = []
-        steps: list[tuple[Any, ...]] = []
+        pending = _Pending()
         conn.execute("BEGIN")
         foreign: set[str] = set()
         if self._fence_id is not None:
-            self._check_fence(conn, self._fence_id)
-            foreign = self._foreign_runs(conn, self._fence_id, batch)
+            foreign = self._check_fence(conn, self._fence_id, batch)
         # Before any op reads: what a concurrent batch of another daemon would race (locks.py).
         locks.lock(conn, (op for ops_, _ in batch for op in ops_))
         for ops_, fut in batch:
             if foreign and (run_id := _foreign_write(ops_, foreign)) is not None:
                 outcomes.append((fut, False, errors.RunNotOwned(run_id)))
                 continue
-            if not isolate and all(_is_first_step_attempt(op) for op in ops_):
-                steps.extend(mutations.step_row(op) for op in ops_)  # type: ignore[arg-type]
+            if not isolate and all(_is_coalesced(op) for op in ops_):
+                for op in ops_:
+                    if type(op) is ops.UpdateRun:
+                        if op.run_id in pending.updated:  # a second update: in order
+                            self._flush(conn, pending)
+                        pending.updates.append(op)
+                        pending.updated.add(op.run_id)
+                    else:
+                        pending.steps.append(op)  # type: ignore[arg-type]  # a first attempt
                 outcomes.append((fut, True, [None] * len(ops_)))
                 continue
-            if steps and any(type(op) is ops.RecordStepAttempt and op.attempt > 1 for op in ops_):
-                self._flush_steps(conn, steps)
+            if pending.must_flush_before(ops_):
+                self._flush(conn, pending)
             if isolate:
                 conn.execute("SAVEPOINT w")
             try:
@@ -286,43 +332,43 @@ class Writer:
                 if isolate:
                     conn.execute("RELEASE SAVEPOINT w")
                 outcomes.append((fut, True, results))
-        if steps:
-            self._flush_steps(conn, steps)
+        self._flush(conn, pending)
         return outcomes
 
     @staticmethod
-    def _check_fence(conn: SyncConnection, daemon_id: str) -> None:
-        # FOR SHARE: a rescuer deletes a dead daemon's row before it adopts the runs, and that
-        # DELETE waits for this batch; every later batch of the dead daemon then finds no row.
-        if conn.execute(_FENCE, (daemon_id,)).fetchone() is None:
-            raise errors.OwnershipLost(daemon_id)
+    def _check_fence(conn: SyncConnection, me: str, batch: list[_Request]) -> set[str]:
+        """Check our lease (else ``OwnershipLost``) and return the runs written in ``batch``
+        that another daemon owns, in one round trip (a batch's fixed cost on PostgreSQL).
 
-    @staticmethod
-    def _foreign_runs(conn: SyncConnection, me: str, batch: list[_Request]) -> set[str]:
-        """Runs written in ``batch`` that another daemon owns. No lock needed: a run owned by
-        us changes hands only through our own transactions or, once our lease is gone, after
-        a rescue this batch's fence check already excludes; an unowned run is nobody's."""
-        run_ids = {str(cast(Any, op).run_id) for ops_, _ in batch for op in ops_
-                   if type(op) in ops.RUN_WRITES}
+        FOR SHARE on our lease row: a rescuer deletes a dead daemon's row before it adopts the
+        runs, and that DELETE waits for this batch; every later batch of the dead daemon then
+        finds no row. No lock for the runs: a run owned by us changes hands only through our
+        own transactions or, once our lease is gone, after a rescue the fence excludes; an
+        unowned run is nobody's."""
+        run_ids = sorted({str(cast(Any, op).run_id) for ops_, _ in batch for op in ops_
+                          if type(op) in ops.RUN_WRITES})
         if not run_ids:
+            if conn.execute(_FENCE, (me,)).fetchone() is None:
+                raise errors.OwnershipLost(me)
             return set()
-        found = conn.execute(_FOREIGN_RUNS, (sorted(run_ids), me)).fetchall()
-        return {r[0] for r in found}
+        live, foreign = conn.execute(_FENCE_AND_FOREIGN, (me, run_ids, me)).fetchone()
+        if not live:
+            raise errors.OwnershipLost(me)
+        return set(foreign)
 
     @staticmethod
-    def _flush_steps(conn: SyncConnection, steps: list[tuple[Any, ...]]) -> None:
+    def _flush(conn: SyncConnection, pending: _Pending) -> None:
+        """Write the coalesced rows: set-based statements for many callers at once."""
         try:
-            done, total = 0, len(steps)
-            for size in _STEP_CHUNKS:
-                sql = mutations.upsert_steps_sql(size)
-                while total - done >= size:
-                    conn.execute(sql, [p for row in steps[done : done + size] for p in row])
-                    done += size
+            if pending.steps:
+                mutations.record_first_attempts(cast(Any, conn), pending.steps)
+            if pending.updates:
+                mutations.update_runs(cast(Any, conn), pending.updates)
         except Exception as exc:
             if is_batch_fatal(exc):
                 raise
             raise _Replay from exc  # whose row failed is unknown: replay, each in a savepoint
-        steps.clear()
+        pending.clear()
 
     def _rollback(self) -> None:
         conn = self._conn

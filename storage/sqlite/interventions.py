@@ -289,13 +289,17 @@ def _reopen(
         # The final failure becomes a failure with a backoff that is already over: the replay
         # passes the (resolved) backoff wait and runs the next attempt, numbered after it.
         conn.execute("UPDATE steps SET retry_at = ? WHERE id = ?", (at, sid))
-        conn.execute(
+        # Its registration is a journal entry (numbered); it is written resolved, so it has
+        # no resolution entry of its own.
+        seq = mutations.take_seq(conn, run_id)
+        if conn.execute(
             "INSERT OR IGNORE INTO waitpoints (run_id, wp_id, kind, status, meta, "
-            "registered_at, due_at, resolved_at, source) "
-            "VALUES (?, ?, 'DATETIME', 'resolved', ?, ?, ?, ?, 'live')",
+            "registered_at, due_at, resolved_at, source, journal_seq) "
+            "VALUES (?, ?, 'DATETIME', 'resolved', ?, ?, ?, ?, 'live', ?)",
             (run_id, f"retry:{step_id}:{attempt}",
-             dumps({"step_id": step_id, "attempt": attempt}), finished_at or at, at, at),
-        )
+             dumps({"step_id": step_id, "attempt": attempt}), finished_at or at, at, at, seq),
+        ).rowcount != 1 and seq is not None:
+            mutations.give_back_seq(conn, run_id)
         failed_steps.append({"step_id": step_id, "attempt": attempt, "error": loads(error)})
     reopened = _reopen_waits(conn, run_id, at, children)
     return {"failed_steps": failed_steps, "undone_steps": undone,

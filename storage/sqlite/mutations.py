@@ -229,6 +229,81 @@ def update_run(conn: Conn, op: ops.UpdateRun) -> None:
         _close_run(conn, op.run_id)
 
 
+# Casts that give every VALUES column of ``update_runs`` its type on PostgreSQL (parameters in
+# a VALUES list would otherwise be text); SQLite takes the same names as affinities.
+_UPDATE_CASTS = {"status": "TEXT", "output": "TEXT", "error": "TEXT",
+                 "started_at": "DOUBLE PRECISION", "finished_at": "DOUBLE PRECISION",
+                 "attempt": "INTEGER", "diverged": "INTEGER", "recoveries": "INTEGER",
+                 "priority": "INTEGER"}
+_RunShape = tuple[tuple[str, ...], str, bool]  # fields set, status class, adds compute
+
+
+def _shape(op: ops.UpdateRun) -> _RunShape:
+    fields = tuple(name for name, _ in _UPDATE_FIELDS if getattr(op, name) is not ops.UNSET)
+    status = ("" if op.status is ops.UNSET else "running" if op.status is records.RunStatus.RUNNING
+              else "terminal" if op.status in records.TERMINAL_STATUSES else "other")
+    return fields, status, bool(op.add_compute_seconds)
+
+
+@cache
+def _update_runs_sql(shape: _RunShape, rows_count: int) -> str:
+    fields, status, adds = shape
+    names = ["rid", "v_at", *(f"v_{f}" for f in fields)] + (["v_add"] if adds else [])
+    casts = ["?", "CAST(? AS DOUBLE PRECISION)",
+             *(f"CAST(? AS {_UPDATE_CASTS[f]})" for f in fields)]
+    if adds:
+        casts.append("CAST(? AS DOUBLE PRECISION)")
+    sets = ["updated_at = c.v_at", *(f"{f} = c.v_{f}" for f in fields)]
+    if status == "running":
+        sets.append("needs_resume = 0")
+    elif status == "terminal":
+        sets.append("paused = 0")
+    if adds:
+        sets.append("compute_seconds = compute_seconds + c.v_add")
+    values = ", ".join([f"({', '.join(casts)})"] * rows_count)
+    return (f"WITH c({', '.join(names)}) AS (VALUES {values}) "
+            f"UPDATE runs SET {', '.join(sets)} FROM c WHERE run_id = c.rid RETURNING run_id")
+
+
+def update_runs(conn: Conn, updates: list[ops.UpdateRun]) -> None:
+    """``update_run`` for many runs, one each (the PostgreSQL writer's set-based path): one
+    statement per chunk of ops that set the same fields, and the ended runs closed together.
+    Raises ``NotCoalesced`` if a run is missing (the writer then applies op by op)."""
+    by_shape: dict[_RunShape, list[ops.UpdateRun]] = {}
+    for op in updates:
+        by_shape.setdefault(_shape(op), []).append(op)
+    ended: list[str] = []
+    for shape, group in by_shape.items():
+        fields, status, adds = shape
+        encoders = [encode for name, encode in _UPDATE_FIELDS if name in fields]
+        params: list[Any] = []
+        for op in group:
+            params += (op.run_id, op.at,
+                       *(enc(getattr(op, f)) for f, enc in zip(fields, encoders, strict=True)))
+            if adds:
+                params.append(op.add_compute_seconds)
+        width = len(params) // len(group)
+        done = 0
+        for chunk in _chunks(len(group)):
+            found = conn.execute(_update_runs_sql(shape, chunk),
+                                 params[done * width : (done + chunk) * width]).fetchall()
+            done += chunk
+            if len(found) != chunk:
+                raise NotCoalesced("a run to update does not exist")
+        if status == "terminal":
+            ended += (op.run_id for op in group)
+    done = 0
+    for chunk in _chunks(len(ended)):
+        part = ended[done : done + chunk]
+        done += chunk
+        marks = ", ".join(["?"] * chunk)
+        # _close_run for all of them at once.
+        conn.execute(f"DELETE FROM timers WHERE run_id IN ({marks})", part)
+        conn.execute(f"UPDATE waitpoints SET status = 'cancelled' WHERE status = 'waiting' "
+                     f"AND run_id IN ({marks})", part)
+        conn.execute(f"DELETE FROM run_cancel_on WHERE run_id IN ({marks})", part)
+
+
 def create_child_run(conn: Conn, op: ops.CreateChildRun) -> ops.ChildRunCreated:
     created = create_run(conn, op.child)
     waitpoint = None if op.invoke is None else register_waitpoint(conn, op.invoke).waitpoint
@@ -237,83 +312,169 @@ def create_child_run(conn: Conn, op: ops.CreateChildRun) -> ops.ChildRunCreated:
 
 # --- journal -----------------------------------------------------------------------------------
 
+# Journal numbers (SPEC §3): every entry takes its run's next ``journal_seq`` in the op that
+# writes it (migration 0013 dropped the triggers that did it). The run's row is updated first,
+# taking the number: on PostgreSQL that row lock orders two writers of one run's journal (the
+# owner's step and another daemon's resolution), so no number is handed out twice. An op
+# whose write turns out to add no entry (a conflict) gives its number back in the same
+# transaction, under the same lock: numbers stay dense, as the triggers left them.
+_TAKE_SEQ = "UPDATE runs SET journal_seq = journal_seq + 1 WHERE run_id = ? RETURNING journal_seq"
+_GIVE_BACK_SEQ = "UPDATE runs SET journal_seq = journal_seq - 1 WHERE run_id = ?"
+
+
+def take_seq(conn: Conn, run_id: str) -> int | None:
+    """The run's next journal number, taken; None if there is no such run."""
+    # fetchall: a RETURNING statement left unfinished would hold the transaction open.
+    found = conn.execute(_TAKE_SEQ, (run_id,)).fetchall()
+    return int(found[0][0]) if found else None
+
+
+def give_back_seq(conn: Conn, run_id: str) -> None:
+    """Return the number ``take_seq`` took last: the write it was for added no entry."""
+    conn.execute(_GIVE_BACK_SEQ, (run_id,))
+
+
 _RUN_NO = "(SELECT number FROM runs WHERE run_id = ?)"
-_STEP_VALUES = f"({_RUN_NO}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_STEP_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# A row inserted, or a later attempt replacing an earlier one, is a new journal entry and
+# keeps the number given with it; the same attempt again keeps the row's number (and then the
+# returned number is not the one given: the caller gives it back).
 _UPSERT_STEP_TAIL = (
     " ON CONFLICT (run_no, step_id) DO UPDATE SET position = excluded.position, "
     "attempt = excluded.attempt, status = excluded.status, output = excluded.output, "
     "error = excluded.error, started_at = excluded.started_at, "
     "finished_at = excluded.finished_at, runtime = excluded.runtime, "
-    "retry_at = excluded.retry_at "
-    "WHERE excluded.attempt >= steps.attempt"
+    "retry_at = excluded.retry_at, journal_seq = CASE WHEN excluded.attempt > steps.attempt "
+    "THEN excluded.journal_seq ELSE steps.journal_seq END "
+    "WHERE excluded.attempt >= steps.attempt RETURNING journal_seq"
 )
 _INSERT_STEP_HEAD = (
     "INSERT INTO steps (run_no, step_id, position, attempt, status, output, error, started_at, "
-    "finished_at, runtime, retry_at) VALUES "
+    "finished_at, runtime, retry_at, journal_seq) VALUES "
 )
 UPSERT_STEP = _INSERT_STEP_HEAD + _STEP_VALUES + _UPSERT_STEP_TAIL
 STEP_CHUNKS = (256, 64, 16, 4, 1)
-"""Row counts of the multi-row step upserts the writer uses (each statement cached once)."""
+"""Row counts of the multi-row statements the coalesced step path uses (each cached once;
+256 rows x 12 parameters stays below both backends' parameter limits)."""
 
 
 @cache
-def upsert_steps_sql(rows_count: int) -> str:
-    """``UPSERT_STEP`` for ``rows_count`` rows in one statement: SQLite runs it in one call,
-    so the writer thread gives up and re-takes the GIL once per chunk, not once per row."""
-    return _INSERT_STEP_HEAD + ", ".join([_STEP_VALUES] * rows_count) + _UPSERT_STEP_TAIL
+def insert_steps_sql(rows_count: int) -> str:
+    """First attempts for ``rows_count`` rows in one statement: SQLite runs it in one call, so
+    the writer thread gives up and re-takes the GIL once per chunk, not once per row. A row
+    already there is left alone (and the statement's row count says so)."""
+    return (_INSERT_STEP_HEAD + ", ".join([_STEP_VALUES] * rows_count)
+            + " ON CONFLICT (run_no, step_id) DO NOTHING")
+
+
+@cache
+def take_seqs_sql(runs_count: int) -> str:
+    """Take ``n`` journal numbers for each of ``runs_count`` runs in one statement; returns
+    each run's id, number and last number taken. The same text serves both backends."""
+    values = ", ".join(["(?, CAST(? AS INTEGER))"] * runs_count)
+    return (f"WITH c(rid, n) AS (VALUES {values}) "
+            "UPDATE runs SET journal_seq = journal_seq + c.n FROM c WHERE run_id = c.rid "
+            "RETURNING run_id, number, journal_seq")
+
+
+class NotCoalesced(Exception):
+    """The coalesced step rows cannot be written as one: a run is missing or a row was
+    already there. The writer applies the batch again, op by op."""
+
+
+def record_first_attempts(conn: Conn, steps: list[ops.RecordStepAttempt]) -> None:
+    """First attempts of steps, many callers' at once (the writer's hot path): one statement
+    per chunk of runs takes each run's numbers, one per chunk of rows writes them. Raises
+    ``NotCoalesced`` if that would not give exactly what the ops one by one would."""
+    wanted: dict[str, int] = {}
+    for op in steps:
+        wanted[op.run_id] = wanted.get(op.run_id, 0) + 1
+    runs: dict[str, list[int]] = {}  # run_id -> [number, next journal number to give]
+    pairs = list(wanted.items())
+    for chunk in _chunks(len(pairs)):
+        part, pairs = pairs[:chunk], pairs[chunk:]
+        for run_id, number, last in conn.execute(
+            take_seqs_sql(chunk), [v for pair in part for v in pair]
+        ).fetchall():
+            runs[run_id] = [number, last - wanted[run_id] + 1]
+    if len(runs) != len(wanted):
+        raise NotCoalesced("a step's run does not exist")
+    params: list[Any] = []
+    for op in steps:
+        run = runs[op.run_id]
+        seq = run[1]
+        run[1] = seq + 1
+        params += (run[0], op.step_id, op.position, op.attempt, op.status.value,
+                   dumps(op.output), dumps(op.error), op.started_at, op.finished_at,
+                   op.runtime, op.retry_at, seq)
+    done = 0
+    for chunk in _chunks(len(steps)):
+        cur = conn.execute(insert_steps_sql(chunk), params[done * 12 : (done + chunk) * 12])
+        done += chunk
+        if cur.rowcount != chunk:  # a row was there: the op would replace it, unnumbered
+            raise NotCoalesced("a step row was already recorded")
+
+
+def _chunks(total: int) -> list[int]:
+    out: list[int] = []
+    for size in STEP_CHUNKS:
+        while total >= size:
+            out.append(size)
+            total -= size
+    return out
 
 
 _ARCHIVE_EARLIER_ATTEMPT = (
     "INSERT OR REPLACE INTO step_attempts (run_no, step_id, attempt, status, output, error, "
     "started_at, finished_at, retry_at, journal_seq) SELECT run_no, step_id, attempt, status, "
-    f"output, error, started_at, finished_at, retry_at, journal_seq FROM steps "
-    f"WHERE run_no = {_RUN_NO} "
-    "AND step_id = ? AND attempt < ?"
+    "output, error, started_at, finished_at, retry_at, journal_seq FROM steps "
+    "WHERE run_no = ? AND step_id = ? AND attempt < ?"
+)
+_TAKE_STEP_SEQ = (
+    "UPDATE runs SET journal_seq = journal_seq + 1 WHERE run_id = ? RETURNING number, journal_seq"
 )
 
 
-def step_row(op: ops.RecordStepAttempt) -> tuple[Any, ...]:
-    """Parameters of ``UPSERT_STEP`` for ``op``. The writer feeds many first attempts to one
-    ``executemany``: a first attempt never has an earlier one to archive."""
-    return (
-        op.run_id,
-        op.step_id,
-        op.position,
-        op.attempt,
-        op.status.value,
-        dumps(op.output),
-        dumps(op.error),
-        op.started_at,
-        op.finished_at,
-        op.runtime,
-        op.retry_at,
-    )
-
-
 def record_step_attempt(conn: Conn, op: ops.RecordStepAttempt) -> None:
-    if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (op.run_id,)).fetchone() is None:
+    taken = conn.execute(_TAKE_STEP_SEQ, (op.run_id,)).fetchall()
+    if not taken:
         raise errors.NotFound("run", op.run_id)
+    run_no, seq = taken[0]
     if op.attempt > 1:
-        conn.execute(_ARCHIVE_EARLIER_ATTEMPT, (op.run_id, op.step_id, op.attempt))
-    conn.execute(UPSERT_STEP, step_row(op))
+        conn.execute(_ARCHIVE_EARLIER_ATTEMPT, (run_no, op.step_id, op.attempt))
+    written = conn.execute(UPSERT_STEP, (
+        run_no, op.step_id, op.position, op.attempt, op.status.value, dumps(op.output),
+        dumps(op.error), op.started_at, op.finished_at, op.runtime, op.retry_at, seq,
+    )).fetchall()
+    if not written or written[0][0] != seq:  # the same attempt again, or an older one
+        give_back_seq(conn, op.run_id)
 
 
 def record_compensation(conn: Conn, op: ops.RecordCompensation) -> None:
-    conn.execute(
-        "INSERT INTO compensations (run_id, step_id, seq, status, error, finished_at) "
-        "VALUES (?, ?, (SELECT count(*) FROM compensations WHERE run_id = ?), ?, ?, ?) "
+    seq = take_seq(conn, op.run_id)
+    written = conn.execute(
+        "INSERT INTO compensations (run_id, step_id, seq, status, error, finished_at, "
+        "journal_seq) "
+        "VALUES (?, ?, (SELECT count(*) FROM compensations WHERE run_id = ?), ?, ?, ?, ?) "
         "ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, "
-        "error = excluded.error, finished_at = excluded.finished_at",
-        (op.run_id, op.step_id, op.run_id, op.status.value, dumps(op.error), op.finished_at),
-    )
+        "error = excluded.error, finished_at = excluded.finished_at RETURNING journal_seq",
+        (op.run_id, op.step_id, op.run_id, op.status.value, dumps(op.error), op.finished_at,
+         seq),
+    ).fetchall()
+    if seq is not None and written[0][0] != seq:  # updated, not a new entry
+        give_back_seq(conn, op.run_id)
 
 
 def append_stream_chunk(conn: Conn, op: ops.AppendStreamChunk) -> bool:
+    seq = take_seq(conn, op.run_id)
     cur = conn.execute(
-        "INSERT OR IGNORE INTO stream_chunks (run_id, stream_id, seq, encoding, chunk, final, at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (op.run_id, op.stream_id, op.seq, op.encoding, dumps(op.chunk), int(op.final), op.at),
+        "INSERT OR IGNORE INTO stream_chunks (run_id, stream_id, seq, encoding, chunk, final, at, "
+        "journal_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (op.run_id, op.stream_id, op.seq, op.encoding, dumps(op.chunk), int(op.final), op.at,
+         seq),
     )
+    if cur.rowcount != 1 and seq is not None:
+        give_back_seq(conn, op.run_id)
     return cur.rowcount == 1
 
 
@@ -375,13 +536,20 @@ _SELECT_WAITPOINT = (
 )
 _INSERT_WAITPOINT = (
     "INSERT INTO waitpoints (run_id, wp_id, kind, status, meta, event_type, signal_name, match, "
-    "token_id, registered_at, due_at, timeout_at) VALUES (?, ?, ?, 'waiting', ?, ?, ?, ?, ?, ?, "
-    "?, ?)"
+    "token_id, registered_at, due_at, timeout_at, journal_seq) "
+    "VALUES (?, ?, ?, 'waiting', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _RESOLVE = (
     "UPDATE waitpoints SET status = 'resolved', resolved_at = ?, payload = ?, error = ?, "
     "source = ?, matched_event_id = ? WHERE run_id = ? AND wp_id = ? AND status = 'waiting'"
 )
+
+
+_RESUME_AND_TAKE_SEQ = (
+    "UPDATE runs SET needs_resume = 1, journal_seq = journal_seq + 1 WHERE run_id = ? "
+    "RETURNING journal_seq"
+)
+_SET_RESOLVED_SEQ = "UPDATE waitpoints SET resolved_journal_seq = ? WHERE run_id = ? AND wp_id = ?"
 
 
 def _resolve(
@@ -402,8 +570,11 @@ def _resolve(
         return False
     conn.execute("DELETE FROM timers WHERE run_id = ? AND wp_id = ?", (run_id, wp_id))
     # Recovery restarts waiting runs with this flag: a resolution is never stranded by a crash
-    # between its commit and its delivery to the run's actor.
-    conn.execute("UPDATE runs SET needs_resume = 1 WHERE run_id = ?", (run_id,))
+    # between its commit and its delivery to the run's actor. The resolution is a journal
+    # entry: it takes the run's next number in the same statement.
+    taken = conn.execute(_RESUME_AND_TAKE_SEQ, (run_id,)).fetchall()
+    if taken:
+        conn.execute(_SET_RESOLVED_SEQ, (taken[0][0], run_id, wp_id))
     return True
 
 
@@ -430,6 +601,7 @@ def register_waitpoint(conn: Conn, op: ops.RegisterWaitpoint) -> ops.WaitpointRe
     row = conn.execute(_SELECT_WAITPOINT, (op.run_id, op.wp_id)).fetchone()
     if row is not None:
         return ops.WaitpointRegistered(rows.waitpoint_from_row(row), created=False)
+    seq = take_seq(conn, op.run_id)
     conn.execute(
         _INSERT_WAITPOINT,
         (
@@ -444,6 +616,7 @@ def register_waitpoint(conn: Conn, op: ops.RegisterWaitpoint) -> ops.WaitpointRe
             op.registered_at,
             op.due_at,
             op.timeout_at,
+            seq,
         ),
     )
     if op.token_id is not None:

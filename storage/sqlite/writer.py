@@ -40,7 +40,7 @@ from storage.sqlite import (
     schedules,
     schema,
 )
-from storage.sqlite.mutations import APPLY, STEP_CHUNKS, Apply, step_row, upsert_steps_sql
+from storage.sqlite.mutations import APPLY, Apply, record_first_attempts
 from storage.sqlite.translate import is_batch_fatal, primary_code, translate
 from storage.tally import CommitTally
 
@@ -334,12 +334,12 @@ class Writer:
         execute = conn.execute
         apply = _APPLY
         outcomes: list[_Outcome] = []
-        steps: list[tuple[Any, ...]] = []
+        steps: list[ops.RecordStepAttempt] = []
         execute("BEGIN IMMEDIATE")
         self._instrument.reached("batch.begun")
         for ops_, fut in batch:
             if coalesce and all(_is_first_step_attempt(op) for op in ops_):
-                steps.extend(step_row(op) for op in ops_)  # type: ignore[arg-type]  # checked
+                steps.extend(ops_)  # type: ignore[arg-type]  # checked: all step attempts
                 outcomes.append((fut, True, [None] * len(ops_)))
                 continue
             # Coalesced first attempts only touch their own new step rows: they need writing
@@ -366,14 +366,9 @@ class Writer:
         return outcomes
 
     @staticmethod
-    def _flush_steps(conn: sqlite3.Connection, steps: list[tuple[Any, ...]]) -> None:
+    def _flush_steps(conn: sqlite3.Connection, steps: list[ops.RecordStepAttempt]) -> None:
         try:
-            done, total = 0, len(steps)
-            for size in STEP_CHUNKS:
-                sql = upsert_steps_sql(size)
-                while total - done >= size:
-                    conn.execute(sql, [p for row in steps[done : done + size] for p in row])
-                    done += size
+            record_first_attempts(conn, steps)
         except Exception as exc:
             if is_batch_fatal(exc) or not conn.in_transaction:
                 raise

@@ -125,6 +125,10 @@ async def test_retry_resume_keeps_done_steps_and_reopens_what_the_end_closed(
     assert steps["broke"].retry_at == 30.0  # its final failure is retried now
     wps = {w.wp_id: w for w in journal.waitpoints}
     assert wps["retry:broke:1"].status is st.WaitpointStatus.RESOLVED
+    # Its registration takes the run's next number (after kept, undone, broke, the
+    # compensation and sleep:0); it is written resolved, so no resolution entry of its own.
+    assert (wps["retry:broke:1"].journal_seq, wps["retry:broke:1"].resolved_journal_seq) == (
+        6, None)
     assert wps["sleep:0"].status is st.WaitpointStatus.WAITING
     assert [t.timer_id for t in await storage.due_timers(1e12, 10)] == ["wp:r:sleep:0"]
     assert journal.compensations == ()

@@ -4,10 +4,13 @@ journals written before it in time order."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import pytest
 
 import storage as st
 from storage.postgres import schema as pg_schema
@@ -109,3 +112,101 @@ async def test_the_postgres_migration_numbers_existing_journals_alike(
         assert wps == {"sleep:0": (2, 3), "event:x:0": (6, None)}
     finally:
         await pg.drop_database(pg_cluster, url)
+
+
+def _step(run_id: str, step_id: str, attempt: int = 1, at: float = 1.0) -> st.RecordStepAttempt:
+    return st.RecordStepAttempt(run_id, step_id, attempt, DONE, finished_at=at)
+
+
+async def _seqs(s: st.Storage, run_id: str) -> dict[str, int | None]:
+    journal = await s.load_journal(run_id)
+    found: dict[str, int | None] = {
+        f"{a.step_id}#{a.attempt}": a.journal_seq for a in journal.attempts}
+    for wp in journal.waitpoints:
+        found[wp.wp_id] = wp.journal_seq
+        if wp.resolved_journal_seq is not None:
+            found[f"{wp.wp_id}!"] = wp.resolved_journal_seq
+    return found
+
+
+async def test_a_batch_numbers_one_run_many_times_in_order(storage: st.Storage) -> None:
+    """Migration 0012: the ops number their entries. Many callers in one batch, several on one
+    run, coalesced first attempts beside ops applied one by one: dense numbers, in the order
+    the entries were written, each run its own."""
+    s = storage
+    for run_id in ("r1", "r2", "r3"):
+        await make_run(s, run_id)
+    # One caller, all first attempts (the coalesced path), three on r1 and one on r2.
+    await s.commit([_step("r1", "a"), _step("r2", "a"), _step("r1", "b"), _step("r1", "c")])
+    # Concurrent callers, most likely one batch: first attempts, a later attempt and a
+    # waitpoint, on the same runs.
+    await asyncio.gather(
+        s.commit([_step("r1", "d"), _step("r3", "a")]),
+        s.commit([_step("r2", "b"), _step("r2", "c")]),
+        s.commit([st.RegisterWaitpoint("r3", "sleep:0", DATETIME, 2.0, due_at=9.0)]),
+    )
+    assert await _seqs(s, "r1") == {"a#1": 1, "b#1": 2, "c#1": 3, "d#1": 4}
+    r2, r3 = await _seqs(s, "r2"), await _seqs(s, "r3")
+    assert r2["a#1"] == 1 and sorted(v for v in r2.values() if v) == [1, 2, 3]
+    assert r2["b#1"] is not None and r2["c#1"] is not None and r2["b#1"] < r2["c#1"]
+    assert sorted(v for v in r3.values() if v) == [1, 2]
+    # A coalesced caller re-recording an attempt already there falls back to op by op: the
+    # repeat takes no number, the new row the next one.
+    await s.commit([_step("r1", "a"), _step("r1", "e")])
+    await s.commit([_step("r1", "b", attempt=2, at=3.0), _step("r1", "b", attempt=2, at=3.0)])
+    await s.execute(st.ResolveWaitpoint("r3", "sleep:0", 9.0, st.ResolutionSource.LIVE))
+    await s.execute(st.ResolveWaitpoint("r3", "sleep:0", 9.5, st.ResolutionSource.LIVE))
+    r1 = await _seqs(s, "r1")
+    assert r1 == {"a#1": 1, "b#1": 2, "c#1": 3, "d#1": 4, "e#1": 5, "b#2": 6}
+    assert (await _seqs(s, "r3"))["sleep:0!"] == 3
+    assert (await s.get_run("r1")) is not None
+    await s.execute(st.AppendStreamChunk("r1", "out", 0, "text", "x", True, 7.0))
+    await s.execute(st.AppendStreamChunk("r1", "out", 0, "text", "x", True, 7.0))  # ignored
+    await s.execute(_step("r1", "f"))
+    assert (await _seqs(s, "r1"))["f#1"] == 8
+
+
+async def test_a_missing_run_fails_only_its_caller_in_a_coalesced_batch(
+    storage: st.Storage,
+) -> None:
+    s = storage
+    await make_run(s, "r1")
+    ok, missing = await asyncio.gather(
+        s.commit([_step("r1", "a")]), s.commit([_step("nope", "a")]), return_exceptions=True)
+    assert ok == [None]
+    assert isinstance(missing, st.NotFound)
+    await s.execute(_step("r1", "b"))
+    assert await _seqs(s, "r1") == {"a#1": 1, "b#1": 2}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_numbers_continue_across_a_restart(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest,
+) -> None:
+    cluster: pg.Cluster | None = None
+    url = ""
+    if backend == "postgres":
+        cluster = request.getfixturevalue("pg_cluster")
+        url = await pg.create_database(cluster)
+
+    def opened() -> Any:
+        if cluster is not None:
+            return st.PostgresStorage.open(url)
+        return st.SQLiteStorage.open(tmp_path / "wf.db")
+
+    try:
+        async with opened() as s:
+            await make_run(s, "r1")
+            await s.commit([_step("r1", "a"), _step("r1", "b")])
+            await s.execute(st.RegisterWaitpoint("r1", "sleep:0", DATETIME, 2.0, due_at=9.0))
+        async with opened() as s:
+            await s.commit([_step("r1", "c")])
+            await s.execute(st.ResolveWaitpoint("r1", "sleep:0", 9.0,
+                                                st.ResolutionSource.LIVE))
+            assert await _seqs(s, "r1") == {
+                "a#1": 1, "b#1": 2, "sleep:0": 3, "c#1": 4, "sleep:0!": 5}
+            run = await s.get_run("r1")
+            assert run is not None
+    finally:
+        if cluster is not None:
+            await pg.drop_database(cluster, url)

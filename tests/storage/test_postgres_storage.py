@@ -208,3 +208,57 @@ async def test_a_lost_session_is_transient_and_the_writer_reconnects(pg_url: str
             await admin.close()
         await s.execute(st.RecordStepAttempt("r1", "b", 1, DONE))  # a new session
         assert [x.step_id for x in (await s.load_journal("r1")).steps] == ["b"]
+async def test_run_updates_of_many_callers_are_written_together_and_in_order(
+    pg_url: str,
+) -> None:
+    """The PostgreSQL writer writes the run updates of a batch's callers set-based (issue 20
+    performance): each still does what ``UpdateRun`` alone does (needs_resume cleared by
+    ``running``, an ended run's waits cancelled and timers dropped, compute added), a missing
+    run fails only its caller, and a resolution after a ``running`` update in the same batch
+    keeps its needs_resume."""
+    running, done = st.RunStatus.RUNNING, st.RunStatus.COMPLETED
+    async with st.PostgresStorage.open(pg_url) as s:
+        for i in range(6):
+            await s.create_run(st.CreateRun(run_id=f"r{i}", workflow_id="wf",
+                                            created_at=1.0))
+        await s.execute(st.RegisterWaitpoint("r2", "sleep:0", st.WaitpointKind.DATETIME, 2.0,
+                                             due_at=99.0))
+        await s.execute(st.RegisterWaitpoint("r3", "sleep:0", st.WaitpointKind.DATETIME, 2.0,
+                                             due_at=99.0))
+        results = await asyncio.gather(
+            s.commit([st.UpdateRun("r0", 3.0, status=running, started_at=3.0),
+                      st.RecordStepAttempt("r0", "a", 1, st.StepStatus.COMPLETED),
+                      st.UpdateRun("r0", 4.0, status=done, output={"x": 1},
+                                   finished_at=4.0, add_compute_seconds=0.5)]),
+            s.commit([st.UpdateRun("r1", 3.0, status=running, started_at=3.0)]),
+            s.commit([st.UpdateRun("r2", 3.0, status=st.RunStatus.FAILED,
+                                   error={"code": "X"}, finished_at=3.0)]),
+            s.commit([st.UpdateRun("r3", 3.0, status=running, started_at=3.0)]),
+            s.commit([st.ResolveWaitpoint("r3", "sleep:0", 3.5, st.ResolutionSource.LIVE)]),
+            s.commit([st.UpdateRun("r4", 3.0, priority=7, attempt=2, diverged=True,
+                                   recoveries=1)]),
+        )
+        assert results == [[None, None, None], [None], [None], [None], [True], [None]]
+        assert s.stats().replayed_batches == 0  # written set-based, not op by op
+        missing, ok = await asyncio.gather(
+            s.commit([st.UpdateRun("nope", 3.0, status=running)]),
+            s.commit([st.UpdateRun("r5", 5.0, priority=3)]), return_exceptions=True)
+        assert isinstance(missing, st.NotFound) and ok == [None]
+        r0, r1, r2, r3, r4, r5 = [await s.get_run(f"r{i}") for i in range(6)]
+        assert r0 is not None and r0.status is done and r0.output == {"x": 1}
+        assert r0.started_at == 3.0 and r0.finished_at == 4.0 and r0.compute_seconds == 0.5
+        assert r1 is not None and r1.status is running and r1.updated_at == 3.0
+        assert r2 is not None and r2.status is st.RunStatus.FAILED and r2.error == {"code": "X"}
+        (wp,) = (await s.load_journal("r2")).waitpoints
+        assert wp.status is st.WaitpointStatus.CANCELLED
+        assert r4 is not None and (r4.priority, r4.attempt, r4.diverged, r4.recoveries) == (
+            7, 2, True, 1)
+        assert r5 is not None and r5.status is st.RunStatus.PENDING and r5.priority == 3
+        # The resolution came after r3's `running` in the batch: r3 still needs its resume.
+        assert r3 is not None and r3.status is running
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert await conn.fetchval("SELECT needs_resume FROM runs WHERE run_id = 'r3'") == 1
+        assert await conn.fetchval("SELECT count(*) FROM timers WHERE run_id = 'r2'") == 0
+    finally:
+        await conn.close()
