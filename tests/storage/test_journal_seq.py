@@ -130,7 +130,7 @@ async def _seqs(s: st.Storage, run_id: str) -> dict[str, int | None]:
 
 
 async def test_a_batch_numbers_one_run_many_times_in_order(storage: st.Storage) -> None:
-    """Migration 0012: the ops number their entries. Many callers in one batch, several on one
+    """Migration 0013: the ops number their entries. Many callers in one batch, several on one
     run, coalesced first attempts beside ops applied one by one: dense numbers, in the order
     the entries were written, each run its own."""
     s = storage
