@@ -163,3 +163,14 @@ async def drop_database(cluster: Cluster, url: str) -> None:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         await admin.close()
+
+
+async def fetch(url: str, sql: str, *args: Any) -> list[Any]:
+    """Rows of one query on its own connection (what a test reads beside the daemons)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()

@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg
 import pytest
 
 from tests.e2e.conftest import Daemon
+from tests.pg import fetch
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +26,6 @@ def on_postgres(make_daemon: Callable[..., Daemon], url: str, **overrides: Any) 
     daemon = dict(overrides.pop("daemon", {}))
     daemon.setdefault("lease", f"{LEASE}s")
     return make_daemon(storage={"url": url}, daemon=daemon, **overrides)
-
-
-async def _fetch(url: str, sql: str, *args: Any) -> list[Any]:
-    conn = await asyncpg.connect(url)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
 
 
 def _wait_exit(d: Daemon, timeout: float) -> int:
@@ -66,7 +58,7 @@ async def test_wf_daemons_lists_the_live_daemon_and_a_clean_stop_retires_it(
     (again,) = json.loads(d.cli("--json", "daemons").stdout)["daemons"]
     assert again["lease_until"] > first and again["http"].startswith("http://127.0.0.1:")
     d.stop_cleanly()
-    assert await _fetch(pg_url, "SELECT daemon_id FROM daemons") == []
+    assert await fetch(pg_url, "SELECT daemon_id FROM daemons") == []
 
 
 async def test_a_daemon_stopped_past_its_lease_writes_nothing_and_stops_itself(
@@ -81,8 +73,8 @@ async def test_a_daemon_stopped_past_its_lease_writes_nothing_and_stops_itself(
     os.kill(d.proc.pid, signal.SIGSTOP)  # the timer comes due while it is stopped
     try:
         await asyncio.sleep(LEASE * 2)
-        before = await _fetch(pg_url, "SELECT status, journal_seq, updated_at FROM runs")
-        (row,) = await _fetch(pg_url, "SELECT lease_until > extract(epoch FROM now()) "
+        before = await fetch(pg_url, "SELECT status, journal_seq, updated_at FROM runs")
+        (row,) = await fetch(pg_url, "SELECT lease_until > extract(epoch FROM now()) "
                                       "FROM daemons")
         assert row[0] is False  # the database clock says its lease ran out
     finally:
@@ -92,12 +84,12 @@ async def test_a_daemon_stopped_past_its_lease_writes_nothing_and_stops_itself(
     assert code == 70, log[-3000:]
     assert "\"daemon.lease_lost\"" in log and "\"daemon.fail_stop\"" in log
     # Nothing it wrote after waking: the run is where it was when the lease ran out.
-    assert await _fetch(pg_url, "SELECT status, journal_seq, updated_at FROM runs") == before
+    assert await fetch(pg_url, "SELECT status, journal_seq, updated_at FROM runs") == before
     assert [r[0] for r in before] == ["waiting"]
 
 
 async def _owners(url: str) -> dict[str, str | None]:
-    return {r[0]: r[1] for r in await _fetch(url, "SELECT run_id, owner FROM runs")}
+    return {r[0]: r[1] for r in await fetch(url, "SELECT run_id, owner FROM runs")}
 
 
 async def _daemon_id(d: Daemon) -> str:
@@ -160,7 +152,7 @@ async def test_runs_of_a_killed_daemon_complete_on_the_other(
 
 async def _step_attempts(url: str) -> list[Any]:
     """(run, attempt) of each run's one step, "after": 1 when it ran once."""
-    return await _fetch(url, "SELECT r.run_id, s.attempt FROM steps s JOIN runs r "
+    return await fetch(url, "SELECT r.run_id, s.attempt FROM steps s JOIN runs r "
                              "ON r.number = s.run_no WHERE s.step_id = 'after'")
 
 
@@ -186,7 +178,7 @@ async def test_two_live_daemons_share_timers_and_each_fires_once(
     await _until(all_done, 15)
     attempts = await _step_attempts(pg_url)
     assert {r[0]: r[1] for r in attempts} == {r: 1 for r in runs}
-    assert await _fetch(pg_url, "SELECT count(*) FROM timers") == [(0,)]
+    assert await fetch(pg_url, "SELECT count(*) FROM timers") == [(0,)]
 
 
 async def test_a_stopped_daemons_runs_finish_elsewhere_and_it_wakes_to_write_nothing(
@@ -206,10 +198,10 @@ async def test_a_stopped_daemons_runs_finish_elsewhere_and_it_wakes_to_write_not
         await _until(lambda: _owned_by(pg_url, ["nap"], b_id), LEASE + 5)
         async with b.client() as c:
             assert (await c.wait("nap", timeout=10))["status"] == "completed"
-        after = await _fetch(pg_url, "SELECT status, journal_seq, updated_at, epoch FROM runs")
+        after = await fetch(pg_url, "SELECT status, journal_seq, updated_at, epoch FROM runs")
     finally:
         os.kill(a.proc.pid, signal.SIGCONT)
     code = _wait_exit(a, 10)
     assert code == 70 and '"daemon.lease_lost"' in a.new_log()
-    assert await _fetch(pg_url, "SELECT status, journal_seq, updated_at, epoch FROM runs") == after
+    assert await fetch(pg_url, "SELECT status, journal_seq, updated_at, epoch FROM runs") == after
     assert await _step_attempts(pg_url) == [("nap", 1)]

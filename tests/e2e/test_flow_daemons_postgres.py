@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from tests.e2e.conftest import Daemon
 from tests.e2e.test_flow_control import WORKFLOWS, peak_per_key, read_ledger
+from tests.pg import fetch
 
 pytestmark = pytest.mark.slow
 
@@ -42,14 +42,6 @@ def _daemon(make_daemon: Callable[..., Daemon], url: str) -> Daemon:
 @pytest.fixture
 def pair(make_daemon: Callable[..., Daemon], pg_url: str) -> tuple[Daemon, Daemon]:
     return _daemon(make_daemon, pg_url), _daemon(make_daemon, pg_url)
-
-
-async def _fetch(url: str, sql: str, *args: Any) -> list[Any]:
-    conn = await asyncpg.connect(url)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
 
 
 async def _submit_alternately(daemons: tuple[Daemon, ...], workflow_id: str,
@@ -127,7 +119,7 @@ async def test_a_throttle_spaces_starts_across_two_daemons(
     run_ids = await _submit_alternately(pair, "flow-spaced", inputs)
     done = await _wait_all(pair[0], run_ids, timeout=20)
     assert {run["status"] for run in done} == {"completed"}
-    admitted = sorted(r[0] for r in await _fetch(
+    admitted = sorted(r[0] for r in await fetch(
         pg_url, "SELECT admitted_at FROM runs WHERE workflow_id = 'flow-spaced'"))
     assert len(admitted) == 4
     assert all(b - a >= 0.999 for a, b in itertools.pairwise(admitted)), admitted
@@ -201,7 +193,7 @@ async def test_a_killed_daemons_slot_frees_after_rescue(
                          killed_at)
     assert peaks == {"all": 1}
     (me,) = [d for d in json.loads(b.cli("--json", "daemons").stdout)["daemons"] if d["this"]]
-    owners = {r[0]: r[1] for r in await _fetch(pg_url, "SELECT run_id, owner FROM runs")}
+    owners = {r[0]: r[1] for r in await fetch(pg_url, "SELECT run_id, owner FROM runs")}
     assert owners == {r: me["daemon_id"] for r in run_ids}
 
 
