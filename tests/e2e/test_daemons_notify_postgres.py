@@ -18,7 +18,8 @@ import pytest
 
 from storage.postgres.notify import application_name
 from tests.e2e.conftest import Daemon
-from tests.e2e.test_daemons_postgres import _daemon_id, _fetch, _owned_by, _statuses, _until
+from tests.e2e.test_daemons_postgres import _daemon_id, _owned_by, _statuses, _until
+from tests.pg import fetch
 
 pytestmark = pytest.mark.slow
 
@@ -90,11 +91,11 @@ async def test_a_killed_listen_connection_is_reestablished_and_delivery_continue
 
     name = application_name(a_id)
     listeners = "SELECT pid FROM pg_stat_activity WHERE application_name = $1"
-    (old,) = [r[0] for r in await _fetch(pg_url, listeners, name)]
-    assert await _fetch(pg_url, "SELECT pg_terminate_backend($1)", old) == [(True,)]
+    (old,) = [r[0] for r in await fetch(pg_url, listeners, name)]
+    assert await fetch(pg_url, "SELECT pg_terminate_backend($1)", old) == [(True,)]
 
     async def replaced() -> bool:
-        pids = [r[0] for r in await _fetch(pg_url, listeners, name)]
+        pids = [r[0] for r in await fetch(pg_url, listeners, name)]
         return len(pids) == 1 and pids[0] != old
 
     await _until(replaced, POLL / 2, step=0.02)  # reconnected by backoff, not by the poll
@@ -123,7 +124,7 @@ async def test_a_pause_sent_to_the_other_daemon_holds_the_run_on_its_owner(
         assert (await s.pause("nap"))["status"] == "paused"
     await asyncio.sleep(1.0)  # the sleep came due meanwhile
     assert (await _statuses(a, ["nap"]))["nap"] == "paused"
-    assert await _fetch(pg_url, "SELECT count(*) FROM steps WHERE step_id = 'after'") == [(0,)]
+    assert await fetch(pg_url, "SELECT count(*) FROM steps WHERE step_id = 'after'") == [(0,)]
     async with b.client() as s, a.client() as o:
         start = time.monotonic()
         await s.resume("nap")
