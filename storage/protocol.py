@@ -171,6 +171,11 @@ class Storage(Protocol):
         when a wakeup went to another daemon)."""
         ...
 
+    async def owned_runs(self, daemon_id: str) -> list[str]:
+        """The runs not ended that ``daemon_id`` owns in storage, whether or not it knows it
+        (a claim whose reply was lost with the connection committed them to it)."""
+        ...
+
     async def paused_runs(self, daemon_id: str, among: Sequence[str] = ()) -> list[str]:
         """The runs not ended and paused (the flag or the status) that ``daemon_id`` owns or
         that are in ``among``: the owner's poll compares them with the pauses it holds in

@@ -12,7 +12,10 @@ cluster:
 - admits queued runs of concurrency groups with room (``AdmitRuns``, flow control's safety
   net: the daemon where a slot frees admits the next run at once, this catches the rest);
 - moves its own runs that another daemon resolved, cancelled, paused or resumed (recorded
-  there; the owner finds it here within a tick): the "move pass".
+  there; the owner finds it here within a tick): the "move pass";
+- after a claim that failed (the connection dropped: it may have committed, its reply lost),
+  looks for runs storage says it owns that it does not drive and takes them over: seen unknown
+  on two ticks in a row, so a claim an actor is just making is never taken for one.
 
 Between ticks the other daemons' NOTIFY wakes the same move pass at once
 (``Storage.listen_for_runs``): a signal sent to a daemon that does not own the run reaches its
@@ -51,6 +54,7 @@ class ClusterLoop:
         move: Move,
         timer_due: Callable[[float], None],
         held: Callable[[], Collection[str]] = frozenset,
+        drives: Callable[[str], bool] = lambda _r: True,
         on_states: Callable[[Sequence[storage.StatusChange]], None] = lambda _c: None,
         on_missed: Callable[[], None] = lambda: None,
         pump: Callable[[], Awaitable[None]] | None = None,
@@ -63,6 +67,9 @@ class ClusterLoop:
         self._move = move
         self._timer_due = timer_due
         self._held = held
+        self._drives = drives
+        self._stranded_checks = 0  # ticks left that look for runs a lost claim left us
+        self._suspects: set[str] = set()  # owned in storage, unknown here at the last look
         self._on_states = on_states
         self._on_missed = on_missed
         self._tasks: list[asyncio.Task[None]] = []
@@ -81,7 +88,15 @@ class ClusterLoop:
         dead = await self._storage.execute(storage.RescueDaemons(self.daemon_id))
         if dead:
             log.warning("daemons.rescued", daemons=list(dead))
-        claimed = await self._storage.execute(storage.ClaimRuns(self.daemon_id, self._claim_limit))
+        try:
+            claimed = await self._storage.execute(
+                storage.ClaimRuns(self.daemon_id, self._claim_limit))
+        except storage.OwnershipLost:
+            raise
+        except BaseException:
+            # Committed or not, we cannot tell: the next two ticks look (``adopt_stranded``).
+            self._stranded_checks = 2
+            raise
         return [c.run for c in claimed]
 
     def start(self) -> None:
@@ -160,6 +175,8 @@ class ClusterLoop:
                 log.warning("cluster.tick_failed", error=repr(exc))
 
     async def tick(self) -> None:
+        if self._stranded_checks:
+            await self.adopt_stranded()
         claimed = await self.claim()
         if claimed:
             self.adopted += await self._take_over(claimed)
@@ -172,6 +189,30 @@ class ClusterLoop:
         if due is not None:
             self._timer_due(due)
         await self.move_owned()
+
+    async def adopt_stranded(self) -> int:
+        """Take over the runs storage says this daemon owns and it does not drive (a claim
+        that committed while its caller saw the connection fail). A run is taken only when it
+        was unknown at the previous look too: between an actor's claim committing and the
+        actor recording it there is a moment when it looks the same."""
+        self._stranded_checks -= 1
+        unknown = {r for r in await self._storage.owned_runs(self.daemon_id)
+                   if not self._drives(r)}
+        confirmed = sorted(unknown & self._suspects)
+        # Two looks per failed claim, no more: a run that stays unknown for a reason of its
+        # own (a throttled run waits unowned in memory) is not taken over again and again.
+        self._suspects = unknown if self._stranded_checks else set()
+        runs = []
+        for run_id in confirmed:
+            run = await self._storage.get_run(run_id)
+            if run is not None and not run.is_terminal and not self._drives(run_id):
+                runs.append(run)
+        if not runs:
+            return 0
+        log.warning("runs.stranded_adopted", runs=len(runs))
+        adopted = await self._take_over(runs)
+        self.adopted += adopted
+        return adopted
 
     async def move_owned(self) -> None:
         """Act on this daemon's runs that another daemon resolved, cancelled, paused or

@@ -194,6 +194,7 @@ class Engine(service.ServiceMethods):
                 self.settings.cluster_poll or min(1.0, self.lease.lease / 3),
                 claim_limit=self.settings.max_active_runs, take_over=self._take_over,
                 move=self._move_owned, timer_due=self._timer_stored, held=self.holds.runs,
+                drives=self.supervisor.drives,
                 on_states=self._heard_states, on_missed=self.supervisor.changes.missed,
                 pump=self.admission.pump_shared,
             )

@@ -284,6 +284,9 @@ class PostgresStorage:
     async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
         return await SQLiteStorage.owned_runs_to_move(self._sql, daemon_id)
 
+    async def owned_runs(self, daemon_id: str) -> list[str]:
+        return await SQLiteStorage.owned_runs(self._sql, daemon_id)
+
     async def paused_runs(self, daemon_id: str, among: Sequence[str] = ()) -> list[str]:
         return await SQLiteStorage.paused_runs(self._sql, daemon_id, among)
 

@@ -80,22 +80,30 @@ def rescue_daemons(conn: sqlite3.Connection, op: ops.RescueDaemons, *, lock: str
     return tuple(sorted(dead))
 
 
+_LIVE = ", ".join(f"'{s.value}'" for s in sorted(records.NON_TERMINAL_STATUSES))
+
+
 def claim_run(conn: sqlite3.Connection, op: ops.ClaimRun) -> int | None:
     # PostgreSQL: a second claimer blocks on the row, then re-checks the owner and gets none.
+    # An ended run is not claimed: nothing is left to drive, and its owner stays NULL.
     row = conn.execute(
         "UPDATE runs SET epoch = CASE WHEN owner IS NULL THEN epoch + 1 ELSE epoch END, "
-        "owner = ? WHERE run_id = ? AND (owner IS NULL OR owner = ?) RETURNING epoch",
+        f"owner = ? WHERE run_id = ? AND (owner IS NULL OR owner = ?) AND status IN ({_LIVE}) "
+        "RETURNING epoch",
         (op.daemon_id, op.run_id, op.daemon_id),
     ).fetchone()
     return None if row is None else int(row[0])
 
 
-_LIVE = ", ".join(f"'{s.value}'" for s in sorted(records.NON_TERMINAL_STATUSES))
-# An ended run keeps its owner and its cancel request: not one to move.
+# An ended run is nobody's (its end clears the owner) and keeps its cancel request: not one
+# to move.
 OWNED_TO_RESUME = (
     "SELECT run_id FROM runs WHERE owner = ? AND ((status = 'waiting' AND needs_resume = 1) "
     f"OR (cancel_requested IS NOT NULL AND status IN ({_LIVE}))) ORDER BY priority DESC, number"
 )
+
+# Live runs a daemon owns (the runs_owner index holds live runs only: an end clears the owner).
+OWNED_LIVE = f"SELECT run_id FROM runs WHERE owner = ? AND status IN ({_LIVE}) ORDER BY run_id"
 
 _PAUSED = f"(paused = 1 OR status = 'paused') AND status IN ({_LIVE})"
 OWNED_PAUSED = f"SELECT run_id FROM runs WHERE owner = ? AND {_PAUSED}"

@@ -147,8 +147,8 @@ def _close_run(conn: Conn, run_id: str) -> None:
 
 def end_pending(conn: Conn, op: ops.EndPending) -> records.RunRecord | None:
     cur = conn.execute(
-        "UPDATE runs SET status = ?, error = ?, finished_at = ?, updated_at = ?, paused = 0 "
-        "WHERE run_id = ? AND status = 'pending' AND started_at IS NULL",
+        "UPDATE runs SET status = ?, error = ?, finished_at = ?, updated_at = ?, paused = 0, "
+        "owner = NULL WHERE run_id = ? AND status = 'pending' AND started_at IS NULL",
         (op.status.value, dumps(op.error), op.at, op.at, op.run_id),
     )
     if cur.rowcount == 0:
@@ -217,7 +217,9 @@ def update_run(conn: Conn, op: ops.UpdateRun) -> None:
     if op.status is records.RunStatus.RUNNING:
         sets.append("needs_resume = 0")
     elif op.status is not ops.UNSET and op.status in records.TERMINAL_STATUSES:
-        sets.append("paused = 0")  # an ended run is no longer paused (a cancelled paused run)
+        # An ended run is no longer paused (a cancelled paused run), nor anybody's: the owner
+        # index holds live runs only, and a dead daemon's rescue releases only those.
+        sets.append("paused = 0, owner = NULL")
     if op.add_compute_seconds:
         sets.append("compute_seconds = compute_seconds + ?")
         params.append(op.add_compute_seconds)
@@ -257,7 +259,7 @@ def _update_runs_sql(shape: _RunShape, rows_count: int) -> str:
     if status == "running":
         sets.append("needs_resume = 0")
     elif status == "terminal":
-        sets.append("paused = 0")
+        sets.append("paused = 0, owner = NULL")
     if adds:
         sets.append("compute_seconds = compute_seconds + c.v_add")
     values = ", ".join([f"({', '.join(casts)})"] * rows_count)

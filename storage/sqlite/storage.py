@@ -267,6 +267,9 @@ class SQLiteStorage:
     async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
         return [r[0] for r in await self._fetch(daemons.OWNED_TO_RESUME, (daemon_id,))]
 
+    async def owned_runs(self, daemon_id: str) -> list[str]:
+        return [r[0] for r in await self._fetch(daemons.OWNED_LIVE, (daemon_id,))]
+
     async def paused_runs(self, daemon_id: str, among: Sequence[str] = ()) -> list[str]:
         found = {r[0] for r in await self._fetch(daemons.OWNED_PAUSED, (daemon_id,))}
         ids = sorted(set(among) - found)

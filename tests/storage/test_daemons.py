@@ -150,7 +150,7 @@ async def test_a_run_is_claimed_by_one_daemon_and_its_resolutions_are_found_by_t
 async def test_an_ended_run_is_not_moved_for_its_leftover_cancel_request(
     storage: st.Storage,
 ) -> None:
-    """An ended run keeps its owner and its cancel request: the owner's poll skips it."""
+    """An ended run keeps its cancel request: the owner's poll skips it."""
     await make_run(storage, "r1")
     assert await storage.execute(st.ClaimRun("d1", "r1")) == 1
     await storage.execute(st.RequestCancel("r1", at=2.0, reason="x"))
@@ -158,6 +158,32 @@ async def test_an_ended_run_is_not_moved_for_its_leftover_cancel_request(
     await storage.execute(st.UpdateRun("r1", at=3.0, status=st.RunStatus.CANCELLED,
                                        finished_at=3.0))
     assert await storage.owned_runs_to_move("d1") == []
+
+
+async def test_an_ended_run_is_nobodys_and_cannot_be_claimed(storage: st.Storage) -> None:
+    """Whatever ends a run clears its owner (the one-by-one update, the set-based one, a pending
+    run ended unstarted): `wf daemons` counts live runs, a rescue releases only those, and a
+    late actor for an ended run claims nothing."""
+    for run_id in ("one", "set1", "set2", "unstarted", "live"):
+        await make_run(storage, run_id)
+        assert await storage.execute(st.ClaimRun("d1", run_id)) == 1
+    await storage.execute(st.RegisterDaemon(
+        daemon_id="d1", name="h:1", host="h", pid=1, version="v", socket="/s", http="",
+        lease=30))
+    assert await storage.owned_runs("d1") == ["live", "one", "set1", "set2", "unstarted"]
+    await storage.execute(st.UpdateRun("one", at=2.0, status=st.RunStatus.COMPLETED,
+                                       finished_at=2.0))
+    # One batch of updates to many runs: the PostgreSQL writer applies it set-based.
+    await storage.commit([
+        st.UpdateRun(run_id, at=2.0, status=st.RunStatus.FAILED, finished_at=2.0)
+        for run_id in ("set1", "set2")])
+    await storage.execute(st.EndPending("unstarted", at=2.0, status=st.RunStatus.CANCELLED))
+    assert await storage.owned_runs("d1") == ["live"]
+    assert [d.runs for d in await storage.list_daemons()] == [1]
+    async with raw(storage) as db:
+        assert await db.fetch("SELECT count(*) FROM runs WHERE owner IS NOT NULL") == [(1,)]
+    assert await storage.execute(st.ClaimRun("d2", "one")) is None
+    assert await storage.owned_runs("d2") == []
 
 
 async def test_paused_runs_are_the_owners_and_those_asked_about(storage: st.Storage) -> None:
