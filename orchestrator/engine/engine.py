@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
-import orjson
 import structlog
 
 import storage
@@ -31,12 +30,14 @@ from orchestrator.api import errors, protocol, service, views
 from orchestrator.api.service import JSONDict
 from orchestrator.engine import bridge, export, replay, spans, triggers, versions
 from orchestrator.engine.cluster import ClusterLoop
+from orchestrator.engine.events import EventIntake
 from orchestrator.engine.flow.admission import Admission
-from orchestrator.engine.flow.plan import Plan, plan_for
+from orchestrator.engine.flow.plan import Plan
 from orchestrator.engine.holds import Holds
 from orchestrator.engine.journal_edits import JournalEdits
 from orchestrator.engine.lease import LeaseKeeper
 from orchestrator.engine.messages import Cancel, Resolve
+from orchestrator.engine.new_runs import NewRuns
 from orchestrator.engine.operations import RunOperations
 from orchestrator.engine.ratelimits import StoredRateLimiter
 from orchestrator.engine.retention import MAX_INDEX_MERGES, STATUS_GROUPS, Retention
@@ -44,10 +45,8 @@ from orchestrator.engine.schedules import Schedules
 from orchestrator.engine.settings import Settings
 from orchestrator.engine.supervisor import Supervisor
 from orchestrator.engine.timers import Timers
-from runtime import matching
 from runtime.clock import Clock, SystemClock
 from runtime.facts import ProcessRunner
-from runtime.flow import KeyResolutionError
 from runtime.workflow import Registry, WorkflowDefinition
 from storage.instruments import NO_INSTRUMENT, Instrument
 
@@ -137,6 +136,7 @@ class Engine(service.ServiceMethods):
             instrument=instrument,
         )
         self.triggers = triggers.Triggers(registry)
+        self.new_runs = NewRuns(self.clock, self.settings.max_payload_bytes)
         self.scheduling = Schedules(
             storage_=storage_,
             clock=self.clock,
@@ -161,11 +161,17 @@ class Engine(service.ServiceMethods):
             registry=registry,
             supervisor=self.supervisor,
             admission=self.admission,
-            run_op=self._run_op,
-            accept=self._accepted_input,
-            plan=self._plan,
+            run_op=self.new_runs.op,
+            accept=self.new_runs.accepted_input,
+            plan=self.new_runs.plan,
             new_run_id=new_run_id,
             started=self._offer_new,
+        )
+        self.intake = EventIntake(
+            storage_, clock=self.clock, registry=registry, index=self.triggers,
+            new_runs=self.new_runs, supervisor=self.supervisor, admission=self.admission,
+            ops=self.ops, timer_stored=self._timer_stored,
+            reached=lambda point: self.instrument.reached(point),
         )
         self.retention = Retention(storage_, self.clock, self.settings.retention)
         self.timers = Timers(
@@ -237,7 +243,7 @@ class Engine(service.ServiceMethods):
     def _run_timer(self, timer: storage.TimerRecord) -> None:
         if timer.kind is storage.TimerKind.BATCH and isinstance(timer.payload, list):
             workflow_id, key = timer.payload
-            self.admission.spawn(self._flush_batch(workflow_id, key, timed_out=True))
+            self.admission.spawn(self.intake.flush_batch(workflow_id, key, timed_out=True))
             return
         if timer.run_id is None:
             return
@@ -367,7 +373,7 @@ class Engine(service.ServiceMethods):
                 await self.admission.offer(run)
             self.instrument.reached("recovery.scan")
         self.admission.pump()  # a limit raised by the deploy starts queued runs at once
-        await self._flush_full_batches()
+        await self.intake.flush_full_batches()
         return len(to_start) + len(cancels)
 
     async def _move_owned(self, run_id: str, run: storage.RunRecord | None) -> None:
@@ -474,19 +480,6 @@ class Engine(service.ServiceMethods):
         if not self._accepting:
             raise errors.ShuttingDown()
 
-    def _check_size(self, field: str, value: Any) -> None:
-        limit = self.settings.max_payload_bytes
-        try:
-            size = len(orjson.dumps(value))
-        except orjson.JSONEncodeError as exc:  # e.g. nested deeper than JSON encoding allows
-            raise errors.InvalidParams(
-                field, "a JSON value nested at most 254 levels deep", str(exc)
-            ) from exc
-        if size > limit:
-            raise errors.InvalidParams(
-                field, f"JSON of at most {limit} bytes (limits.max_payload_bytes)", f"{size} bytes"
-            )
-
     async def _run_or_404(self, run_id: str) -> storage.RunRecord:
         run = await self.storage.get_run(run_id)
         if run is None:
@@ -507,8 +500,8 @@ class Engine(service.ServiceMethods):
                 raise errors.InvalidParams(
                     "version", "one of " + ", ".join(self.registry.versions(r.workflow_id)),
                     repr(r.version))
-        run_input = self._accepted_input(definition, r.input)
-        plan = self._plan(definition, run_input)
+        run_input = self.new_runs.accepted_input(definition, r.input)
+        plan = self.new_runs.plan(definition, run_input)
         if plan.debounce is None or r.run_id is not None or r.idempotency_key is not None:
             return await self._create(r, definition, run_input, plan)
         if self.admission.daemon_id is not None:
@@ -522,69 +515,6 @@ class Engine(service.ServiceMethods):
                     return {**views.run(moved), "debounced": True}
             return await self._create(r, definition, run_input, plan)
 
-    def _accepted_input(self, definition: WorkflowDefinition, run_input: Any) -> Any:
-        """The input as the workflow's validator returns it; ``VALIDATION`` if it refuses."""
-        if definition.input_validator is not None:
-            try:
-                run_input = definition.input_validator(run_input)
-            except Exception as exc:
-                reason = str(exc) or type(exc).__name__
-                raise errors.ValidationFailed(definition.id, reason) from exc
-        self._check_size("input", run_input)
-        return run_input
-
-    @staticmethod
-    def _plan(definition: WorkflowDefinition, run_input: Any) -> Plan:
-        try:
-            return plan_for(definition, run_input)
-        except KeyResolutionError as exc:
-            raise errors.ValidationFailed(definition.id, str(exc)) from exc
-
-    def _run_op(
-        self,
-        definition: WorkflowDefinition,
-        run_input: Any,
-        plan: Plan,
-        *,
-        run_id: str,
-        triggered_by: str,
-        tags: tuple[str, ...] = (),
-        priority: int = 0,
-        delay: float = 0.0,
-        ttl: float | None = None,
-        idempotency_key: str | None = None,
-        traceparent: str | None = None,
-    ) -> storage.CreateRun:
-        """The ``CreateRun`` of a new run of ``definition`` (submitted, triggered, batched or
-        scheduled): its flow plan, cancel rules, start and expiry decided now, once."""
-        now = self.clock.now()
-        if definition.debounce is not None:
-            delay = max(delay, definition.debounce.period_seconds)
-        due = now + delay
-        ttl = ttl if ttl is not None else definition.start_timeout
-        try:
-            cancel_on = triggers.cancel_rules(definition, run_input)
-        except KeyResolutionError as exc:
-            raise errors.ValidationFailed(definition.id, str(exc)) from exc
-        return storage.CreateRun(
-            run_id=run_id,
-            workflow_id=definition.id,
-            created_at=now,
-            input=run_input,
-            workflow_version=definition.version,
-            version_pinned=definition.pinned,
-            tags=tags or definition.tags,
-            priority=priority,
-            idempotency_key=idempotency_key,
-            scheduled_at=due if delay else None,
-            triggered_by=triggered_by,
-            flow=plan.to_json(),
-            throttle_key=plan.throttle,
-            expires_at=due + ttl if ttl is not None else None,
-            cancel_on=cancel_on,
-            traceparent=traceparent,
-        )
-
     async def _create(
         self, r: service.Submit, definition: WorkflowDefinition, run_input: Any, plan: Plan
     ) -> JSONDict:
@@ -596,7 +526,7 @@ class Engine(service.ServiceMethods):
 
     def _submit_op(self, r: service.Submit, definition: WorkflowDefinition, run_input: Any,
                    plan: Plan) -> storage.CreateRun:
-        return self._run_op(
+        return self.new_runs.op(
             definition, run_input, plan, run_id=r.run_id or new_run_id(), triggered_by="api",
             tags=tuple(r.tags), priority=r.priority, delay=_seconds(r.delay) or 0.0,
             ttl=_seconds(r.ttl), idempotency_key=r.idempotency_key,
@@ -862,7 +792,7 @@ class Engine(service.ServiceMethods):
     @handles(service.Amend)
     async def _amend(self, r: service.Amend) -> JSONDict:
         self._check_accepting()
-        self._check_size("output", r.output)
+        self.new_runs.check_size("output", r.output)
         return await self.edits.amend(r)
 
     async def _offer_new(self, run: storage.RunRecord) -> None:
@@ -880,187 +810,18 @@ class Engine(service.ServiceMethods):
     @handles(service.SendEvent)
     async def _send_event(self, r: service.SendEvent) -> JSONDict:
         if r.dry_run:
-            return await self._event_dry_run(r)
+            return await self.intake.dry_run(r)
         self._check_accepting()
-        self._check_size("payload", r.payload)
-        event_id = r.event_id or f"evt_{secrets.token_hex(8)}"
-        start: list[storage.CreateRun] = []
-        batch: list[storage.BatchItem] = []
-        for fired in self.triggers.fired_by(r.type, r.payload, matching.matches):
-            definition = fired.definition
-            if fired.rule.batch is not None:
-                try:
-                    key = triggers.batch_key(fired, r.payload)
-                except KeyResolutionError as exc:
-                    raise errors.ValidationFailed(definition.id, str(exc)) from exc
-                batch.append(storage.BatchItem(definition.id, key,
-                                               fired.rule.batch.timeout_seconds))
-                continue
-            run_input = self._accepted_input(definition, r.payload)
-            start.append(self._run_op(
-                definition, run_input, self._plan(definition, run_input),
-                run_id=triggers.run_id_for_event(definition.id, fired.index, event_id),
-                triggered_by="event",
-            ))
-        op = storage.RecordEvent(
-            event_id=event_id,
-            type=r.type,
-            payload=r.payload,
-            received_at=self.clock.now(),
-            matches=matching.matches,
-            start=tuple(start),
-            batch=tuple(batch),
-            cancel=self.triggers.cancel_rules,
-        )
-        result = await self.storage.record_event(op)
-        self.instrument.reached("event.committed")
-        if result.inserted:
-            self.supervisor.tallies.events_received += 1
-        for wp in result.resolved:
-            self.supervisor.deliver(wp.run_id, Resolve(bridge.resolution(wp)))
-        for run in result.started:
-            log.info("run.submitted", run_id=run.run_id, workflow_id=run.workflow_id,
-                     triggered_by="event", event_id=event_id)
-            self._launch(run)
-        for item in batch:  # after the commit: the batch's timer is stored now
-            self.timers.notify(op.received_at + item.timeout)
-        for workflow_id, key, waiting in result.batched:
-            self._batch_joined(workflow_id, key, waiting)
-        cancelled = 0
-        for match in result.cancel:
-            if match.run.cancel_requested is not None and not match.run.is_terminal:
-                await self.ops.honour_cancel(match.run)
-                cancelled += 1
-        log.info("event.received", event_type=r.type, event_id=event_id,
-                 resolved=len(result.resolved), started=len(result.started),
-                 cancelled=cancelled, duplicate=not result.inserted)
-        return {"event_id": event_id, "resolved": len(result.resolved),
-                "started": [run.run_id for run in result.started], "cancelled": cancelled}
-
-    async def _event_dry_run(self, r: service.SendEvent) -> JSONDict:
-        """What ``send_event`` would do now, read without a write: the waiting waitpoints it
-        would resolve (the same match as ``RecordEvent``'s) and the runs its triggers would
-        start. Cancel rules are not evaluated."""
-        self._check_size("payload", r.payload)
-        waiting = await self.storage.waiting_waitpoints_for_event(r.type)
-        resolve = [{"run_id": wp.run_id, "waitpoint_id": wp.wp_id} for wp in waiting
-                   if wp.match is None or matching.matches(wp.match, r.payload)]
-        start: list[JSONDict] = []
-        batch: list[str] = []
-        for fired in self.triggers.fired_by(r.type, r.payload, matching.matches):
-            if fired.rule.batch is not None:
-                batch.append(fired.definition.id)
-                continue
-            run_id = triggers.run_id_for_event(fired.definition.id, fired.index,
-                                               r.event_id or "<new id>")
-            start.append({"workflow_id": fired.definition.id, "run_id": run_id})
-        duplicate = (r.event_id is not None
-                     and await self.storage.get_event(r.event_id) is not None)
-        if duplicate:  # a re-sent event id is a no-op
-            resolve, start, batch = [], [], []
-        return {"dry_run": True, "duplicate": duplicate, "would_resolve": resolve,
-                "would_start": start, "would_batch": batch}
+        return await self.intake.send(r)
 
     @handles(service.Events)
     async def _events(self, r: service.Events) -> JSONDict:
-        found = await self.storage.recent_events(type=r.type, before=_seconds(r.before),
-                                                 limit=r.limit + 1)
-        more = len(found) > r.limit
-        found = found[: r.limit]
-        resolved = await self.storage.event_resolutions([e.event_id for e in found])
-        # Triggered runs have ids derived from their event (``triggers.run_id_for_event``):
-        # the registered triggers name the candidates, storage says which exist.
-        candidates = {
-            e.event_id: [triggers.run_id_for_event(f.definition.id, f.index, e.event_id)
-                         for f in self.triggers.fired_by(e.type, e.payload, matching.matches)
-                         if f.rule.batch is None]
-            for e in found
-        }
-        existing = await self.storage.existing_runs(
-            [run_id for ids in candidates.values() for run_id in ids])
-        events = [{
-            "event_id": e.event_id, "type": e.type, "payload": e.payload,
-            "received_at": e.received_at,
-            "resolved": [{"run_id": run_id, "waitpoint_id": wp_id}
-                         for run_id, wp_id in resolved.get(e.event_id, ())],
-            "started": [run_id for run_id in candidates[e.event_id] if run_id in existing],
-        } for e in found]
-        return {"events": events,
-                "next_before": found[-1].received_at if more and found else None}
-
-    def _launch(self, run: storage.RunRecord) -> None:
-        """A new run committed by someone other than ``submit`` (a trigger, a batch, a
-        schedule): admission starts it now, or when it is due."""
-        if run.expires_at is not None:
-            self.timers.notify(run.expires_at)
-        self.supervisor.publish_state(run.run_id, "pending", run.workflow_id)
-        self.admission.admit_new(run)
-
-    # ------------------------------------------------------------------ batches
-
-    def _batch_joined(self, workflow_id: str, key: str, waiting: int) -> None:
-        definition = self.registry.get(workflow_id)
-        rule = None if definition is None else triggers.batch_rule(definition, key)
-        if rule is not None and rule.batch is not None and waiting >= rule.batch.max_size:
-            self.admission.spawn(self._flush_batch(workflow_id, key, timed_out=False))
-
-    async def _flush_batch(self, workflow_id: str, key: str, *, timed_out: bool) -> None:
-        """Start the batch's runs: one per ``max_size`` events, and with ``timed_out`` one for
-        what is left. Idempotent (the run id is derived from the batch's first event)."""
-        definition = self.registry.get(workflow_id)
-        rule = None if definition is None else triggers.batch_rule(definition, key)
-        if definition is None or rule is None or rule.batch is None:
-            log.warning("batch.orphaned", workflow_id=workflow_id, batch_key=key)
-            return
-        while True:
-            pending = await self.storage.pending_batches(workflow_id, key)
-            events = pending[0].events if pending else ()
-            if events:  # the batch's timer is due its first event's received_at + timeout
-                self.timers.notify(events[0].received_at + rule.batch.timeout_seconds)
-            elif timed_out:  # taken by a full batch already: the timer's lease ends here
-                await self.storage.execute(
-                    storage.DeleteTimer(storage.ops.batch_timer_id(workflow_id, key)))
-            if not events or (len(events) < rule.batch.max_size and not timed_out):
-                return
-            taken = events[: rule.batch.max_size]
-            run_input = {"events": [e.payload for e in taken]}
-            op = self._run_op(
-                definition, run_input, self._plan(definition, run_input),
-                run_id=triggers.run_id_for_batch(workflow_id, key, taken[0].event_id),
-                triggered_by="event",
-            )
-            created = await self.storage.execute(storage.FlushBatch(
-                workflow_id, key, tuple(e.event_id for e in taken), op,
-                rule.batch.timeout_seconds,
-            ))
-            if created.created:
-                log.info("run.submitted", run_id=op.run_id, workflow_id=workflow_id,
-                         triggered_by="event", batch_size=len(taken))
-                self._launch(created.run)
-            if len(taken) < rule.batch.max_size:
-                return
-
-    async def _flush_full_batches(self) -> None:
-        """At start: batches that filled up, or whose timeout passed, before the daemon
-        stopped start their runs now (a timer leased by a firing that never committed would
-        otherwise wait out its lease)."""
-        now = self.clock.now()
-        for batch in await self.storage.pending_batches():
-            definition = self.registry.get(batch.workflow_id)
-            rule = None if definition is None else triggers.batch_rule(definition, batch.batch_key)
-            if rule is None or rule.batch is None:
-                continue
-            due = batch.events[0].received_at + rule.batch.timeout_seconds
-            if due <= now:
-                self.admission.spawn(
-                    self._flush_batch(batch.workflow_id, batch.batch_key, timed_out=True))
-            else:
-                self._batch_joined(batch.workflow_id, batch.batch_key, len(batch.events))
+        return await self.intake.recent(r)
 
     @handles(service.Signal)
     async def _signal(self, r: service.Signal) -> JSONDict:
         self._check_accepting()
-        self._check_size("payload", r.payload)
+        self.new_runs.check_size("payload", r.payload)
         run = await self._run_or_404(r.run_id)
         if run.is_terminal:
             raise errors.RunNotActive(r.run_id, str(run.status), "signal")
@@ -1074,7 +835,7 @@ class Engine(service.ServiceMethods):
     @handles(service.CompleteToken)
     async def _complete_token(self, r: service.CompleteToken) -> JSONDict:
         self._check_accepting()
-        self._check_size("payload", r.payload)
+        self.new_runs.check_size("payload", r.payload)
         try:
             wp = await self.storage.complete_token(
                 storage.CompleteToken(r.token_id, r.payload, self.clock.now())
