@@ -243,6 +243,10 @@ class FlowRules:
     limits: tuple[tuple[str, bool, int], ...] = ()
     prefixes: tuple[tuple[str, int], ...] = ()
     throttles: tuple[tuple[str, ThrottleRule], ...] = ()
+    replacing: tuple[tuple[str, str, bool], ...] = ()
+    """``(workflow_id, scope, keyed)`` declared with ``cancel-in-progress``: that workflow's
+    queued runs go first in such a group (a newcomer that replaced the holders takes the slot
+    they free, whoever queued after it)."""
 
     def limit(self, group: GroupKey) -> int | None:
         scope, key = group
@@ -257,6 +261,12 @@ class FlowRules:
 
     def throttle(self, workflow_id: str) -> ThrottleRule | None:
         return next((rule for wf, rule in self.throttles if wf == workflow_id), None)
+
+    def replacers(self, group: GroupKey) -> tuple[str, ...]:
+        """The workflows whose queued runs go first in ``group`` (``replacing``)."""
+        scope, key = group
+        return tuple(wf for wf, s, keyed in self.replacing
+                     if s == scope and keyed == (key is not None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,8 +300,9 @@ class AdmitRuns(WriteOp[Admitted]):
     ``release``: pending runs admitted but not started (held by a pause) go back to the
     queue. ``pump``: groups where a slot may have freed; ``pump_queued``: every group with
     due queued runs (a daemon's periodic safety net). Queued runs are taken fewest holders of
-    their fairness key first, then priority, then age; each admitted run becomes the caller's
-    (``owner``)."""
+    their fairness key first, then priority, then age, except that runs of a workflow declaring
+    ``cancel-in-progress`` on the group go before all others (``FlowRules.replacing``); each
+    admitted run becomes the caller's (``owner``)."""
 
     daemon_id: str
     at: float

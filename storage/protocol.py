@@ -187,6 +187,16 @@ class Storage(Protocol):
         after ``since``, oldest start first (the throttle windows, rebuilt at start)."""
         ...
 
+    async def concurrency_groups(
+        self, at: float, groups: Sequence[ops.GroupKey] | None = None
+    ) -> list[records.GroupState]:
+        """Concurrency groups as admission in the database counts them (``AdmitRuns``, many
+        daemons): each group's holders, whichever daemon drives them, and its queued runs due
+        at ``at``. ``groups``: those groups, each reported even when empty, in the order
+        given; None: every group with a holder or a queued run, by group. Read-only; rows of
+        ended runs count for nothing. With one daemon admission keeps no rows: empty groups."""
+        ...
+
     async def pending_batches(
         self, workflow_id: str | None = None, batch_key: str | None = None
     ) -> list[records.PendingBatch]:

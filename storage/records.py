@@ -367,6 +367,20 @@ class StatusChange:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupState:
+    """A concurrency group as admission in the database counts it (many daemons, SPEC §2a,
+    §13): the runs holding its slots, whichever daemon drives them, and how many due runs are
+    queued on it."""
+
+    group: tuple[str, str | None]
+    """``(scope, key)``; key None for an unkeyed limit."""
+    holders: tuple[str, ...]
+    """Run ids, oldest first: running, waiting, paused, or pending and admitted."""
+    queued: int
+    """Pending runs queued on it that are due, not paused and not expired."""
+
+
+@dataclass(frozen=True, slots=True)
 class AmendmentRecord:
     """One ``amend`` of a step's recorded result (append-only audit trail)."""
 

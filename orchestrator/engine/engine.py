@@ -579,7 +579,7 @@ class Engine(service.ServiceMethods):
         out = views.run_detail(journal)
         run = journal.run
         if run.status is storage.RunStatus.PENDING and not self.supervisor.knows(run.run_id):
-            out["pending"] = self.admission.why_pending(run)
+            out["pending"] = await self.admission.why_pending(run)
         if run.attempt > 1 or run.started_at is not None:
             archives = await self.storage.run_archives(r.run_id)
             if archives:
@@ -912,7 +912,7 @@ class Engine(service.ServiceMethods):
             "inbox_signals": counts.inbox_signals,
             "actors": self.supervisor.stats().to_dict(),
             "scheduler": self.timers.stats().to_dict(),
-            "flow": self.admission.stats(),
+            "flow": await self.admission.stats(),
             "operations": {
                 "paused_runs": self.holds.paused_runs,
                 "paused_workflows": sorted(self.holds.workflows),

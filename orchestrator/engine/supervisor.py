@@ -167,7 +167,7 @@ class Supervisor:
             chain.append(ancestor_id)
             ancestor = await self._storage.get_run(ancestor_id)
             ancestor_id = ancestor.parent_run_id if ancestor is not None else None
-        group = self._flow.deadlock(chain, plan)
+        group = await self._flow.deadlock(chain, plan)
         return None if group is None else group_name(group)
 
     # ------------------------------------------------------------------ moving runs

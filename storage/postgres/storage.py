@@ -293,6 +293,11 @@ class PostgresStorage:
     async def throttle_starts(self, since: float) -> list[tuple[str, float]]:
         return await SQLiteStorage.throttle_starts(self._sql, since)
 
+    async def concurrency_groups(
+        self, at: float, groups: Sequence[ops.GroupKey] | None = None
+    ) -> list[records.GroupState]:
+        return await SQLiteStorage.concurrency_groups(self._sql, at, groups)
+
     async def pending_batches(
         self, workflow_id: str | None = None, batch_key: str | None = None
     ) -> list[records.PendingBatch]:

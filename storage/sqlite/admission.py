@@ -59,6 +59,12 @@ def group_text(group: ops.GroupKey) -> str:
     return orjson.dumps(list(group)).decode()
 
 
+def group_key(text: str) -> ops.GroupKey:
+    """The group stored as ``text`` in ``run_groups.grp``."""
+    scope, key = orjson.loads(text)
+    return (str(scope), None if key is None else str(key))
+
+
 def plan_groups(flow: Any) -> tuple[ops.GroupKey, ...]:
     """The concurrency groups of a run's stored flow plan."""
     if not isinstance(flow, dict):
@@ -139,28 +145,39 @@ class _Decision:
                           (run.run_id,))
 
     def queued_in(self, group: ops.GroupKey, limit: int) -> list[records.RunRecord]:
+        """The best ``limit`` queued runs of ``group``: a replacer's first (they are the
+        pump's first choice whatever their priority), then priority, then age."""
+        replacers = self.op.rules.replacers(group)
+        first = ""
+        if replacers:
+            marks = ", ".join("?" for _ in replacers)
+            first = f"CASE WHEN r.workflow_id IN ({marks}) THEN 0 ELSE 1 END, "
         found = self.conn.execute(
             f"SELECT {_R_COLUMNS} FROM run_groups g JOIN runs r ON r.run_id = g.run_id "
             f"WHERE g.grp = ? AND {_QUEUED} AND (r.owner IS NULL OR r.owner = ?) "
-            "ORDER BY r.priority DESC, r.number LIMIT ?",
-            (group_text(group), self.op.at, self.op.at, self.op.daemon_id, limit)).fetchall()
+            f"ORDER BY {first}r.priority DESC, r.number LIMIT ?",
+            (group_text(group), self.op.at, self.op.at, self.op.daemon_id, *replacers,
+             limit)).fetchall()
         return [rows.run_from_row(r) for r in found]
 
     # --------------------------------------------------------------- the pump
 
     def pump(self, group: ops.GroupKey) -> None:
-        """Admit queued runs of ``group`` while it has room: fewest holders
-        of their fairness key first, then priority, then age; a run starts only when each of
-        its other groups has room too and its throttle lets it."""
+        """Admit queued runs of ``group`` while it has room: a replacer's runs first (a
+        cancel-in-progress newcomer takes the slot it freed), then fewest holders of their
+        fairness key, then priority, then age; a run starts only when each of its other
+        groups has room too and its throttle lets it."""
         limit = self.op.rules.limit(group)
         room = self.op.limit if limit is None else limit - sum(self.count(group).values())
         if room <= 0:
             return
         candidates = self.queued_in(group, self.op.limit)
         counts = self.count(group)
+        replacers = set(self.op.rules.replacers(group))
         taken = {r.run_id for r in self.admitted}
         while room > 0 and candidates:
-            best = min(candidates, key=lambda r: (counts[fairness(plan_groups(r.flow))],
+            best = min(candidates, key=lambda r: (r.workflow_id not in replacers,
+                                                  counts[fairness(plan_groups(r.flow))],
                                                   -r.priority, r.number))
             candidates.remove(best)
             if best.run_id in taken or not self._may_start(best, group):
@@ -267,11 +284,20 @@ def _groups_with_queued(d: _Decision) -> list[ops.GroupKey]:
     found = d.conn.execute(
         f"SELECT DISTINCT g.grp FROM run_groups g JOIN runs r ON r.run_id = g.run_id "
         f"WHERE {_QUEUED} LIMIT ?", (d.op.at, d.op.at, _BUSY_PUMP_GROUPS)).fetchall()
-    out: list[ops.GroupKey] = []
-    for (text,) in found:
-        scope, key = orjson.loads(text)
-        out.append((str(scope), None if key is None else str(key)))
-    return sorted(out, key=group_text)
+    return sorted((group_key(text) for (text,) in found), key=group_text)
+
+
+# ------------------------------------------------------------------------------ reading
+
+def group_states_sql(groups: int | None) -> tuple[str, str]:
+    """The two reads of ``Storage.concurrency_groups``, counted as the op counts: the holders
+    ``(grp, run_id)`` oldest first, and the due queued runs per group ``(grp, count)`` (its
+    first two parameters are the time, twice). ``groups``: that many ``grp`` parameters
+    follow; None: every group."""
+    where = "" if groups is None else f" AND g.grp IN ({', '.join('?' for _ in range(groups))})"
+    join = "FROM run_groups g JOIN runs r ON r.run_id = g.run_id"
+    return (f"SELECT g.grp, r.run_id {join} WHERE {_HOLDS}{where} ORDER BY g.grp, r.number",
+            f"SELECT g.grp, COUNT(*) {join} WHERE {_QUEUED}{where} GROUP BY g.grp")
 
 
 # ------------------------------------------------------------------------------ debounce

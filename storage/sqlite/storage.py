@@ -18,7 +18,7 @@ import aiosqlite
 
 from storage import errors, ops, protocol, records
 from storage.instruments import NO_INSTRUMENT, Instrument
-from storage.sqlite import daemons, pragmas, retention, rows
+from storage.sqlite import admission, daemons, pragmas, retention, rows
 from storage.sqlite.translate import translate_errors
 from storage.sqlite.writer import SetMaxPageCount, Writer, WriterStats
 from storage.tally import CommitTally
@@ -285,6 +285,22 @@ class SQLiteStorage:
             (since,),
         )
         return [(str(key), float(at)) for key, at in found]
+
+    async def concurrency_groups(
+        self, at: float, groups: Sequence[ops.GroupKey] | None = None
+    ) -> list[records.GroupState]:
+        wanted = None if groups is None else list(dict.fromkeys(groups))
+        texts = [] if wanted is None else [admission.group_text(g) for g in wanted]
+        holders_sql, queued_sql = admission.group_states_sql(
+            None if wanted is None else len(texts))
+        holders: dict[str, list[str]] = {}
+        for grp, run_id in await self._fetch(holders_sql, texts):
+            holders.setdefault(str(grp), []).append(str(run_id))
+        queued = {str(grp): int(n) for grp, n in await self._fetch(queued_sql, (at, at, *texts))}
+        if wanted is None:
+            texts = sorted(set(holders) | set(queued))
+        return [records.GroupState(admission.group_key(t), tuple(holders.get(t, ())),
+                                   queued.get(t, 0)) for t in texts]
 
     async def pending_batches(
         self, workflow_id: str | None = None, batch_key: str | None = None

@@ -10,6 +10,8 @@ daemon incarnation, across ``kill -9``.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import secrets
 import time
@@ -98,3 +100,55 @@ async def pair(input: dict[str, Any], ctx: Context) -> str:
 async def spaced(input: dict[str, Any], ctx: Context) -> Any:
     await ctx.step("start", _start, input["ledger"], input["key"], ctx.run.id)
     return input
+
+
+# --- across daemons: invoke deadlock, cancel-in-progress (test_flow_daemons_postgres) ----------
+
+
+@workflow(id="flow-dl-grand", concurrency=Concurrency(1, scope="flow-dl"),
+          description="Holds the one 'flow-dl' slot and invokes flow-dl-middle with its input.")
+async def dl_grand(input: Any, ctx: Context) -> Any:
+    return await ctx.invoke("flow-dl-middle", input)
+
+
+@workflow(id="flow-dl-middle", concurrency=Concurrency(1),
+          description="One at a time; waits for 'go', then invokes input['child'] if given.")
+async def dl_middle(input: Any, ctx: Context) -> Any:
+    await ctx.wait_for_signal("go")
+    if isinstance(input, dict) and input.get("child"):
+        return await ctx.invoke(input["child"], None)
+    return None
+
+
+@workflow(id="flow-dl-child", concurrency=Concurrency(1, scope="flow-dl"),
+          description="Needs the 'flow-dl' slot its grandparent holds: never starts.")
+async def dl_child(input: Any, ctx: Context) -> Any:
+    return "started"
+
+
+def _reserve() -> str:
+    return "reserved"
+
+
+async def _undo_when(gate: str, marker: str, output: Any) -> None:
+    """A compensation that says it began (``marker``), then lasts until ``gate`` exists."""
+    with open(marker, "w", encoding="utf-8"):
+        pass
+    while not os.path.exists(gate):  # another process creates it: nothing to await on
+        await asyncio.sleep(0.02)
+
+
+@workflow(id="flow-latest",
+          concurrency=Concurrency(1, scope="flow-swap", strategy="cancel-in-progress"),
+          description="The newest replaces the one in the 'flow-swap' slot; its compensation "
+                      "lasts until input['gate'] exists; then waits for 'go'.")
+async def latest(input: dict[str, Any], ctx: Context) -> Any:
+    await ctx.step("reserve", _reserve,
+                   compensate=functools.partial(_undo_when, input["gate"], input["marker"]))
+    return await ctx.wait_for_signal("go")
+
+
+@workflow(id="flow-swap-queue", concurrency=Concurrency(1, scope="flow-swap"),
+          description="Queues for the 'flow-swap' slot; waits for 'go'.")
+async def swap_queue(input: Any, ctx: Context) -> Any:
+    return await ctx.wait_for_signal("go")

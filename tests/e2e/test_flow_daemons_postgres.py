@@ -2,7 +2,10 @@
 SPEC §2a/§13): admission is decided in the database, so a concurrency limit holds for the
 cluster, a throttle spaces starts across daemons, a higher-priority queued run goes first
 whichever daemon queued it, a killed daemon's slot frees once its run is adopted and ends,
-and a debounced key collapses into one run whichever daemon receives the submissions.
+a debounced key collapses into one run whichever daemon receives the submissions, the invoke
+deadlock check counts an ancestor another daemon drives, ``get`` and ``stats`` show the groups
+as the database counts them, and a cancel-in-progress newcomer takes the freed slot before
+runs queued after it.
 
 The workflows are :mod:`tests.e2e.flow_workflows` (a fsynced ledger of starts and ends)."""
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -216,3 +220,118 @@ async def test_debounce_collapses_submissions_to_both_daemons_into_one_run(
     (done,) = await _wait_all(b, [answers[0]["run_id"]], timeout=15)
     assert done["status"] == "completed" and done["output"]["n"] == 3
     assert [line[1] for line in read_ledger(ledger)] == [answers[0]["run_id"]]
+
+
+def _daemon_id(d: Daemon) -> str:
+    (me,) = [x for x in json.loads(d.cli("--json", "daemons").stdout)["daemons"] if x["this"]]
+    return str(me["daemon_id"])
+
+
+async def _reached(d: Daemon, run_id: str, status: str, timeout: float = 15) -> None:
+    async def there() -> bool:
+        return (await _statuses(d, [run_id]))[run_id] == status
+
+    await _until(there, timeout)
+
+
+async def test_invoke_deadlock_counts_an_ancestor_driven_by_the_other_daemon(
+    pair: tuple[Daemon, Daemon], pg_url: str
+) -> None:
+    """The grandparent holds the one 'flow-dl' slot on daemon a; its child, admitted by b's
+    pump after a blocker ended there, is driven by b and invokes a run needing that slot:
+    b's gate never saw the grandparent, the database did, so the invoke fails at once."""
+    a, b = pair
+    async with b.client() as c:
+        await c.submit("flow-dl-middle", None, run_id="blocker")
+    await _reached(b, "blocker", "waiting")
+    async with a.client() as c:
+        await c.submit("flow-dl-grand", {"child": "flow-dl-child"}, run_id="grand")
+
+    async def middle_queued() -> list[Any]:
+        return await fetch(pg_url, "SELECT run_id FROM runs WHERE parent_run_id = 'grand' "
+                                   "AND status = 'pending'")
+
+    await _until(middle_queued, 15)
+    ((middle,),) = await middle_queued()
+    async with b.client() as c:
+        await c.signal("blocker", "go", None)
+    await _reached(a, middle, "waiting")
+    owners = dict(await fetch(pg_url, "SELECT run_id, owner FROM runs"))
+    assert owners[middle] == _daemon_id(b) != owners["grand"]  # the case to check
+    async with a.client() as c:
+        await c.signal(middle, "go", None)
+    done = await _wait_all(a, [middle, "grand"], timeout=15)
+    assert [run["error"]["code"] for run in done] == ["CONCURRENCY_DEADLOCK"] * 2
+    assert "flow-dl" in done[0]["error"]["message"]
+    assert await fetch(pg_url, "SELECT run_id FROM runs WHERE workflow_id = 'flow-dl-child'") \
+        == []
+
+
+async def test_get_and_stats_show_the_groups_as_the_database_counts_them(
+    pair: tuple[Daemon, Daemon]
+) -> None:
+    """A queued run's group and a group's holders and queue, asked of the daemon that
+    neither drives the holder nor queued the run."""
+    a, b = pair
+    async with a.client() as c:
+        await c.submit("flow-queue", None, run_id="holder")
+    await _reached(a, "holder", "waiting")
+    async with a.client() as c:
+        await c.submit("flow-queue", None, run_id="queued-a")
+    async with b.client() as c:
+        await c.submit("flow-queue", None, run_id="queued-b")
+    why = {"concurrency": {"group": "flow-queue", "limit": 1, "holders": 1}}
+    async with a.client() as c:
+        assert (await c.get("queued-b"))["pending"] == why
+        assert (await c.stats())["flow"]["groups"] == {
+            "flow-queue": {"holders": 1, "queued": 2, "limit": 1}}
+    async with b.client() as c:
+        assert (await c.get("queued-a"))["pending"] == why
+        assert (await c.stats())["flow"]["groups"] == {
+            "flow-queue": {"holders": 1, "queued": 2, "limit": 1}}
+        shown = json.loads(b.cli("--json", "show", "queued-a").stdout)
+        assert shown["pending"] == why
+        for run_id in ("queued-a", "queued-b"):
+            await c.cancel(run_id)
+        await c.signal("holder", "go", None)
+    done = await _wait_all(b, ["holder", "queued-a", "queued-b"])
+    assert [run["status"] for run in done] == ["completed", "cancelled", "cancelled"]
+    async with b.client() as c:
+        assert (await c.stats())["flow"]["groups"] == {}
+
+
+async def test_a_cancel_in_progress_newcomer_takes_the_slot_before_runs_queued_after_it(
+    pair: tuple[Daemon, Daemon], tmp_path: Path
+) -> None:
+    """'old' holds the 'flow-swap' slot on a; 'new' (cancel-in-progress) is submitted to b
+    and replaces it; while old's compensation runs, a priority-9 run of a queueing workflow
+    of the same scope is queued on a. When old ends, new starts first."""
+    a, b = pair
+    gate, marker = tmp_path / "gate", tmp_path / "compensating"
+    lasting = {"gate": str(gate), "marker": str(marker)}
+    async with a.client() as c:
+        await c.submit("flow-latest", lasting, run_id="old")
+    await _reached(a, "old", "waiting")
+    async with b.client() as c:
+        await c.submit("flow-latest", {"gate": str(gate), "marker": str(tmp_path / "m2")},
+                       run_id="new")
+    await _until(lambda: asyncio.sleep(0, marker.exists()), 15)
+    async with a.client() as c:
+        await c.submit("flow-swap-queue", None, run_id="urgent", priority=9)
+        assert (await c.get("urgent"))["status"] == "pending"
+    gate.touch()
+
+    async def one_started() -> bool:
+        statuses = await _statuses(b, ["old", "new", "urgent"])
+        return statuses["old"] == "cancelled" and "waiting" in statuses.values()
+
+    await _until(one_started, 15)
+    assert await _statuses(b, ["new", "urgent"]) == {"new": "waiting", "urgent": "pending"}
+    async with b.client() as c:
+        assert (await c.get("old"))["error"]["code"] == "CONCURRENCY_REPLACED"
+        await c.signal("new", "go", None)
+    await _reached(b, "urgent", "waiting")
+    async with b.client() as c:
+        await c.signal("urgent", "go", None)
+    done = await _wait_all(a, ["new", "urgent"])
+    assert [run["status"] for run in done] == ["completed", "completed"]

@@ -212,3 +212,50 @@ async def test_a_queued_run_is_nobodys_until_a_pump_admits_it(storage: st.Storag
     await _finish(storage, "holder")
     pumped = await storage.execute(_admit(pump=(("g", None),), daemon="d3"))
     assert [r.run_id for r in pumped.admitted] == ["queued"]
+
+
+async def test_concurrency_groups_counts_holders_and_due_queued_runs_as_admission_does(
+    storage: st.Storage,
+) -> None:
+    """Holders whichever daemon admitted them; queued runs only when due and not paused; an
+    ended run's row counts for nothing; asked-for groups come back even when empty."""
+    await make_run(storage, "ended", flow=GROUP)
+    await make_run(storage, "a", flow=GROUP)
+    await storage.execute(_admit("ended"))
+    await _finish(storage, "ended")
+    await storage.execute(_admit("a", daemon="d2"))
+    for run_id in ("q", "paused", "later"):
+        await make_run(storage, run_id, flow=GROUP)
+        assert (await storage.execute(_admit(run_id))).offered == "queued"
+    async with raw(storage) as db:
+        await db.execute("UPDATE runs SET paused = 1 WHERE run_id = 'paused'")
+        await db.execute("UPDATE runs SET scheduled_at = 3000.0 WHERE run_id = 'later'")
+    assert await storage.concurrency_groups(2000.0) == [st.GroupState(("g", None), ("a",), 1)]
+    assert await storage.concurrency_groups(3000.0, [("none", "k"), ("g", None)]) == [
+        st.GroupState(("none", "k"), (), 0), st.GroupState(("g", None), ("a",), 2)]
+    await _finish(storage, "a")
+    assert await storage.concurrency_groups(2000.0) == [st.GroupState(("g", None), (), 1)]
+
+
+async def test_a_cancel_in_progress_newcomer_goes_before_runs_queued_after_it(
+    storage: st.Storage,
+) -> None:
+    """The newcomer replaced the holder; a higher-priority run of a queueing workflow sharing
+    the scope, queued after it by another daemon, does not take the freed slot first."""
+    rules = st.FlowRules(limits=(("g", False, 1),), replacing=(("latest", "g", False),))
+    await make_run(storage, "old", workflow_id="latest", flow=GROUP)
+    await make_run(storage, "new", workflow_id="latest", flow=GROUP, created_at=1001.0)
+    await make_run(storage, "urgent", workflow_id="other", flow=GROUP, priority=9,
+                   created_at=1002.0)
+    assert (await storage.execute(_admit("old", rules=rules))).offered == "admitted"
+    replaced = await storage.execute(_admit("new", rules=rules,
+                                            strategies=("cancel-in-progress",)))
+    assert replaced.offered == "queued" and replaced.replaced_holders == ("old",)
+    queued = await storage.execute(_admit("urgent", rules=rules, daemon="d2"))
+    assert queued.offered == "queued"
+    await _finish(storage, "old")
+    pumped = await storage.execute(_admit(pump=(("g", None),), rules=rules, daemon="d3"))
+    assert [r.run_id for r in pumped.admitted] == ["new"]
+    await _finish(storage, "new")
+    pumped = await storage.execute(_admit(pump=(("g", None),), rules=rules))
+    assert [r.run_id for r in pumped.admitted] == ["urgent"]

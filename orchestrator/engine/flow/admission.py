@@ -96,8 +96,8 @@ class Admission:
     def share(self, daemon_id: str) -> None:
         """Decide admission in the database from now on (many daemons on one database): a run
         with concurrency groups or a throttle is admitted by ``storage.AdmitRuns``, atomically
-        across daemons; the in-memory gate then only mirrors this daemon's own holders (for
-        the invoke deadlock check and ``stats``)."""
+        across daemons; the in-memory gate then only mirrors this daemon's own holders (the
+        invoke deadlock check, ``get`` and ``stats`` read the groups from the database)."""
         self.daemon_id = daemon_id
 
     async def rebuild(self, runs: Iterable[storage.RunRecord]) -> None:
@@ -557,21 +557,29 @@ class Admission:
                 bool(plan.groups) or plan.throttle is not None)
         return bool(plan.groups) and self.gate.full(plan.groups) is not None
 
-    def deadlock(self, chain: Iterable[str], plan: Plan) -> GroupId | None:
+    async def deadlock(self, chain: Iterable[str], plan: Plan) -> GroupId | None:
         """The group of ``plan`` that the runs of ``chain`` (an invoking run and its
         ancestors, all waiting on the new child) hold to its limit: the child could never
-        start. None when there is none."""
+        start. None when there is none. With many daemons the holders are the database's
+        (an ancestor may be driven by another daemon); with one, the gate's (no query)."""
         ancestors = set(chain)
-        for group in plan.groups:
-            limit = self.limits.limit(group)
-            if limit is not None and len(self.gate.holders(group) & ancestors) >= limit:
+        limited = [(g, limit) for g in plan.groups if (limit := self.limits.limit(g)) is not None]
+        if self.daemon_id is None or not limited:
+            holders = {g: self.gate.holders(g) for g, _ in limited}
+        else:
+            found = await self._storage.concurrency_groups(
+                self._clock.now(), [g for g, _ in limited])
+            holders = {s.group: frozenset(s.holders) for s in found}
+        for group, limit in limited:
+            if len(holders.get(group, frozenset()) & ancestors) >= limit:
                 return group
         return None
 
     # ------------------------------------------------------------------ reporting
 
-    def why_pending(self, run: storage.RunRecord) -> dict[str, Any]:
-        """What a pending run waits for (``wf show``, ``get``)."""
+    async def why_pending(self, run: storage.RunRecord) -> dict[str, Any]:
+        """What a pending run waits for (``wf show``, ``get``). With many daemons a queued
+        run's group is read from the database (it may have been queued by another daemon)."""
         now = self._clock.now()
         out: dict[str, Any] = {}
         plan = plan_of(run)
@@ -582,8 +590,11 @@ class Admission:
                 out["debounced_until"] = run.scheduled_at
             else:
                 out["delayed_until"] = run.scheduled_at
-        entry = self.gate.queued(run.run_id)
-        if entry is not None:
+        if self.daemon_id is not None:
+            blocked = await self._blocked_shared(run, plan, now)
+            if blocked is not None:
+                out["concurrency"] = blocked
+        elif (entry := self.gate.queued(run.run_id)) is not None:
             full = self.gate.full(entry.groups)
             if full is not None:
                 out["concurrency"] = {
@@ -599,9 +610,31 @@ class Admission:
             out["paused_workflow"] = True
         return out
 
-    def stats(self) -> dict[str, Any]:
-        return {"groups": self.gate.stats(), "debounced": len(self._debounced),
-                "held": len(self._held)}
+    async def _blocked_shared(self, run: storage.RunRecord, plan: Plan, now: float
+                              ) -> dict[str, Any] | None:
+        """Many daemons: the first full group of a due, unadmitted ``run``, as the database
+        counts it (what the next pump would find), or None."""
+        if (not plan.groups or run.admitted_at is not None or run.paused
+                or (run.scheduled_at is not None and run.scheduled_at > now)):
+            return None
+        for state in await self._storage.concurrency_groups(now, plan.groups):
+            limit = self.limits.limit(state.group)
+            if limit is not None and len(state.holders) >= limit:
+                return {"group": group_name(state.group), "limit": limit,
+                        "holders": len(state.holders)}
+        return None
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters for ``wf stats``; with many daemons the groups (holders, queued runs) are
+        the database's, for the whole cluster."""
+        if self.daemon_id is None:
+            groups = self.gate.stats()
+        else:
+            groups = {
+                group_name(s.group): {"holders": len(s.holders), "queued": s.queued,
+                                      "limit": self.limits.limit(s.group) or 0}
+                for s in await self._storage.concurrency_groups(self._clock.now())}
+        return {"groups": groups, "debounced": len(self._debounced), "held": len(self._held)}
 
     # ------------------------------------------------------------------ tasks
 

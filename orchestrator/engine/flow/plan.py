@@ -114,6 +114,8 @@ class Limits:
             limits=tuple((scope, keyed, limit) for (scope, keyed), limit in self._by_kind.items()),
             prefixes=((SCHEDULE_SCOPE, 1),),
             throttles=tuple(throttles),
+            replacing=tuple(sorted(key for key, c in self._declared.items()
+                                   if c.strategy == "cancel-in-progress")),
         )
 
     def strategy(self, workflow_id: str, group: GroupId) -> Strategy:
