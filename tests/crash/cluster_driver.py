@@ -697,7 +697,7 @@ class ClusterRound(MixedRound):
         first of them ended (each ends ``PROBE_SLEEP`` after its start, at least)."""
         probes = {r for ids in self.probes.values() for r in ids}
         limited = [details[r] for r in sorted(self.limited) if r in details]
-        self.creport.limited = len(limited) - len(probes)
+        self.creport.limited = sum(run["run_id"] not in probes for run in limited)
         for run in limited:
             if run["admitted_at"] is None:
                 self.violation(f"{run['run_id']} ({run['status']}) of the limited workflow was "
@@ -705,17 +705,17 @@ class ClusterRound(MixedRound):
             elif run["admitted_at"] - run["created_at"] > WAITED and run["run_id"] not in probes:
                 self.creport.waited += 1
         for group, ids in sorted(self.probes.items()):
-            if any(r not in details or self.submits[r].state != "acked" for r in ids):
-                self.violation(f"group {group}: probes not all acknowledged or missing: "
-                               f"{[(r, self.submits[r].state) for r in ids]}")
+            states = {r: (self.submits[r].state if r in self.submits else "unsent") for r in ids}
+            if any(r not in details or state != "acked" for r, state in states.items()):
+                self.violation(f"group {group}: probes not all acknowledged or missing: {states}")
                 continue
-            probes = [details[r] for r in ids]
-            admitted = sorted(p["admitted_at"] or float("inf") for p in probes)
-            ended = min(p["finished_at"] or float("inf") for p in probes)
+            runs = [details[r] for r in ids]
+            admitted = sorted(p["admitted_at"] or float("inf") for p in runs)
+            ended = min(p["finished_at"] or float("inf") for p in runs)
             free = sum(a < ended for a in admitted)
             if free < mw.LIMIT:
                 times = {p["run_id"]: (p["created_at"], p["admitted_at"], p["finished_at"])
-                         for p in probes}
+                         for p in runs}
                 self.violation(f"group {group}: after the drain {free} of {mw.LIMIT} slots "
                                f"were free (a slot leaked): (created, admitted, finished) "
                                f"{times}")
