@@ -2,7 +2,9 @@
 
 Two real ``wf daemon`` processes share one PostgreSQL database under the workload of
 ``mixed_workflows.py`` (``mix-plan`` runs: steps, sleeps, events, signals, tokens, retries,
-children, compensation). Requests go to either daemon at random. A seeded list of
+children, compensation; about 30% of them as its flow-controlled twin ``mix-plan-limited``,
+concurrency limit 2 per group, admitted in the database). Requests go to either daemon at
+random. A seeded list of
 *disruptions* is played meanwhile:
 
 - ``kill``: ``kill -9`` of one daemon, restarted after a random pause (sometimes armed to die
@@ -13,13 +15,17 @@ children, compensation). Requests go to either daemon at random. A seeded list o
 - ``terminate``: ``pg_terminate_backend`` of one daemon's writer session;
 - ``listen``: ``pg_terminate_backend`` of one daemon's LISTEN session, when daemons have one.
 
-Then both daemons run to the end, every run drains, and the checks of the SQLite campaign
-follow, adapted to two daemons alive at once (incarnation numbers are global, in start order):
-nothing acknowledged lost; every run ends as ``runtime.testing`` says; every acknowledged
-delivery resolved its wait; a step's committed attempt ran in the incarnation that committed it
-and never ran after its result was committed; any other incarnation that ran it died (kill,
-stop, crash point), so in-flight steps run at most once more per takeover; timers never fire
-early. Every violation starts with ``seed=<seed>``.
+Then both daemons run to the end, every run drains (so every queued twin run ran), ``LIMIT + 1``
+probe runs of the twin per group are submitted at once and drained, and the checks of the SQLite
+campaign follow, adapted to two daemons alive at once (incarnation numbers are global, in start
+order): nothing acknowledged lost; every run ends as ``runtime.testing`` says; every
+acknowledged delivery resolved its wait; a step's committed attempt ran in the incarnation that
+committed it and never ran after its result was committed; any other incarnation that ran it
+died (kill, stop, crash point), so in-flight steps run at most once more per takeover; timers
+never fire early; no group ever had more than its limit of twin runs between their first and
+last ledger lines (wall times, across both daemons); every twin run was admitted in the
+database; the probes found every slot of their group free (none leaked). Every violation
+starts with ``seed=<seed>``.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ from tests.crash.mixed_driver import (
 )
 
 SUBMITTERS = 6
+PROBE_SLEEP = 1.0  # a probe's sleep between its two steps: its slot is held that long at least
+WAITED = 0.25  # a twin run admitted this long after it was created waited for a slot
 # Errors a daemon answers while the database is away: the outcome is unknown, not refused.
 UNKNOWN_OUTCOME = ("STORAGE", "OWNERSHIP_LOST", "UNAVAILABLE", "INTERNAL")
 KINDS = ("kill", "stop", "pgrestart", "terminate", "listen")
@@ -98,6 +106,9 @@ class ClusterReport:
     reruns: int = 0  # step executions by an incarnation that died before committing them
     woke_runs: int = 0  # of those, run by a frozen daemon as it woke, after another recorded
     adopted: int = 0
+    limited: int = 0  # runs of the flow-controlled twin (the probes not included)
+    waited: int = 0  # of those, admitted more than WAITED after they were created
+    group_peak: int = 0  # most twin runs of one group holding a slot at once (ledger, no probe)
     drain_seconds: float = 0.0
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
@@ -109,7 +120,9 @@ class ClusterReport:
         return (f"seed={self.seed} runs={self.runs} acked={self.acked} "
                 f"indeterminate={self.indeterminate} deliveries={self.deliveries} "
                 f"disruptions[{dis}] deaths[{deaths}] ledger={self.ledger_lines} "
-                f"reruns={self.reruns} woke_runs={self.woke_runs} drain={self.drain_seconds:.1f}s "
+                f"reruns={self.reruns} woke_runs={self.woke_runs} limited={self.limited} "
+                f"waited={self.waited} group_peak={self.group_peak} "
+                f"drain={self.drain_seconds:.1f}s "
                 f"time={self.seconds:.1f}s violations={len(self.violations)}")
 
 
@@ -118,16 +131,14 @@ class ClusterRound(MixedRound):
 
     def __init__(self, workdir: Path, seed: int, runs: int, url: str,
                  restart_db: Callable[[], None], *, lease: float = 2.0, scale: float = 1.0,
-                 disruptions: int = 4) -> None:
+                 disruptions: int = 4, env: dict[str, str] | None = None) -> None:
+        # The flow-controlled twin (``mw.LIMITED``, about 30% of the runs) is in the mix:
+        # admission across daemons is decided in the database (migration 0012).
         super().__init__(workdir, seed, runs, scale=scale)
-        # Concurrency limits are per daemon for now (docs/decisions.md, issue 20 phase 2):
-        # the flow-controlled twin stays out of the many-daemon mix.
-        self.limited = set()
-        for inp in self.inputs.values():
-            inp.pop("group", None)
         self.url = url
         self.lease = lease
         self.restart_db = restart_db
+        self.env = env or {}  # for both daemons (``mw.LIMIT_ENV`` proves the checks can fail)
         self.creport = ClusterReport(seed, runs)
         self.slots = [self._slot(workdir, name) for name in ("a", "b")]
         # Every kind comes up within a few rounds (rotated by seed), then at random.
@@ -139,6 +150,7 @@ class ClusterRound(MixedRound):
         self.released = 0  # runs the submitters may send: a wave per disruption
         self.generation = 0  # bumped by every disruption: deliveries may be sent again
         self.stops: list[tuple[int, float]] = []  # (incarnation, SIGCONT time)
+        self.probes: dict[str, list[str]] = {}  # group -> its probe runs (after the drain)
         self.cuts: list[tuple[float, float]] = []  # database restarts and killed sessions
         self.unavailable: dict[str, list[float]] = {}  # run -> its commits lost (from logs)
         self.phase = "created"  # where the round is: a round that hangs reports it
@@ -149,7 +161,7 @@ class ClusterRound(MixedRound):
         daemon = DaemonProcess(
             root, modules=["tests.crash.mixed_workflows"], paths=[ROOT],
             extra=f"max_recoveries = 1000\nlease = \"{self.lease}s\"",
-            env={mw.LEDGER_ENV: str(self.ledger)})
+            env={mw.LEDGER_ENV: str(self.ledger), **self.env})
         text = daemon.config_path.read_text()
         daemon.config_path.write_text(text.replace(
             f"path = {json.dumps(str(daemon.db))}", f"url = {json.dumps(self.url)}"))
@@ -344,6 +356,10 @@ class ClusterRound(MixedRound):
             await asyncio.gather(*submitters)
             self.phase = "draining"
             await self.drain()
+            self.phase = "probing the groups"
+            await self.probe_groups()
+            self.phase = "draining the probes"
+            await self.drain()
             self.phase = "collecting"
             details = await self.collect_any()
         finally:
@@ -392,9 +408,10 @@ class ClusterRound(MixedRound):
             req = Request("submit", run_id, len(self.incs))
             self.submits[run_id] = req
             self.last_send = time.time()
+            workflow = mw.LIMITED if run_id in self.limited else mw.PARENT
             try:
                 await self.client_call(
-                    lambda c, r=run_id: c.submit(mw.PARENT, self.inputs[r], run_id=r))
+                    lambda c, r=run_id, w=workflow: c.submit(w, self.inputs[r], run_id=r))
                 req.state = "acked"
             except RemoteError as exc:
                 unknown = exc.code.startswith(UNKNOWN_OUTCOME)
@@ -501,6 +518,29 @@ class ClusterRound(MixedRound):
             await asyncio.sleep(POLL)
         self.creport.drain_seconds = time.time() - ready
 
+    async def probe_groups(self) -> None:
+        """After the drain, with every disruption over: ``LIMIT + 1`` new twin runs per group,
+        submitted at once to either daemon. No run holds a slot now, so ``LIMIT`` of them must
+        be admitted at once and the last must queue and then run (``_check_admissions``): a
+        slot leaked by a crash, a takeover or a lost commit would make a second one queue."""
+        for _ in range(200):  # a daemon the monitor is restarting: wait for both (10 s)
+            if len(self.live()) == len(self.slots):
+                break
+            await asyncio.sleep(0.05)
+        plan: list[mw.Op] = [["step"], ["sleep", PROBE_SLEEP], ["step"]]
+        groups = [f"g{i}" for i in range(3)]  # the groups mixed_driver gives the twin
+        ids = []
+        for group in groups:
+            self.probes[group] = []
+            for j in range(mw.LIMIT + 1):
+                run_id = f"s{self.seed}-probe-{group}-{j}"
+                self.inputs[run_id] = {"key": f"p{group}.{j}", "plan": plan, "group": group}
+                self.limited.add(run_id)
+                self.probes[group].append(run_id)
+                ids.append(run_id)
+        self.released = BIG
+        await asyncio.gather(*(self.submit_loop(ids) for _ in ids))
+
     async def collect_any(self) -> dict[str, dict[str, Any]]:
         for _ in range(100):
             live = self.live()
@@ -533,6 +573,7 @@ class ClusterRound(MixedRound):
         self.creport.acked, self.creport.indeterminate = self.report.acked, \
             self.report.indeterminate
         self._check_stopped_wrote_nothing(details)
+        self._check_admissions(details)
 
     def _check_ledger(self, details: dict[str, dict[str, Any]]) -> None:
         rows = ledger_lines(self.ledger)
@@ -556,6 +597,7 @@ class ClusterRound(MixedRound):
         for run_id, key in set(lines) - expected:
             self.violation(f"ledger lines for {run_id} {key} with no recorded step: "
                            f"{lines[(run_id, key)]}")
+        self._check_group_limits(rows)
 
     def _cluster_step(self, run_id: str, step: dict[str, Any],
                       lines: list[tuple[int, int, float]]) -> None:
@@ -570,7 +612,7 @@ class ClusterRound(MixedRound):
                            f"{sorted(recorded)} (committed {step['attempt']})")
         for attempt, rec in recorded.items():
             committed = None
-            if attempt == step["attempt"] and step["status"] in ("completed", "ok") and \
+            if attempt == step["attempt"] and step["status"] == "completed" and \
                     isinstance(step["output"], dict):
                 committed = step["output"].get("inc")
             if committed is None and rec.get("error"):
@@ -623,6 +665,61 @@ class ClusterRound(MixedRound):
                 self.violation(f"{where}: incarnation {inc} ran it too and did not die "
                                f"(duplicate execution without a takeover): {lines}")
 
+    def _check_group_limits(self, rows: list[tuple[str, str, int, int, float]]) -> None:
+        """A twin run holds its group's slot at least from its first ledger line to its last
+        (admitted before its first step, ended after its last), whichever daemon wrote them:
+        no group may show more than ``LIMIT`` such spans at once, by the lines' wall times
+        (both daemons run on this machine's clock). Lines a frozen daemon wrote as it woke
+        are left out: they may come after the run ended elsewhere (``woke_runs``)."""
+        woke = dict(self.stops)
+        spans: dict[str, tuple[float, float]] = {}
+        for run_id, _key, _attempt, inc, at in rows:
+            if run_id not in self.limited or (inc in woke and at >= woke[inc]):
+                continue
+            first, last = spans.get(run_id, (at, at))
+            spans[run_id] = (min(first, at), max(last, at))
+        by_group: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
+        for run_id, (first, last) in spans.items():
+            by_group[self.inputs[run_id]["group"]].append((run_id, first, last))
+        probes = {r for ids in self.probes.values() for r in ids}
+        for group, group_spans in sorted(by_group.items()):
+            worst = _most_at_once(group_spans)
+            workload = _most_at_once([x for x in group_spans if x[0] not in probes])
+            self.creport.group_peak = max(self.creport.group_peak, len(workload))
+            if len(worst) > mw.LIMIT:
+                shown = {r: (round(a, 3), round(b, 3)) for r, a, b in group_spans if r in worst}
+                self.violation(f"group {group}: {len(worst)} runs held a slot at once (limit "
+                               f"{mw.LIMIT}), first and last ledger lines {shown}")
+
+    def _check_admissions(self, details: dict[str, dict[str, Any]]) -> None:
+        """Every twin run went through admission in the database (``admitted_at``); after the
+        drain a group admits ``LIMIT`` probes at once: they were all admitted before the
+        first of them ended (each ends ``PROBE_SLEEP`` after its start, at least)."""
+        probes = {r for ids in self.probes.values() for r in ids}
+        limited = [details[r] for r in sorted(self.limited) if r in details]
+        self.creport.limited = sum(run["run_id"] not in probes for run in limited)
+        for run in limited:
+            if run["admitted_at"] is None:
+                self.violation(f"{run['run_id']} ({run['status']}) of the limited workflow was "
+                               f"never admitted in the database")
+            elif run["admitted_at"] - run["created_at"] > WAITED and run["run_id"] not in probes:
+                self.creport.waited += 1
+        for group, ids in sorted(self.probes.items()):
+            states = {r: (self.submits[r].state if r in self.submits else "unsent") for r in ids}
+            if any(r not in details or state != "acked" for r, state in states.items()):
+                self.violation(f"group {group}: probes not all acknowledged or missing: {states}")
+                continue
+            runs = [details[r] for r in ids]
+            admitted = sorted(p["admitted_at"] or float("inf") for p in runs)
+            ended = min(p["finished_at"] or float("inf") for p in runs)
+            free = sum(a < ended for a in admitted)
+            if free < mw.LIMIT:
+                times = {p["run_id"]: (p["created_at"], p["admitted_at"], p["finished_at"])
+                         for p in runs}
+                self.violation(f"group {group}: after the drain {free} of {mw.LIMIT} slots "
+                               f"were free (a slot leaked): (created, admitted, finished) "
+                               f"{times}")
+
     def _check_timers(self, details: dict[str, dict[str, Any]]) -> None:
         for run_id, detail in details.items():
             for wp in detail["waitpoints"]:
@@ -648,6 +745,23 @@ class ClusterRound(MixedRound):
                             self.violation(f"{run_id} {step['step_id']} attempt "
                                            f"{rec['attempt']} committed by incarnation {inc} "
                                            f"after it woke from SIGSTOP past its lease")
+
+
+def _most_at_once(spans: list[tuple[str, float, float]]) -> set[str]:
+    """The largest set of ``(run, first, last)`` spans open at one moment (a start at the
+    very time of an end counts as overlapping it)."""
+    edges = sorted([(a, 1, r) for r, a, _ in spans] + [(b, -1, r) for r, _, b in spans],
+                   key=lambda e: (e[0], -e[1]))
+    held: set[str] = set()
+    worst: set[str] = set()
+    for _, change, run_id in edges:
+        if change > 0:
+            held.add(run_id)
+        else:
+            held.discard(run_id)
+        if len(held) > len(worst):
+            worst = set(held)
+    return worst
 
 
 def _wait(proc: Any, timeout: float) -> int | None:

@@ -552,7 +552,7 @@ class MixedRound:
                            f"ran up to {max(ran, default=0)}: {lines}")
         for attempt, rec in recorded.items():
             committed = None
-            if attempt == step["attempt"] and step["status"] == "ok" and isinstance(
+            if attempt == step["attempt"] and step["status"] == "completed" and isinstance(
                     step["output"], dict):
                 committed = step["output"].get("inc")
             if committed is None and rec.get("error"):

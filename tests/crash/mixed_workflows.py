@@ -34,6 +34,9 @@ SIGNAL = "mix.sig"
 PARENT = "mix-plan"
 LIMITED = "mix-plan-limited"  # the same body under a concurrency limit per group
 LIMIT = 2
+# Only to prove the drivers' limit checks can fail: daemons started with this set enforce
+# another limit than the checks expect (the drivers' processes never set it).
+LIMIT_ENV = "WF_MIXED_LIMIT"
 CHILD = "mix-child"
 
 Op = list[Any]  # ["step"] | ["sleep", s] | ["event"] | ["signal"] | ["token"]
@@ -143,7 +146,8 @@ async def mix_plan(input: dict[str, Any], ctx: Context) -> list[Any]:
     return await run_plan(input, ctx, CHILD)
 
 
-@workflow(id=LIMITED, concurrency=Concurrency(LIMIT, key=lambda i: i["group"]))
+@workflow(id=LIMITED, concurrency=Concurrency(int(os.environ.get(LIMIT_ENV) or LIMIT),
+                                                key=lambda i: i["group"]))
 async def mix_plan_limited(input: dict[str, Any], ctx: Context) -> list[Any]:
     return await run_plan(input, ctx, CHILD)
 

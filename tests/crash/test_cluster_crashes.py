@@ -3,8 +3,9 @@ lease, ``pg_ctl restart -m immediate`` and killed sessions (issue 20, Reliabilit
 ``cluster_driver.py`` for the round and its checks).
 
 CI: 3 rounds × 40 runs, 4 disruptions each. ``make reliability`` (``WF_CAMPAIGN=1``): 50 rounds
-× 150 runs, 6 disruptions each. Replay a round with ``WF_CLUSTER_REPLAY=<seed>
-[WF_CLUSTER_RUNS=<runs>] .venv/bin/pytest -q tests/crash/test_cluster_crashes.py -k replay``.
+× 150 runs, 6 disruptions each; ``WF_CLUSTER_ROUNDS=<n>`` runs n rounds at either size. Replay a
+round with ``WF_CLUSTER_REPLAY=<seed> [WF_CLUSTER_RUNS=<runs>] .venv/bin/pytest -q
+tests/crash/test_cluster_crashes.py -k replay``.
 
 The rounds run on a private PostgreSQL cluster of this module (not the session's): they restart
 it. It runs with ``fsync=off`` like every test cluster; ``-m immediate`` kills the server's
@@ -25,12 +26,15 @@ import pytest
 
 from tests import pg
 from tests.crash import campaign
+from tests.crash import mixed_workflows as mw
 from tests.crash.cluster_driver import ClusterReport, ClusterRound
 
 pytestmark = pytest.mark.slow
 
 RUNS = 150 if campaign.CAMPAIGN else 40
 ROUNDS = campaign.rounds(ci=3, campaign=50)
+if os.environ.get("WF_CLUSTER_ROUNDS"):  # another number of rounds at either size
+    ROUNDS = list(range(campaign.SEED, campaign.SEED + int(os.environ["WF_CLUSTER_ROUNDS"])))
 DISRUPTIONS = 6 if campaign.CAMPAIGN else 4
 SCALE = 1.0 if campaign.CAMPAIGN else 0.3
 LEASE = 2.0
@@ -57,6 +61,9 @@ def summary(reports: list[ClusterReport]) -> str:
             f"reruns={sum(r.reruns for r in reports)} "
             f"woke_runs={sum(r.woke_runs for r in reports)} "
             f"adoptions={sum(r.adopted for r in reports)} "
+            f"twin_runs={sum(r.limited for r in reports)} "
+            f"twin_waited={sum(r.waited for r in reports)} "
+            f"group_peak={max((r.group_peak for r in reports), default=0)} "
             f"seconds={sum(r.seconds for r in reports):.0f} skipped={skipped} "
             f"violations={sum(len(r.violations) for r in reports)}")
 
@@ -104,3 +111,27 @@ async def test_replay(own_cluster: pg.Cluster, tmp_path: Path,
         [rep] = await run_rounds(own_cluster, tmp_path, [seed],
                                  int(os.environ.get("WF_CLUSTER_RUNS", RUNS)))
     assert not rep.violations, "\n".join(rep.violations[:40])
+
+
+@pytest.mark.parametrize(("limit", "violation"), [
+    (mw.LIMIT + 1, "runs held a slot at once"),  # more admitted than the limit
+    (mw.LIMIT - 1, "a slot leaked"),  # fewer: as if a crash had leaked a slot
+])
+async def test_the_limit_checks_catch_daemons_enforcing_another_limit(
+    own_cluster: pg.Cluster, tmp_path: Path, limit: int, violation: str
+) -> None:
+    """The twin's checks can fail: both daemons enforce ``limit`` while the checks expect
+    ``mw.LIMIT``. One small round with one disruption; the probes after the drain make the
+    violation certain (``LIMIT + 1`` runs per group submitted at once)."""
+    url = await pg.create_database(own_cluster)
+    try:
+        rnd = ClusterRound(tmp_path, campaign.SEED, 8, url, own_cluster.restart, lease=LEASE,
+                           scale=SCALE, disruptions=1, env={mw.LIMIT_ENV: str(limit)})
+        rep = await asyncio.wait_for(rnd.run(), ROUND_TIMEOUT)
+    finally:
+        await pg.drop_database(own_cluster, url)
+    found = [v for v in rep.violations if violation in v]
+    assert found, rep.violations
+    sys.stderr.write(f"daemon limit {limit}: {rep.line()}\n  caught: {found[0][:400]}\n")
+    others = [v for v in rep.violations if "held a slot" not in v and "slot leaked" not in v]
+    assert not others, others
