@@ -149,12 +149,16 @@ class Storage(Protocol):
         daemon_id: str,
         on_wake: Callable[[str | None], None],
         on_states: Callable[[Sequence[records.StatusChange]], None],
+        on_chunks: Callable[[Sequence[records.StreamNotice]], None] | None = None,
+        on_followed: Callable[[Sequence[records.StreamNotice]], None] | None = None,
     ) -> None:
         """Until cancelled, call ``on_wake(run_id)`` when another daemon changed a run
         ``daemon_id`` owns (resolved, cancelled, paused, resumed), ``on_states(changes)`` when
-        other daemons announced status changes (``announce_states``), and ``on_wake(None)``
-        when such news may have been missed (after each (re)connection): look at every owned
-        run. Returns at once where no other daemon can write (SQLite: one daemon per file)."""
+        other daemons announced status changes (``announce_states``), ``on_chunks(written)``
+        and ``on_followed(followed)`` when they announced stream chunks or followers
+        (``announce_chunks``, ``announce_followed``), and ``on_wake(None)`` when
+        such news may have been missed (after each (re)connection): look at every owned run.
+        Returns at once where no other daemon can write (SQLite: one daemon per file)."""
         ...
 
     async def announce_states(
@@ -163,6 +167,21 @@ class Storage(Protocol):
         """Tell every other daemon listening (``listen_for_runs``) of status changes
         ``daemon_id`` committed. A hint, never raised: a loss is covered by the listeners'
         polls. Nothing where one daemon is alone on the storage."""
+        ...
+
+    async def announce_chunks(
+        self, daemon_id: str, written: Sequence[records.StreamNotice]
+    ) -> None:
+        """Tell every other daemon listening (``listen_for_runs``) which streams got chunks
+        ``daemon_id`` committed. A hint, as ``announce_states``: never raised, a loss is
+        covered by the followers' polls, nothing where one daemon is alone on the storage."""
+        ...
+
+    async def announce_followed(
+        self, daemon_id: str, followed: Sequence[records.StreamNotice]
+    ) -> None:
+        """Tell every other daemon listening that ``daemon_id`` follows these streams (so the
+        one writing them announces their chunks). A hint, as ``announce_chunks``."""
         ...
 
     async def owned_runs_to_move(self, daemon_id: str) -> list[str]:

@@ -381,6 +381,15 @@ class GroupState:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamNotice:
+    """A run's stream, as daemons tell each other of it (SPEC §13, ``stream --follow`` on a
+    daemon that does not drive the run): "I follow it" one way, "it got chunks" the other."""
+
+    run_id: str
+    stream_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class AmendmentRecord:
     """One ``amend`` of a step's recorded result (append-only audit trail)."""
 

@@ -25,12 +25,18 @@ The other way round, every status change this daemon commits is announced to the
 (``Storage.announce_states``, coalesced: one announcement at a time, the changes made meanwhile
 go in the next), and theirs reach this daemon's ``wait``, ``watch`` and ``changes``
 (``on_states``); ``on_missed`` after the listening connection came back (announcements sent
-while it was away are gone: the readers re-read).
+while it was away are gone: the readers re-read). Streams the same way, for ``stream --follow``
+on a daemon that does not drive the run: the follower's daemon announces the stream it follows
+(``follow_elsewhere``, renewed every poll interval while it follows), and the daemon writing
+it then announces which of those streams got chunks (``chunk_written``: coalesced; a stream
+nobody follows elsewhere costs nothing per chunk), and re-announces one at once when the
+interest arrives (chunks committed before it did would otherwise wait for the poll).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
 import structlog
@@ -54,10 +60,11 @@ class ClusterLoop:
         move: Move,
         timer_due: Callable[[float], None],
         held: Callable[[], Collection[str]] = frozenset,
-        drives: Callable[[str], bool] = lambda _r: True,
+        drives: Callable[[str], bool] = lambda _r: True,  # this daemon drives the run
         on_states: Callable[[Sequence[storage.StatusChange]], None] = lambda _c: None,
         on_missed: Callable[[], None] = lambda: None,
         pump: Callable[[], Awaitable[None]] | None = None,
+        on_chunks: Callable[[Sequence[storage.StreamNotice]], None] = lambda _w: None,
     ) -> None:
         self._storage = storage_
         self.daemon_id = daemon_id
@@ -77,11 +84,18 @@ class ClusterLoop:
         self._moving = asyncio.Lock()  # one move pass at a time (tick and wakeup may meet)
         self._unsent: list[storage.StatusChange] = []  # our changes not yet announced
         self._send = asyncio.Event()
+        self._on_chunks = on_chunks
+        # Streams other daemons follow: until when (monotonic), unless they renew it.
+        self._followed: dict[storage.StreamNotice, float] = {}
+        self._unsent_chunks: dict[storage.StreamNotice, None] = {}  # ordered, each once
+        self._unsent_follows: dict[storage.StreamNotice, None] = {}
+        self._send_streams = asyncio.Event()
         self._connections = 0
         self._pump = pump
         self.adopted = 0
         self.woken = 0  # move passes a notification (or a reconnection) started
         self.announced = 0  # status changes announced to the other daemons
+        self.chunks_announced = 0  # streams with new chunks announced (once per batch)
 
     async def claim(self) -> list[storage.RunRecord]:
         """Rescue the dead, then claim what nobody owns; the claimed runs, to take over."""
@@ -105,8 +119,11 @@ class ClusterLoop:
             loop.create_task(self._run(), name="cluster"),
             loop.create_task(self._mover(), name="cluster-wakeups"),
             loop.create_task(self._announcer(), name="cluster-announce"),
+            loop.create_task(self._stream_announcer(), name="cluster-announce-streams"),
             loop.create_task(
-                self._storage.listen_for_runs(self.daemon_id, self._on_wake, self._heard),
+                self._storage.listen_for_runs(
+                    self.daemon_id, self._on_wake, self._heard, on_chunks=self._on_chunks,
+                    on_followed=self._heard_followed),
                 name="cluster-listen"),
         ]
 
@@ -159,6 +176,56 @@ class ClusterLoop:
             except Exception as exc:  # a hint: the others' polls are the fallback
                 log.warning("cluster.announce_failed", error=repr(exc))
             self.announced += len(changes)
+
+    @property
+    def follow_ttl(self) -> float:
+        """How long another daemon's "I follow this stream" holds unless renewed."""
+        return max(10.0, 3 * self.interval)
+
+    def chunk_written(self, run_id: str, stream_id: str) -> None:
+        """A chunk this daemon committed (a ``StreamHub`` observer): announced if another
+        daemon follows its stream."""
+        notice = storage.StreamNotice(run_id, stream_id)
+        until = self._followed.get(notice)
+        if until is None:
+            return
+        if until < time.monotonic():
+            del self._followed[notice]
+            return
+        self._unsent_chunks[notice] = None
+        self._send_streams.set()
+
+    def follow_elsewhere(self, run_id: str, stream_id: str) -> None:
+        """This daemon follows a stream another daemon may write: tell the others (call it
+        again every poll interval while following)."""
+        self._unsent_follows[storage.StreamNotice(run_id, stream_id)] = None
+        self._send_streams.set()
+
+    def _heard_followed(self, followed: Sequence[storage.StreamNotice]) -> None:
+        now = time.monotonic()
+        for stale in [n for n, until in self._followed.items() if until < now]:
+            del self._followed[stale]
+        for notice in followed:
+            self._followed[notice] = now + self.follow_ttl
+            if self._drives(notice.run_id):
+                self._unsent_chunks[notice] = None  # re-read what came before we knew
+                self._send_streams.set()
+
+    async def _stream_announcer(self) -> None:
+        # As ``_announcer``: one at a time, a stream written many times meanwhile goes once.
+        while True:
+            await self._send_streams.wait()
+            self._send_streams.clear()
+            follows, self._unsent_follows = list(self._unsent_follows), {}
+            written, self._unsent_chunks = list(self._unsent_chunks), {}
+            try:
+                await self._storage.announce_followed(self.daemon_id, follows)
+                await self._storage.announce_chunks(self.daemon_id, written)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a hint: the followers' polls are the fallback
+                log.warning("cluster.announce_streams_failed", error=repr(exc))
+            self.chunks_announced += len(written)
 
     # ------------------------------------------------------------------ the poll
 

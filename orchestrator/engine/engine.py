@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -43,6 +44,7 @@ from orchestrator.engine.ratelimits import StoredRateLimiter
 from orchestrator.engine.retention import MAX_INDEX_MERGES, STATUS_GROUPS, Retention
 from orchestrator.engine.schedules import Schedules
 from orchestrator.engine.settings import Settings
+from orchestrator.engine.streams import Reread
 from orchestrator.engine.supervisor import Supervisor
 from orchestrator.engine.timers import Timers
 from runtime.clock import Clock, SystemClock
@@ -201,12 +203,14 @@ class Engine(service.ServiceMethods):
                 claim_limit=self.settings.max_active_runs, take_over=self._take_over,
                 move=self._move_owned, timer_due=self._timer_stored, held=self.holds.runs,
                 drives=self.supervisor.drives,
-                on_states=self._heard_states, on_missed=self.supervisor.changes.missed,
-                pump=self.admission.pump_shared,
+                on_states=self._heard_states, on_missed=self._missed,
+                pump=self.admission.pump_shared, on_chunks=self._heard_chunks,
             )
             self.supervisor.owner = self.lease.daemon_id
             # Every status change committed here is announced to the other daemons.
             self.supervisor.changes.observers.append(self.cluster.state_changed)
+            # And every stream chunk another daemon follows, so its followers re-read it.
+            self.supervisor.streams.observers.append(self.cluster.chunk_written)
             self.admission.share(self.lease.daemon_id)
             self.admission.disown = self.supervisor.disown
         recovered = await self._recover()
@@ -410,6 +414,16 @@ class Engine(service.ServiceMethods):
                 # cancel made through here).
                 self.holds.forget(change.run_id)
                 self.ops.cancels_delivered.discard(change.run_id)
+
+    def _heard_chunks(self, written: Sequence[storage.StreamNotice]) -> None:
+        """Streams another daemon wrote chunks of: their followers here re-read them."""
+        for w in written:
+            self.supervisor.streams.written_elsewhere(w.run_id, w.stream_id)
+
+    def _missed(self) -> None:
+        """The LISTEN connection came back: what the others announced meanwhile is gone."""
+        self.supervisor.changes.missed()
+        self.supervisor.streams.missed()
 
     async def close(self) -> None:
         """Stop the timers and the actors (in-flight steps get ``shutdown_grace``)."""
@@ -970,29 +984,52 @@ class Engine(service.ServiceMethods):
 
     @streams(service.Stream)
     async def _stream(self, r: service.Stream) -> AsyncIterator[JSONDict]:
-        await self._run_or_404(r.run_id)
         hub = self.supervisor.streams
-        queue = hub.follow(r.run_id, r.stream_id) if r.follow else None
+        follower = hub.follow(r.run_id, r.stream_id) if r.follow else None
         try:
+            run: storage.RunRecord | None = await self._run_or_404(r.run_id)
             next_seq = 0
-            final = False
             for chunk in await self.storage.stream_chunks(r.run_id, r.stream_id):
                 yield views.chunk(chunk)
                 next_seq = chunk.seq + 1
-                final = chunk.final
-            if queue is None or final:
-                return
+                if chunk.final:
+                    return
+            if follower is None or run is None or run.is_terminal:
+                return  # ended without a final chunk (its source failed): nothing will come
+            # Chunks come in memory from this daemon's actor. In a cluster another daemon may
+            # drive the run: its chunks and its end are announced (a re-read), and a re-read
+            # every poll interval covers an announcement lost.
+            every = None if self.cluster is None else self._poll_interval()
+            renewed = -math.inf
             while True:
-                item = await queue.get()
-                if item["seq"] < next_seq:
-                    continue
-                next_seq = item["seq"] + 1
-                yield item
-                if item["final"]:
+                if self.cluster is not None and time.monotonic() - renewed >= self._poll_interval():
+                    renewed = time.monotonic()
+                    if not self.supervisor.knows(r.run_id):  # ask its writer to announce chunks
+                        self.cluster.follow_elsewhere(r.run_id, r.stream_id)
+                got = await follower.next(every)
+                if isinstance(got, dict):
+                    if got["seq"] < next_seq:
+                        continue
+                    if got["seq"] == next_seq:
+                        next_seq += 1
+                        yield got
+                        if got["final"]:
+                            return
+                        continue
+                    got = Reread.CHUNKS  # a gap (dropped while behind): storage has them
+                if got is Reread.RUN:
+                    run = await self.storage.get_run(r.run_id)  # before the chunks it ended after
+                for chunk in await self.storage.stream_chunks(
+                        r.run_id, r.stream_id, after_seq=next_seq - 1):
+                    yield views.chunk(chunk)
+                    next_seq = chunk.seq + 1
+                    if chunk.final:
+                        return
+                if run is None or run.is_terminal:
                     return
         finally:
-            if queue is not None:
-                hub.unfollow(r.run_id, r.stream_id, queue)
+            if follower is not None:
+                hub.unfollow(r.run_id, r.stream_id, follower)
 
 
 def _traceparent(value: str | None) -> str | None:

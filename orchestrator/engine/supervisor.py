@@ -424,6 +424,7 @@ class Supervisor:
         self.changes.publish(run_id, status, workflow_id)
         for queue in self._state_listeners.get(run_id, ()):
             queue.put_nowait(status)
+        self.streams.run_changed(run_id, status)
 
     def relay_state(self, run_id: str, status: str, workflow_id: str | None = None) -> None:
         """Another daemon committed and announced a status change of the run (SPEC §13): tell
@@ -431,6 +432,7 @@ class Supervisor:
         self.changes.relay(run_id, status, workflow_id)
         for queue in self._state_listeners.get(run_id, ()):
             queue.put_nowait(status)
+        self.streams.run_changed(run_id, status)
 
     def listen_state(self, run_id: str) -> asyncio.Queue[str]:
         queue: asyncio.Queue[str] = asyncio.Queue()

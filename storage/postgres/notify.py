@@ -14,6 +14,12 @@ committed on one shared channel (``wf_run_state``), so ``wait``, ``watch`` and `
 daemon that does not drive the run see them too (each listener skips its own announcements).
 The sender coalesces them (``orchestrator/engine/cluster.py``) and packs many per notification,
 under PostgreSQL's payload limit.
+
+Stream chunks the same way, on their own channel (``wf_stream_chunk``): which run's stream got
+chunks (not the chunks: a follower elsewhere re-reads the stream from its next ``seq``), so
+``stream --follow`` on a daemon that does not drive the run hears of them at once. Only streams
+some other daemon said it follows (``wf_stream_follow``, renewed while it follows) are
+announced: a stream nobody follows elsewhere costs no notification per chunk.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ NOTIFY_OWNERS = ("SELECT pg_notify('wf_daemon_' || owner, run_id) FROM runs "
 STATES_CHANNEL = "wf_run_state"  # every daemon's status changes, for every other daemon
 # One statement, autocommitted: the notifications are delivered together, in this order.
 NOTIFY_STATES = f"SELECT pg_notify('{STATES_CHANNEL}', p) FROM unnest($1::text[]) AS p"
+CHUNKS_CHANNEL = "wf_stream_chunk"  # which streams got chunks, for followers elsewhere
+NOTIFY_CHUNKS = f"SELECT pg_notify('{CHUNKS_CHANNEL}', p) FROM unnest($1::text[]) AS p"
+FOLLOWED_CHANNEL = "wf_stream_follow"  # streams followed on a daemon that may not write them
+NOTIFY_FOLLOWED = f"SELECT pg_notify('{FOLLOWED_CHANNEL}', p) FROM unnest($1::text[]) AS p"
 MAX_PAYLOAD = 7000  # bytes per notification (PostgreSQL refuses 8000 and more)
 KEEPALIVE = 5.0  # seconds between liveness queries on the LISTEN connection
 BACKOFF = (0.05, 2.0)  # first and longest wait between reconnection attempts
@@ -83,12 +93,41 @@ def runs_to_wake(batch: Sequence[ops.WriteOp[Any]], results: Sequence[Any]) -> s
 def pack_states(daemon_id: str, changes: Sequence[records.StatusChange]) -> list[str]:
     """``changes`` as notification payloads of at most ``MAX_PAYLOAD`` bytes, in order, each
     ``{"d": sender, "c": [[run_id, status, workflow_id], ...]}``."""
+    return _pack(daemon_id, [[c.run_id, c.status, c.workflow_id] for c in changes])
+
+
+def unpack_states(daemon_id: str, payload: str) -> list[records.StatusChange]:
+    """The changes another daemon announced in ``payload``; none if it is our own (or not
+    one of ours: the channel is public, a stray payload is ignored)."""
+    try:
+        return [records.StatusChange(str(r), str(s), None if w is None else str(w))
+                for r, s, w in _unpack(daemon_id, payload)]
+    except (TypeError, ValueError) as exc:
+        log.warning("listen.bad_payload: %r", exc)
+        return []
+
+
+def pack_chunks(daemon_id: str, written: Sequence[records.StreamNotice]) -> list[str]:
+    """``written`` as payloads like ``pack_states``': ``{"d": sender, "c": [[run_id,
+    stream_id], ...]}``."""
+    return _pack(daemon_id, [[w.run_id, w.stream_id] for w in written])
+
+
+def unpack_chunks(daemon_id: str, payload: str) -> list[records.StreamNotice]:
+    """The streams another daemon announced in ``payload`` (none for our own, or a stray)."""
+    try:
+        return [records.StreamNotice(str(r), str(s)) for r, s in _unpack(daemon_id, payload)]
+    except (TypeError, ValueError) as exc:
+        log.warning("listen.bad_payload: %r", exc)
+        return []
+
+
+def _pack(daemon_id: str, items: Sequence[list[str | None]]) -> list[str]:
     head = len(orjson.dumps({"d": daemon_id, "c": []}))
     payloads: list[str] = []
     batch: list[list[str | None]] = []
     size = head
-    for change in changes:
-        item: list[str | None] = [change.run_id, change.status, change.workflow_id]
+    for item in items:
         length = len(orjson.dumps(item)) + 1
         if head + length > MAX_PAYLOAD:
             continue  # ids this long cannot travel: the listeners' poll covers the run
@@ -102,18 +141,30 @@ def pack_states(daemon_id: str, changes: Sequence[records.StatusChange]) -> list
     return payloads
 
 
-def unpack_states(daemon_id: str, payload: str) -> list[records.StatusChange]:
-    """The changes another daemon announced in ``payload``; none if it is our own (or not
-    one of ours: the channel is public, a stray payload is ignored)."""
+def _unpack(daemon_id: str, payload: str) -> list[Any]:
+    """The items of another daemon's ``payload`` (raises ``ValueError``/``TypeError`` on a
+    malformed one); none if it is our own."""
     try:
         doc = orjson.loads(payload)
         if doc["d"] == daemon_id:
             return []
-        return [records.StatusChange(str(r), str(s), None if w is None else str(w))
-                for r, s, w in doc["c"]]
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        log.warning("listen.bad_payload: %r", exc)
-        return []
+        items = doc["c"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"not an announcement: {exc!r}") from exc
+    if not isinstance(items, list):
+        raise TypeError("the items are not a list")
+    return items
+
+
+def _stream_listener(
+    daemon_id: str, heard: Callable[[Sequence[records.StreamNotice]], None]
+) -> Callable[[object, int, str, object], None]:
+    def listener(_c: object, _pid: int, _ch: str, payload: object) -> None:
+        notices = unpack_chunks(daemon_id, str(payload))
+        if notices:
+            heard(notices)
+
+    return listener
 
 
 async def listen(
@@ -122,12 +173,16 @@ async def listen(
     on_wake: Callable[[str | None], None],
     on_states: Callable[[Sequence[records.StatusChange]], None],
     *,
+    on_chunks: Callable[[Sequence[records.StreamNotice]], None] | None = None,
+    on_followed: Callable[[Sequence[records.StreamNotice]], None] | None = None,
     keepalive: float = KEEPALIVE,
 ) -> None:
     """LISTEN on ``daemon_id``'s channel and the status channel until cancelled:
     ``on_wake(run_id)`` per wakeup, ``on_states(changes)`` per other daemon's announcement,
-    ``on_wake(None)`` after every (re)connection (poll everything: what was sent while the
-    connection was away is lost). Connection loss → reconnect with exponential backoff."""
+    ``on_chunks(written)`` and ``on_followed(followed)`` per other daemon's stream
+    announcements (those channels only if given), ``on_wake(None)`` after every
+    (re)connection (poll everything: what was sent while the connection was away is lost).
+    Connection loss → reconnect with exponential backoff."""
     delay = BACKOFF[0]
     while True:
         try:
@@ -138,7 +193,9 @@ async def listen(
         else:
             delay = BACKOFF[0]
             try:
-                await _session(conn, daemon_id, on_wake, on_states, keepalive)
+                await _session(conn, daemon_id, on_wake, on_states,
+                               {CHUNKS_CHANNEL: on_chunks, FOLLOWED_CHANNEL: on_followed},
+                               keepalive)
             except (TimeoutError, OSError, asyncpg.PostgresError,
                     asyncpg.InterfaceError) as exc:
                 log.warning("listen.lost: %r (reconnect in %.2fs)", exc, delay)
@@ -153,6 +210,7 @@ async def _session(
     daemon_id: str,
     on_wake: Callable[[str | None], None],
     on_states: Callable[[Sequence[records.StatusChange]], None],
+    on_streams: dict[str, Callable[[Sequence[records.StreamNotice]], None] | None],
     keepalive: float,
 ) -> None:
     """LISTEN on ``conn`` until it is lost."""
@@ -167,6 +225,9 @@ async def _session(
     await conn.add_listener(
         channel(daemon_id), lambda _c, _pid, _ch, payload: on_wake(str(payload)))
     await conn.add_listener(STATES_CHANNEL, heard_states)
+    for name, heard in on_streams.items():
+        if heard is not None:
+            await conn.add_listener(name, _stream_listener(daemon_id, heard))
     on_wake(None)
     while not conn.is_closed():
         try:

@@ -197,8 +197,11 @@ class PostgresStorage:
         daemon_id: str,
         on_wake: Callable[[str | None], None],
         on_states: Callable[[Sequence[records.StatusChange]], None],
+        on_chunks: Callable[[Sequence[records.StreamNotice]], None] | None = None,
+        on_followed: Callable[[Sequence[records.StreamNotice]], None] | None = None,
     ) -> None:
-        await notify.listen(self.url, daemon_id, on_wake, on_states)
+        await notify.listen(self.url, daemon_id, on_wake, on_states,
+                            on_chunks=on_chunks, on_followed=on_followed)
 
     async def announce_states(
         self, daemon_id: str, changes: Sequence[records.StatusChange]
@@ -210,6 +213,27 @@ class PostgresStorage:
                 await conn.raw.execute(notify.NOTIFY_STATES, notify.pack_states(daemon_id, changes))
         except Exception as exc:  # a hint: the listeners' polls are the fallback
             log.warning("notify.states_failed: %r", exc)
+
+    async def announce_chunks(
+        self, daemon_id: str, written: Sequence[records.StreamNotice]
+    ) -> None:
+        await self._announce_streams(notify.NOTIFY_CHUNKS, daemon_id, written)
+
+    async def announce_followed(
+        self, daemon_id: str, followed: Sequence[records.StreamNotice]
+    ) -> None:
+        await self._announce_streams(notify.NOTIFY_FOLLOWED, daemon_id, followed)
+
+    async def _announce_streams(
+        self, statement: str, daemon_id: str, notices: Sequence[records.StreamNotice]
+    ) -> None:
+        if not self._shared or not notices:
+            return
+        try:
+            async with self._readers.connection() as conn:
+                await conn.raw.execute(statement, notify.pack_chunks(daemon_id, notices))
+        except Exception as exc:  # a hint: the followers' polls are the fallback
+            log.warning("notify.streams_failed: %r", exc)
 
     async def create_run(self, run: ops.CreateRun) -> ops.RunCreated:
         return await self.execute(run)

@@ -256,6 +256,8 @@ class SQLiteStorage:
         daemon_id: str,
         on_wake: Callable[[str | None], None],
         on_states: Callable[[Sequence[records.StatusChange]], None],
+        on_chunks: Callable[[Sequence[records.StreamNotice]], None] | None = None,
+        on_followed: Callable[[Sequence[records.StreamNotice]], None] | None = None,
     ) -> None:
         return  # one daemon per file: nobody else resolves our runs
 
@@ -263,6 +265,16 @@ class SQLiteStorage:
         self, daemon_id: str, changes: Sequence[records.StatusChange]
     ) -> None:
         return  # one daemon per file: nobody else to tell
+
+    async def announce_chunks(
+        self, daemon_id: str, written: Sequence[records.StreamNotice]
+    ) -> None:
+        return  # one daemon per file: its followers hear its chunks in memory
+
+    async def announce_followed(
+        self, daemon_id: str, followed: Sequence[records.StreamNotice]
+    ) -> None:
+        return  # one daemon per file: it writes every chunk its followers read
 
     async def owned_runs_to_move(self, daemon_id: str) -> list[str]:
         return [r[0] for r in await self._fetch(daemons.OWNED_TO_RESUME, (daemon_id,))]

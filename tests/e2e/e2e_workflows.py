@@ -159,6 +159,22 @@ async def streaming(input: dict[str, Any], ctx: Context) -> str:
     return await ctx.stream.text("out", source)
 
 
+@workflow(id="e2e-stream-paced",
+          description="Text chunks 'c0'..., a pause before each; 'fail': the source then breaks.")
+async def streaming_paced(input: dict[str, Any], ctx: Context) -> str:
+    async def source() -> Any:
+        for i in range(int(input["chunks"])):
+            await asyncio.sleep(float(input["pause"]))
+            yield f"c{i}"
+        if input.get("fail"):
+            raise ValueError("the source broke")
+
+    try:
+        return await ctx.stream.text("out", source)
+    except Exception:  # the run completes, its stream has no final chunk
+        return "broken"
+
+
 @workflow(id="e2e-reserve-wait", description="Reserve (compensated), then wait for 'go'.")
 async def reserve_wait(input: Any, ctx: Context) -> Any:
     await ctx.step("reserve", _reserve, compensate=_release)

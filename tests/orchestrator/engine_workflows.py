@@ -191,6 +191,26 @@ async def stream(input: Any, ctx: Context) -> str:
     return text
 
 
+@definition("stream-broken")
+async def stream_broken(input: Any, ctx: Context) -> str:
+    """Streams 'par' as text stream 's', holds at its gate, then its source fails: the body
+    carries on and completes, the stream never gets its final chunk."""
+    run_id = ctx.run.id
+
+    async def source() -> AsyncIterator[str]:
+        yield "par"
+        g = gate(run_id)
+        g.started.set()
+        await g.release.wait()
+        raise ValueError("the source broke")
+
+    try:
+        await ctx.stream.text("s", source)
+    except Exception as exc:  # how the source's error reaches the body is not the point here
+        return f"broken: {exc}"
+    return "whole"
+
+
 @definition("slow")
 async def slow(input: Any, ctx: Context) -> str:
     """Reserves (compensated), then holds at its gate until the test releases it."""

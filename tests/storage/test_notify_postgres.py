@@ -117,6 +117,69 @@ async def test_announced_status_changes_reach_the_other_daemons_not_the_sender(
             await asyncio.gather(*listening, return_exceptions=True)
 
 
+async def test_announced_streams_reach_the_other_daemons_not_the_sender(
+    runs: str,
+) -> None:
+    """"I follow these streams" one way, "these got chunks" the other, each to its callback."""
+    woken: asyncio.Queue[str | None] = asyncio.Queue()
+    heard: asyncio.Queue[list[st.StreamNotice]] = asyncio.Queue()
+    followed: asyncio.Queue[list[st.StreamNotice]] = asyncio.Queue()
+    heard_a: list[st.StreamNotice] = []
+    async with st.PostgresStorage.open(runs, exclusive=False) as a, \
+            st.PostgresStorage.open(runs, exclusive=False) as b:
+        listening = [
+            asyncio.create_task(a.listen_for_runs(
+                "A", lambda _r: None, _ignore, on_chunks=heard_a.extend,
+                on_followed=heard_a.extend)),
+            asyncio.create_task(b.listen_for_runs(
+                "B", woken.put_nowait, _ignore, on_chunks=lambda w: heard.put_nowait(list(w)),
+                on_followed=lambda f: followed.put_nowait(list(f)))),
+        ]
+        try:
+            assert await _next(woken) is None
+            await asyncio.sleep(0.1)  # A listens too
+            written = [st.StreamNotice("mine", "out"), st.StreamNotice("mine", "log")]
+            await a.announce_followed("A", written[:1])
+            await a.announce_chunks("A", written)
+            await a.announce_states("A", [st.StatusChange("mine", "completed", None)])
+            assert await asyncio.wait_for(followed.get(), 5) == written[:1]
+            assert await asyncio.wait_for(heard.get(), 5) == written
+            await asyncio.sleep(0.2)
+            assert heard_a == [] and heard.empty() and followed.empty()  # not the sender
+        finally:
+            for task in listening:
+                task.cancel()
+            await asyncio.gather(*listening, return_exceptions=True)
+
+
+async def test_an_exclusive_opener_announces_no_chunks(runs: str) -> None:
+    """SQLite's rule on PostgreSQL too: a storage opened for one process tells nobody."""
+    heard: list[st.StreamNotice] = []
+    async with st.PostgresStorage.open(runs, exclusive=False) as listener:
+        woken: asyncio.Queue[str | None] = asyncio.Queue()
+        listening = asyncio.create_task(listener.listen_for_runs(
+            "A", woken.put_nowait, _ignore, on_chunks=heard.extend))
+        try:
+            assert await _next(woken) is None
+            async with st.PostgresStorage.open(runs) as tool:
+                await tool.announce_chunks("T", [st.StreamNotice("mine", "out")])
+            await asyncio.sleep(0.3)
+            assert heard == []
+        finally:
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
+
+
+def test_chunk_payloads_stay_under_the_notify_limit() -> None:
+    written = [st.StreamNotice(f"r{i}" * 20, f"s{i}") for i in range(1000)]
+    payloads = notify.pack_chunks("d" * 36, written)
+    assert len(payloads) > 1 and all(len(p.encode()) <= notify.MAX_PAYLOAD for p in payloads)
+    assert [w for p in payloads for w in notify.unpack_chunks("other", p)] == written
+    assert notify.unpack_chunks("d" * 36, payloads[0]) == []  # its own
+    assert notify.unpack_chunks("other", '{"d": "x", "c": [["only-one"]]}') == []
+    assert notify.unpack_states("other", payloads[0]) == []  # a chunk payload is no state
+
+
 def test_payloads_stay_under_the_notify_limit() -> None:
     changes = [st.StatusChange(f"r{i}" * 20, "waiting", "w" * 30) for i in range(1000)]
     payloads = notify.pack_states("d" * 36, changes)
