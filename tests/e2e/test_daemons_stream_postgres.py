@@ -16,7 +16,8 @@ import pytest
 
 from tests.e2e.conftest import Daemon
 from tests.e2e.test_daemons_notify_postgres import BOUND, POLL, _daemon, _percentiles
-from tests.e2e.test_daemons_postgres import _daemon_id, _owned_by
+from tests.e2e.test_daemons_postgres import _daemon_id, _owned_by, _until
+from tests.pg import fetch
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +47,13 @@ async def _submit_on_a_follow_on_b(
                        run_id=run_id)
     follow_from = time.time()
     # The whole run takes CHUNKS * PAUSE; the follow must not wait for B's poll (5 s) at all.
-    got = await asyncio.wait_for(_follow(b, run_id), CHUNKS * PAUSE + POLL / 2)
-    assert await _owned_by(url, [run_id], a_id)  # A drove it: B only followed
+    follow = asyncio.ensure_future(
+        asyncio.wait_for(_follow(b, run_id), CHUNKS * PAUSE + POLL / 2))
+    # A drives it (B only follows): seen while it runs, since an end clears the owner.
+    await _until(lambda: _owned_by(url, [run_id], a_id), CHUNKS * PAUSE / 2, step=0.01)
+    got = await follow
+    assert await fetch(url, "SELECT epoch, owner FROM runs WHERE run_id = $1", run_id) == [
+        (1, None)]  # claimed once, by A, and never moved
     return a, got, follow_from
 
 
