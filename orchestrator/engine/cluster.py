@@ -118,8 +118,13 @@ class ClusterLoop:
         self._tasks = [
             loop.create_task(self._run(), name="cluster"),
             loop.create_task(self._mover(), name="cluster-wakeups"),
-            loop.create_task(self._announcer(), name="cluster-announce"),
-            loop.create_task(self._stream_announcer(), name="cluster-announce-streams"),
+            loop.create_task(
+                self._announce_on(self._send, self._send_states, "cluster.announce_failed"),
+                name="cluster-announce"),
+            loop.create_task(
+                self._announce_on(self._send_streams, self._send_streams_now,
+                                  "cluster.announce_streams_failed"),
+                name="cluster-announce-streams"),
             loop.create_task(
                 self._storage.listen_for_runs(
                     self.daemon_id, self._on_wake, self._heard, on_chunks=self._on_chunks,
@@ -162,20 +167,25 @@ class ClusterLoop:
         self._unsent.append(storage.StatusChange(run_id, status, workflow_id))
         self._send.set()
 
-    async def _announcer(self) -> None:
+    @staticmethod
+    async def _announce_on(wake: asyncio.Event, send: Callable[[], Awaitable[None]],
+                           failed: str) -> None:
         # One announcement in flight at a time; what is committed meanwhile goes in the next
         # one (as group commit does), so a busy daemon sends a few large notifications.
         while True:
-            await self._send.wait()
-            self._send.clear()
-            changes, self._unsent = self._unsent, []
+            await wake.wait()
+            wake.clear()
             try:
-                await self._storage.announce_states(self.daemon_id, changes)
+                await send()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a hint: the others' polls are the fallback
-                log.warning("cluster.announce_failed", error=repr(exc))
-            self.announced += len(changes)
+                log.warning(failed, error=repr(exc))
+
+    async def _send_states(self) -> None:
+        changes, self._unsent = self._unsent, []
+        self.announced += len(changes)
+        await self._storage.announce_states(self.daemon_id, changes)
 
     @property
     def follow_ttl(self) -> float:
@@ -211,21 +221,13 @@ class ClusterLoop:
                 self._unsent_chunks[notice] = None  # re-read what came before we knew
                 self._send_streams.set()
 
-    async def _stream_announcer(self) -> None:
-        # As ``_announcer``: one at a time, a stream written many times meanwhile goes once.
-        while True:
-            await self._send_streams.wait()
-            self._send_streams.clear()
-            follows, self._unsent_follows = list(self._unsent_follows), {}
-            written, self._unsent_chunks = list(self._unsent_chunks), {}
-            try:
-                await self._storage.announce_followed(self.daemon_id, follows)
-                await self._storage.announce_chunks(self.daemon_id, written)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a hint: the followers' polls are the fallback
-                log.warning("cluster.announce_streams_failed", error=repr(exc))
-            self.chunks_announced += len(written)
+    async def _send_streams_now(self) -> None:
+        # A stream written many times since the last announcement goes once.
+        follows, self._unsent_follows = list(self._unsent_follows), {}
+        written, self._unsent_chunks = list(self._unsent_chunks), {}
+        self.chunks_announced += len(written)
+        await self._storage.announce_followed(self.daemon_id, follows)
+        await self._storage.announce_chunks(self.daemon_id, written)
 
     # ------------------------------------------------------------------ the poll
 
