@@ -609,8 +609,9 @@ SearchClause = Callable[[str], tuple[str, Any]]
 
 
 def fts_search(text: str) -> tuple[str, Any]:
-    """SQLite's search condition: the FTS5 trigram table ``run_search`` (migration 0006)."""
-    return ("runs.number IN (SELECT rowid FROM run_search WHERE run_search MATCH ?)",
+    """SQLite's search condition: the FTS5 trigram table ``run_search``, up to three documents
+    per run with rowid = number * 4 + part (migration 0015)."""
+    return ("runs.number IN (SELECT rowid / 4 FROM run_search WHERE run_search MATCH ?)",
             search_phrase(text))
 
 

@@ -52,7 +52,7 @@ def orphans(db: Path) -> list[str]:
                          "parent_run_id NOT IN (SELECT run_id FROM runs)").fetchone()[0]
         if n:
             found.append(f"runs: {n} children whose parent was pruned first")
-        n = conn.execute("SELECT count(*) FROM run_search WHERE rowid NOT IN "
+        n = conn.execute("SELECT count(*) FROM run_search WHERE rowid / 4 NOT IN "
                          "(SELECT number FROM runs)").fetchone()[0]
         if n:
             found.append(f"run_search: {n} entries of deleted runs")

@@ -120,7 +120,11 @@ async def test_prune_deletes_ended_trees_with_every_row_and_spares_live_runs(
             assert await rows_of(db, rid) == {}, rid
         for rid in kept:
             assert "metadata.run_id" in await rows_of(db, rid)
-        assert await db.fetch("SELECT count(*) FROM run_search") == [(len(kept),)]
+        if isinstance(storage, st.SQLiteStorage):  # up to 3 documents per run (0015)
+            assert await db.fetch("SELECT count(DISTINCT rowid / 4) FROM run_search") == [
+                (len(kept),)]
+        else:
+            assert await db.fetch("SELECT count(*) FROM run_search") == [(len(kept),)]
         if isinstance(storage, st.SQLiteStorage):
             assert await db.fetch("PRAGMA integrity_check") == [("ok",)]
 

@@ -92,8 +92,9 @@ async def test_migration_backfills_existing_runs_and_delete_clears_the_index(
                  "VALUES ('old-run', 'wf', 'completed', '{\"needle\": 1}', 1.0, 1.0)")
     conn.execute("INSERT INTO metadata (run_id, key, value) VALUES ('old-run', 'k', '\"hay\"')")
     schema.migrate(conn, str(path))
-    body = conn.execute("SELECT body FROM run_search").fetchall()
-    assert len(body) == 1 and "needle" in body[0][0] and 'k="hay"' in body[0][0]
+    docs = dict(conn.execute("SELECT rowid % 4, body FROM run_search").fetchall())
+    assert set(docs) == {0, 2}, docs  # the head and the metadata; no result yet (0015)
+    assert "needle" in docs[0] and "old-run" in docs[0] and docs[2] == 'k="hay"'
     conn.execute("DELETE FROM runs WHERE run_id = 'old-run'")
     assert conn.execute("SELECT count(*) FROM run_search").fetchone() == (0,)
     conn.close()
@@ -160,3 +161,41 @@ async def test_both_backends_find_the_same_runs(pg_url: str, tmp_path: Path) -> 
             found.append([await ids(s, q, limit=None) for q in queries])
     assert found[0] == found[1]
     assert sum(1 for hit in found[0] if hit) > 100  # the comparison is not vacuous
+
+
+async def test_sqlite_index_parts_follow_a_runs_result_through_retry(tmp_path: Path) -> None:
+    """Migration 0015's documents per run (head, result, metadata) are exactly what the rows
+    say after each write path that sets, changes or clears a result, and FTS5 agrees."""
+
+    def parts(conn: sqlite3.Connection) -> dict[int, str]:
+        return dict(conn.execute("SELECT rowid, body FROM run_search"))
+
+    def expected(conn: sqlite3.Connection) -> dict[int, str]:
+        got: dict[int, str] = {}
+        for view in ("run_search_head", "run_search_result", "run_search_metadata"):
+            got.update(conn.execute(f"SELECT doc, body FROM {view} WHERE body IS NOT NULL"))
+        return got
+
+    path = tmp_path / "wf.db"
+    async with st.SQLiteStorage.open(path) as storage:
+        conn = sqlite3.connect(path)
+        try:
+            await make_run(storage, "r", input={"v": "head-text"}, created_at=1.0)
+            await make_run(storage, "q", input={"v": "other"}, created_at=1.5)
+            assert parts(conn) == expected(conn) and len(parts(conn)) == 2
+            await storage.execute(st.UpdateRun("r", at=2.0, status=st.RunStatus.FAILED,
+                                               error={"code": "FIRST-ERROR"}))
+            assert parts(conn) == expected(conn) and await ids(storage, "FIRST-ERR") == ["r"]
+            await storage.execute(st.RetryRun("r", 3.0, "retrigger"))
+            assert parts(conn) == expected(conn) and await ids(storage, "FIRST-ERR") == []
+            await storage.execute(st.UpdateRun("r", at=4.0, status=st.RunStatus.COMPLETED,
+                                               output="final-output"))
+            await storage.execute(st.ApplyMetadata("r", "r", 0, st.MetadataOpKind.SET, "k",
+                                                   "meta-value"))
+            assert parts(conn) == expected(conn)
+            assert await ids(storage, "final-out") == ["r"]
+            assert await ids(storage, "meta-val") == ["r"]
+            assert await ids(storage, "head-text") == ["r"]
+            conn.execute("INSERT INTO run_search(run_search) VALUES('integrity-check')")
+        finally:
+            conn.close()
