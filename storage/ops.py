@@ -1,31 +1,21 @@
 """Write operations: what callers hand to ``Storage.commit``, and what each one returns.
 
 An op is a frozen dataclass (the few built on every run's path are frozen for the type
-checker only, see ``_frozen_by_type``); ``WriteOp[R]`` says its result type ``R``. A list of
-ops given to one ``commit`` call is applied in one transaction, all or nothing, in list order.
+checker only, see ``records.frozen_by_type``); ``WriteOp[R]`` says its result type ``R``. A
+list of ops given to one ``commit`` call is applied in one transaction, all or nothing, in list
+order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Generic, Literal, TypeVar, dataclass_transform
+from typing import Any, Generic, Literal, TypeVar
 
 from storage import records
-from storage.records import JSON
+from storage.records import JSON, frozen_by_type
 
 R = TypeVar("R")
-C = TypeVar("C")
-
-
-@dataclass_transform(frozen_default=True)
-def _frozen_by_type(cls: type[C]) -> type[C]:
-    """A slotted dataclass that mypy treats as frozen (assigning a field is a type error, and
-    the strict type check is a gate) but that is not checked at run time: ``frozen=True``
-    sets every field through ``object.__setattr__``, ~1.3k instructions per field on CPython
-    3.11. Used for the ops every run or every step builds: ``CreateRun``, ``UpdateRun``
-    (twice per run), ``RecordStepAttempt`` (docs/decisions.md, issue 21)."""
-    return dataclass(slots=True, unsafe_hash=True)(cls)
 
 
 class Unset(Enum):
@@ -335,7 +325,7 @@ class DebounceSubmit(WriteOp[DebouncedCreated]):
     trailing: bool
 
 
-@_frozen_by_type
+@frozen_by_type
 class CreateRun(WriteOp[RunCreated]):
     """Insert a run, or return the stored one with the same ``run_id`` or the same
     ``(workflow_id, idempotency_key)``. With ``scheduled_at`` a ``start`` timer
@@ -368,7 +358,7 @@ class CreateRun(WriteOp[RunCreated]):
     """W3C ``traceparent`` (already validated): the run's spans continue that trace."""
 
 
-@_frozen_by_type
+@frozen_by_type
 class UpdateRun(WriteOp[None]):
     """Partial update: fields left ``UNSET`` keep their stored value. ``add_compute_seconds``
     is added to the stored total. Setting ``status`` to ``running`` clears the run's
@@ -563,7 +553,7 @@ class SetWorkflowPaused(WriteOp[bool]):
 # --- journal -----------------------------------------------------------------------------------
 
 
-@_frozen_by_type
+@frozen_by_type
 class RecordStepAttempt(WriteOp[None]):
     """Upsert the step's latest attempt and append the attempt to its history (re-recording the
     same attempt number replaces it). An older attempt never overwrites a newer one."""
