@@ -129,6 +129,8 @@ class ClusterReport:
 class ClusterRound(MixedRound):
     """One seeded round; ``restart_db`` restarts the PostgreSQL server (``-m immediate``)."""
 
+    TRIGGERS = False  # its daemons load ``mixed_workflows`` only
+
     def __init__(self, workdir: Path, seed: int, runs: int, url: str,
                  restart_db: Callable[[], None], *, lease: float = 2.0, scale: float = 1.0,
                  disruptions: int = 4, env: dict[str, str] | None = None) -> None:

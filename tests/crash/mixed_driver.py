@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import re
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from orchestrator.client import Client, DaemonUnreachable, RemoteError
 from runtime import RunStatus
+from runtime.schedules import run_id as tick_run_id
 from runtime.testing import run_workflow_for_test
+from tests.crash import mixed_triggers as mt
 from tests.crash import mixed_workflows as mw
 from tests.crash.daemon_process import DaemonProcess
 
@@ -70,6 +75,10 @@ class RoundReport:
     deliveries: int = 0
     ledger_lines: int = 0
     timers_due_while_down: int = 0
+    triggered: int = 0  # mix-plan runs started by an event instead of a submit
+    batch_events: int = 0  # distinct mix.batch event ids sent
+    ticks: int = 0  # runs of the mix-tick schedule
+    missed: int = 0  # its fires collapsed (counted missed)
     drain_seconds: float = 0.0
     seconds: float = 0.0
     violations: list[str] = field(default_factory=list)
@@ -79,6 +88,8 @@ class RoundReport:
         return (f"seed={self.seed} runs={self.runs} acked={self.acked} "
                 f"indeterminate={self.indeterminate} deliveries={self.deliveries} kills[{kills}] "
                 f"ledger={self.ledger_lines} timers_down={self.timers_due_while_down} "
+                f"triggered={self.triggered} batched={self.batch_events} ticks={self.ticks} "
+                f"missed={self.missed} "
                 f"drain={self.drain_seconds:.1f}s time={self.seconds:.1f}s "
                 f"violations={len(self.violations)}")
 
@@ -168,6 +179,9 @@ def ledger_rows(path: Path) -> list[tuple[str, str, int, int]]:
 # ---------------------------------------------------------------------------- the round
 
 class MixedRound:
+    # Triggered and scheduled workflows in the mix (``mixed_triggers``, issue 17).
+    TRIGGERS = True
+
     def __init__(self, workdir: Path, seed: int, runs: int,
                  env: dict[str, str] | None = None, max_kills: int = 3,
                  scale: float = 1.0) -> None:
@@ -175,7 +189,9 @@ class MixedRound:
         self.rng = random.Random(seed)
         self.ledger = workdir / "ledger.txt"
         self.daemon = DaemonProcess(
-            workdir, modules=["tests.crash.mixed_workflows"], paths=[ROOT],
+            workdir, modules=["tests.crash.mixed_workflows",
+                              *(["tests.crash.mixed_triggers"] if self.TRIGGERS else [])],
+            paths=[ROOT],
             # Kills during recovery count as recoveries without progress: keep the
             # RECOVERY_LIMIT out of the way so every run ends as the reference says.
             extra="max_recoveries = 1000",
@@ -183,11 +199,17 @@ class MixedRound:
         self.report = RoundReport(seed, runs)
         self.inputs: dict[str, dict[str, Any]] = {}
         self.limited: set[str] = set()  # runs of the flow-controlled twin workflow
+        # Trigger draws come from their own generator: a seed keeps its kills and plans.
+        trig_rng = random.Random(seed * 1_000_003 + 17)
+        self.triggered: dict[str, str] = {}  # run id -> the mix.start event id that starts it
         for i in range(runs):
             key = f"k{i}"
             run_id = f"s{seed}-r{i}"
+            if self.TRIGGERS and trig_rng.random() < 0.15:
+                run_id = mt.triggered_run_id(f"s{seed}-r{i}")
+                self.triggered[run_id] = f"s{seed}-r{i}"
             self.inputs[run_id] = {"key": key, "plan": make_plan(self.rng, scale)}
-            if self.rng.random() < 0.3:
+            if self.rng.random() < 0.3 and run_id not in self.triggered:
                 self.inputs[run_id]["group"] = f"g{i % 3}"
                 self.limited.add(run_id)
         self.children: dict[str, dict[str, Any]] = {}
@@ -200,6 +222,14 @@ class MixedRound:
         todo = list(self.inputs)
         cut = sorted(self.rng.sample(range(1, runs), min(len(self.kill_plan), runs - 1)))
         self.waves = [todo[a:b] for a, b in zip([0, *cut], [*cut, runs], strict=True)]
+        batch_ids = [f"s{seed}-b{j}" for j in range(runs // 5 if self.TRIGGERS else 0)]
+        n = len(self.waves)
+        self.batch_waves = [batch_ids[k * len(batch_ids) // n:(k + 1) * len(batch_ids) // n]
+                            for k in range(n)]
+        self.batch_sends: dict[str, Request] = {}  # mix.batch event id -> its last send
+        self.last_batch_send = 0.0
+        self.tick_schedule: dict[str, Any] = {}
+        self.ticks_paused_at = float("inf")
         self.submits: dict[str, Request] = {}
         self.deliveries: dict[tuple[str, ...], Request] = {}
         self.incs: list[Incarnation] = []
@@ -259,7 +289,8 @@ class MixedRound:
         try:
             spec = self.start_until_ready(self.kill_plan[0].get("crash_at"))
             for n, kill in enumerate(self.kill_plan):
-                await self.phase(self.waves[n], kill, armed=spec is not None)
+                await self.phase(self.waves[n], kill, armed=spec is not None,
+                                 batch_wave=tuple(self.batch_waves[n]))
                 nxt = self.kill_plan[n + 1] if n + 1 < len(self.kill_plan) else {}
                 # The restart may be armed to die during recovery; the incarnation after it
                 # carries the next kill's commit-batch crash point.
@@ -279,7 +310,8 @@ class MixedRound:
         inc.ended_at, inc.end = time.time(), how
         self.report.kills[how] += 1
 
-    async def phase(self, wave: list[str], kill: dict[str, Any], *, armed: bool) -> None:
+    async def phase(self, wave: list[str], kill: dict[str, Any], *, armed: bool,
+                    batch_wave: tuple[str, ...] = ()) -> None:
         """Work until this incarnation dies: by a random kill, or at its armed batch point."""
         proc = self.daemon.proc
         assert proc is not None
@@ -289,6 +321,7 @@ class MixedRound:
         async with Client.connect(self.daemon.socket) as c:
             work = [asyncio.ensure_future(self.submitter(c, wave)) for _ in range(SUBMITTERS)]
             work.append(asyncio.ensure_future(self.deliverer(c)))
+            work.append(asyncio.ensure_future(self.batch_sender(c, batch_wave)))
             # An armed incarnation gets extra time to reach its crash point, then a plain kill.
             deadline = time.monotonic() + delay + (2.0 if armed else 0.0)
             while (time.monotonic() < deadline and proc.poll() is None
@@ -309,7 +342,8 @@ class MixedRound:
                 with contextlib.suppress(*LOST, asyncio.CancelledError):
                     await task
         # Requests whose reply never came are indeterminate.
-        for req in [*self.submits.values(), *self.deliveries.values()]:
+        for req in [*self.submits.values(), *self.deliveries.values(),
+                    *self.batch_sends.values()]:
             if req.state == "sent":
                 req.state = "indeterminate"
 
@@ -319,27 +353,41 @@ class MixedRound:
             deliver = asyncio.ensure_future(self.deliverer(c))
             # This wave and the leftovers of earlier ones that a kill cut short.
             unsent = [r for w in self.waves for r in w if r not in self.submits]
-            await asyncio.gather(*(self.submitter(c, unsent) for _ in range(SUBMITTERS)))
+            await asyncio.gather(*(self.submitter(c, unsent) for _ in range(SUBMITTERS)),
+                                 self.batch_sender(c, [b for w in self.batch_waves for b in w]))
+            if self.TRIGGERS:  # the last partial batch gets its timeout
+                await asyncio.sleep(max(0.0, self.last_batch_send + mt.BATCH_TIMEOUT + 0.3
+                                        - time.time()))
             slack = max(plan_seconds(i["plan"]) for i in self.inputs.values())
-            while True:
-                pending = [r for r in (await c.list(limit=BIG))["runs"]
-                           if r["status"] not in TERMINAL]
-                if not pending:
-                    break
-                if time.time() > max(ready, self.last_send) + DRAIN_GRACE + slack:
-                    for r in pending:
-                        detail = await c.get(r["run_id"])
-                        waiting = [w["waitpoint_id"] for w in detail["waitpoints"]
-                                   if w["status"] == "waiting"]
-                        self.violation(f"run {r['run_id']} still {r['status']} "
-                                       f"{time.time() - ready:.1f}s after ready, waiting on "
-                                       f"{waiting}; deliveries: {self._sent_to(r['run_id'])}")
-                    break
-                await asyncio.sleep(POLL)
+            await self._drain(c, ready, slack)
+            if self.TRIGGERS:
+                # No new ticks from here; a fire racing the pause lands within the pause.
+                self.ticks_paused_at = time.time()
+                await c.schedule_pause(mt.TICK)
+                await asyncio.sleep(0.3)
+                await self._drain(c, ready, slack)
             self.report.drain_seconds = time.time() - ready
             deliver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await deliver
+
+    async def _drain(self, c: Client, ready: float, slack: float) -> None:
+        """Until no run is left unended, or report those left after the drain's bound."""
+        while True:
+            pending = [r for r in (await c.list(limit=BIG))["runs"]
+                       if r["status"] not in TERMINAL]
+            if not pending:
+                return
+            if time.time() > max(ready, self.last_send) + DRAIN_GRACE + slack:
+                for r in pending:
+                    detail = await c.get(r["run_id"])
+                    waiting = [w["waitpoint_id"] for w in detail["waitpoints"]
+                               if w["status"] == "waiting"]
+                    self.violation(f"run {r['run_id']} still {r['status']} "
+                                   f"{time.time() - ready:.1f}s after ready, waiting on "
+                                   f"{waiting}; deliveries: {self._sent_to(r['run_id'])}")
+                return
+            await asyncio.sleep(POLL)
 
     def _sent_to(self, run_id: str) -> list[str]:
         return [f"{k}:{r.state}" for k, r in self.deliveries.items() if r.target == run_id]
@@ -355,8 +403,15 @@ class MixedRound:
             self.submits[run_id] = req
             self.last_send = time.time()
             try:
-                workflow = mw.LIMITED if run_id in self.limited else mw.PARENT
-                await c.submit(workflow, self.inputs[run_id], run_id=run_id)
+                if run_id in self.triggered:
+                    reply = await c.send_event(mt.START_EVENT, self.inputs[run_id],
+                                               event_id=self.triggered[run_id])
+                    if reply["started"] != [run_id]:
+                        self.violation(f"event {self.triggered[run_id]} started "
+                                       f"{reply['started']}, not [{run_id}]")
+                else:
+                    workflow = mw.LIMITED if run_id in self.limited else mw.PARENT
+                    await c.submit(workflow, self.inputs[run_id], run_id=run_id)
                 req.state = "acked"
                 self.acks_left -= 1
                 if self.acks_left == 0:
@@ -366,6 +421,25 @@ class MixedRound:
             except LOST:
                 req.state = "indeterminate"  # the kill took the reply
                 raise
+
+    async def batch_sender(self, c: Client, ids: Sequence[str]) -> None:
+        """Send these mix.batch events one by one (a kill lands between events of a batch);
+        one whose reply a kill took is sent again, so a re-sent event id is in the mix too."""
+        for eid in ids:
+            prev = self.batch_sends.get(eid)
+            if prev is not None and prev.state != "indeterminate":
+                continue
+            req = self.batch_sends[eid] = Request("batch", eid, len(self.incs))
+            self.last_send = self.last_batch_send = time.time()
+            try:
+                await c.send_event(mt.BATCH_EVENT, {"id": eid}, event_id=eid)
+                req.state = "acked"
+            except RemoteError as exc:
+                req.state, req.detail = "refused", f"{exc.code}: {exc.message}"
+            except LOST:
+                req.state = "indeterminate"
+                raise
+            await asyncio.sleep(0.05)
 
     async def deliverer(self, c: Client) -> None:
         """Send what parked runs wait for (each request once per incarnation at most)."""
@@ -436,6 +510,9 @@ class MixedRound:
                     self.violation(f"run {run_id} listed {n} times")
             for run_id in dict.fromkeys(ids):
                 details[run_id] = await c.get(run_id)
+            if self.TRIGGERS:
+                self.tick_schedule = next(s for s in (await c.schedules())["schedules"]
+                                          if s["name"] == mt.TICK)
         return details
 
     async def check(self, details: dict[str, dict[str, Any]]) -> None:
@@ -448,8 +525,11 @@ class MixedRound:
                                f"{req.incarnation})")
             if req.state == "refused":
                 self.violation(f"submit of {run_id} refused: {req.detail}")
+        rep.triggered = len(self.triggered)
         for run_id, detail in details.items():
             parent = self.parent_of.get(run_id)
+            if detail["workflow_id"] in (mt.BATCHED, mt.TICK):
+                continue  # checked by _check_batches / _check_ticks
             if run_id not in self.inputs and run_id not in self.children:
                 self.violation(f"unexpected run {run_id} ({detail['workflow_id']})")
             elif parent is not None and parent not in details:
@@ -460,6 +540,67 @@ class MixedRound:
         self._check_deliveries(details)
         self._check_ledger(details)
         self._check_timers(details)
+        if self.TRIGGERS:
+            self._check_batches(details)
+            self._check_ticks(details)
+
+    def _check_batches(self, details: dict[str, dict[str, Any]]) -> None:
+        """Every acknowledged mix.batch event is in exactly one batch, none twice."""
+        seen: Counter[str] = Counter()
+        for run_id, d in details.items():
+            if d["workflow_id"] != mt.BATCHED:
+                continue
+            ids = [e["id"] for e in d["input"]["events"]]
+            seen.update(ids)
+            if (d["status"], d["output"]) != ("completed", ids) or not (
+                    1 <= len(ids) <= mt.BATCH_SIZE):
+                self.violation(f"batch run {run_id} ended {d['status']} {d['output']} "
+                               f"for events {ids}")
+        self.report.batch_events = len(self.batch_sends)
+        for eid, n in seen.items():
+            if n > 1 or eid not in self.batch_sends:
+                self.violation(f"batch event {eid} in {n} batches (sent: "
+                               f"{eid in self.batch_sends})")
+        for eid, req in self.batch_sends.items():
+            if req.state == "refused" or (req.state == "acked" and eid not in seen):
+                self.violation(f"batch event {eid} ({req.state} {req.detail}) is in no batch")
+
+    def _check_ticks(self, details: dict[str, dict[str, Any]]) -> None:
+        """One run per due time, every one completed; fires missed while down collapse (at
+        most one run per downtime) and are counted; ticks keep coming while a daemon is up."""
+        dues: list[float] = []
+        for run_id, d in details.items():
+            if d["workflow_id"] != mt.TICK:
+                continue
+            due = datetime.fromisoformat(run_id.split(":", 2)[2].replace("Z", "+00:00"))
+            dues.append(due.timestamp())
+            if tick_run_id(mt.TICK, dues[-1]) != run_id or d["status"] != "completed":
+                self.violation(f"tick {run_id} ended {d['status']}")
+        dues.sort()
+        sched = self.tick_schedule
+        self.report.ticks, self.report.missed = len(dues), sched.get("missed", 0)
+        if (sched.get("fired"), sched.get("skipped")) != (len(dues), 0):
+            self.violation(f"tick schedule says fired {sched.get('fired')} skipped "
+                           f"{sched.get('skipped')}, but {len(dues)} tick runs exist")
+        if dues:
+            missing = round((dues[-1] - dues[0]) / mt.TICK_EVERY) + 1 - len(dues)
+            if missing > sched.get("missed", 0):
+                self.violation(f"{missing} due times between the first and last tick have "
+                               f"no run, but only {sched.get('missed')} counted missed")
+        for a, b in itertools.pairwise(self.incs):
+            inside = [t for t in dues if (a.ended_at or 0.0) < t < b.started_at]
+            if len(inside) > 1:
+                self.violation(f"{len(inside)} tick runs due while no daemon ran: {inside}")
+        for inc in self.incs:
+            if inc.ready_at is None:
+                continue
+            t = inc.ready_at
+            while t + LATE < min(inc.ended_at or self.ticks_paused_at, self.ticks_paused_at):
+                if not any(t <= d <= t + LATE for d in dues):
+                    self.violation(f"no tick due in [{t:.1f}, {t + LATE:.1f}] while "
+                                   f"incarnation {inc.number} was up")
+                    break
+                t += LATE
 
     async def _check_equivalence(self, details: dict[str, dict[str, Any]]) -> None:
         for run_id, detail in details.items():

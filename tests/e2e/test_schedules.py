@@ -121,6 +121,38 @@ async def test_kill_9_while_a_fire_is_due_makes_exactly_one_run_for_it_after_res
         assert [r["run_id"] for r in await schedule_runs(client, "sched-echo")] == [expected]
 
 
+async def test_kill_9_while_a_cron_fire_is_due_makes_exactly_one_run_for_that_fire(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """The same through a cron rule (its finest grain is a minute: this waits for the next
+    minute's fire, up to ~60 s)."""
+    daemon = make_daemon(workflows=ECHO_ONLY)
+    if 60 - time.time() % 60 < 3:  # too close to the minute: the fire could beat the kill
+        await asyncio.sleep(60 - time.time() % 60 + 0.2)
+    async with daemon.client() as client:
+        made = await client.schedule_create("cron-while-dead", "sched-echo", cron="* * * * *",
+                                            input={"n": 2})
+    due = made["next_due_at"]
+    assert due % 60 == 0 and due - time.time() > 1
+    daemon.kill()
+    await asyncio.sleep(max(0.0, due - time.time()) + 0.5)
+    daemon.start()
+    expected = run_id("cron-while-dead", due)
+    async with daemon.client() as client:
+        done = await completed(client, expected)
+        assert (done["output"], done["triggered_by"]) == ({"echo": {"n": 2}}, "schedule")
+        made_runs = [r["run_id"] for r in await schedule_runs(client, "sched-echo")]
+        assert made_runs == [expected]
+        schedule = await listed(client, "cron-while-dead")
+        assert (schedule["fired"], schedule["missed"]) == (1, 0)
+        assert schedule["next_due_at"] == due + 60
+        await client.schedule_delete("cron-while-dead")  # no later fire during the restart
+    daemon.kill()
+    daemon.start()
+    async with daemon.client() as client:
+        assert [r["run_id"] for r in await schedule_runs(client, "sched-echo")] == [expected]
+
+
 async def test_a_crash_right_after_a_schedule_timer_fired_loses_no_fire_and_doubles_none(
     make_daemon: Callable[..., Daemon],
 ) -> None:

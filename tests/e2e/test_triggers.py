@@ -191,3 +191,38 @@ async def test_welcome_run_started_by_one_event_is_cancelled_by_a_later_one_via_
     again = await wf_json(daemon, "event", "send", "user.signed_up",
                           "--payload", '{"user_id": "u-42"}', "--id", "signup-42")
     assert (again["started"], again["cancelled"]) == ([], 0)  # a re-sent event starts nothing
+
+
+# --- the examples' batch consumer and nightly report ----------------------------------------------
+
+
+async def test_click_digest_batches_per_page_and_nightly_report_fires_through_the_cli(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon(workflows={"paths": [str(REPO)], "modules": ["examples.workflows"]})
+    async with daemon.client() as c:
+        for i in range(12):  # /home fills a batch of 10; /about's two wait for their 30 s
+            page = "/about" if i in (3, 7) else "/home"
+            await c.send_event("page.clicked", {"page": page, "user_id": i % 4},
+                               event_id=f"click-{i}")
+        await c.send_event("page.clicked", {"page": "/home", "user_id": 0},
+                           event_id="click-0")  # re-sent: not counted twice
+
+        async def digests() -> Any:
+            return (await c.list(workflow_id="click-digest"))["runs"] or None
+
+        (run,) = await wait_until(digests, what="the /home digest")
+        done = await c.wait(run["run_id"], timeout=10)
+    assert (done["status"], done["triggered_by"]) == ("completed", "event")
+    assert done["output"] == {"page": "/home", "clicks": 10, "users": ["0", "1", "2", "3"]}
+    assert [e["user_id"] for e in done["input"]["events"]] == [0, 1, 2, 0, 1, 2, 0, 1, 2, 3]
+
+    (nightly,) = [s for s in (await wf_json(daemon, "schedules"))["schedules"]
+                  if s["name"] == "nightly-report"]
+    assert (nightly["source"], nightly["rule"], nightly["timezone"], nightly["overlap"]) == (
+        "code", "cron 0 3 * * *", "Europe/Paris", "skip")
+    assert nightly["next_fire_at"] is not None and not nightly["paused"]
+    (fired,) = (await wf_json(daemon, "schedule", "trigger", "nightly-report"))["runs"]
+    assert fired["run_id"].startswith("sched:nightly-report:")
+    report = await wf_json(daemon, "wait", fired["run_id"])
+    assert report["status"] == "completed" and report["output"]["report"] == "orders"
