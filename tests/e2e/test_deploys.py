@@ -252,33 +252,98 @@ V2_PATCHED = V1.replace(
 )
 
 
+# Once no live run lacks the marker: the old branch goes, the call is deprecated ...
+V3_DEPRECATED = V1.replace(
+    '    reserved = await ctx.step("reserve", note("reserve"))',
+    '    ctx.deprecate_patch("fraud-check")\n'
+    '    await ctx.step("fraud_check", note("fraud_check"))\n'
+    '    reserved = await ctx.step("reserve", note("reserve"))',
+)
+# ... and once no live run carries the marker, the call is removed too.
+V4_REMOVED = V1.replace(
+    '    reserved = await ctx.step("reserve", note("reserve"))',
+    '    await ctx.step("fraud_check", note("fraud_check"))\n'
+    '    reserved = await ctx.step("reserve", note("reserve"))',
+)
+
+
 async def test_a_patched_change_keeps_parked_runs_on_the_old_path_across_restarts(
     make_daemon: Callable[..., Daemon],
 ) -> None:
+    """The patch lifecycle, one deploy (a daemon restart) per stage: pre-patch code, patched,
+    deprecated, removed; removing it while a parked run still carries the marker holds that run
+    until the deprecated code is back."""
     daemon = make_daemon(start=False)
+
+    async def submit(order: int) -> str:
+        run_id: str = (await wf_json(daemon, "submit", "deploy.order", "--input",
+                                     orjson.dumps({"order": order}).decode()))["run_id"]
+        await status_is(daemon, run_id, "waiting")
+        return run_id
+
+    async def pay(order: int) -> None:
+        await wf_json(daemon, "event", "send", "order.paid", "--payload",
+                      orjson.dumps({"order": order, "amount": order}).decode())
+
+    async def patches() -> list[dict[str, Any]]:
+        (listed,) = (await wf_json(daemon, "versions", "--workflow", "deploy.order"))[
+            "workflows"]
+        found: list[dict[str, Any]] = listed["patches"]
+        return found
+
+    async def completed(run_id: str) -> list[str]:
+        shown = await status_is(daemon, run_id, "completed")
+        assert shown["diverged"] is False
+        return [s["step_id"] for s in shown["steps"]]
+
     deploy(daemon, "v1", V1)
     daemon.start()
-    old = (await wf_json(daemon, "submit", "deploy.order", "--input", '{"order": 1}'))["run_id"]
-    await status_is(daemon, old, "waiting")
+    old = await submit(1)
     daemon.stop_cleanly()
 
     deploy(daemon, "v2", V2_PATCHED)
     daemon.start()
-    new = (await wf_json(daemon, "submit", "deploy.order", "--input", '{"order": 2}'))["run_id"]
-    await status_is(daemon, new, "waiting")
-    daemon.restart()  # the new run's marker is durable: it replays the new path
+    new, new_too = await submit(2), await submit(3)
+    daemon.restart()  # the new runs' marker is durable: they replay the new path
     (listed,) = (await wf_json(daemon, "versions", "--workflow", "deploy.order"))["workflows"]
-    assert listed["live_runs"] == 2 and len(listed["versions"]) == 2  # two source hashes
-    assert listed["patches"] == [{"patch_id": "fraud-check", "live_runs": 1}]
-    for order in (1, 2):
-        await wf_json(daemon, "event", "send", "order.paid", "--payload",
-                      orjson.dumps({"order": order, "amount": order}).decode())
-    assert (await status_is(daemon, old, "completed"))["diverged"] is False
-    shown = await status_is(daemon, new, "completed")
-    assert shown["diverged"] is False
-    assert [s["step_id"] for s in shown["steps"]] == [
-        "patch:fraud-check", "fraud_check", "reserve", "ship"]
-    assert ledger(daemon) == ["reserve", "fraud_check", "reserve", "ship", "ship"]
+    assert listed["live_runs"] == 3 and len(listed["versions"]) == 2  # two source hashes
+    assert listed["patches"] == [{"patch_id": "fraud-check", "live_runs": 2}]
+    await pay(1)
+    assert await completed(old) == ["reserve", "ship"]  # the old path: no fraud check
+    # No live run lacks the marker any more: time to deprecate.
+    daemon.stop_cleanly()
+
+    deploy(daemon, "v3", V3_DEPRECATED)
+    daemon.start()
+    newer = await submit(4)  # deprecated: a new run records no marker
+    await pay(2)  # a journal with the marker replays on the deprecated code
+    assert await completed(new) == ["patch:fraud-check", "fraud_check", "reserve", "ship"]
+    assert await patches() == [{"patch_id": "fraud-check", "live_runs": 1}]
+    daemon.stop_cleanly()
+
+    deploy(daemon, "v4", V4_REMOVED)  # too early: new_too still carries the marker
+    daemon.start()
+    await pay(3)
+    held = await status_is(daemon, new_too, "paused")
+    assert held["error"]["code"] == "NONDETERMINISM"
+    assert held["error"]["data"]["divergence"]["unconsumed"]["patch_ids"] == ["fraud-check"]
+    await pay(4)  # a journal without the marker replays on the code without the call
+    assert await completed(newer) == ["fraud_check", "reserve", "ship"]
+    daemon.stop_cleanly()
+
+    deploy(daemon, "v3-again", V3_DEPRECATED)  # the deprecated call back, until it drains
+    daemon.start()
+    await wf_json(daemon, "resume", new_too)
+    assert await completed(new_too) == ["patch:fraud-check", "fraud_check", "reserve", "ship"]
+    assert await patches() == []  # drained: the call can go now
+    assert ledger(daemon) == [
+        "reserve",  # old, v1
+        "fraud_check", "reserve", "fraud_check", "reserve",  # new, new_too, v2
+        "ship",  # old, v2
+        "fraud_check", "reserve", "ship",  # newer, then new (v3)
+        "ship",  # newer (v4)
+        "ship",  # new_too, resumed on v3
+    ]
 
 
 PINNED_V1 = '''
@@ -345,6 +410,10 @@ async def test_side_by_side_versions_pin_runs_and_a_missing_version_holds_them(
     held = await status_is(daemon, c["run_id"], "paused")
     assert held["error"]["code"] == "VERSION_MISSING"
     assert held["error"]["data"]["registered"] == ["2"]
+    resumed = await wf_json(daemon, "resume", c["run_id"])  # still missing: held again
+    assert resumed["status"] == "waiting"
+    again = await status_is(daemon, c["run_id"], "paused")
+    assert again["error"]["code"] == "VERSION_MISSING"
     daemon.stop_cleanly()
 
     deploy(daemon, "both-again", PINNED_BOTH)

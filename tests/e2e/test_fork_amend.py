@@ -289,3 +289,34 @@ async def test_amend_refuses_a_running_run(daemon: Daemon) -> None:
         assert running.value.data["status"] == "running"
     (daemon.root / "code" / "gate").touch()
     assert (await status_is(daemon, run_id, "completed"))["audit"] == []
+
+
+async def test_amend_a_paused_run_on_its_frontier_step_then_resume_continues(
+    daemon: Daemon,
+) -> None:
+    run_id = (await wf_json(daemon, "submit", "fork.backoff"))["run_id"]
+
+    async def in_backoff() -> dict[str, Any] | None:
+        run: dict[str, Any] = await wf_json(daemon, "show", run_id)
+        waiting = [w for w in run["waitpoints"] if w["status"] == "waiting"]
+        return run if run["status"] == "waiting" and waiting else None
+
+    await wait_until(in_backoff, timeout=15, what="the step's backoff")
+    await wf_json(daemon, "pause", run_id)
+    await status_is(daemon, run_id, "paused")
+    async with daemon.client() as c:
+        with pytest.raises(RemoteError) as later:  # paused or not, only the frontier step
+            await c.amend(run_id, "first", "x", "wrong step")
+        assert later.value.code == "NOT_FRONTIER"
+    amended = await wf_json(daemon, "amend", run_id, "--step", "call", "--output", '"by hand"',
+                            "--reason", "paused while we fixed it")
+    assert amended["status"] == "paused"
+    await asyncio.sleep(0.5)
+    shown = await wf_json(daemon, "show", run_id)
+    assert shown["status"] == "paused" and ledger(daemon) == ["first"]  # the pause holds
+    assert {s["step_id"]: s["status"] for s in shown["steps"]}["call"] == "completed"
+    await wf_json(daemon, "resume", run_id)
+    done = await status_is(daemon, run_id, "completed")
+    assert done["output"] == "by hand"
+    assert ledger(daemon) == ["first", "after"]
+    assert [a["reason"] for a in done["audit"]] == ["paused while we fixed it"]

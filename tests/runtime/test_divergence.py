@@ -8,7 +8,10 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 from runtime import workflow
+from runtime._state import waitpoint_mismatch
 from runtime.clock import ManualClock
 from runtime.executor import Execution
 from runtime.facts import HostServices, Outcome, RunFacts
@@ -130,6 +133,48 @@ async def test_an_event_wait_with_another_match_diverges() -> None:
     detail = held(outcome)
     assert detail["kind"] == "waitpoint" and detail["field"] == "match"
     assert (detail["recorded"], detail["found"]) == ({"order": 1}, {"order": 2})
+
+
+def _wp(kind: WaitpointKind, at: float = T0, due: float | None = None,
+        **meta: Any) -> WaitpointRegistered:
+    return WaitpointRegistered("wp:0", kind, at, due_at=due, meta=meta)
+
+
+CHILD: dict[str, Any] = {"workflow_id": "score", "child_run_id": "r-score-0", "detach": False}
+
+
+@pytest.mark.parametrize(("recorded", "now", "field"), [
+    (_wp(WaitpointKind.DATETIME, due=T0 + 60), _wp(WaitpointKind.EVENT, event_type="x"),
+     "kind"),
+    (_wp(WaitpointKind.DATETIME, due=T0 + 60), _wp(WaitpointKind.DATETIME, T0 + 9, T0 + 70),
+     "due"),
+    (_wp(WaitpointKind.EVENT, event_type="paid"), _wp(WaitpointKind.EVENT, event_type="void"),
+     "event_type"),
+    (_wp(WaitpointKind.SIGNAL, signal="go"), _wp(WaitpointKind.SIGNAL, signal="stop"),
+     "signal"),
+    (_wp(WaitpointKind.MANUAL, token_id="t1"), _wp(WaitpointKind.MANUAL, token_id="t2"),
+     "token_id"),
+    (_wp(WaitpointKind.RUN, **CHILD), _wp(WaitpointKind.RUN, **{**CHILD, "workflow_id": "rank"}),
+     "workflow_id"),
+])
+def test_a_waitpoint_id_reused_for_another_meaning_names_the_field(
+    recorded: WaitpointRegistered, now: WaitpointRegistered, field: str
+) -> None:
+    found = waitpoint_mismatch(recorded, now)
+    assert found is not None and found["field"] == field
+
+
+def test_what_may_differ_between_a_recording_and_its_replay_is_no_mismatch() -> None:
+    # The same instant or the same duration; what the clock and the child's data decide.
+    sleep = _wp(WaitpointKind.DATETIME, due=T0 + 60)
+    assert waitpoint_mismatch(sleep, _wp(WaitpointKind.DATETIME, T0 + 9, T0 + 60)) is None
+    assert waitpoint_mismatch(sleep, _wp(WaitpointKind.DATETIME, T0 + 9, T0 + 69)) is None
+    child = _wp(WaitpointKind.RUN, **CHILD, input={"n": 1}, tags=["a"], idempotency_key="k")
+    again = _wp(WaitpointKind.RUN, **CHILD, input={"n": 2}, tags=["b"], idempotency_key="j")
+    assert waitpoint_mismatch(child, again) is None
+    event = _wp(WaitpointKind.EVENT, event_type="paid", lookback_from=T0)
+    assert waitpoint_mismatch(event, _wp(WaitpointKind.EVENT, event_type="paid",
+                                         lookback_from=T0 + 5)) is None
 
 
 @workflow(id="div-ends-early")

@@ -12,7 +12,12 @@ import pytest
 import examples.workflows as ex
 from runtime import Context, RetryPolicy, workflow
 from runtime.explore import _compensation_problem
-from runtime.journal import CompensationRan, StepAttempt
+from runtime.journal import (
+    CompensationRan,
+    StepAttempt,
+    WaitpointRegistered,
+    WaitpointResolved,
+)
 from runtime.testing import ExploreFailure, explore
 from runtime.workflow import REGISTRY
 
@@ -101,6 +106,43 @@ async def test_injected_failures_follow_the_retry_policy() -> None:
     again = await explore(retried, None, seeds=[3], failure_rate=0.5)
     assert again.runs[0].injected == report.runs[3].injected
     assert again.runs[0].journal == report.runs[3].journal
+
+
+async def test_seeds_permute_arrivals_and_skew_timers_within_max_skew() -> None:
+    @workflow(id="explore.arrivals")
+    async def arrivals(input: Any, ctx: Context) -> list[Any]:
+        first = await ctx.wait_for_event("pick")
+        second = await ctx.wait_for_event("pick")
+        poke = [await ctx.wait_for_signal("poke"), await ctx.wait_for_signal("poke")]
+        await ctx.sleep(60)
+        return [first["n"], second["n"], *poke]
+
+    def lateness(run: Any) -> float:
+        (reg,) = [e for e in run.journal
+                  if isinstance(e, WaitpointRegistered) and e.wp_id.startswith("sleep:")]
+        (res,) = [e for e in run.journal
+                  if isinstance(e, WaitpointResolved) and e.wp_id == reg.wp_id]
+        assert reg.due_at is not None
+        return float(res.resolved_at - reg.due_at)
+
+    supplies: dict[str, Any] = {"events": {"pick": [{"n": 1}, {"n": 2}]},
+                                "signals": {"poke": ["a", "b"]}}
+    try:
+        report = await explore(arrivals, None, seeds=20, max_skew=5.0, **supplies)
+        outputs = {tuple(r.output) for r in report.runs}
+        # Both arrival orders of each type/name are tried across the seeds ...
+        assert {o[:2] for o in outputs} == {(1, 2), (2, 1)}
+        assert {o[2:] for o in outputs} == {("a", "b"), ("b", "a")}
+        # ... and the sleep fires late, by up to max_skew, by a different amount per seed.
+        late = [lateness(r) for r in report.runs]
+        assert all(0.0 <= s <= 5.0 for s in late) and len({round(s, 6) for s in late}) > 10
+        on_time = await explore(arrivals, None, seeds=5, max_skew=0.0, **supplies)
+        assert [lateness(r) for r in on_time.runs] == [0.0] * 5
+        # The same seed makes the same choices again.
+        again = await explore(arrivals, None, seeds=[7], max_skew=5.0, **supplies)
+        assert again.runs[0].journal == report.runs[7].journal
+    finally:
+        REGISTRY.unregister("explore.arrivals")
 
 
 async def test_a_body_drawing_from_global_random_fails_naming_a_seed_that_reproduces_it() -> None:

@@ -11,7 +11,14 @@ import orjson
 import pytest
 
 from runtime import journal_file, workflow
-from runtime.journal import StepAttempt, WaitpointRegistered, WaitpointResolved
+from runtime.journal import (
+    CompensationRan,
+    Entry,
+    StepAttempt,
+    StreamChunk,
+    WaitpointRegistered,
+    WaitpointResolved,
+)
 from runtime.status import ResolutionSource, WaitpointKind
 from runtime.testing import replay_check
 from runtime.workflow import Registry, definition_of
@@ -82,6 +89,36 @@ def test_an_export_round_trips_every_entry_kind(tmp_path: Path) -> None:
     assert [seq for seq, _ in run.entries] == [1, 2, 3]
     assert run.journal().resolutions["sleep:0"].resolved_at == T0 + 61
     assert run.facts("v").workflow_version == "v"
+
+
+def test_every_exported_entry_kind_reads_back_equal(tmp_path: Path) -> None:
+    entries: list[tuple[int, Entry]] = [
+        (1, StepAttempt("patch:fraud", 0, 1, "ok", True, None, T0, T0)),
+        (2, StepAttempt("pay", 1, 1, "err", None, {"code": "X", "message": "m"}, T0, T0 + 1,
+                        retry_at=T0 + 5)),
+        (3, WaitpointRegistered("retry:pay:1", WaitpointKind.DATETIME, T0 + 1, due_at=T0 + 5)),
+        (4, WaitpointResolved("retry:pay:1", WaitpointKind.DATETIME, T0 + 5,
+                              ResolutionSource.LIVE)),
+        (5, StepAttempt("pay", 1, 2, "ok", {"paid": 1}, None, T0 + 5, T0 + 6)),
+        (6, WaitpointRegistered("event:paid:0", WaitpointKind.EVENT, T0 + 6,
+                                timeout_at=T0 + 66, meta={"event_type": "paid",
+                                                          "match": {"order": 1}})),
+        (7, WaitpointResolved("event:paid:0", WaitpointKind.EVENT, T0 + 7,
+                              ResolutionSource.INBOX, {"order": 1}, matched_event_id="e1")),
+        (8, StreamChunk("out", 0, "text", "hello", True, T0 + 8)),
+        (9, CompensationRan("pay", "ok", None, T0 + 9)),
+    ]
+    run = {"run_id": "r1", "workflow_id": "rc.order", "input": None}
+    doc = journal_file.document([journal_file.run_json(run, entries, {"k": 1}, 2)],
+                                engine="wf test", exported_at=T0)
+    path = tmp_path / "kinds.json"
+    path.write_bytes(orjson.dumps(doc))
+    (back,) = journal_file.load(path)
+    assert list(back.entries) == entries
+    assert (back.metadata, back.metadata_ops) == ({"k": 1}, 2)
+    assert [e["type"] for e in doc["runs"][0]["entries"]] == [
+        "step", "step", "waitpoint", "resolution", "step", "waitpoint", "resolution", "stream",
+        "compensation"]
 
 
 @pytest.mark.parametrize(("doc", "message"), [
