@@ -7,7 +7,9 @@ SHUTTING_DOWN from a real engine, and ``/readyz`` when not ready."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,12 +19,15 @@ import pytest
 import storage
 from orchestrator.api import errors, service
 from orchestrator.client.client import remote_error
+from orchestrator.config import Config
+from orchestrator.daemon.compose import Orchestrator
+from orchestrator.daemon.http import build_http
 from orchestrator.engine.engine import Engine
 from orchestrator.http.api import STATUS_BY_CODE
 from orchestrator.http.app import create_app
 from orchestrator.http.server import HttpServer
 from orchestrator.http.settings import HttpSettings
-from tests.orchestrator.conftest import FaultyStorage
+from tests.orchestrator.conftest import FaultyStorage, until
 from tests.orchestrator.test_client import CASES, _completed_echo, _expect_code
 
 TOKEN = "methods-token"
@@ -161,3 +166,35 @@ async def test_readyz_is_503_until_ready_and_says_why(engine: Engine) -> None:
         assert r.status_code == 503 and r.json()["reason"] == "RuntimeError"
         assert "Traceback" not in r.text
         assert (await c.get("/healthz")).status_code == 200  # up, though not ready
+
+
+async def test_a_metrics_scrape_reads_no_table(tmp_path: Path) -> None:
+    """The daemon's ``/metrics`` (``build_http`` over a composed orchestrator): a scrape is
+    served from memory; the only read is the waiting count's, on its own 15 s beat."""
+    cfg = Config.default(tmp_path)
+    cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, host="127.0.0.1", port=0,
+                                                            token=TOKEN))
+    async with Orchestrator(cfg, import_modules=False) as orch:
+        db = orch.engine.storage
+        seen: list[str] = []
+        fetch = db._fetch  # type: ignore[attr-defined]
+
+        async def spy(sql: str, *args: Any, **kwargs: Any) -> Any:
+            seen.append(sql)
+            return await fetch(sql, *args, **kwargs)
+
+        db._fetch = spy  # type: ignore[attr-defined]
+        server = build_http(orch)
+        assert server is not None
+        await server.start()
+        try:
+            await until(lambda: any("waitpoints" in sql for sql in seen), "the waiting count")
+            seen.clear()
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}",
+                                         headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+                for _ in range(3):
+                    r = await c.get("/metrics")
+                    assert r.status_code == 200 and "wf_waitpoints_waiting" in r.text
+        finally:
+            await server.close()
+    assert seen == []
