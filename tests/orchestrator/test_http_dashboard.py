@@ -458,3 +458,17 @@ async def test_schedule_backfill_from_the_page(browser: tuple[httpx.AsyncClient,
     bad = await c.post("/schedules/daily/backfill", data={"start": "soon", "end": "x"},
                        headers={"X-WF-CSRF": csrf})
     assert "flash error" in bad.text and "start" in bad.text
+
+
+async def test_a_cancel_with_compensation_shows_the_saga_on_the_run_page(
+        browser: tuple[httpx.AsyncClient, str], engine: Engine) -> None:
+    c, csrf = browser
+    await engine.submit("reserve-wait", None, run_id="sg")
+    await reach(engine, "sg", "waiting")
+    r = await c.post("/runs/sg/actions/cancel", headers={"X-WF-CSRF": csrf})
+    assert "cancel: done" in r.text
+    await reach(engine, "sg", "cancelled")
+    page = await c.get("/runs/sg")
+    saga = page.text.split("<h2>Compensations</h2>", 1)[1].split("</table>", 1)[0]
+    assert ">reserve<" in saga and ">completed<" in saga
+    assert 'data-kind="compensation"' in page.text  # its bar on the timeline
