@@ -90,6 +90,7 @@ def waitpoint(wp: records.WaitpointRecord) -> JSONDict:
         "event_type": wp.event_type,
         "signal": wp.signal_name,
         "token_id": wp.token_id,
+        "child_run_id": wp.meta.get("child_run_id") if isinstance(wp.meta, dict) else None,
         "match": wp.match,
         "registered_at": wp.registered_at,
         "due_at": wp.due_at,

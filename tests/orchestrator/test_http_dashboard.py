@@ -402,3 +402,73 @@ async def test_run_page_shows_a_forks_origin_and_the_audit_trail(
     fork = await c.get("/runs/f2")
     assert "Forked from" in fork.text and 'href="/runs/f1"' in fork.text
     assert "try again" in fork.text
+
+
+async def test_run_page_pause_resume_fork_amend_and_child_links(
+        browser: tuple[httpx.AsyncClient, str], engine: Engine) -> None:
+    c, csrf = browser
+    h = {"X-WF-CSRF": csrf}
+    await engine.submit("signal", None, run_id="p1")
+    await reach(engine, "p1", "waiting")
+    paused = await c.post("/runs/p1/actions/pause", headers=h)
+    assert "pause: done" in paused.text and "/runs/p1/actions/resume" in paused.text
+    assert (await engine.get("p1"))["status"] == "paused"
+    resumed = await c.post("/runs/p1/actions/resume", headers=h)
+    assert "resume: done" in resumed.text
+    await reach(engine, "p1", "waiting")
+    kept = await c.post("/runs/p1/actions/cancel", data={"compensate": "false"}, headers=h)
+    assert "cancel: done" in kept.text and (await engine.get("p1"))["status"] == "cancelled"
+    # A failed run: amend its failing step from the form, then fork it from a step.
+    await engine.submit("fail", None, run_id="f1")
+    await reach(engine, "f1", "failed")
+    page = await c.get("/runs/f1")
+    assert 'id="fork"' in page.text and 'id="amend"' in page.text
+    assert (await c.post("/runs/f1/actions/amend", data={"step_id": "boom"})).status_code == 403
+    bad = await c.post("/runs/f1/actions/amend", headers=h,
+                       data={"step_id": "boom", "output": "{nope", "reason": "x"})
+    assert "flash error" in bad.text and "output" in bad.text
+    amended = await c.post("/runs/f1/actions/amend", headers=h,
+                           data={"step_id": "boom", "output": '{"fixed": 1}', "reason": "hand"})
+    assert "amend: the step" in amended.text and 'id="run-audit"' in amended.text
+    forked = await c.post("/runs/f1/actions/fork", headers=h,
+                          data={"from_step": "boom", "input": "", "reason": "again"})
+    new = forked.text.split("forked as ", 1)[1].split("<", 1)[0].strip()
+    assert f'href="/runs/{new}"' in forked.text
+    assert (await engine.get(new))["forked_from"]["run_id"] == "f1"
+    # A parent's waitpoint for its child links to the child's page.
+    await engine.submit("parent", {"child": "signal"}, run_id="pa")
+    await reach(engine, "pa", "waiting")
+    parent = await c.get("/runs/pa")
+    assert 'href="/runs/pa-signal-0"' in parent.text
+    assert (await c.get("/runs/pa-signal-0")).status_code == 200
+    assert 'href="/runs/pa"' in (await c.get("/runs/pa-signal-0")).text  # and back
+
+
+async def test_schedule_backfill_from_the_page(browser: tuple[httpx.AsyncClient, str],
+                                               engine: Engine) -> None:
+    c, csrf = browser
+    await engine.schedule_create("daily", "echo", cron="0 3 * * *", overlap="allow")
+    page = await c.get("/schedules")
+    assert 'hx-post="/schedules/daily/backfill"' in page.text
+    form = {"start": "2026-01-01T03:00:00Z", "end": "2026-01-02T03:00:00Z"}
+    assert (await c.post("/schedules/daily/backfill", data=form)).status_code == 403
+    done = await c.post("/schedules/daily/backfill", data=form, headers={"X-WF-CSRF": csrf})
+    assert "backfill daily: 2 runs" in done.text
+    assert (await engine.get("sched:daily:2026-01-01T03:00:00Z"))["triggered_by"] == "schedule"
+    bad = await c.post("/schedules/daily/backfill", data={"start": "soon", "end": "x"},
+                       headers={"X-WF-CSRF": csrf})
+    assert "flash error" in bad.text and "start" in bad.text
+
+
+async def test_a_cancel_with_compensation_shows_the_saga_on_the_run_page(
+        browser: tuple[httpx.AsyncClient, str], engine: Engine) -> None:
+    c, csrf = browser
+    await engine.submit("reserve-wait", None, run_id="sg")
+    await reach(engine, "sg", "waiting")
+    r = await c.post("/runs/sg/actions/cancel", headers={"X-WF-CSRF": csrf})
+    assert "cancel: done" in r.text
+    await reach(engine, "sg", "cancelled")
+    page = await c.get("/runs/sg")
+    saga = page.text.split("<h2>Compensations</h2>", 1)[1].split("</table>", 1)[0]
+    assert ">reserve<" in saga and ">completed<" in saga
+    assert 'data-kind="compensation"' in page.text  # its bar on the timeline

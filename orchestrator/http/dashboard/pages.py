@@ -9,7 +9,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any, Final
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import orjson
 from starlette.requests import Request
@@ -22,7 +22,7 @@ from orchestrator.http.dashboard.render import page, when
 
 PAGE_SIZE: Final = 50
 RUN_ACTIONS: Final = ("cancel", "pause", "resume", "retry")
-SCHEDULE_ACTIONS: Final = ("pause", "resume", "trigger")
+SCHEDULE_ACTIONS: Final = ("pause", "resume", "trigger", "backfill")
 LIST_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(api.List))
 SEARCHABLE: Final = "search" in LIST_FIELDS
 """Full-text search is offered only when ``list`` takes ``search`` (the search index)."""
@@ -119,7 +119,7 @@ class Pages:
             return page(request, "missing.html", 404, nav="runs", message=err.message)
         return page(request, "run.html", nav="runs", flash=None, **context)
 
-    async def run_body(self, request: Request, flash: tuple[str, str] | None = None) -> Response:
+    async def run_body(self, request: Request, flash: tuple[str, ...] | None = None) -> Response:
         run_id = request.path_params["run_id"]
         try:
             context = await self.run_context(run_id)
@@ -132,14 +132,19 @@ class Pages:
         with a line saying what happened (or why not)."""
         run_id = request.path_params["run_id"]
         action = request.path_params["action"]
+        flash: tuple[str, ...]
         try:
             form = await read_form(request)
-            flash = ("ok", f"{action}: {await self.act(run_id, action, form)}")
+            done = await self.act(run_id, action, form)
+            text, link = (done, None) if isinstance(done, str) else done
+            flash = ("ok", f"{action}: {text}") + ((link,) if link else ())
         except errors.ServiceError as err:
             flash = ("error", f"{action}: {err.message}")
         return await self.run_body(request, flash)
 
-    async def act(self, run_id: str, action: str, form: dict[str, str]) -> str:
+    async def act(self, run_id: str, action: str,
+                  form: dict[str, str]) -> str | tuple[str, str]:
+        """What was done, in words (and a page to go to, for a fork)."""
         if action == "cancel":
             await self.service.dispatch(api.Cancel(
                 run_id, compensate=form.get("compensate", "true") != "false",
@@ -162,6 +167,16 @@ class Pages:
         elif action == "token":
             await self.call("complete_token", token_id=form.get("token_id", ""),
                             payload=json_field(form, "payload"))
+        elif action == "fork":
+            params: dict[str, Any] = {k: form[k] for k in ("from_step", "reason") if form.get(k)}
+            if form.get("input", "").strip():
+                params["input"] = json_field(form, "input")
+            new = (await self.call("fork", run_id=run_id, **params))["run_id"]
+            return f"forked as {new}", f"/runs/{quote(new, safe='')}"
+        elif action == "amend":
+            await self.call("amend", run_id=run_id, step_id=form.get("step_id", ""),
+                            output=json_field(form, "output"), reason=form.get("reason", ""))
+            return "the step's result is replaced (retry with resume to continue from it)"
         else:
             raise errors.MethodNotFound(f"runs/{{run_id}}/actions/{action}")
         return "done"
@@ -218,6 +233,13 @@ class Pages:
             "pause": api.SchedulePause, "resume": api.ScheduleResume,
             "trigger": api.ScheduleTrigger}
         try:
+            if action == "backfill":
+                form = await read_form(request)
+                result = await self.call("schedule_backfill", name=name,
+                                         start=form.get("start", ""), end=form.get("end", ""))
+                flash = ("ok", f"backfill {name}: {len(result.get('runs') or ())} runs")
+                return page(request, "_schedules_table.html", flash=flash,
+                            **await self.schedules_data())
             make = requests.get(action)
             if make is None:
                 raise errors.MethodNotFound(f"schedules/{{name}}/{action}")
