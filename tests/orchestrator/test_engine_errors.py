@@ -43,6 +43,25 @@ async def test_engine_error_in_an_actor_fails_that_run_internal_and_the_engine_s
 
 
 @pytest.mark.parametrize(
+    "raised",
+    [storage.StorageFull("database or disk is full"), storage.StorageBusy("database is locked")],
+    ids=["full", "busy"],
+)
+async def test_transient_storage_error_in_an_actor_retries_the_run_instead_of_failing_it(
+    engine: Engine, store: FaultyStorage, raised: storage.StorageError
+) -> None:
+    """Nothing of the refused batch was committed: the run goes on from its journal a moment
+    later and completes; it is not failed ``INTERNAL``."""
+    store.fail("commit", raised, when=_step_of("r"))
+    await engine.submit("echo", 1, run_id="r")
+    done = await engine.wait("r", timeout=10)
+    assert store.armed == 0
+    assert done["status"] == "completed", done
+    assert done["output"] == {"echo": 1}
+    assert (await engine.stats())["actors"]["actor_failures"] == 0
+
+
+@pytest.mark.parametrize(
     ("raised", "expected", "code"),
     [
         (storage.StorageFull("database or disk is full"), errors.StorageFull, "STORAGE_FULL"),

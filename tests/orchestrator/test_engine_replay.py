@@ -1,5 +1,5 @@
 """``replay``: a completed run's body, re-run against its journal, follows it exactly; the run
-facts it sees (tags, parent) are the ones its live run saw."""
+facts it sees (tags, parent, attempt, number, triggered_by) are the ones its live run saw."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.engine.engine import Engine
-from runtime import Context
+from runtime import Context, FatalError, OnEvent
 from runtime.workflow import WorkflowDefinition
 from tests.orchestrator import engine_workflows
 from tests.orchestrator.conftest import open_engine
@@ -61,3 +61,37 @@ async def test_replay_reports_divergence_when_the_body_no_longer_follows_the_jou
         report = await second.replay("vip")
     assert report["diverged"] is True
     assert report["detail"]
+
+
+async def _by_facts(input: Any, ctx: Context) -> list[str]:
+    # Each step's id comes from a run fact: a replay that saw another fact would record
+    # another step id there and diverge.
+    taken = [f"attempt-{ctx.run.attempt}", f"by-{ctx.run.triggered_by}",
+             f"number-{ctx.run.number}"]
+    for step_id in taken:
+        await ctx.step(step_id, str.upper, step_id)
+    if ctx.run.attempt == 1 and input.get("fail_first"):
+        raise FatalError("the first attempt fails")
+    return taken
+
+
+async def test_replay_sees_the_attempt_number_and_trigger_of_the_live_run(db_path: Path) -> None:
+    """``RunRecord → RunFacts`` is one function for the actor and replay: a retried attempt,
+    an event-triggered run and a later run number replay without divergence."""
+    registry = engine_workflows.registry()
+    registry.register(WorkflowDefinition(id="facts", fn=_by_facts, version="1",
+                                         on_event=(OnEvent("facts.go"),)))
+    async with open_engine(db_path, registry=registry) as engine:
+        sent = await engine.send_event("facts.go", {"fail_first": True})
+        (by_event,) = sent["started"]
+        assert (await engine.wait(by_event, timeout=10))["status"] == "failed"
+        await engine.retry(by_event, mode="retrigger")
+        done = await engine.wait(by_event, timeout=10)
+        assert done["status"] == "completed"
+        assert done["output"][:2] == ["attempt-2", "by-event"]
+        await engine.submit("facts", {}, run_id="by-api")
+        later = await engine.wait("by-api", timeout=10)
+        assert later["output"][:2] == ["attempt-1", "by-api"]
+        assert later["output"][2] != done["output"][2]  # another run number
+        assert await engine.replay(by_event) == FOLLOWED
+        assert await engine.replay("by-api") == FOLLOWED

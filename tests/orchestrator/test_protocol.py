@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import orjson
@@ -129,3 +130,32 @@ def test_error_messages_carry_the_facts() -> None:
     assert errors.NotFound("workflow", "nope").data == {"workflow_id": "nope"}
     assert errors.RunNotActive("r1", "completed", "signal").data["status"] == "completed"
     assert isinstance(errors.NotFound("run", "r"), LookupError)
+
+
+def _subcommand(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> argparse.ArgumentParser:
+    for word in path:
+        (choices,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        parser = choices.choices[word]
+    return parser
+
+
+def test_the_method_list_is_written_once() -> None:
+    """``service.REQUESTS`` is the one list: the wire schema, the engine's handlers, the named
+    methods of the client and the engine, and the ``wf`` subcommands all follow it, none more."""
+    from orchestrator.client import cli
+    from orchestrator.engine import engine
+
+    methods = [r.method for r in service.REQUESTS]
+    assert len(set(methods)) == len(methods)
+    assert list(protocol.METHODS) == methods
+    assert set(engine._HANDLERS) | set(engine._STREAMS) == set(service.REQUESTS)
+    assert not set(engine._HANDLERS) & set(engine._STREAMS)
+    named = {name for name, value in vars(service.ServiceMethods).items()
+             if callable(value) and not name.startswith("_")} - {"call", "open_stream"}
+    assert named == set(methods)
+    parser = cli.build_parser()
+    for request in service.REQUESTS:
+        bound = getattr(service.ServiceMethods, request.method)
+        assert (bound.__name__, bound.__doc__) == (request.method, request.__doc__)
+        if request.cli:
+            assert _subcommand(parser, request.cli).get_default("request") is request
