@@ -17,7 +17,7 @@ import pytest
 
 from orchestrator.config import Config
 from orchestrator.daemon.compose import Orchestrator
-from runtime import Context
+from runtime import Context, RateLimitExceeded
 from runtime.ratelimit import RateLimit
 from runtime.retry import RetryPolicy
 from runtime.workflow import Registry, WorkflowDefinition
@@ -50,9 +50,17 @@ async def _call_slowly(input: Any, ctx: Context) -> Any:
     return await ctx.step("call", time.time, rate_limit=QUEUED)
 
 
+async def _call_or_say_why(input: Any, ctx: Context) -> Any:
+    try:
+        return await _call_api(input, ctx)
+    except RateLimitExceeded as exc:  # the type itself reaches the body, not a wrapper
+        return {"refused": exc.code, "retry_after": exc.retry_after}
+
+
 def _registry() -> Registry:
     reg = Registry()
-    for id, fn in (("api-one", _call_api), ("api-both", _call_both), ("slow", _call_slowly)):
+    for id, fn in (("api-one", _call_api), ("api-both", _call_both), ("slow", _call_slowly),
+                   ("api-caught", _call_or_say_why)):
         reg.register(WorkflowDefinition(id=id, fn=fn, version="1", origin=f"{__name__}:{id}"))
     return reg
 
@@ -95,6 +103,18 @@ async def test_a_list_of_limits_is_taken_all_or_none_from_buckets_shared_by_work
         assert (await _end(engine, "api-one", "a1"))["status"] == "completed"
         assert (await _end(engine, "api-one", "a2"))["status"] == "failed"
     assert CALLS == ["b1", "a1"]
+
+
+async def test_on_limit_fail_raises_rate_limit_exceeded_in_the_body(db_path: Path) -> None:
+    CALLS.clear()
+    async with open_engine(db_path, registry=_registry()) as engine:
+        for run_id in ("c1", "c2"):
+            assert (await _end(engine, "api-one", run_id))["status"] == "completed"
+        caught = await _end(engine, "api-caught", "c3")
+    assert caught["status"] == "completed"
+    assert caught["output"]["refused"] == "RATE_LIMITED"
+    assert 0 < caught["output"]["retry_after"] <= 1800  # half the hour refills one unit
+    assert CALLS == ["c1", "c2"]
 
 
 @pytest.mark.both_backends
