@@ -221,3 +221,13 @@ async def test_cli_shows_cancel_newest_and_a_pending_run_expiring_after_its_ttl(
     assert (ended["status"], ended["error"]["code"]) == ("cancelled", "EXPIRED")
     assert ended["started_at"] is None and ended["steps"] == []
     assert "pending" not in ended
+
+    # The human forms: `wf show` says why a run waits, `wf stats` counts the group's queue.
+    queued = await wf_json(flow_daemon, "submit", "flow-queue", "--input", "{}")
+    shown_text, stats_text = await asyncio.gather(
+        wf(flow_daemon, "show", queued["run_id"]), wf(flow_daemon, "stats"))
+    assert shown_text.returncode == 0 and stats_text.returncode == 0
+    (why,) = [line for line in shown_text.stdout.splitlines() if line.startswith("pending:")]
+    assert why.split() == ["pending:", 'concurrency={"group":"flow-queue","limit":1,"holders":1}']
+    assert "flow.groups.flow-queue.queued: 1" in stats_text.stdout.splitlines()
+    assert "flow.groups.flow-queue.holders: 1" in stats_text.stdout.splitlines()
