@@ -853,6 +853,28 @@ class PutRateLimit(WriteOp[None]):
     updated_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class BucketTake:
+    """``units`` from the token bucket ``key``: ``limit`` units refilled over ``window`` s."""
+
+    key: str
+    limit: int
+    window: float
+    units: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TakeRateLimits(WriteOp[tuple[float, tuple[str, ...]]]):
+    """Take every one of ``takes`` from the stored buckets at ``now``, or none (SPEC §2a, §13):
+    each bucket's level is read from the database in the op's transaction, serialised with
+    every daemon's takes (PostgreSQL: admission's advisory lock; SQLite has one writer).
+    Returns ``(0, ())`` when all were taken, else ``(seconds until all have room, the short
+    keys)`` with nothing taken. A bucket never stored is full."""
+
+    takes: tuple[BucketTake, ...]
+    now: float
+
+
 WriteBatch = list[WriteOp[Any]]
 """Ops applied together in one transaction, in order."""
 

@@ -1,8 +1,11 @@
-"""Step rate limits shared by every run of the daemon, persisted (SPEC §2a).
+"""Step rate limits shared by every run of the daemon and by every daemon on its database,
+persisted (SPEC §2a, §13).
 
-A bucket's state is read from storage before its first take and written back, in one commit
-for every bucket of the take, before the step runs: a restart neither refills a bucket nor
-forgets a take. Buckets refill by the wall clock (a clock that jumps back refills nothing).
+Each take is one ``TakeRateLimits`` op: the buckets' levels are read in the op's transaction,
+serialised with every other daemon's takes, and written back, all or none, before the step
+runs. Nothing is kept in memory, so a restart neither refills a bucket nor forgets a take, and
+a daemon never takes from a level another daemon has spent. Buckets refill by the wall clock
+(a clock behind the stored one refills nothing).
 """
 
 from __future__ import annotations
@@ -11,28 +14,24 @@ from collections.abc import Sequence
 
 import storage
 from runtime.clock import Clock
-from runtime.ratelimit import Buckets, Take, acquire_all
+from runtime.ratelimit import Take, exceeded
 
 
 class StoredRateLimiter:
     def __init__(self, storage_: storage.Storage, clock: Clock) -> None:
         self._storage = storage_
         self._clock = clock
-        self._buckets = Buckets()
-        self._loaded: set[str] = set()
 
     async def acquire_all(self, takes: Sequence[Take]) -> None:
-        for take in takes:
-            if take.key not in self._loaded:
-                stored = await self._storage.get_rate_limit(take.key)
-                if stored is not None:
-                    self._buckets.load(take.key, stored.tokens, stored.updated_at)
-                self._loaded.add(take.key)
-        await acquire_all(self._buckets, takes, self._clock, self._persist)
-
-    async def _persist(self, takes: Sequence[Take]) -> None:
-        ops: list[storage.WriteOp[None]] = []
-        for key in dict.fromkeys(t.key for t in takes):
-            tokens, at = self._buckets.state[key]
-            ops.append(storage.PutRateLimit(key, tokens, at))
-        await self._storage.commit(ops)
+        """Take all of ``takes`` or none; when one is short, wait until all have room
+        (``queue``) or raise ``RateLimitExceeded`` (a short take says ``fail``)."""
+        op_takes = tuple(storage.BucketTake(t.key, t.limit, t.window, t.units) for t in takes)
+        while True:
+            wait, short = await self._storage.execute(
+                storage.TakeRateLimits(op_takes, self._clock.now()))
+            if not short:
+                return
+            failing = [t for t in takes if t.key in short and t.on_limit == "fail"]
+            if failing:
+                raise exceeded(failing[0], wait)
+            await self._clock.sleep(wait)

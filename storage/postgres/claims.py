@@ -74,9 +74,15 @@ def debounce_submit(conn: sqlite3.Connection, op: ops.DebounceSubmit) -> ops.Deb
     return admission.debounce_submit(conn, op, locks=AdvisoryLocks(conn))
 
 
+def take_rate_limits(conn: sqlite3.Connection, op: ops.TakeRateLimits
+                     ) -> tuple[float, tuple[str, ...]]:
+    return admission.take_rate_limits(conn, op, locks=AdvisoryLocks(conn))
+
+
 APPLY: dict[type[Any], mutations.Apply] = {
     ops.AdmitRuns: admit_runs,
     ops.DebounceSubmit: debounce_submit,
+    ops.TakeRateLimits: take_rate_limits,
     ops.RescueDaemons: rescue_daemons,
     ops.ClaimDueTimers: claim_due_timers,
     ops.ClaimRuns: claim_runs,

@@ -1,6 +1,7 @@
 """Admission in the database (issue 20, phase 3): may a pending run start now, decided in one
-transaction that many daemons serialise on (``AdmitRuns``), and a debounced submission that
-collapses into the key's pending run whichever daemon receives it (``DebounceSubmit``).
+transaction that many daemons serialise on (``AdmitRuns``), a debounced submission that
+collapses into the key's pending run whichever daemon receives it (``DebounceSubmit``), and a
+step's take from the shared rate-limit buckets (``TakeRateLimits``, SPEC §2a).
 
 One definition for both backends. SQLite has one writer, so nothing needs locking there
 (``NO_LOCKS``); PostgreSQL passes one transaction advisory lock (``storage.postgres.claims``)
@@ -332,7 +333,39 @@ def debounce_submit(conn: sqlite3.Connection, op: ops.DebounceSubmit, *,
     return ops.DebouncedCreated(moved, created=False)
 
 
+# ------------------------------------------------------------------------------ rate limits
+
+_BUCKET = "SELECT tokens, updated_at FROM rate_limits WHERE key = ?"
+
+
+def take_rate_limits(conn: sqlite3.Connection, op: ops.TakeRateLimits, *,
+                     locks: Locks = NO_LOCKS) -> tuple[float, tuple[str, ...]]:
+    """Token buckets refilled continuously at ``limit / window`` a second by the callers'
+    wall clocks (a clock behind the stored one refills nothing); read here, under the lock,
+    so no daemon takes from a level another daemon has already spent."""
+    locks.lock()
+    levels: dict[str, float] = {}
+    wait, short = 0.0, []
+    for take in op.takes:
+        level = levels.get(take.key)
+        if level is None:
+            row = conn.execute(_BUCKET, (take.key,)).fetchone()
+            rate = take.limit / take.window
+            level = float(take.limit) if row is None else min(
+                float(take.limit), row[0] + max(0.0, op.now - row[1]) * rate)
+        if level < take.units:
+            short.append(take.key)
+            wait = max(wait, (take.units - level) / (take.limit / take.window))
+        levels[take.key] = level - take.units
+    if short:
+        return wait, tuple(dict.fromkeys(short))
+    for key, level in levels.items():
+        mutations.put_rate_limit(conn, ops.PutRateLimit(key, level, op.now))
+    return 0.0, ()
+
+
 APPLY: dict[type[Any], mutations.Apply] = {
     ops.AdmitRuns: admit_runs,
     ops.DebounceSubmit: debounce_submit,
+    ops.TakeRateLimits: take_rate_limits,
 }

@@ -64,8 +64,10 @@ async def throttled(input: dict[str, Any], ctx: Context) -> Any:
     return await ctx.step("noted", lambda: input)
 
 
-@workflow(id="flow-debounced", debounce=Debounce("2s", key=lambda i: i["key"]),
-          description="Debounced 2 s per input key; notes its start in the ledger.")
+# 5 s: a daemon restart (stop, spawn, ready) must fit inside the period with room to spare; on a
+# loaded 2-core box it takes about 2 s, which a 2 s period did not survive.
+@workflow(id="flow-debounced", debounce=Debounce("5s", key=lambda i: i["key"]),
+          description="Debounced 5 s per input key; notes its start in the ledger.")
 async def debounced(input: dict[str, Any], ctx: Context) -> Any:
     await ctx.step("start", _start, input["ledger"], input["key"], ctx.run.id)
     return input
