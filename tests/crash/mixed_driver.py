@@ -33,7 +33,7 @@ from orchestrator.client import Client, DaemonUnreachable, RemoteError
 from runtime import RunStatus
 from runtime.schedules import run_id as tick_run_id
 from runtime.testing import run_workflow_for_test
-from tests.crash import mixed_triggers as mt
+from tests.crash import mixed_trigger_names as mt
 from tests.crash import mixed_workflows as mw
 from tests.crash.daemon_process import DaemonProcess
 

@@ -17,20 +17,16 @@ from typing import Any
 
 from runtime import Batch, Context, OnEvent, Schedule, workflow
 from tests.crash import mixed_workflows as mw
-
-START_EVENT = "mix.start"
-BATCH_EVENT = "mix.batch"
-TRIGGERED = "mix-triggered"
-BATCHED = "mix-batch"
-TICK = "mix-tick"
-BATCH_SIZE = 3
-BATCH_TIMEOUT = 0.5
-TICK_EVERY = 0.25
-
-
-def triggered_run_id(event_id: str) -> str:
-    """The id ``send_event`` gives the run it starts (``orchestrator.engine.triggers``)."""
-    return f"evt:{TRIGGERED}:{event_id}"
+from tests.crash.mixed_trigger_names import (
+    BATCH_EVENT,
+    BATCH_SIZE,
+    BATCH_TIMEOUT,
+    BATCHED,
+    START_EVENT,
+    TICK,
+    TICK_EVERY,
+    TRIGGERED,
+)
 
 
 @workflow(id=TRIGGERED, on_event=OnEvent(START_EVENT))
