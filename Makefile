@@ -28,6 +28,7 @@ test: $(DEV_STAMP)
 	$(BIN)/pytest
 
 bench: $(STAMP)
+	.ci/system-deps
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run
 
