@@ -26,8 +26,9 @@ _FIRST = ("runs", "waitpoints")
 # Identity columns whose sequence must continue after the copied rows.
 _IDENTITIES = (("runs", "number"), ("steps", "id"), ("signal_inbox", "seq"),
                ("waitpoints", "rowid"))
-# Live process state, not data: the daemons that will run on PostgreSQL register themselves.
-_NOT_COPIED = ("daemons",)
+# Live process state, not data: the daemons that will run on PostgreSQL register themselves;
+# and SQLite's list of search documents to write (0016): the copy rebuilds the index from rows.
+_NOT_COPIED = ("daemons", "search_backlog")
 # Columns SQLite keeps implicitly that the PostgreSQL twin stores.
 _IMPLICIT = {"waitpoints": "rowid"}
 

@@ -41,6 +41,7 @@ from storage.sqlite import (
     schema,
 )
 from storage.sqlite.mutations import APPLY, Apply, record_first_attempts
+from storage.sqlite.search_index import write_backlog
 from storage.sqlite.translate import is_batch_fatal, primary_code, translate
 from storage.tally import CommitTally
 
@@ -311,6 +312,8 @@ class Writer:
                 # every caller in its own savepoint, so only the guilty caller fails.
                 self._rollback(conn)
                 outcomes = self._apply(conn, batch, coalesce=False)
+            # In the batch's transaction: the index is as current as the rows it commits.
+            write_backlog(conn)
             self._instrument.reached("batch.executed")
             conn.execute("COMMIT")
         except Exception as exc:

@@ -119,7 +119,8 @@ async def test_every_table_has_the_same_columns_on_both_backends(
     try:
         tables = [n for (n,) in lite.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
-            "AND sql NOT LIKE 'CREATE VIRTUAL%' AND name NOT LIKE 'run\\_search\\_%' ESCAPE '\\'")]
+            "AND sql NOT LIKE 'CREATE VIRTUAL%' AND name NOT LIKE 'run\\_search\\_%' ESCAPE '\\' "
+            "AND name <> 'search_backlog'")]
         on_sqlite = {t: sorted(r[1] for r in lite.execute(f"PRAGMA table_info({t})"))
                      for t in tables}
     finally:
@@ -134,7 +135,8 @@ async def test_every_table_has_the_same_columns_on_both_backends(
     finally:
         await conn.close()
     # run_search is each backend's own search index (an FTS5 virtual table on SQLite, a
-    # pg_trgm-indexed table on PostgreSQL), skipped on both sides.
+    # pg_trgm-indexed table on PostgreSQL), skipped on both sides; so is SQLite's list of the
+    # documents a transaction changed (search_backlog, migration 0016).
     on_pg: dict[str, list[str]] = {}
     for table, column in found:
         if (table, column) != ("waitpoints", "rowid"):  # SQLite's implicit rowid, made explicit

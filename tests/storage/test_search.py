@@ -199,3 +199,61 @@ async def test_sqlite_index_parts_follow_a_runs_result_through_retry(tmp_path: P
             conn.execute("INSERT INTO run_search(run_search) VALUES('integrity-check')")
         finally:
             conn.close()
+
+
+async def test_sqlite_documents_of_one_batch_are_written_before_its_commit(
+    tmp_path: Path,
+) -> None:
+    """Migration 0016: the triggers only note changed documents and the writer writes them
+    at the end of the batch's transaction. Many callers in one batch, one of them refused
+    (its savepoint rolled back with the documents it noted): at every commit the index is
+    exactly what the rows say and nothing is left noted."""
+
+    def parts(conn: sqlite3.Connection) -> dict[int, str]:
+        return dict(conn.execute("SELECT rowid, body FROM run_search"))
+
+    def expected(conn: sqlite3.Connection) -> dict[int, str]:
+        got: dict[int, str] = {}
+        for view in ("run_search_head", "run_search_result", "run_search_metadata"):
+            got.update(conn.execute(f"SELECT doc, body FROM {view} WHERE body IS NOT NULL"))
+        return got
+
+    import asyncio
+
+    path = tmp_path / "wf.db"
+    async with st.SQLiteStorage.open(path) as storage:
+        conn = sqlite3.connect(path)
+        try:
+            await make_run(storage, "dup", input={"v": "first-input"}, created_at=0.5)
+            results = await asyncio.gather(
+                *(make_run(storage, f"r{i}", input={"v": f"in-{i:03d}"}, created_at=1.0 + i)
+                  for i in range(40)),
+                storage.commit([st.CreateRun(run_id="doomed", workflow_id="wf",
+                                             input={"v": "second-input"}, created_at=2.0),
+                                st.UpdateRun("missing", at=2.0, status=st.RunStatus.RUNNING)]),
+                return_exceptions=True,
+            )
+            assert [type(r) for r in results].count(st.NotFound) == 1, results
+            assert conn.execute("SELECT count(*) FROM search_backlog").fetchone() == (0,)
+            assert parts(conn) == expected(conn) and len(parts(conn)) == 41
+            assert await ids(storage, "second-input") == []
+            await asyncio.gather(*(
+                storage.execute(st.UpdateRun(f"r{i}", at=50.0, status=st.RunStatus.COMPLETED,
+                                             output=f"out-{i:03d}")) for i in range(40)))
+            await storage.execute(st.ApplyMetadata("r7", "r7", 0, st.MetadataOpKind.SET, "k",
+                                                   "meta-seven"))
+            assert conn.execute("SELECT count(*) FROM search_backlog").fetchone() == (0,)
+            assert parts(conn) == expected(conn) and len(parts(conn)) == 82
+            assert await ids(storage, "out-017") == ["r17"]
+            assert await ids(storage, "meta-seven") == ["r7"]
+            # A transaction that did not go through the writer leaves its documents noted:
+            # the writer's next batch writes them.
+            conn.execute("UPDATE runs SET output = '\"planted-output\"' WHERE run_id = 'r3'")
+            conn.commit()
+            assert await ids(storage, "planted-out") == []
+            await make_run(storage, "later", created_at=60.0)
+            assert await ids(storage, "planted-out") == ["r3"]
+            assert parts(conn) == expected(conn)
+            conn.execute("INSERT INTO run_search(run_search) VALUES('integrity-check')")
+        finally:
+            conn.close()
