@@ -7,6 +7,7 @@ is measured is the engine: one durable commit per step, the actor, the executor.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from runtime import Concurrency, Context, OnEvent, workflow
@@ -43,6 +44,13 @@ async def bench_steps_limited(input: dict[str, Any], ctx: Context) -> int:
 @workflow(id="bench-sleep", description="W2: sleep, then one step recording when it ran.")
 async def bench_sleep(input: dict[str, Any], ctx: Context) -> float:
     await ctx.sleep(float(input["seconds"]))
+    return float(await ctx.step("woke", _now))
+
+
+@workflow(id="bench-sleep-until",
+          description="bench.wakes: sleep until a common instant, then W2's step.")
+async def bench_sleep_until(input: dict[str, Any], ctx: Context) -> float:
+    await ctx.sleep_until(datetime.fromtimestamp(float(input["until"]), UTC))
     return float(await ctx.step("woke", _now))
 
 
