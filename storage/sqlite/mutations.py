@@ -931,15 +931,6 @@ def fire_timer(conn: Conn, op: ops.FireTimer) -> ops.FiredTimer | None:
     return ops.FiredTimer(timer, waitpoint)
 
 
-def claim_due_timers(conn: Conn, op: ops.ClaimDueTimers) -> tuple[ops.FiredTimer, ...]:
-    due = conn.execute(
-        "SELECT timer_id FROM timers WHERE due_at <= ? ORDER BY due_at, timer_id LIMIT ?",
-        (op.before, op.limit),
-    ).fetchall()
-    fired = (fire_timer(conn, ops.FireTimer(timer_id, op.before)) for (timer_id,) in due)
-    return tuple(f for f in fired if f is not None)
-
-
 def put_rate_limit(conn: Conn, op: ops.PutRateLimit) -> None:
     conn.execute(
         "INSERT INTO rate_limits (key, tokens, updated_at) VALUES (?, ?, ?) "
@@ -970,7 +961,6 @@ APPLY: dict[type[Any], Apply] = {
     ops.UpsertTimer: upsert_timer,
     ops.DeleteTimer: delete_timer,
     ops.FireTimer: fire_timer,
-    ops.ClaimDueTimers: claim_due_timers,
     ops.PutRateLimit: put_rate_limit,
 }
 """Op type → the function that applies it (schedules' ops: ``storage.sqlite.schedules``)."""

@@ -39,6 +39,7 @@ from storage.sqlite import (
     retention,
     schedules,
     schema,
+    timer_claims,
 )
 from storage.sqlite.mutations import APPLY, Apply, record_first_attempts
 from storage.sqlite.search_index import write_backlog
@@ -94,6 +95,7 @@ _APPLY: dict[type[Any], Apply] = {
     **retention.APPLY,
     **daemons.APPLY,
     **admission.APPLY,
+    ops.ClaimDueTimers: timer_claims.claim_due_timers,
     SetMaxPageCount: _set_max_page_count,
 }
 # Errors after which the file's durable content is unknown (SPEC §4: fail-stop). Not FULL or
