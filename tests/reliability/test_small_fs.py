@@ -47,8 +47,11 @@ CYCLES = 50 if campaign.CAMPAIGN else 3
 # The filler decides how full the disk is; the size only has to hold what the cycles keep: each
 # acknowledged run stores its payload three times (input, step output, run output: ~70 KB on
 # average) and a quiet machine gets ~75 writes in per cycle, ~5 MB a cycle. 128 MB ran out of
-# room for the database itself at cycle 39 of 50 (a make reliability run on 2026-11-25).
-FS_MB = 512 if campaign.CAMPAIGN else 128
+# room for the database itself at cycle 39 of 50 (a make reliability run on 2026-11-25). Since
+# the search index (issue 19) every payload is also indexed as trigrams, input and output, and
+# the engine got faster (70-130 writes a cycle): at 512 MB a submit before cycle 27's fill
+# was refused STORAGE_FULL (make reliability SEED=6161, 2026-12-06). tmpfs takes memory only for what is written.
+FS_MB = 1536 if campaign.CAMPAIGN else 128
 HEADROOM_MB = 24  # free space required before each cycle, filler removed
 WORKERS = 3  # concurrent clients writing while the disk fills
 PAYLOADS = (4_000, 16_000, 48_000)  # bytes: input, step output and run output each hold it
