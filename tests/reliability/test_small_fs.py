@@ -50,7 +50,8 @@ CYCLES = 50 if campaign.CAMPAIGN else 3
 # room for the database itself at cycle 39 of 50 (a make reliability run on 2026-11-25). Since
 # the search index (issue 19) every payload is also indexed as trigrams, input and output, and
 # the engine got faster (70-130 writes a cycle): at 512 MB a submit before cycle 27's fill
-# was refused STORAGE_FULL (make reliability SEED=6161, 2026-12-06). tmpfs takes memory only for what is written.
+# was refused STORAGE_FULL (make reliability SEED=6161, 2026-12-06). tmpfs takes memory only
+# for what is written.
 FS_MB = 1536 if campaign.CAMPAIGN else 128
 HEADROOM_MB = 24  # free space required before each cycle, filler removed
 WORKERS = 3  # concurrent clients writing while the disk fills
