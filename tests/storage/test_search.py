@@ -3,6 +3,7 @@ write path in the same transaction, and a migration from 0005 backfills the runs
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 from pathlib import Path
@@ -163,18 +164,22 @@ async def test_both_backends_find_the_same_runs(pg_url: str, tmp_path: Path) -> 
     assert sum(1 for hit in found[0] if hit) > 100  # the comparison is not vacuous
 
 
+def parts(conn: sqlite3.Connection) -> dict[int, str]:
+    """The SQLite index's documents as stored (rowid -> text)."""
+    return dict(conn.execute("SELECT rowid, body FROM run_search"))
+
+
+def expected(conn: sqlite3.Connection) -> dict[int, str]:
+    """The documents the rows say the index holds (migration 0015's views)."""
+    got: dict[int, str] = {}
+    for view in ("run_search_head", "run_search_result", "run_search_metadata"):
+        got.update(conn.execute(f"SELECT doc, body FROM {view} WHERE body IS NOT NULL"))
+    return got
+
+
 async def test_sqlite_index_parts_follow_a_runs_result_through_retry(tmp_path: Path) -> None:
     """Migration 0015's documents per run (head, result, metadata) are exactly what the rows
     say after each write path that sets, changes or clears a result, and FTS5 agrees."""
-
-    def parts(conn: sqlite3.Connection) -> dict[int, str]:
-        return dict(conn.execute("SELECT rowid, body FROM run_search"))
-
-    def expected(conn: sqlite3.Connection) -> dict[int, str]:
-        got: dict[int, str] = {}
-        for view in ("run_search_head", "run_search_result", "run_search_metadata"):
-            got.update(conn.execute(f"SELECT doc, body FROM {view} WHERE body IS NOT NULL"))
-        return got
 
     path = tmp_path / "wf.db"
     async with st.SQLiteStorage.open(path) as storage:
@@ -208,17 +213,6 @@ async def test_sqlite_documents_of_one_batch_are_written_before_its_commit(
     at the end of the batch's transaction. Many callers in one batch, one of them refused
     (its savepoint rolled back with the documents it noted): at every commit the index is
     exactly what the rows say and nothing is left noted."""
-
-    def parts(conn: sqlite3.Connection) -> dict[int, str]:
-        return dict(conn.execute("SELECT rowid, body FROM run_search"))
-
-    def expected(conn: sqlite3.Connection) -> dict[int, str]:
-        got: dict[int, str] = {}
-        for view in ("run_search_head", "run_search_result", "run_search_metadata"):
-            got.update(conn.execute(f"SELECT doc, body FROM {view} WHERE body IS NOT NULL"))
-        return got
-
-    import asyncio
 
     path = tmp_path / "wf.db"
     async with st.SQLiteStorage.open(path) as storage:
