@@ -509,6 +509,10 @@ class RunState:
         finally:
             self.blocked.pop(wp_id, None)
             self.pending.pop(wp_id, None)
+            # A signal thrown in through ``fut`` keeps this frame in its traceback, and ``fut``
+            # keeps the signal: drop the frame's end of that cycle, so a closed (cold-parked)
+            # run is freed by reference counting, not left for the cyclic collector.
+            del fut
 
     # ----------------------------------------------------------------- host side
 

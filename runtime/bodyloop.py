@@ -164,6 +164,7 @@ class BodyLoop(asyncio.AbstractEventLoop):
 
     def mark_closed(self) -> None:
         self._closed = True
+        self.main = None  # its task refers to this loop: a cycle the collector would have to free
 
     # ---------------------------------------------------------------- bridging host work
 
