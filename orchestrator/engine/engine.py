@@ -715,11 +715,12 @@ class Engine(service.ServiceMethods):
             while not states.empty():
                 states.get_nowait()
             # A run driven here announces its end through ``fut``: no read for it (many
-            # waiters would otherwise cost a read each per interval), but after a change
-            # announced by another daemon (which may have ended it: a cancel of a run that
-            # never started).
-            if self.supervisor.is_live(run_id) or (
-                    not announced and self.supervisor.drives(run_id)):
+            # waiters would otherwise cost a read each per interval). A change announced by
+            # another daemon is always read, even for a run that looks live here: an actor of
+            # ours may still be claiming a run that daemon drives and has just ended (a cancel
+            # sent here; the claim then fails), and the announcement is the only word of it.
+            if not announced and (self.supervisor.is_live(run_id)
+                                  or self.supervisor.drives(run_id)):
                 continue
             run = await self._run_or_404(run_id)
             if run.is_terminal:

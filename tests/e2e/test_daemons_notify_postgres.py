@@ -179,12 +179,12 @@ async def test_tokens_events_cancels_and_resumes_sent_to_the_other_daemon_reach_
     for kind, times in took.items():
         _percentiles(f"cross-daemon {kind}", times)
     _percentiles("cross-daemon token/event/cancel/resume", everything)
-    # Open defect (docs/reliability.md, "A cancel through the other daemon once took 2 s"): in
-    # full-suite runs one cancel of 13 has taken ~2.0 s (never alone). Until it is found, one
-    # delivery may exceed the bound but not the fallback poll; every other one must be in bound.
+    # One delivery may exceed the bound on a loaded machine, but none may take the e2e
+    # daemons' shutdown_grace (2 s): a cancel that waited it out was a defect (docs/
+    # reliability.md, "a cancel through the other daemon once took 2 s"; fixed).
     rest = sorted(everything)[:-1]
     _p50, p99 = _percentiles("cross-daemon deliveries but the slowest", rest)
-    assert len(everything) >= 50 and p99 < BOUND < POLL and max(everything) < POLL, took
+    assert len(everything) >= 50 and p99 < BOUND < POLL and max(everything) < 1.9, took
 
 
 async def test_wait_watch_and_changes_on_the_other_daemon_see_the_run_end(
