@@ -486,7 +486,11 @@ class Supervisor:
 
     def is_live(self, run_id: str) -> bool:
         """True only if the run is certainly not terminal and its end is still to be announced
-        (it has an actor that has not begun finishing, or it is parked warm). False says nothing."""
+        here (it has an actor that has not begun finishing, or it is parked warm). False says
+        nothing. In a cluster only a run this daemon drives: an actor still claiming a run may
+        find another daemon drives it (and may have ended it already), so it says nothing."""
+        if not self.drives(run_id):
+            return False
         actor = self._actors.get(run_id)
         if actor is not None:
             return not actor.finishing

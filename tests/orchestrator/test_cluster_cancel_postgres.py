@@ -1,11 +1,15 @@
-"""A cancel sent to a daemon that does not own the run answers as soon as the owner ended it,
-even when the caller's own claim of the run is still in flight (docs/reliability.md, "a cancel
-through the other daemon once took 2 s").
+"""A cancel sent to a daemon that does not own the run answers as soon as the owner ended it
+(docs/reliability.md, "a cancel through the other daemon once took 2 s").
 
-The caller (B) delivers the cancel to an actor of its own, which first tries to claim the run;
-until that claim answers B counted the run as live here and ignored the owner's announcement
-that it ended, so ``cancel`` waited out ``shutdown_grace``. Here B's claim is held until the
-owner (A) has ended the run and announced it, which is what load did now and then."""
+The caller (B) commits the cancel, then hands it to an actor of its own, which first tries to
+claim the run and stands down when another daemon owns it. While that claim was in flight B
+counted the run as live here ("its end will be announced through this daemon"), so ``cancel``
+(which waits for the end) skipped its read, and skipped the owner's announcement too: it
+answered only when ``shutdown_grace`` ran out. Load made either order happen now and then:
+- the owner's announcement came before B listened for it (B's loop was slow to resume the
+  cancel after its commit): held here by making B's ``RequestCancel`` return only once the
+  owner (A) has ended the run;
+- it came while B's claim was in flight: held here by making B's ``ClaimRun`` wait the same."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import dataclasses
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import storage
 from orchestrator.config import Config
@@ -25,29 +31,34 @@ GRACE = 4.0  # what the cancel waited with the defect
 POLL = 30.0  # the cluster's fallback poll: out of the way
 
 
-class SlowClaim:
-    """Real storage whose ``ClaimRun`` of ``run_id`` waits until the run ended elsewhere."""
+class Held:
+    """Real storage whose ``held`` op on ``run_id`` returns only once the run is cancelled (by
+    its owner, another daemon) and that daemon's announcement has reached this one."""
 
-    def __init__(self, inner: storage.Storage, url: str, run_id: str) -> None:
+    def __init__(self, inner: storage.Storage, url: str, run_id: str, held: type) -> None:
         self.inner = inner
         self.url = url
         self.run_id = run_id
-        self.held = 0
+        self.held = held
+        self.holds = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     async def execute(self, op: Any) -> Any:
-        if isinstance(op, storage.ClaimRun) and op.run_id == self.run_id:
-            self.held += 1
-            for _ in range(200):
-                rows = await fetch(self.url, "SELECT status FROM runs WHERE run_id = $1",
-                                   self.run_id)
-                if rows == [("cancelled",)]:
-                    break
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(0.3)  # and the owner's announcement has reached this daemon
-        return await self.inner.execute(op)
+        if not (isinstance(op, self.held) and op.run_id == self.run_id):
+            return await self.inner.execute(op)
+        self.holds += 1
+        # A claim is held before it runs (the owner cancels meanwhile); the cancel request
+        # must commit first (it is what the owner acts on), then its caller is held.
+        result = None if self.held is storage.ClaimRun else await self.inner.execute(op)
+        for _ in range(200):
+            rows = await fetch(self.url, "SELECT status FROM runs WHERE run_id = $1", self.run_id)
+            if rows == [("cancelled",)]:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # and the owner's announcement has reached this daemon
+        return await self.inner.execute(op) if self.held is storage.ClaimRun else result
 
 
 def _config(root: Path, url: str) -> Config:
@@ -59,13 +70,15 @@ def _config(root: Path, url: str) -> Config:
     )
 
 
+@pytest.mark.parametrize("held", [storage.RequestCancel, storage.ClaimRun],
+                         ids=["announced-before-listening", "announced-while-claiming"])
 async def test_a_cancel_through_the_other_daemon_answers_once_the_owner_ended_the_run(
-    tmp_path: Path, pg_url: str
+    tmp_path: Path, pg_url: str, held: type
 ) -> None:
-    slow: list[SlowClaim] = []
+    slow: list[Held] = []
 
     def wrap(inner: storage.Storage) -> storage.Storage:
-        slow.append(SlowClaim(inner, pg_url, "c"))
+        slow.append(Held(inner, pg_url, "c", held))
         return slow[0]  # type: ignore[return-value]
 
     registry = engine_workflows.registry()
@@ -84,5 +97,5 @@ async def test_a_cancel_through_the_other_daemon_answers_once_the_owner_ended_th
             took = time.monotonic() - started
     print(f"cancel through the other daemon answered in {took:.3f} s")
     assert answer["status"] == "cancelled", answer
-    assert slow[0].held == 1, "the caller never tried to claim the run: nothing was tested"
+    assert slow[0].holds == 1, f"the caller never ran {held.__name__}: nothing was tested"
     assert took < GRACE / 2, f"the cancel answered after {took:.2f} s"
