@@ -52,6 +52,14 @@ async def _submit_on_a_follow_on_b(
     # A drives it (B only follows): seen while it runs, since an end clears the owner.
     await _until(lambda: _owned_by(url, [run_id], a_id), CHUNKS * PAUSE / 2, step=0.01)
     got = await follow
+
+    async def ended() -> bool:
+        rows = await fetch(url, "SELECT status FROM runs WHERE run_id = $1", run_id)
+        return bool(rows[0][0] in ("completed", "failed"))
+
+    # The final chunk is the stream step's commit and the run's end (which clears the owner) the
+    # next one: on a loaded machine the follower can see the first before the second is made.
+    await _until(ended, POLL)
     assert await fetch(url, "SELECT epoch, owner FROM runs WHERE run_id = $1", run_id) == [
         (1, None)]  # claimed once, by A, and never moved
     return a, got, follow_from
