@@ -716,11 +716,9 @@ class Engine(service.ServiceMethods):
                 states.get_nowait()
             # A run driven here announces its end through ``fut``: no read for it (many
             # waiters would otherwise cost a read each per interval). A change announced by
-            # another daemon is always read, even for a run that looks live here: an actor of
-            # ours may still be claiming a run that daemon drives and has just ended (a cancel
-            # sent here; the claim then fails), and the announcement is the only word of it.
-            if not announced and (self.supervisor.is_live(run_id)
-                                  or self.supervisor.drives(run_id)):
+            # another daemon is always read: it may have ended the run (a cancel sent here of
+            # a run that never started, or of one that daemon drives).
+            if not announced and self.supervisor.drives(run_id):
                 continue
             run = await self._run_or_404(run_id)
             if run.is_terminal:
