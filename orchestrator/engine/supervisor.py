@@ -290,15 +290,18 @@ class Supervisor:
         left to it: what was delivered here is recorded, and its owner's poll finds it."""
         if self.owner is None or actor.run_id in self._owned:
             return True
-        if await self._storage.execute(storage.ClaimRun(self.owner, actor.run_id)) is None:
+        epoch = await self._storage.execute(storage.ClaimRun(self.owner, actor.run_id))
+        if epoch is None:
             actor.log.debug("run.owned_elsewhere")
             actor.mailbox.clear()
             return False
+        actor.log.debug("run.claimed", epoch=epoch)  # which way an actor came to own its run
         self._owned.add(actor.run_id)
         return True
 
     def owns(self, run_id: str) -> None:
-        """Record a run this daemon claimed in bulk (a takeover)."""
+        """Record a run this daemon claimed in bulk (a takeover) or admitted."""
+        log.debug("run.owned", run_id=run_id)
         self._owned.add(run_id)
 
     def drives(self, run_id: str) -> bool:
